@@ -1,0 +1,70 @@
+# Visage — every entry point a developer or CI needs. `make run` and `make test`
+# set up everything they need themselves (venv, generated code, Cassandra, Chromium, grpcurl).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     := .venv
+PY       := $(VENV)/bin/python
+PIP      := $(VENV)/bin/pip
+SITE     := $(VENV)/lib/python3.11/site-packages
+TOOLS    := $(CURDIR)/.tools
+PROTOS   := $(shell find protos -name '*.proto')
+GEN_DIR  := lib/visage/v1
+DESC     := build/visage.pb
+THIRD    := build/third_party/google/api
+STAMP    := $(VENV)/.installed
+
+-include mk/*.mk
+
+# Each part's own targets (cassandra, chromium, grpcurl, deploy, ...).
+-include mk/*.mk
+
+.PHONY: help run test gen lint breaking bench cassandra-start cassandra-stop chromium grpcurl deploy deploy-plan undeploy clean
+
+help:
+	@echo "make run        start the whole mesh on embedded defaults (SQLite, local models, Envoy, UI)"
+	@echo "make test       run every test (starts a real Cassandra and a real Envoy)"
+	@echo "make bench      print the benchmark tables in bench/"
+	@echo "make deploy     create or update the AKS deployment (deploy-plan: dry run; undeploy: tear down)"
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip==25.3 setuptools==80.9.0 wheel==0.45.1
+	$(PIP) install -q -c requirements.lock -e '.[dev,deploy]'
+	touch $@
+
+# Generated code: Python messages + gRPC stubs + type stubs, a descriptor set for
+# Envoy/grpcurl, and the OpenAPI document. Never edited by hand; not committed.
+gen: $(STAMP) $(DESC)
+$(DESC): $(PROTOS) $(STAMP)
+	mkdir -p $(GEN_DIR) $(THIRD) build
+	cp $(SITE)/google/api/{annotations,http,httpbody,field_behavior}.proto $(THIRD)/
+	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos -Ibuild/third_party \
+	  --python_out=lib --grpc_python_out=lib --mypy_out=lib --mypy_grpc_out=lib \
+	  --descriptor_set_out=$(DESC) --include_imports --include_source_info $(PROTOS)
+	touch $(GEN_DIR)/__init__.py
+
+lint: gen
+	$(VENV)/bin/buf lint
+
+# Checks the protos against main's (or BASE's) for wire/source-breaking changes.
+BASE ?= main
+breaking: gen
+	$(VENV)/bin/buf breaking --against '.git#branch=$(BASE)'
+
+run: gen
+	$(PY) -m visage.mesh
+
+# Cassandra runs for the whole test session and is always stopped afterwards.
+# PYTEST_ARGS narrows a run, e.g. make test PYTEST_ARGS='tests/store -x'.
+PYTEST_ARGS ?=
+test: gen lint chromium grpcurl cassandra-fetch
+	$(MAKE) --no-print-directory cassandra-start
+	status=0; VISAGE_CASSANDRA_REQUIRED=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
+	  $(MAKE) --no-print-directory cassandra-stop; exit $$status
+
+bench: gen
+	$(PY) -m bench
+
+clean:
+	rm -rf build $(GEN_DIR) .pytest_cache

@@ -1,0 +1,206 @@
+"""The one store interface. Every service talks to storage only through it;
+SQLite (embedded default) and Cassandra (scale-out) implement it and pass the
+same conformance suite (tests/store/).
+
+Rules both backends keep:
+- Writes are idempotent (the same call twice leaves the same data), because
+  event consumers are at-least-once and Cassandra has no transactions here.
+- An image becomes visible only after its faces are written: the image row is
+  the commit point of an ingest.
+- Every change that matters appends an event, after the change itself.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from visage.store.records import (
+    EventRecord,
+    FaceRecord,
+    ImageRecord,
+    LabelRecord,
+    ModelVersionRecord,
+    PersonaRecord,
+    PredictionRecord,
+    TrainingJobRecord,
+)
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class NotFound(StoreError):
+    """The id names nothing stored."""
+
+
+class Store(abc.ABC):
+    # ---- lifecycle -------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema (versioned, idempotent)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # ---- personas --------------------------------------------------------
+    @abc.abstractmethod
+    def create_persona(self, display_name: str) -> PersonaRecord:
+        """New persona with a fresh id; appends PERSONA_CREATED."""
+
+    @abc.abstractmethod
+    def get_persona(self, persona_id: str) -> PersonaRecord | None: ...
+
+    @abc.abstractmethod
+    def list_personas(self) -> list[PersonaRecord]:
+        """All personas ordered by display name (case-insensitive), then id."""
+
+    @abc.abstractmethod
+    def rename_persona(self, persona_id: str, display_name: str) -> PersonaRecord:
+        """Raises NotFound; appends PERSONA_RENAMED."""
+
+    @abc.abstractmethod
+    def delete_persona(self, persona_id: str) -> None:
+        """Removes the persona, its labels and predictions naming it.
+        Raises NotFound; appends PERSONA_DELETED."""
+
+    # ---- images and faces -----------------------------------------------
+    @abc.abstractmethod
+    def put_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> bool:
+        """Stores an image with its faces. Returns False (and changes nothing)
+        when an image with this id is already stored. Appends IMAGE_INGESTED."""
+
+    @abc.abstractmethod
+    def get_image(self, image_id: str) -> ImageRecord | None: ...
+
+    @abc.abstractmethod
+    def get_image_content(self, image_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def list_images(self, offset: int, limit: int) -> list[ImageRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def count_images(self) -> int: ...
+
+    @abc.abstractmethod
+    def get_face(self, face_id: str) -> FaceRecord | None: ...
+
+    @abc.abstractmethod
+    def get_faces(self, face_ids: Iterable[str]) -> list[FaceRecord]:
+        """The faces of these ids that exist, in the order given."""
+
+    @abc.abstractmethod
+    def faces_of_image(self, image_id: str) -> list[FaceRecord]:
+        """In index order."""
+
+    @abc.abstractmethod
+    def count_faces(self) -> int: ...
+
+    @abc.abstractmethod
+    def iter_embeddings(self, batch_size: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored face as (face_ids, float32 matrix [n, 128]) batches,
+        so callers read millions of faces in bounded memory."""
+
+    # ---- labels ----------------------------------------------------------
+    @abc.abstractmethod
+    def put_label(self, label: LabelRecord) -> None:
+        """Upserts the (face, persona) label. A BELONGS label removes the
+        face's BELONGS labels for other personas. Raises NotFound for an
+        unknown face or persona. Appends FACE_LABELLED."""
+
+    @abc.abstractmethod
+    def delete_label(self, face_id: str, persona_id: str) -> bool:
+        """True if a label was removed (then appends FACE_UNLABELLED)."""
+
+    @abc.abstractmethod
+    def labels_of_face(self, face_id: str) -> list[LabelRecord]: ...
+
+    @abc.abstractmethod
+    def labels_of_persona(self, persona_id: str, verdict: int) -> list[LabelRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def iter_labels(self) -> Iterator[LabelRecord]:
+        """Every label (training input)."""
+
+    # ---- predictions -----------------------------------------------------
+    @abc.abstractmethod
+    def put_predictions(self, predictions: list[PredictionRecord]) -> None:
+        """Upserts by face id: a face has at most one prediction, the latest."""
+
+    @abc.abstractmethod
+    def get_prediction(self, face_id: str) -> PredictionRecord | None: ...
+
+    @abc.abstractmethod
+    def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
+        """Predictions of this version naming the persona, by confidence, highest first."""
+
+    @abc.abstractmethod
+    def iter_predictions(self) -> Iterator[PredictionRecord]: ...
+
+    # ---- model versions --------------------------------------------------
+    @abc.abstractmethod
+    def put_model_version(self, record: ModelVersionRecord, artifact: bytes) -> ModelVersionRecord:
+        """Stores a new version; record.version 0 means "assign the next
+        number". The artifact (ONNX bytes) is written before the version row,
+        so a version never exists without its artifact."""
+
+    @abc.abstractmethod
+    def update_model_version(self, record: ModelVersionRecord) -> None:
+        """Updates state/gate_reason/metrics of a stored version."""
+
+    @abc.abstractmethod
+    def get_model_version(self, version: int) -> ModelVersionRecord | None: ...
+
+    @abc.abstractmethod
+    def get_model_artifact(self, version: int) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def list_model_versions(self) -> list[ModelVersionRecord]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def activate_model_version(self, version: int) -> ModelVersionRecord:
+        """Makes it the one active version (the previous one becomes RETIRED).
+        Raises NotFound. Appends MODEL_VERSION_ACTIVATED."""
+
+    @abc.abstractmethod
+    def active_model_version(self) -> ModelVersionRecord | None: ...
+
+    # ---- training jobs ---------------------------------------------------
+    @abc.abstractmethod
+    def put_training_job(self, job: TrainingJobRecord) -> None:
+        """Upserts by job id."""
+
+    @abc.abstractmethod
+    def get_training_job(self, job_id: str) -> TrainingJobRecord | None: ...
+
+    @abc.abstractmethod
+    def list_training_jobs(self, limit: int) -> list[TrainingJobRecord]:
+        """Newest first."""
+
+    # ---- event log -------------------------------------------------------
+    @abc.abstractmethod
+    def append_event(self, type: int, subject: str, attributes: dict[str, str] | None = None) -> EventRecord: ...
+
+    @abc.abstractmethod
+    def read_events(self, after_cursor: str, limit: int = 1000) -> list[EventRecord]:
+        """Events after the cursor in log order ("" = from the beginning).
+        At-least-once: a consumer may see an event again and must dedupe by
+        cursor or be idempotent."""
+
+    @abc.abstractmethod
+    def latest_cursor(self) -> str:
+        """Cursor of the newest event ("" if none): read_events after it
+        returns only events appended later."""
+
+    # ---- consumer state --------------------------------------------------
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """Small durable key/value state (e.g. a consumer's event cursor)."""
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None: ...

@@ -1,0 +1,113 @@
+"""Plain records the store reads and writes. Enum-valued fields hold the
+protobuf enum numbers from ``visage.v1.resources_pb2`` so there is one
+definition of each state, shared by the wire and the store."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EMBEDDING_DIM = 128
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass
+class PersonaRecord:
+    persona_id: str
+    display_name: str
+    create_time: float = field(default_factory=now)
+    update_time: float = field(default_factory=now)
+
+
+@dataclass
+class ImageRecord:
+    image_id: str  # hex sha256 of the bytes
+    filename: str
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    face_count: int
+    status: int  # resources_pb2.ImageStatus
+    create_time: float = field(default_factory=now)
+
+
+@dataclass
+class FaceRecord:
+    face_id: str
+    image_id: str
+    index: int  # position of the face in its image
+    box: tuple[int, int, int, int]  # left, top, right, bottom (original pixels)
+    landmarks: list[tuple[float, float]]
+    embedding: np.ndarray  # float32, shape (128,)
+    crop_jpeg: bytes = b""
+    create_time: float = field(default_factory=now)
+
+
+@dataclass
+class LabelRecord:
+    face_id: str
+    persona_id: str
+    verdict: int  # resources_pb2.Verdict
+    labelled_by: str = "anonymous"
+    create_time: float = field(default_factory=now)
+
+
+@dataclass
+class PredictionRecord:
+    face_id: str
+    persona_id: str  # "" = unknown
+    confidence: float
+    model_version: int
+    create_time: float = field(default_factory=now)
+
+
+@dataclass
+class ModelVersionRecord:
+    version: int
+    state: int  # resources_pb2.ModelState
+    algorithm: str
+    unknown_threshold: float
+    persona_ids: list[str]
+    metrics: dict  # JSON-able; mirrors resources_pb2.ModelMetrics
+    lineage: dict  # JSON-able; mirrors resources_pb2.Lineage
+    gate_reason: str = ""
+    create_time: float = field(default_factory=now)
+    activate_time: float = 0.0
+
+
+@dataclass
+class TrainingJobRecord:
+    job_id: str
+    trigger: int  # resources_pb2.TrainingTrigger
+    phase: int  # resources_pb2.TrainingPhase
+    faces_read: int = 0
+    done: int = 0
+    total: int = 0
+    metrics: dict = field(default_factory=dict)
+    model_version: int = 0
+    activated: bool = False
+    message: str = ""
+    create_time: float = field(default_factory=now)
+    update_time: float = field(default_factory=now)
+
+
+@dataclass
+class EventRecord:
+    cursor: str  # opaque, ordered within one backend
+    type: int  # resources_pb2.EventType
+    subject: str
+    attributes: dict[str, str]
+    create_time: float
+
+
+def embedding_to_bytes(embedding: np.ndarray) -> bytes:
+    return np.asarray(embedding, dtype="<f4").reshape(EMBEDDING_DIM).tobytes()
+
+
+def embedding_from_bytes(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")

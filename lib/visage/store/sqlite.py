@@ -1,0 +1,392 @@
+"""Embedded store: one SQLite file (WAL) under the data directory. Safe for
+several threads and several processes on one machine (the whole local mesh
+shares one file); each thread has its own connection."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from visage.store.base import NotFound, Store
+from visage.store.records import (
+    EventRecord,
+    FaceRecord,
+    ImageRecord,
+    LabelRecord,
+    ModelVersionRecord,
+    PersonaRecord,
+    PredictionRecord,
+    TrainingJobRecord,
+    embedding_from_bytes,
+    embedding_to_bytes,
+    now,
+)
+from visage.v1 import resources_pb2 as pb
+
+# Append-only list of migrations; index + 1 is the schema version.
+MIGRATIONS = [
+    """
+    CREATE TABLE personas (persona_id TEXT PRIMARY KEY, display_name TEXT NOT NULL,
+        create_time REAL NOT NULL, update_time REAL NOT NULL);
+    CREATE TABLE images (image_id TEXT PRIMARY KEY, filename TEXT NOT NULL, content_type TEXT NOT NULL,
+        width INTEGER NOT NULL, height INTEGER NOT NULL, size_bytes INTEGER NOT NULL,
+        face_count INTEGER NOT NULL, status INTEGER NOT NULL, create_time REAL NOT NULL);
+    CREATE INDEX images_by_time ON images (create_time DESC);
+    CREATE TABLE image_content (image_id TEXT PRIMARY KEY, content BLOB NOT NULL);
+    CREATE TABLE faces (face_id TEXT PRIMARY KEY, image_id TEXT NOT NULL, idx INTEGER NOT NULL,
+        box TEXT NOT NULL, landmarks TEXT NOT NULL, embedding BLOB NOT NULL, crop_jpeg BLOB NOT NULL,
+        create_time REAL NOT NULL);
+    CREATE INDEX faces_by_image ON faces (image_id, idx);
+    CREATE TABLE labels (face_id TEXT NOT NULL, persona_id TEXT NOT NULL, verdict INTEGER NOT NULL,
+        labelled_by TEXT NOT NULL, create_time REAL NOT NULL, PRIMARY KEY (face_id, persona_id));
+    CREATE INDEX labels_by_persona ON labels (persona_id, verdict, create_time DESC);
+    CREATE TABLE predictions (face_id TEXT PRIMARY KEY, persona_id TEXT NOT NULL,
+        confidence REAL NOT NULL, model_version INTEGER NOT NULL, create_time REAL NOT NULL);
+    CREATE INDEX predictions_by_persona ON predictions (persona_id, model_version, confidence DESC);
+    CREATE TABLE model_versions (version INTEGER PRIMARY KEY, state INTEGER NOT NULL,
+        algorithm TEXT NOT NULL, unknown_threshold REAL NOT NULL, persona_ids TEXT NOT NULL,
+        metrics TEXT NOT NULL, lineage TEXT NOT NULL, gate_reason TEXT NOT NULL,
+        create_time REAL NOT NULL, activate_time REAL NOT NULL);
+    CREATE TABLE model_artifacts (version INTEGER PRIMARY KEY, artifact BLOB NOT NULL);
+    CREATE TABLE training_jobs (job_id TEXT PRIMARY KEY, body TEXT NOT NULL, create_time REAL NOT NULL);
+    CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, type INTEGER NOT NULL,
+        subject TEXT NOT NULL, attributes TEXT NOT NULL, create_time REAL NOT NULL);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+
+ACTIVE_VERSION_KEY = "active_model_version"
+CURSOR_WIDTH = 20  # zero-padded so cursors compare as strings too
+
+
+def _cursor(seq: int) -> str:
+    return str(seq).zfill(CURSOR_WIDTH)
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # ---- plumbing --------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            conn.execute("PRAGMA foreign_keys=OFF")
+            self._local.conn = conn
+            with self._lock:
+                self._all_connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self):
+        """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._conn().execute(sql, args).fetchall()
+
+    def migrate(self) -> None:
+        with self._tx() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all_connections:
+                conn.close()
+            self._all_connections.clear()
+        self._local = threading.local()
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, type: int, subject: str, attributes: dict | None = None) -> EventRecord:
+        attributes = {k: str(v) for k, v in (attributes or {}).items()}
+        created = now()
+        cur = conn.execute(
+            "INSERT INTO events (type, subject, attributes, create_time) VALUES (?, ?, ?, ?)",
+            (type, subject, json.dumps(attributes), created),
+        )
+        return EventRecord(_cursor(cur.lastrowid), type, subject, attributes, created)
+
+    # ---- personas --------------------------------------------------------
+    def create_persona(self, display_name: str) -> PersonaRecord:
+        record = PersonaRecord(uuid.uuid4().hex[:16], display_name)
+        with self._tx() as conn:
+            conn.execute("INSERT INTO personas VALUES (?, ?, ?, ?)",
+                         (record.persona_id, record.display_name, record.create_time, record.update_time))
+            self._append(conn, pb.EVENT_TYPE_PERSONA_CREATED, record.persona_id)
+        return record
+
+    def get_persona(self, persona_id: str) -> PersonaRecord | None:
+        rows = self._query("SELECT * FROM personas WHERE persona_id = ?", (persona_id,))
+        return PersonaRecord(*rows[0]) if rows else None
+
+    def list_personas(self) -> list[PersonaRecord]:
+        rows = self._query("SELECT * FROM personas ORDER BY lower(display_name), persona_id")
+        return [PersonaRecord(*row) for row in rows]
+
+    def rename_persona(self, persona_id: str, display_name: str) -> PersonaRecord:
+        with self._tx() as conn:
+            cur = conn.execute("UPDATE personas SET display_name = ?, update_time = ? WHERE persona_id = ?",
+                               (display_name, now(), persona_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"persona {persona_id!r} not found")
+            self._append(conn, pb.EVENT_TYPE_PERSONA_RENAMED, persona_id, {"display_name": display_name})
+        return self.get_persona(persona_id)
+
+    def delete_persona(self, persona_id: str) -> None:
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM personas WHERE persona_id = ?", (persona_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"persona {persona_id!r} not found")
+            conn.execute("DELETE FROM labels WHERE persona_id = ?", (persona_id,))
+            conn.execute("DELETE FROM predictions WHERE persona_id = ?", (persona_id,))
+            self._append(conn, pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
+
+    # ---- images and faces -----------------------------------------------
+    def put_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> bool:
+        with self._tx() as conn:
+            exists = conn.execute("SELECT 1 FROM images WHERE image_id = ?", (image.image_id,)).fetchone()
+            if exists:
+                return False
+            conn.executemany(
+                "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.face_id, f.image_id, f.index, json.dumps(list(f.box)), json.dumps(f.landmarks),
+                  embedding_to_bytes(f.embedding), f.crop_jpeg, f.create_time) for f in faces],
+            )
+            conn.execute("INSERT INTO image_content VALUES (?, ?)", (image.image_id, content))
+            conn.execute(
+                "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (image.image_id, image.filename, image.content_type, image.width, image.height,
+                 image.size_bytes, image.face_count, image.status, image.create_time),
+            )
+            self._append(conn, pb.EVENT_TYPE_IMAGE_INGESTED, image.image_id, {"face_count": image.face_count})
+        return True
+
+    def get_image(self, image_id: str) -> ImageRecord | None:
+        rows = self._query("SELECT * FROM images WHERE image_id = ?", (image_id,))
+        return ImageRecord(*rows[0]) if rows else None
+
+    def get_image_content(self, image_id: str) -> bytes | None:
+        rows = self._query("SELECT content FROM image_content WHERE image_id = ?", (image_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def list_images(self, offset: int, limit: int) -> list[ImageRecord]:
+        rows = self._query("SELECT * FROM images ORDER BY create_time DESC, image_id LIMIT ? OFFSET ?",
+                           (limit, offset))
+        return [ImageRecord(*row) for row in rows]
+
+    def count_images(self) -> int:
+        return self._query("SELECT COUNT(*) FROM images")[0][0]
+
+    @staticmethod
+    def _face(row: tuple) -> FaceRecord:
+        face_id, image_id, idx, box, landmarks, embedding, crop, created = row
+        return FaceRecord(face_id, image_id, idx, tuple(json.loads(box)),
+                          [tuple(p) for p in json.loads(landmarks)],
+                          embedding_from_bytes(embedding), bytes(crop), created)
+
+    def get_face(self, face_id: str) -> FaceRecord | None:
+        faces = self.get_faces([face_id])
+        return faces[0] if faces else None
+
+    def get_faces(self, face_ids: Iterable[str]) -> list[FaceRecord]:
+        face_ids = list(face_ids)
+        found: dict[str, FaceRecord] = {}
+        for start in range(0, len(face_ids), 500):  # stay under SQLite's variable limit
+            chunk = face_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT * FROM faces WHERE face_id IN ({marks})", tuple(chunk)):
+                found[row[0]] = self._face(row)
+        return [found[f] for f in face_ids if f in found]
+
+    def faces_of_image(self, image_id: str) -> list[FaceRecord]:
+        rows = self._query("SELECT * FROM faces WHERE image_id = ? ORDER BY idx", (image_id,))
+        return [self._face(row) for row in rows]
+
+    def count_faces(self) -> int:
+        return self._query("SELECT COUNT(*) FROM faces")[0][0]
+
+    def iter_embeddings(self, batch_size: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
+        cursor = self._conn().execute("SELECT face_id, embedding FROM faces ORDER BY face_id")
+        while rows := cursor.fetchmany(batch_size):
+            ids = [row[0] for row in rows]
+            matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), -1)
+            yield ids, matrix
+
+    # ---- labels ----------------------------------------------------------
+    def put_label(self, label: LabelRecord) -> None:
+        with self._tx() as conn:
+            if not conn.execute("SELECT 1 FROM faces WHERE face_id = ?", (label.face_id,)).fetchone():
+                raise NotFound(f"face {label.face_id!r} not found")
+            if not conn.execute("SELECT 1 FROM personas WHERE persona_id = ?", (label.persona_id,)).fetchone():
+                raise NotFound(f"persona {label.persona_id!r} not found")
+            if label.verdict == pb.VERDICT_BELONGS:
+                conn.execute("DELETE FROM labels WHERE face_id = ? AND verdict = ? AND persona_id != ?",
+                             (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
+            conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
+                         (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+            self._append(conn, pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
+                         {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
+
+    def delete_label(self, face_id: str, persona_id: str) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM labels WHERE face_id = ? AND persona_id = ?", (face_id, persona_id))
+            if cur.rowcount:
+                self._append(conn, pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
+            return cur.rowcount > 0
+
+    def labels_of_face(self, face_id: str) -> list[LabelRecord]:
+        rows = self._query("SELECT * FROM labels WHERE face_id = ? ORDER BY create_time DESC", (face_id,))
+        return [LabelRecord(*row) for row in rows]
+
+    def labels_of_persona(self, persona_id: str, verdict: int) -> list[LabelRecord]:
+        rows = self._query("SELECT * FROM labels WHERE persona_id = ? AND verdict = ? ORDER BY create_time DESC",
+                           (persona_id, verdict))
+        return [LabelRecord(*row) for row in rows]
+
+    def iter_labels(self) -> Iterator[LabelRecord]:
+        cursor = self._conn().execute("SELECT * FROM labels ORDER BY face_id, persona_id")
+        while rows := cursor.fetchmany(10000):
+            yield from (LabelRecord(*row) for row in rows)
+
+    # ---- predictions -----------------------------------------------------
+    def put_predictions(self, predictions: list[PredictionRecord]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
+                [(p.face_id, p.persona_id, p.confidence, p.model_version, p.create_time) for p in predictions],
+            )
+
+    def get_prediction(self, face_id: str) -> PredictionRecord | None:
+        rows = self._query("SELECT * FROM predictions WHERE face_id = ?", (face_id,))
+        return PredictionRecord(*rows[0]) if rows else None
+
+    def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
+        rows = self._query(
+            "SELECT * FROM predictions WHERE persona_id = ? AND model_version = ? ORDER BY confidence DESC",
+            (persona_id, model_version))
+        return [PredictionRecord(*row) for row in rows]
+
+    def iter_predictions(self) -> Iterator[PredictionRecord]:
+        cursor = self._conn().execute("SELECT * FROM predictions ORDER BY face_id")
+        while rows := cursor.fetchmany(10000):
+            yield from (PredictionRecord(*row) for row in rows)
+
+    # ---- model versions --------------------------------------------------
+    @staticmethod
+    def _version(row: tuple) -> ModelVersionRecord:
+        (version, state, algorithm, threshold, persona_ids, metrics, lineage, gate_reason,
+         created, activated) = row
+        return ModelVersionRecord(version, state, algorithm, threshold, json.loads(persona_ids),
+                                  json.loads(metrics), json.loads(lineage), gate_reason, created, activated)
+
+    def put_model_version(self, record: ModelVersionRecord, artifact: bytes) -> ModelVersionRecord:
+        with self._tx() as conn:
+            if not record.version:
+                record.version = (conn.execute("SELECT MAX(version) FROM model_versions").fetchone()[0] or 0) + 1
+            conn.execute("INSERT OR REPLACE INTO model_artifacts VALUES (?, ?)", (record.version, artifact))
+            conn.execute(
+                "INSERT OR REPLACE INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.version, record.state, record.algorithm, record.unknown_threshold,
+                 json.dumps(record.persona_ids), json.dumps(record.metrics), json.dumps(record.lineage),
+                 record.gate_reason, record.create_time, record.activate_time),
+            )
+        return record
+
+    def update_model_version(self, record: ModelVersionRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE model_versions SET state = ?, gate_reason = ?, metrics = ?, activate_time = ? "
+                "WHERE version = ?",
+                (record.state, record.gate_reason, json.dumps(record.metrics), record.activate_time,
+                 record.version))
+
+    def get_model_version(self, version: int) -> ModelVersionRecord | None:
+        rows = self._query("SELECT * FROM model_versions WHERE version = ?", (version,))
+        return self._version(rows[0]) if rows else None
+
+    def get_model_artifact(self, version: int) -> bytes | None:
+        rows = self._query("SELECT artifact FROM model_artifacts WHERE version = ?", (version,))
+        return bytes(rows[0][0]) if rows else None
+
+    def list_model_versions(self) -> list[ModelVersionRecord]:
+        return [self._version(row) for row in self._query("SELECT * FROM model_versions ORDER BY version DESC")]
+
+    def activate_model_version(self, version: int) -> ModelVersionRecord:
+        with self._tx() as conn:
+            if not conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,)).fetchone():
+                raise NotFound(f"model version {version} not found")
+            conn.execute("UPDATE model_versions SET state = ? WHERE state = ? AND version != ?",
+                         (pb.MODEL_STATE_RETIRED, pb.MODEL_STATE_ACTIVE, version))
+            conn.execute("UPDATE model_versions SET state = ?, activate_time = ? WHERE version = ?",
+                         (pb.MODEL_STATE_ACTIVE, now(), version))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (ACTIVE_VERSION_KEY, str(version)))
+            self._append(conn, pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED, str(version))
+        return self.get_model_version(version)
+
+    def active_model_version(self) -> ModelVersionRecord | None:
+        value = self.get_meta(ACTIVE_VERSION_KEY)
+        return self.get_model_version(int(value)) if value else None
+
+    # ---- training jobs ---------------------------------------------------
+    def put_training_job(self, job: TrainingJobRecord) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO training_jobs VALUES (?, ?, ?)",
+                         (job.job_id, json.dumps(job.__dict__), job.create_time))
+
+    def get_training_job(self, job_id: str) -> TrainingJobRecord | None:
+        rows = self._query("SELECT body FROM training_jobs WHERE job_id = ?", (job_id,))
+        return TrainingJobRecord(**json.loads(rows[0][0])) if rows else None
+
+    def list_training_jobs(self, limit: int) -> list[TrainingJobRecord]:
+        rows = self._query("SELECT body FROM training_jobs ORDER BY create_time DESC LIMIT ?", (limit,))
+        return [TrainingJobRecord(**json.loads(row[0])) for row in rows]
+
+    # ---- event log -------------------------------------------------------
+    def append_event(self, type: int, subject: str, attributes: dict[str, str] | None = None) -> EventRecord:
+        with self._tx() as conn:
+            return self._append(conn, type, subject, attributes)
+
+    def read_events(self, after_cursor: str, limit: int = 1000) -> list[EventRecord]:
+        after = int(after_cursor) if after_cursor else 0
+        rows = self._query("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        return [EventRecord(_cursor(seq), type, subject, json.loads(attrs), created)
+                for seq, type, subject, attrs, created in rows]
+
+    def latest_cursor(self) -> str:
+        seq = self._query("SELECT MAX(seq) FROM events")[0][0]
+        return _cursor(seq) if seq else ""
+
+    # ---- meta --------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

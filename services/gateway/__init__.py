@@ -1,0 +1,1 @@
+"""Visage gateway service."""

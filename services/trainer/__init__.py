@@ -1,0 +1,1 @@
+"""Visage trainer service."""
