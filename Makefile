@@ -14,8 +14,6 @@ DESC     := build/visage.pb
 THIRD    := build/third_party/google/api
 STAMP    := $(VENV)/.installed
 
--include mk/*.mk
-
 # Each part's own targets (cassandra, chromium, grpcurl, deploy, ...).
 -include mk/*.mk
 
