@@ -1,0 +1,1 @@
+"""Provisions Visage on Azure Kubernetes Service."""
