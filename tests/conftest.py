@@ -49,3 +49,63 @@ def test_output_dir() -> Path:
     path = REPO / "test-output"
     path.mkdir(exist_ok=True)
     return path
+
+
+# ---- Cassandra (store engineer) ---------------------------------------------
+# A real node started by `make cassandra-start` (scripts/cassandra.py) on 127.0.0.1:9142.
+# Tests get a keyspace of their own, emptied before each test (creating a keyspace per
+# test would cost seconds; truncating the few tables a test touched costs milliseconds).
+CASSANDRA_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))
+
+
+def _cassandra_unavailable(reason: str):
+    if os.environ.get("VISAGE_CASSANDRA_REQUIRED") == "1":
+        pytest.fail(f"Cassandra required (VISAGE_CASSANDRA_REQUIRED=1) but {reason}", pytrace=False)
+    pytest.skip(f"{reason}; run `make cassandra-fetch cassandra-start` to test against Cassandra")
+
+
+@pytest.fixture(scope="session")
+def cassandra_session_keyspace():
+    """(config, admin session) for one keyspace per pytest process, migrated once, dropped at the end."""
+    import socket
+    import uuid as uuid_module
+
+    from visage.config import CassandraConfig
+
+    try:
+        socket.create_connection(("127.0.0.1", CASSANDRA_PORT), timeout=2).close()
+    except OSError:
+        _cassandra_unavailable(f"no Cassandra answers on 127.0.0.1:{CASSANDRA_PORT}")
+    from visage.store.cassandra import CassandraStore
+
+    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
+                             keyspace=f"visage_test_{uuid_module.uuid4().hex[:12]}")
+    admin = CassandraStore(config)
+    admin.migrate()
+    yield config, admin
+    admin._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+    admin.close()
+
+
+@pytest.fixture
+def cassandra_config(cassandra_session_keyspace):
+    """A CassandraConfig whose keyspace is migrated and empty for this test
+    (use it as Config(store="cassandra", cassandra=cassandra_config, ...))."""
+    config, admin = cassandra_session_keyspace
+    tables = [row.table_name for row in admin._session.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (config.keyspace,))]
+    for table in tables:
+        if table != "schema_version" and admin._session.execute(
+                f"SELECT * FROM {config.keyspace}.{table} LIMIT 1").one() is not None:
+            admin._session.execute(f"TRUNCATE {config.keyspace}.{table}", timeout=60)
+    return config
+
+
+@pytest.fixture
+def cassandra_store(cassandra_config):
+    from visage.store.cassandra import CassandraStore
+
+    store = CassandraStore(cassandra_config)
+    store.migrate()
+    yield store
+    store.close()

@@ -1,0 +1,107 @@
+"""Store backends side by side: SQLite (baseline) vs Cassandra (the node from
+`make cassandra-start`): faces written/s through put_image, embeddings read/s
+through iter_embeddings (the trainer's read), for N synthetic faces of 128 floats."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from visage.config import CassandraConfig
+from visage.store.base import Store
+from visage.store.records import FaceRecord, ImageRecord
+from visage.v1 import resources_pb2 as pb
+
+FACES = int(os.environ.get("VISAGE_BENCH_STORE_FACES", "100000"))
+FACES_PER_IMAGE = 4
+WRITER_THREADS = 8  # like an ingest service writing from its request threads
+CASSANDRA_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))
+CROP = bytes(2048)
+WRITE_BUDGET_S = float(os.environ.get("VISAGE_BENCH_STORE_WRITE_S", "120"))  # per backend: keeps `make bench` bounded  # a small face chip, as ingest stores one per face
+
+
+def synthetic_images(count: int):
+    rng = np.random.default_rng(0)
+    for i in range(0, count, FACES_PER_IMAGE):
+        image_id = f"{i:064x}"
+        n = min(FACES_PER_IMAGE, count - i)
+        faces = [FaceRecord(f"{image_id[-16:]}-{k}", image_id, k, (0, 0, 80, 80), [(1.0, 2.0)] * 5,
+                            rng.standard_normal(128).astype(np.float32), CROP) for k in range(n)]
+        yield ImageRecord(image_id, "bench.jpg", "image/jpeg", 640, 480, 4096, n,
+                          pb.IMAGE_STATUS_FACES_FOUND), b"\xff" * 4096, faces
+
+
+def measure(name: str, store: Store) -> dict:
+    began = time.perf_counter()
+    deadline = began + WRITE_BUDGET_S
+
+    def write(item) -> int:
+        if time.perf_counter() > deadline:
+            return 0
+        return len(item[2]) if store.put_image(*item) else 0
+
+    with ThreadPoolExecutor(WRITER_THREADS) as pool, tqdm(total=FACES, desc=f"{name}: write", unit="face") as bar:
+        written = 0
+        for faces in pool.map(write, synthetic_images(FACES)):
+            written += faces
+            bar.update(faces)
+    write_s = time.perf_counter() - began
+    began = time.perf_counter()
+    read = 0
+    with tqdm(total=FACES, desc=f"{name}: read", unit="face") as bar:
+        for ids, matrix in store.iter_embeddings():
+            read += matrix.shape[0]
+            bar.update(matrix.shape[0])
+    read_s = time.perf_counter() - began
+    assert read == written, f"{name}: read {read} of {written} faces"
+    if written < FACES:
+        print(f"{name}: wrote {written} of {FACES} faces in the {WRITE_BUDGET_S:.0f}s budget; "
+              f"the training read time below is scaled to {FACES}")
+    return {"write": written / write_s, "read": read / read_s, "train_read_s": read_s * FACES / read}
+
+
+def run_sqlite() -> dict:
+    from visage.store.sqlite import SqliteStore
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(Path(tmp) / "bench.db")
+        store.migrate()
+        try:
+            return measure("sqlite", store)
+        finally:
+            store.close()
+
+
+def run_cassandra() -> dict | None:
+    from visage.store.base import StoreError
+    from visage.store.cassandra import CassandraStore
+    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace="visage_bench_store")
+    try:
+        store = CassandraStore(config)
+    except StoreError as e:
+        print(f"cassandra: not measured ({e}); run `make cassandra-start`")
+        return None
+    store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+    store.migrate()
+    try:
+        return measure("cassandra", store)
+    finally:
+        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+        store.close()
+
+
+def main() -> None:
+    sqlite, cassandra = run_sqlite(), run_cassandra()
+    print(f"\nstore backends, {FACES} faces x 128 float32, {FACES_PER_IMAGE} faces/image, "
+          f"{WRITER_THREADS} writer threads, {os.cpu_count()} cores")
+    print(f"{'metric':<36}{'sqlite':>12}{'cassandra':>12}{'sqlite/cassandra':>18}")
+    rows = [("faces written / s", "write", "{:.0f}"), ("embeddings read / s", "read", "{:.0f}"),
+            ("read all embeddings for training (s)", "train_read_s", "{:.2f}")]
+    for label, key, fmt in rows:
+        c = fmt.format(cassandra[key]) if cassandra else "n/a"
+        ratio = f"{sqlite[key] / cassandra[key]:.2f}" if cassandra else "n/a"
+        print(f"{label:<36}{fmt.format(sqlite[key]):>12}{c:>12}{ratio:>18}")

@@ -1,0 +1,727 @@
+"""Scale-out store on Apache Cassandra (also Azure Cosmos DB's Cassandra API and
+Azure Managed Instance for Apache Cassandra). Same semantics as sqlite.py, kept
+without transactions or lightweight transactions:
+
+- Commit points: every multi-row write puts its dependent rows first and the row
+  that makes them visible last (image chunks + faces, then the image row; artifact
+  chunks, then the version row), so a crash leaves invisible leftovers that a
+  retry overwrites, never a half-visible record. Rows stay under 2 MB: image
+  bytes and model artifacts are split into 1 MB chunks.
+- Index tables (labels by persona, predictions by (persona, version), images and
+  jobs by time) are written with their base rows and checked against them on read.
+- Model version numbers: put_model_version(version=0) takes max(version) + 1.
+  Only the trainer writes versions and there is one trainer writer, so no two
+  writers race for a number (a second writer would need an LWT, which we avoid).
+- Concurrent put_image of the same new image may both return True: the rows are
+  identical, only IMAGE_INGESTED is appended twice (consumers are at-least-once).
+- Event log: partitions of one minute (events_by_minute), clustered by timeuuid;
+  cursor = hex timestamp + timeuuid, so cursors order as strings too. Writers in
+  different processes can land out of order, so read_events re-reads a short lag
+  window before the cursor and returns events there it had not delivered (it
+  remembers, per cursor it handed out, which ids were delivered up to it; a cursor it does not
+  know, e.g. from another process, gets that window again: at-least-once). An
+  append acknowledged later than half the window is appended again with a fresh
+  id, so no event can land behind a window already read. Clocks of writers must be
+  in sync (same host or NTP).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from cassandra import ConsistencyLevel
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.util import min_uuid_from_time, unix_time_from_uuid1, uuid_from_time
+
+from visage.config import CassandraConfig
+from visage.store.base import NotFound, Store, StoreError
+from visage.store.records import (
+    EventRecord,
+    FaceRecord,
+    ImageRecord,
+    LabelRecord,
+    ModelVersionRecord,
+    PersonaRecord,
+    PredictionRecord,
+    TrainingJobRecord,
+    embedding_from_bytes,
+    embedding_to_bytes,
+    now,
+)
+from visage.v1 import resources_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024   # keeps every row well under Cassandra's/Cosmos' 2 MB
+ID_CHUNK = 100              # ids per `IN (...)` read
+CONCURRENCY = 64            # in-flight requests of one bulk write
+DAY_S = 86400
+EVENT_BUCKET_S = 60         # one events partition per minute
+EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
+REMEMBERED_CURSORS = 50_000
+ACTIVE_VERSION_KEY = "active_model_version"
+SCHEMA_COMPONENT = "visage"
+
+# Append-only list of migrations; index + 1 is the schema version. `{ks}` is the keyspace.
+# IF NOT EXISTS on DDL only (never on data writes) so racing migrators are harmless.
+MIGRATIONS: list[list[str]] = [[
+    """CREATE TABLE IF NOT EXISTS {ks}.personas (persona_id text PRIMARY KEY, display_name text,
+        create_time double, update_time double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.images (image_id text PRIMARY KEY, filename text, content_type text,
+        width int, height int, size_bytes bigint, face_count int, status int, create_time double,
+        chunk_count int)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.image_chunks (image_id text, chunk int, data blob,
+        PRIMARY KEY ((image_id), chunk))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.images_by_day (day int, create_time double, image_id text,
+        PRIMARY KEY ((day), create_time, image_id)) WITH CLUSTERING ORDER BY (create_time DESC, image_id ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.days (kind text, day int, PRIMARY KEY ((kind), day))
+        WITH CLUSTERING ORDER BY (day DESC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.faces (face_id text PRIMARY KEY, image_id text, idx int, box text,
+        landmarks text, embedding blob, create_time double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.face_crops (face_id text PRIMARY KEY, crop blob)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.faces_by_image (image_id text, idx int, face_id text,
+        PRIMARY KEY ((image_id), idx))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.labels (face_id text, persona_id text, verdict int, labelled_by text,
+        create_time double, PRIMARY KEY ((face_id), persona_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.labels_by_persona (persona_id text, verdict int, face_id text,
+        PRIMARY KEY ((persona_id), verdict, face_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.predictions (face_id text PRIMARY KEY, persona_id text,
+        confidence double, model_version int, create_time double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.predictions_by_persona (persona_id text, model_version int,
+        face_id text, PRIMARY KEY ((persona_id, model_version), face_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.prediction_versions (persona_id text, model_version int,
+        PRIMARY KEY ((persona_id), model_version))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.model_versions (version int PRIMARY KEY, state int, algorithm text,
+        unknown_threshold double, persona_ids text, metrics text, lineage text, gate_reason text,
+        create_time double, activate_time double, chunk_count int)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.model_artifact_chunks (version int, chunk int, data blob,
+        PRIMARY KEY ((version), chunk))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.training_jobs (job_id text PRIMARY KEY, body text, create_time double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.jobs_by_day (day int, create_time double, job_id text,
+        PRIMARY KEY ((day), create_time, job_id)) WITH CLUSTERING ORDER BY (create_time DESC, job_id ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.events_by_minute (bucket bigint, id timeuuid, type int, subject text,
+        attributes map<text, text>, PRIMARY KEY ((bucket), id)) WITH CLUSTERING ORDER BY (id ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.event_buckets (shard int, bucket bigint, PRIMARY KEY ((shard), bucket))
+        WITH CLUSTERING ORDER BY (bucket ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.meta (key text PRIMARY KEY, value text)""",
+]]
+
+IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+
+
+# ---- helpers ----------------------------------------------------------------
+def _chunks(data: bytes) -> list[bytes]:
+    return [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+
+
+def _groups(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _persona_key(persona_id: str) -> str:
+    """Partition-key form of a prediction's persona: "" (unknown) may not be a key; ids are hex."""
+    return persona_id or "-"
+
+
+def _day(timestamp: float) -> int:
+    return int(timestamp // DAY_S)
+
+
+def _event_key(event_id: uuid.UUID) -> str:
+    """Cursor string: ordered by time, then by the id (the same order as sorting keys)."""
+    return f"{event_id.time:016x}-{event_id.hex}"
+
+
+def _event_id(cursor: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(hex=cursor.split("-", 1)[1])
+    except (IndexError, ValueError) as e:
+        raise ValueError(f"malformed event cursor {cursor!r}") from e
+
+
+def _bucket(event_id: uuid.UUID) -> int:
+    return int(unix_time_from_uuid1(event_id) // EVENT_BUCKET_S)
+
+
+class _Delivered:
+    """Ids delivered up to one cursor: those known delivered before its batch (`base`)
+    plus the batch's events up to the cursor's position (shared by the whole batch)."""
+    NOTHING: "_Delivered"
+
+    def __init__(self, base: frozenset[uuid.UUID], batch_positions: dict[uuid.UUID, int], upto: int):
+        self.base, self.batch_positions, self.upto = base, batch_positions, upto
+
+    def has(self, event_id: uuid.UUID) -> bool:
+        return event_id in self.base or self.batch_positions.get(event_id, self.upto + 1) <= self.upto
+
+
+_Delivered.NOTHING = _Delivered(frozenset(), {}, -1)
+
+
+def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
+    """A driver session for this config: TLS / auth / DC options for Cosmos DB
+    (port 10350, TLS, username = account name) and Managed Instance."""
+    policy = (TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)) if config.local_dc
+              else TokenAwarePolicy(RoundRobinPolicy()))
+    profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+                               request_timeout=30)
+    options: dict = {}
+    if config.username:
+        options["auth_provider"] = PlainTextAuthProvider(config.username, config.password)
+    if config.tls:
+        context = ssl.create_default_context(cafile=config.tls_ca_file or None)
+        options["ssl_context"] = context
+        options["ssl_options"] = {"server_hostname": config.contact_points[0]}
+    cluster = Cluster(list(config.contact_points), port=config.port,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10, **options)
+    try:
+        return cluster, cluster.connect()
+    except Exception as e:
+        cluster.shutdown()
+        raise StoreError(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
+
+
+class CassandraStore(Store):
+    def __init__(self, config: CassandraConfig):
+        if not IDENTIFIER.match(config.keyspace):
+            raise ValueError(f"invalid keyspace name {config.keyspace!r} (letters, digits, _; at most 48)")
+        self.config = config
+        self.keyspace = config.keyspace
+        self._cluster, self._session = connect(config)
+        self._prepared: dict[str, PreparedStatement] = {}
+        self._lock = threading.Lock()
+        self._known_buckets: set[int] = set()
+        # cursor handed out -> the ids in its lag window delivered up to and including it
+        self._delivered_at: OrderedDict[str, _Delivered] = OrderedDict()
+
+    # ---- plumbing --------------------------------------------------------
+    def _stmt(self, cql: str) -> PreparedStatement:
+        stmt = self._prepared.get(cql)
+        if stmt is None:
+            stmt = self._session.prepare(cql.format(ks=self.keyspace))
+            self._prepared[cql] = stmt
+        return stmt
+
+    def _run(self, cql: str, args: tuple = (), fetch_size: int | None = None, timeout: float = 30):
+        bound = self._stmt(cql).bind(args)
+        if fetch_size:
+            bound.fetch_size = fetch_size
+        return self._session.execute(bound, timeout=timeout)
+
+    def _run_many(self, cql: str, rows: list[tuple]) -> list:
+        """Executes one prepared statement for many argument tuples, CONCURRENCY at a time."""
+        if not rows:
+            return []
+        results = execute_concurrent_with_args(self._session, self._stmt(cql), rows,
+                                               concurrency=CONCURRENCY, raise_on_first_error=True)
+        return [result for _ok, result in results]
+
+    def _select_in(self, cql: str, ids: list[str]) -> list:
+        """Rows of `cql` (with `IN ?`) for many ids, ID_CHUNK per request."""
+        rows = []
+        for result in self._run_many(cql, [(group,) for group in _groups(list(dict.fromkeys(ids)), ID_CHUNK)]):
+            rows.extend(result)
+        return rows
+
+    def migrate(self) -> None:
+        self._session.execute(f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} "
+                              f"WITH replication = {self.config.replication}")
+        self._session.execute(f"CREATE TABLE IF NOT EXISTS {self.keyspace}.schema_version "
+                              "(component text, version int, applied_at double, PRIMARY KEY ((component), version))")
+        rows = self._run("SELECT version FROM {ks}.schema_version WHERE component = ?", (SCHEMA_COMPONENT,))
+        current = max((row.version for row in rows), default=0)
+        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in statements:
+                self._session.execute(statement.format(ks=self.keyspace), timeout=120)
+            self._run("INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)",
+                      (SCHEMA_COMPONENT, version, now()))
+            log.info("cassandra keyspace %s migrated to schema version %d", self.keyspace, version)
+
+    def schema_version(self) -> int:
+        rows = self._run("SELECT version FROM {ks}.schema_version WHERE component = ?", (SCHEMA_COMPONENT,))
+        return max((row.version for row in rows), default=0)
+
+    def close(self) -> None:
+        self._cluster.shutdown()
+
+    # ---- personas --------------------------------------------------------
+    def create_persona(self, display_name: str) -> PersonaRecord:
+        record = PersonaRecord(uuid.uuid4().hex[:16], display_name)
+        self._run("INSERT INTO {ks}.personas (persona_id, display_name, create_time, update_time) "
+                  "VALUES (?, ?, ?, ?)",
+                  (record.persona_id, record.display_name, record.create_time, record.update_time))
+        self.append_event(pb.EVENT_TYPE_PERSONA_CREATED, record.persona_id)
+        return record
+
+    def get_persona(self, persona_id: str) -> PersonaRecord | None:
+        rows = list(self._run("SELECT persona_id, display_name, create_time, update_time FROM {ks}.personas "
+                              "WHERE persona_id = ?", (persona_id,)))
+        return PersonaRecord(*rows[0]) if rows else None
+
+    def list_personas(self) -> list[PersonaRecord]:
+        rows = self._run("SELECT persona_id, display_name, create_time, update_time FROM {ks}.personas",
+                         fetch_size=5000)
+        return sorted((PersonaRecord(*row) for row in rows), key=lambda p: (p.display_name.lower(), p.persona_id))
+
+    def rename_persona(self, persona_id: str, display_name: str) -> PersonaRecord:
+        if self.get_persona(persona_id) is None:
+            raise NotFound(f"persona {persona_id!r} not found")
+        self._run("UPDATE {ks}.personas SET display_name = ?, update_time = ? WHERE persona_id = ?",
+                  (display_name, now(), persona_id))
+        self.append_event(pb.EVENT_TYPE_PERSONA_RENAMED, persona_id, {"display_name": display_name})
+        return self.get_persona(persona_id)
+
+    def delete_persona(self, persona_id: str) -> None:
+        if self.get_persona(persona_id) is None:
+            raise NotFound(f"persona {persona_id!r} not found")
+        # Dependents first, the persona row last: a crash midway leaves the persona, so a retry finishes.
+        labelled = [row.face_id for row in self._run(
+            "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,), fetch_size=5000)]
+        self._run_many("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?",
+                       [(face_id, persona_id) for face_id in labelled])
+        self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,))
+        versions = [row.model_version for row in self._run(
+            "SELECT model_version FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))]
+        for version in versions:
+            current = self._predictions_in_index(persona_id, version)
+            self._run_many("DELETE FROM {ks}.predictions WHERE face_id = ?", [(p.face_id,) for p in current])
+            self._run("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
+                      (persona_id, version))
+        self._run("DELETE FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))
+        self._run("DELETE FROM {ks}.personas WHERE persona_id = ?", (persona_id,))
+        self.append_event(pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
+
+    # ---- images and faces -----------------------------------------------
+    def put_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> bool:
+        if self.get_image(image.image_id) is not None:
+            return False
+        chunks = _chunks(content)
+        day = _day(image.create_time)
+        self._remember_day("images", day)
+        # Everything the image row makes visible, in flight at once; then the commit row.
+        pending = [self._async("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, ?, ?)",
+                               (image.image_id, i, chunk)) for i, chunk in enumerate(chunks)]
+        pending += self._write_faces_async(faces)
+        pending.append(self._async("INSERT INTO {ks}.images_by_day (day, create_time, image_id) VALUES (?, ?, ?)",
+                                   (day, image.create_time, image.image_id)))
+        for future in pending:
+            future.result()
+        # The commit point: until this row exists the image and its faces' image are invisible.
+        self._run("INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
+                  "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (image.image_id, image.filename, image.content_type, image.width, image.height,
+                   image.size_bytes, image.face_count, image.status, image.create_time, len(chunks)))
+        self.append_event(pb.EVENT_TYPE_IMAGE_INGESTED, image.image_id, {"face_count": image.face_count})
+        return True
+
+    def _async(self, cql: str, args: tuple):
+        return self._session.execute_async(self._stmt(cql).bind(args), timeout=30)
+
+    def _write_faces_async(self, faces: list[FaceRecord]) -> list:
+        futures = []
+        for f in faces:
+            futures.append(self._async(
+                "INSERT INTO {ks}.faces (face_id, image_id, idx, box, landmarks, embedding, create_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (f.face_id, f.image_id, f.index, json.dumps([int(v) for v in f.box]),
+                 json.dumps([[float(x), float(y)] for x, y in f.landmarks]), embedding_to_bytes(f.embedding),
+                 f.create_time)))
+            futures.append(self._async("INSERT INTO {ks}.face_crops (face_id, crop) VALUES (?, ?)",
+                                       (f.face_id, f.crop_jpeg)))
+        for image_id in {f.image_id for f in faces}:  # one partition: one unlogged batch, one request
+            batch = BatchStatement(BatchType.UNLOGGED)
+            stmt = self._stmt("INSERT INTO {ks}.faces_by_image (image_id, idx, face_id) VALUES (?, ?, ?)")
+            for f in faces:
+                if f.image_id == image_id:
+                    batch.add(stmt, (f.image_id, f.index, f.face_id))
+            futures.append(self._session.execute_async(batch, timeout=30))
+        return futures
+
+    def _remember_day(self, kind: str, day: int) -> None:
+        key = (kind, day)
+        if key not in self._known_buckets:
+            self._run("INSERT INTO {ks}.days (kind, day) VALUES (?, ?)", (kind, day))
+            self._known_buckets.add(key)
+
+    _IMAGE_COLUMNS = "image_id, filename, content_type, width, height, size_bytes, face_count, status, create_time"
+
+    def get_image(self, image_id: str) -> ImageRecord | None:
+        rows = list(self._run(f"SELECT {self._IMAGE_COLUMNS} FROM {{ks}}.images WHERE image_id = ?", (image_id,)))
+        return ImageRecord(*rows[0]) if rows else None
+
+    def get_image_content(self, image_id: str) -> bytes | None:
+        rows = list(self._run("SELECT chunk_count FROM {ks}.images WHERE image_id = ?", (image_id,)))
+        if not rows:
+            return None
+        return self._read_chunks("SELECT chunk, data FROM {ks}.image_chunks WHERE image_id = ?",
+                                 image_id, rows[0].chunk_count)
+
+    def _read_chunks(self, cql: str, key, count: int) -> bytes:
+        chunks = {row.chunk: row.data or b"" for row in self._run(cql, (key,), fetch_size=4)}
+        if len(chunks) < count:
+            raise StoreError(f"{key!r}: {count - len(chunks)} of {count} stored chunks are missing")
+        return b"".join(chunks[i] for i in range(count))
+
+    def _newest_first(self, kind: str, table: str, id_column: str, offset: int, limit: int) -> list[str]:
+        """Ids from a by-day index table, newest first, after skipping `offset`."""
+        ids: list[str] = []
+        skip = offset
+        for day_row in self._run("SELECT day FROM {ks}.days WHERE kind = ?", (kind,), fetch_size=1000):
+            for row in self._run(f"SELECT {id_column} FROM {{ks}}.{table} WHERE day = ?", (day_row.day,),
+                                 fetch_size=max(100, min(5000, offset + limit))):
+                if skip:
+                    skip -= 1
+                    continue
+                ids.append(getattr(row, id_column))
+                if len(ids) >= limit:
+                    return ids
+        return ids
+
+    def list_images(self, offset: int, limit: int) -> list[ImageRecord]:
+        if limit <= 0:
+            return []
+        # The index is written before the commit row: an id without an image row is an ingest in
+        # flight (or one that crashed); it is not shown, and it does not count for paging either.
+        images: list[ImageRecord] = []
+        start = offset
+        while len(images) < limit:
+            ids = self._newest_first("images", "images_by_day", "image_id", start, limit - len(images))
+            if not ids:
+                break
+            start += len(ids)
+            found = {row.image_id: ImageRecord(*row) for row in self._select_in(
+                f"SELECT {self._IMAGE_COLUMNS} FROM {{ks}}.images WHERE image_id IN ?", ids)}
+            images.extend(found[i] for i in ids if i in found)
+        return images
+
+    def count_images(self) -> int:
+        return self._run("SELECT COUNT(*) FROM {ks}.images", timeout=120).one()[0]
+
+    _FACE_COLUMNS = "face_id, image_id, idx, box, landmarks, embedding, create_time"
+
+    @staticmethod
+    def _face(row, crop: bytes) -> FaceRecord:
+        return FaceRecord(row.face_id, row.image_id, row.idx, tuple(json.loads(row.box)),
+                          [tuple(p) for p in json.loads(row.landmarks)],
+                          embedding_from_bytes(row.embedding), crop, row.create_time)
+
+    def get_face(self, face_id: str) -> FaceRecord | None:
+        faces = self.get_faces([face_id])
+        return faces[0] if faces else None
+
+    def get_faces(self, face_ids: Iterable[str]) -> list[FaceRecord]:
+        face_ids = list(face_ids)
+        rows = self._select_in(f"SELECT {self._FACE_COLUMNS} FROM {{ks}}.faces WHERE face_id IN ?", face_ids)
+        crops = {row.face_id: row.crop or b"" for row in self._select_in(
+            "SELECT face_id, crop FROM {ks}.face_crops WHERE face_id IN ?", [row.face_id for row in rows])}
+        found = {row.face_id: self._face(row, crops.get(row.face_id, b"")) for row in rows}
+        return [found[f] for f in face_ids if f in found]
+
+    def faces_of_image(self, image_id: str) -> list[FaceRecord]:
+        ids = [row.face_id for row in self._run(
+            "SELECT face_id FROM {ks}.faces_by_image WHERE image_id = ?", (image_id,))]  # clustered by idx
+        return self.get_faces(ids)
+
+    def count_faces(self) -> int:
+        return self._run("SELECT COUNT(*) FROM {ks}.faces", timeout=120).one()[0]
+
+    def iter_embeddings(self, batch_size: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
+        # One paged scan in token order; the driver fetches the next page while we build this batch.
+        rows = self._run("SELECT face_id, embedding FROM {ks}.faces", fetch_size=min(batch_size, 5000),
+                         timeout=120)
+        ids: list[str] = []
+        blobs: list[bytes] = []
+        for row in rows:
+            ids.append(row.face_id)
+            blobs.append(row.embedding)
+            if len(ids) == batch_size:
+                yield ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1)
+                ids, blobs = [], []
+        if ids:
+            yield ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1)
+
+    # ---- labels ----------------------------------------------------------
+    def put_label(self, label: LabelRecord) -> None:
+        if not list(self._run("SELECT face_id FROM {ks}.faces WHERE face_id = ?", (label.face_id,))):
+            raise NotFound(f"face {label.face_id!r} not found")
+        if self.get_persona(label.persona_id) is None:
+            raise NotFound(f"persona {label.persona_id!r} not found")
+        for old in self.labels_of_face(label.face_id):
+            other_belongs = (label.verdict == pb.VERDICT_BELONGS and old.verdict == pb.VERDICT_BELONGS
+                             and old.persona_id != label.persona_id)
+            if other_belongs:
+                self._delete_label_rows(old)
+            elif old.persona_id == label.persona_id and old.verdict != label.verdict:
+                self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
+                          (old.persona_id, old.verdict, old.face_id))
+        self._run("INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)",
+                  (label.persona_id, label.verdict, label.face_id))
+        self._run("INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time) "
+                  "VALUES (?, ?, ?, ?, ?)",
+                  (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+        self.append_event(pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
+                          {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
+
+    def _delete_label_rows(self, label: LabelRecord) -> None:
+        self._run("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?", (label.face_id, label.persona_id))
+        self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
+                  (label.persona_id, label.verdict, label.face_id))
+
+    def delete_label(self, face_id: str, persona_id: str) -> bool:
+        existing = [l for l in self.labels_of_face(face_id) if l.persona_id == persona_id]
+        if not existing:
+            return False
+        self._delete_label_rows(existing[0])
+        self.append_event(pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
+        return True
+
+    _LABEL_COLUMNS = "face_id, persona_id, verdict, labelled_by, create_time"
+
+    def labels_of_face(self, face_id: str) -> list[LabelRecord]:
+        rows = self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ?", (face_id,))
+        return sorted((LabelRecord(*row) for row in rows), key=lambda l: -l.create_time)
+
+    def labels_of_persona(self, persona_id: str, verdict: int) -> list[LabelRecord]:
+        face_ids = [row.face_id for row in self._run(
+            "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ?",
+            (persona_id, verdict), fetch_size=5000)]
+        rows = self._run_many(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ? AND persona_id = ?",
+                              [(face_id, persona_id) for face_id in face_ids])
+        labels = [LabelRecord(*row) for result in rows for row in result]
+        return sorted((l for l in labels if l.verdict == verdict), key=lambda l: -l.create_time)
+
+    def iter_labels(self) -> Iterator[LabelRecord]:
+        for row in self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels", fetch_size=5000, timeout=120):
+            yield LabelRecord(*row)
+
+    # ---- predictions -----------------------------------------------------
+    _PREDICTION_COLUMNS = "face_id, persona_id, confidence, model_version, create_time"
+
+    def put_predictions(self, predictions: list[PredictionRecord]) -> None:
+        latest = {p.face_id: p for p in predictions}  # the last one of a face wins, as in SQLite
+        previous = {row.face_id: (row.persona_id, row.model_version) for row in self._select_in(
+            "SELECT face_id, persona_id, model_version FROM {ks}.predictions WHERE face_id IN ?", list(latest))}
+        self._run_many("INSERT INTO {ks}.prediction_versions (persona_id, model_version) VALUES (?, ?)",
+                       list({(_persona_key(p.persona_id), p.model_version) for p in latest.values()}))
+        self._run_many("INSERT INTO {ks}.predictions_by_persona (persona_id, model_version, face_id) VALUES (?, ?, ?)",
+                       [(_persona_key(p.persona_id), p.model_version, p.face_id) for p in latest.values()])
+        self._run_many(f"INSERT INTO {{ks}}.predictions ({self._PREDICTION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                       [(p.face_id, p.persona_id, float(p.confidence), p.model_version, p.create_time)
+                        for p in latest.values()])
+        stale = [(_persona_key(persona), version, face_id) for face_id, (persona, version) in previous.items()
+                 if (persona, version) != (latest[face_id].persona_id, latest[face_id].model_version)]
+        self._run_many("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ? "
+                       "AND face_id = ?", stale)
+
+    def get_prediction(self, face_id: str) -> PredictionRecord | None:
+        rows = list(self._run(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.predictions WHERE face_id = ?",
+                              (face_id,)))
+        return PredictionRecord(*rows[0]) if rows else None
+
+    def _predictions_in_index(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
+        """The predictions the index names, checked against the base table (an index row can
+        outlive its prediction when a writer crashed between the two writes)."""
+        face_ids = [row.face_id for row in self._run(
+            "SELECT face_id FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
+            (_persona_key(persona_id), model_version), fetch_size=5000)]
+        rows = self._select_in(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.predictions WHERE face_id IN ?",
+                               face_ids)
+        return [PredictionRecord(*row) for row in rows
+                if row.persona_id == persona_id and row.model_version == model_version]
+
+    def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
+        return sorted(self._predictions_in_index(persona_id, model_version), key=lambda p: -p.confidence)
+
+    def iter_predictions(self) -> Iterator[PredictionRecord]:
+        for row in self._run(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.predictions", fetch_size=5000,
+                             timeout=120):
+            yield PredictionRecord(*row)
+
+    # ---- model versions --------------------------------------------------
+    _VERSION_COLUMNS = ("version, state, algorithm, unknown_threshold, persona_ids, metrics, lineage, gate_reason, "
+                        "create_time, activate_time")
+
+    @staticmethod
+    def _version(row) -> ModelVersionRecord:
+        return ModelVersionRecord(row.version, row.state, row.algorithm, row.unknown_threshold,
+                                  json.loads(row.persona_ids), json.loads(row.metrics), json.loads(row.lineage),
+                                  row.gate_reason, row.create_time, row.activate_time)
+
+    def put_model_version(self, record: ModelVersionRecord, artifact: bytes) -> ModelVersionRecord:
+        if not record.version:
+            # Single writer (the trainer) assigns numbers; see the module doc.
+            versions = [row.version for row in self._run("SELECT version FROM {ks}.model_versions")]
+            record.version = max(versions, default=0) + 1
+        chunks = _chunks(artifact)
+        self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
+        self._run_many("INSERT INTO {ks}.model_artifact_chunks (version, chunk, data) VALUES (?, ?, ?)",
+                       [(record.version, i, chunk) for i, chunk in enumerate(chunks)])
+        self._run(f"INSERT INTO {{ks}}.model_versions ({self._VERSION_COLUMNS}, chunk_count) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (record.version, record.state, record.algorithm, float(record.unknown_threshold),
+                   json.dumps(record.persona_ids), json.dumps(record.metrics), json.dumps(record.lineage),
+                   record.gate_reason, record.create_time, record.activate_time, len(chunks)))
+        return record
+
+    def update_model_version(self, record: ModelVersionRecord) -> None:
+        if self.get_model_version(record.version) is None:
+            return  # like SQLite's UPDATE of a missing row (a Cassandra UPDATE would create one)
+        self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ?, metrics = ?, activate_time = ? "
+                  "WHERE version = ?",
+                  (record.state, record.gate_reason, json.dumps(record.metrics), record.activate_time,
+                   record.version))
+
+    def get_model_version(self, version: int) -> ModelVersionRecord | None:
+        rows = list(self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions WHERE version = ?",
+                              (version,)))
+        return self._version(rows[0]) if rows else None
+
+    def get_model_artifact(self, version: int) -> bytes | None:
+        rows = list(self._run("SELECT chunk_count FROM {ks}.model_versions WHERE version = ?", (version,)))
+        if not rows:
+            return None
+        return self._read_chunks("SELECT chunk, data FROM {ks}.model_artifact_chunks WHERE version = ?",
+                                 version, rows[0].chunk_count)
+
+    def list_model_versions(self) -> list[ModelVersionRecord]:
+        rows = self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions", fetch_size=1000)
+        return sorted((self._version(row) for row in rows), key=lambda v: -v.version)
+
+    def activate_model_version(self, version: int) -> ModelVersionRecord:
+        if self.get_model_version(version) is None:
+            raise NotFound(f"model version {version} not found")
+        # New one first, then retire the others: readers never see zero active versions.
+        self._run("UPDATE {ks}.model_versions SET state = ?, activate_time = ? WHERE version = ?",
+                  (pb.MODEL_STATE_ACTIVE, now(), version))
+        self.set_meta(ACTIVE_VERSION_KEY, str(version))
+        for other in self.list_model_versions():
+            if other.version != version and other.state == pb.MODEL_STATE_ACTIVE:
+                self._run("UPDATE {ks}.model_versions SET state = ? WHERE version = ?",
+                          (pb.MODEL_STATE_RETIRED, other.version))
+        self.append_event(pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED, str(version))
+        return self.get_model_version(version)
+
+    def active_model_version(self) -> ModelVersionRecord | None:
+        value = self.get_meta(ACTIVE_VERSION_KEY)
+        return self.get_model_version(int(value)) if value else None
+
+    # ---- training jobs ---------------------------------------------------
+    def put_training_job(self, job: TrainingJobRecord) -> None:
+        day = _day(job.create_time)
+        self._remember_day("jobs", day)
+        self._run("INSERT INTO {ks}.jobs_by_day (day, create_time, job_id) VALUES (?, ?, ?)",
+                  (day, job.create_time, job.job_id))
+        self._run("INSERT INTO {ks}.training_jobs (job_id, body, create_time) VALUES (?, ?, ?)",
+                  (job.job_id, json.dumps(job.__dict__), job.create_time))
+
+    def get_training_job(self, job_id: str) -> TrainingJobRecord | None:
+        rows = list(self._run("SELECT body FROM {ks}.training_jobs WHERE job_id = ?", (job_id,)))
+        return TrainingJobRecord(**json.loads(rows[0].body)) if rows else None
+
+    def list_training_jobs(self, limit: int) -> list[TrainingJobRecord]:
+        if limit <= 0:
+            return []
+        ids = list(dict.fromkeys(self._newest_first("jobs", "jobs_by_day", "job_id", 0, limit)))
+        bodies = {row.job_id: TrainingJobRecord(**json.loads(row.body)) for row in self._select_in(
+            "SELECT job_id, body FROM {ks}.training_jobs WHERE job_id IN ?", ids)}
+        return [bodies[i] for i in ids if i in bodies]
+
+    # ---- event log -------------------------------------------------------
+    def append_event(self, type: int, subject: str, attributes: dict[str, str] | None = None) -> EventRecord:
+        attributes = {str(k): str(v) for k, v in (attributes or {}).items()}
+        for attempt in range(3):
+            event_id = uuid_from_time(time.time())  # random node + clock sequence: unique across writers
+            bucket = _bucket(event_id)
+            if bucket not in self._known_buckets:
+                self._run("INSERT INTO {ks}.event_buckets (shard, bucket) VALUES (0, ?)", (bucket,))
+                self._known_buckets.add(bucket)
+            self._run("INSERT INTO {ks}.events_by_minute (bucket, id, type, subject, attributes) "
+                      "VALUES (?, ?, ?, ?, ?)", (bucket, event_id, type, subject, attributes))
+            late_by = time.time() - unix_time_from_uuid1(event_id)
+            if late_by < EVENT_LAG_S / 2:
+                break
+            # Readers may already have read past this id's lag window: append it again, later.
+            log.warning("event append acknowledged after %.1fs; appending it again (attempt %d)", late_by, attempt + 2)
+        return EventRecord(_event_key(event_id), type, subject, attributes, unix_time_from_uuid1(event_id))
+
+    def _scan_events(self, after: uuid.UUID | None) -> Iterator[tuple[uuid.UUID, object]]:
+        """Events in log order from the lag window before `after` (or from the start)."""
+        if after is None:
+            lower, buckets_from = None, 0
+        else:
+            start = unix_time_from_uuid1(after) - EVENT_LAG_S
+            lower, buckets_from = min_uuid_from_time(start), int(start // EVENT_BUCKET_S)
+        for bucket_row in self._run("SELECT bucket FROM {ks}.event_buckets WHERE shard = 0 AND bucket >= ?",
+                                    (buckets_from,), fetch_size=1000):
+            if lower is None or bucket_row.bucket > _bucket(lower):
+                rows = self._run("SELECT id, type, subject, attributes FROM {ks}.events_by_minute WHERE bucket = ?",
+                                 (bucket_row.bucket,), fetch_size=2000)
+            else:
+                rows = self._run("SELECT id, type, subject, attributes FROM {ks}.events_by_minute "
+                                 "WHERE bucket = ? AND id >= ?", (bucket_row.bucket, lower), fetch_size=2000)
+            for row in rows:
+                yield row.id, row
+
+    def read_events(self, after_cursor: str, limit: int = 1000) -> list[EventRecord]:
+        after = _event_id(after_cursor) if after_cursor else None
+        with self._lock:
+            delivered = self._delivered_at.get(after_cursor) if after_cursor else _Delivered.NOTHING
+        events: list[EventRecord] = []
+        still_delivered: set[uuid.UUID] = set()
+        for event_id, row in self._scan_events(after):
+            if len(events) >= limit:
+                break
+            if event_id == after or (delivered is not None and delivered.has(event_id)):
+                still_delivered.add(event_id)
+                continue
+            # New, or late (ordered before the cursor but not delivered with it), or - for a
+            # cursor this instance did not hand out - possibly a repeat from the lag window.
+            events.append(EventRecord(_event_key(event_id), row.type, row.subject, dict(row.attributes or {}),
+                                      unix_time_from_uuid1(event_id)))
+        self._remember(events, frozenset(still_delivered))
+        return events
+
+    def _remember(self, events: list[EventRecord], base: frozenset[uuid.UUID]) -> None:
+        positions = {_event_id(event.cursor): i for i, event in enumerate(events)}
+        with self._lock:
+            for i, event in enumerate(events):
+                self._delivered_at[event.cursor] = _Delivered(base, positions, i)
+                self._delivered_at.move_to_end(event.cursor)
+            while len(self._delivered_at) > REMEMBERED_CURSORS:
+                self._delivered_at.popitem(last=False)
+
+    def latest_cursor(self) -> str:
+        newest = list(self._run("SELECT bucket FROM {ks}.event_buckets WHERE shard = 0 ORDER BY bucket DESC LIMIT 1"))
+        if not newest:
+            return ""
+        last = list(self._run("SELECT id FROM {ks}.events_by_minute WHERE bucket = ? ORDER BY id DESC LIMIT 1",
+                              (newest[0].bucket,)))
+        if not last:
+            return ""
+        # Everything visible in the window now counts as delivered; later arrivals do not.
+        visible = {event_id for event_id, _row in self._scan_events(last[0].id)} | {last[0].id}
+        cursor = _event_key(max(visible, key=_event_key))
+        with self._lock:
+            self._delivered_at[cursor] = _Delivered(frozenset(visible), {}, 0)
+        return cursor
+
+    # ---- meta --------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = list(self._run("SELECT value FROM {ks}.meta WHERE key = ?", (key,)))
+        return rows[0].value if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._run("INSERT INTO {ks}.meta (key, value) VALUES (?, ?)", (key, value))

@@ -1,0 +1,83 @@
+"""Cassandra-specific guarantees the shared suite cannot provoke: out-of-order event
+arrival, row sizes, and the versioned schema."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from cassandra.util import uuid_from_time
+
+from visage.store.cassandra import CHUNK_BYTES, EVENT_LAG_S, CassandraStore, _bucket
+from visage.store.records import ImageRecord, ModelVersionRecord
+from visage.v1 import resources_pb2 as pb
+
+
+def write_late_event(store: CassandraStore, event_time: float, subject: str) -> None:
+    """What a slow writer does: its event id (taken before the write) lands after newer ones."""
+    event_id = uuid_from_time(event_time)
+    store._run("INSERT INTO {ks}.event_buckets (shard, bucket) VALUES (0, ?)", (_bucket(event_id),))
+    store._run("INSERT INTO {ks}.events_by_minute (bucket, id, type, subject, attributes) VALUES (?, ?, ?, ?, ?)",
+               (_bucket(event_id), event_id, pb.EVENT_TYPE_TRAINING_PROGRESS, subject, {}))
+
+
+def test_late_event_is_delivered_once_to_a_following_consumer(cassandra_store):
+    store = cassandra_store
+    taken = time.time()  # the slow writer takes its id now...
+    newer = store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "newer")
+    first = store.read_events("", 100)
+    assert [e.subject for e in first] == ["newer"]
+    write_late_event(store, taken, "late")  # ...and its write lands after the consumer read past it
+    second = store.read_events(first[-1].cursor, 100)
+    assert [e.subject for e in second] == ["late"]
+    assert second[0].cursor < newer.cursor  # it sorts where it was taken
+    assert store.read_events(second[-1].cursor, 100) == []  # no duplicates once delivered
+    third = store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "after")
+    assert [e.cursor for e in store.read_events(second[-1].cursor, 100)] == [third.cursor]
+
+
+def test_late_event_after_latest_cursor_is_delivered(cassandra_store):
+    store = cassandra_store
+    taken = time.time()
+    store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "seen")
+    cursor = store.latest_cursor()
+    write_late_event(store, taken, "late")
+    assert [e.subject for e in store.read_events(cursor, 100)] == ["late"]
+
+
+def test_cursor_from_another_process_is_at_least_once(cassandra_store, cassandra_config):
+    store = cassandra_store
+    first = store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "one")
+    second = store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "two")
+    other = CassandraStore(cassandra_config)
+    try:
+        # It has not seen the lag window before `first`: it may repeat events there, never drop later ones.
+        got = [e.cursor for e in other.read_events(first.cursor, 100)]
+        assert second.cursor in got and first.cursor not in got
+    finally:
+        other.close()
+
+
+def test_events_older_than_the_lag_window_are_not_read_again(cassandra_store):
+    store = cassandra_store
+    write_late_event(store, time.time() - 10 * EVENT_LAG_S, "old")
+    cursor = store.read_events("", 10)[-1].cursor
+    store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "new")
+    assert [e.subject for e in store.read_events(cursor, 10)] == ["new"]
+
+
+def test_large_values_are_stored_in_rows_under_two_megabytes(cassandra_store):
+    store = cassandra_store
+    content = np.random.default_rng(1).integers(0, 256, 5 * CHUNK_BYTES + 3, dtype=np.uint8).tobytes()
+    store.put_image(ImageRecord("big", "b.png", "image/png", 1, 1, len(content), 0, pb.IMAGE_STATUS_NO_FACE),
+                    content, [])
+    store.put_model_version(ModelVersionRecord(0, pb.MODEL_STATE_CANDIDATE, "svm", 0.5, [], {}, {}), content)
+    for table in ("image_chunks", "model_artifact_chunks"):
+        sizes = [len(row.data) for row in store._session.execute(f"SELECT data FROM {store.keyspace}.{table}")]
+        assert len(sizes) == 6 and max(sizes) <= CHUNK_BYTES < 2 * 1024 * 1024
+    assert store.get_image_content("big") == content and store.get_model_artifact(1) == content
+
+
+def test_schema_is_versioned(cassandra_store):
+    assert cassandra_store.schema_version() == 1
+    cassandra_store.migrate()
+    assert cassandra_store.schema_version() == 1
