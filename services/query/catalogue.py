@@ -1,0 +1,211 @@
+"""Reads of the catalogue: store records joined with their labels and the
+active model's predictions into the messages the UI shows.
+
+Two rules shape every read (see the preamble's cross-part interfaces):
+- only predictions of the *active* model version are shown;
+- labels win: a face labelled BELONGS shows its label, never a prediction, and
+  a face rejected (NOT_BELONGS) for a persona is never listed as predicted for it.
+
+Lists load every label once per request (LabelIndex) instead of asking the
+store face by face: labels are made by hand, so they are few next to faces.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from visage import convert
+from visage.store import NotFound, Store
+from visage.store.records import FaceRecord, LabelRecord, PersonaRecord, PredictionRecord
+from visage.v1 import query_pb2
+from visage.v1 import resources_pb2 as pb
+
+IMAGE_SCAN_BATCH = 100
+# ListUnknownFaces examines faces until its page is full, or until it has spent
+# this many faces or seconds; then it returns what it found (possibly fewer
+# than page_size, even none) with a token to go on. A call's cost stays bounded
+# on either backend even when unknown faces are rare among tens of thousands.
+UNKNOWN_SCAN_FACES = 10_000
+UNKNOWN_SCAN_SECONDS = 0.3
+
+
+class LabelIndex:
+    """Every label, by face and by persona, from one store read."""
+
+    def __init__(self, labels: Iterable[LabelRecord]):
+        self._by_face: dict[str, list[LabelRecord]] = defaultdict(list)
+        self._belongs_by_persona: dict[str, list[LabelRecord]] = defaultdict(list)
+        for label in labels:
+            self._by_face[label.face_id].append(label)
+            if label.verdict == pb.VERDICT_BELONGS:
+                self._belongs_by_persona[label.persona_id].append(label)
+        for persona_labels in self._belongs_by_persona.values():
+            persona_labels.sort(key=lambda label: label.create_time, reverse=True)
+
+    @classmethod
+    def load(cls, store: Store) -> "LabelIndex":
+        return cls(store.iter_labels())
+
+    def of_face(self, face_id: str) -> list[LabelRecord]:
+        return self._by_face.get(face_id, [])
+
+    def has_belongs(self, face_id: str) -> bool:
+        return any(label.verdict == pb.VERDICT_BELONGS for label in self.of_face(face_id))
+
+    def rejects(self, face_id: str, persona_id: str) -> bool:
+        return any(label.persona_id == persona_id and label.verdict == pb.VERDICT_NOT_BELONGS
+                   for label in self.of_face(face_id))
+
+    def belonging_to(self, persona_id: str) -> list[LabelRecord]:
+        """BELONGS labels of the persona, newest first."""
+        return self._belongs_by_persona.get(persona_id, [])
+
+
+def shown_prediction(prediction: PredictionRecord | None, labels: list[LabelRecord],
+                     active_version: int) -> PredictionRecord | None:
+    """The prediction a face shows: the active version's, unless a BELONGS label wins."""
+    if prediction is None or not active_version or prediction.model_version != active_version:
+        return None
+    if any(label.verdict == pb.VERDICT_BELONGS for label in labels):
+        return None
+    return prediction
+
+
+def face_message(record: FaceRecord, labels: list[LabelRecord], prediction: PredictionRecord | None,
+                 active_version: int, include_embedding: bool = False) -> pb.Face:
+    return convert.face(record, labels, shown_prediction(prediction, labels, active_version), include_embedding)
+
+
+class Catalogue:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def active_version(self) -> int:
+        record = self.store.active_model_version()
+        return record.version if record else 0
+
+    # ---- personas --------------------------------------------------------
+    def persona(self, persona_id: str) -> pb.Persona:
+        record = self.store.get_persona(persona_id)
+        if record is None:
+            raise NotFound(f"persona {persona_id!r} not found")
+        return self.persona_message(record, LabelIndex.load(self.store), self.active_version())
+
+    def personas(self, offset: int, limit: int) -> tuple[list[pb.Persona], bool]:
+        """A page of personas by name, and whether more follow."""
+        records = self.store.list_personas()
+        page = records[offset:offset + limit]
+        if not page:
+            return [], False
+        labels, version = LabelIndex.load(self.store), self.active_version()
+        return [self.persona_message(record, labels, version) for record in page], offset + limit < len(records)
+
+    def persona_message(self, record: PersonaRecord, labels: LabelIndex, active_version: int) -> pb.Persona:
+        belonging = labels.belonging_to(record.persona_id)
+        predicted = self.predicted_faces(record.persona_id, labels, active_version)
+        return convert.persona(record, labelled=len(belonging), predicted=len(predicted),
+                               cover_face_id=belonging[0].face_id if belonging else "")
+
+    def predicted_faces(self, persona_id: str, labels: LabelIndex, active_version: int) -> list[PredictionRecord]:
+        """The active version's predictions of the persona, highest confidence
+        first, less faces a label already decides."""
+        if not active_version:
+            return []
+        return [prediction for prediction in self.store.predictions_of_persona(persona_id, active_version)
+                if not labels.has_belongs(prediction.face_id) and not labels.rejects(prediction.face_id, persona_id)]
+
+    def require_persona(self, persona_id: str) -> PersonaRecord:
+        record = self.store.get_persona(persona_id)
+        if record is None:
+            raise NotFound(f"persona {persona_id!r} not found")
+        return record
+
+    # ---- faces -----------------------------------------------------------
+    def face(self, face_id: str, include_embedding: bool = False) -> pb.Face:
+        record = self.store.get_face(face_id)
+        if record is None:
+            raise NotFound(f"face {face_id!r} not found")
+        return face_message(record, self.store.labels_of_face(face_id), self.store.get_prediction(face_id),
+                            self.active_version(), include_embedding)
+
+    def require_face(self, face_id: str) -> FaceRecord:
+        record = self.store.get_face(face_id)
+        if record is None:
+            raise NotFound(f"face {face_id!r} not found")
+        return record
+
+    def persona_faces(self, persona_id: str, kind: int, offset: int, limit: int) -> tuple[list[pb.Face], bool]:
+        """A page of the persona's faces of this kind, and whether more follow."""
+        self.require_persona(persona_id)
+        labels, version = LabelIndex.load(self.store), self.active_version()
+        if kind == query_pb2.FACE_KIND_PREDICTED:
+            return self._predicted_page(persona_id, labels, version, offset, limit)
+        verdict = pb.VERDICT_BELONGS if kind == query_pb2.FACE_KIND_LABELLED else pb.VERDICT_NOT_BELONGS
+        persona_labels = self.store.labels_of_persona(persona_id, verdict)  # newest first
+        records = self.store.get_faces(label.face_id for label in persona_labels[offset:offset + limit])
+        # Faces labelled BELONGS never show a prediction: skip the reads.
+        faces = [face_message(record, labels.of_face(record.face_id),
+                              None if verdict == pb.VERDICT_BELONGS else self.store.get_prediction(record.face_id),
+                              version)
+                 for record in records]
+        return faces, offset + limit < len(persona_labels)
+
+    def _predicted_page(self, persona_id: str, labels: LabelIndex, version: int, offset: int,
+                        limit: int) -> tuple[list[pb.Face], bool]:
+        predictions = self.predicted_faces(persona_id, labels, version)
+        page = {prediction.face_id: prediction for prediction in predictions[offset:offset + limit]}
+        faces = [face_message(record, labels.of_face(record.face_id), page[record.face_id], version)
+                 for record in self.store.get_faces(page)]  # dicts keep the confidence order
+        return faces, offset + limit < len(predictions)
+
+    def unknown_faces(self, image_offset: int, face_offset: int, limit: int) -> tuple[list[pb.Face], list[int] | None]:
+        """Unknown faces newest first (by image, then position in the image),
+        and the scan position to go on from (None at the end)."""
+        labels, version = LabelIndex.load(self.store), self.active_version()
+        found: list[pb.Face] = []
+        scanned = 0
+        give_up_at = time.monotonic() + UNKNOWN_SCAN_SECONDS
+        while images := self.store.list_images(image_offset, IMAGE_SCAN_BATCH):
+            for image in images:
+                if image.face_count:
+                    faces = self.store.faces_of_image(image.image_id)
+                    for position in range(face_offset, len(faces)):
+                        face = faces[position]
+                        unknown, prediction = self._unknown(face.face_id, labels, version)
+                        if not unknown:
+                            continue
+                        if len(found) == limit:  # only hand out a token when something follows
+                            return found, [image_offset, position]
+                        found.append(face_message(face, labels.of_face(face.face_id), prediction, version))
+                    scanned += len(faces) - face_offset
+                image_offset, face_offset = image_offset + 1, 0
+                if scanned >= UNKNOWN_SCAN_FACES or time.monotonic() > give_up_at:
+                    return found, [image_offset, 0]
+        return found, None
+
+    def _unknown(self, face_id: str, labels: LabelIndex, version: int) -> tuple[bool, PredictionRecord | None]:
+        """Whether nobody is known for the face: not labelled as anyone, and the
+        active version has no say, says unknown, or names a persona the face was
+        rejected for (labels win)."""
+        if labels.has_belongs(face_id):
+            return False, None
+        prediction = self.store.get_prediction(face_id)
+        if prediction is None or prediction.model_version != version or not prediction.persona_id:
+            return True, prediction
+        return labels.rejects(face_id, prediction.persona_id), prediction
+
+    # ---- images ----------------------------------------------------------
+    def images(self, offset: int, limit: int) -> tuple[list[pb.Image], bool]:
+        records = self.store.list_images(offset, limit + 1)
+        return [convert.image(record) for record in records[:limit]], len(records) > limit
+
+    def image(self, image_id: str) -> query_pb2.GetImageResponse:
+        record = self.store.get_image(image_id)
+        if record is None:
+            raise NotFound(f"image {image_id!r} not found")
+        version = self.active_version()
+        faces = [face_message(face, self.store.labels_of_face(face.face_id), self.store.get_prediction(face.face_id),
+                              version)
+                 for face in self.store.faces_of_image(image_id)]
+        return query_pb2.GetImageResponse(image=convert.image(record), faces=faces)

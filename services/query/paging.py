@@ -1,0 +1,55 @@
+"""Opaque page tokens and page sizes for every List* call of the query service.
+
+A token is urlsafe base64 of a small JSON object: the list it belongs to (its
+"scope", e.g. "images" or "persona-faces/<id>/PREDICTED") and a position of
+integers. The scope check turns a token pasted into the wrong list into a clear
+INVALID_ARGUMENT instead of a silently wrong page.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
+MAX_TOKEN_CHARS = 1024
+
+
+class InvalidPageRequest(ValueError):
+    """A page size or page token the caller must fix (→ INVALID_ARGUMENT)."""
+
+
+def page_size(requested: int) -> int:
+    """0 means the default; above the maximum is coerced down (AIP-158)."""
+    if requested < 0:
+        raise InvalidPageRequest(f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {requested}")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def encode_token(scope: str, position: list[int]) -> str:
+    payload = json.dumps({"s": scope, "p": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_token(token: str, scope: str, length: int) -> list[int]:
+    """The position a token names, or [0] * length for the first page."""
+    if not token:
+        return [0] * length
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidPageRequest("page_token is not a token this list issued (too long)")
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        position = payload["p"]
+        token_scope = payload["s"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise InvalidPageRequest("page_token is malformed; pass back a next_page_token unchanged") from None
+    if token_scope != scope:
+        raise InvalidPageRequest("page_token belongs to a different list or query; start again without it")
+    valid = (isinstance(position, list) and len(position) == length
+             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in position))
+    if not valid:
+        raise InvalidPageRequest("page_token holds an invalid position; pass back a next_page_token unchanged")
+    return position

@@ -1,0 +1,259 @@
+"""QueryService: persona and label writes, and every read of the catalogue.
+
+Handlers raise plain exceptions (validation, store NotFound, ...); one mapping
+(`status_for`) turns each into a gRPC status with a message saying what was
+wrong, so a bad request never takes the service down or half-writes data.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import threading
+from typing import NamedTuple
+
+import grpc
+from google.api import httpbody_pb2
+from google.protobuf import empty_pb2
+from grpc_health.v1 import health
+
+from visage import convert
+from visage.config import Config
+from visage.server import SERVICE_NAMES, build_server
+from visage.store import NotFound, Store, StoreError
+from visage.store.records import LabelRecord
+from visage.v1 import query_pb2, query_pb2_grpc
+from visage_query import events, paging, validation
+from visage_query.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+
+# Each open WatchEvents stream holds a worker thread for its lifetime, so the
+# pool is larger than usual and streams are capped below it: unary calls
+# always find a free thread.
+MAX_WORKERS = 64
+MAX_WATCHERS = 48
+STOP_GRACE_SECONDS = 5.0
+
+
+class TooManyWatchers(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+def _is_store_unavailable(error: Exception) -> bool:
+    """Errors of an unreachable or busy store (SQLite locked, Cassandra down):
+    worth a retry, unlike a bug."""
+    if isinstance(error, (StoreError, sqlite3.OperationalError)):
+        return True
+    return type(error).__module__.split(".")[0] == "cassandra"
+
+
+def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, (validation.InvalidArgument, paging.InvalidPageRequest, events.InvalidCursor)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, TooManyWatchers):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, ShuttingDown):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    if _is_store_unavailable(error):
+        log.warning("%s: store unavailable: %r", rpc_name, error)
+        return grpc.StatusCode.UNAVAILABLE, f"the store is unavailable ({type(error).__name__}: {error}); retry later"
+    log.exception("%s failed", rpc_name, exc_info=error)
+    return (grpc.StatusCode.INTERNAL,
+            f"{rpc_name} failed with an internal error ({type(error).__name__}); see the query service log")
+
+
+def unary(method):
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as error:  # noqa: BLE001 - mapped to a status, never crashes the server
+            code, message = status_for(error, method.__name__)
+        context.abort(code, message)
+    return handler
+
+
+def streaming(method):
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            yield from method(self, request, context)
+        except Exception as error:  # noqa: BLE001
+            code, message = status_for(error, method.__name__)
+        else:
+            return
+        context.abort(code, message)
+    return handler
+
+
+def _page(scope: str, page_size: int, page_token: str) -> tuple[int, int]:
+    """(offset, size) of an offset-paged list."""
+    size = paging.page_size(page_size)
+    offset, = paging.decode_token(page_token, scope, 1)
+    return offset, size
+
+
+def _next_token(scope: str, offset: int, size: int, more: bool) -> str:
+    return paging.encode_token(scope, [offset + size]) if more else ""
+
+
+class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+    def __init__(self, store: Store, max_watchers: int = MAX_WATCHERS):
+        self.store = store
+        self.catalogue = Catalogue(store)
+        self._closing = threading.Event()
+        self._watch_slots = threading.BoundedSemaphore(max_watchers)
+        self._max_watchers = max_watchers
+
+    def close(self) -> None:
+        """Ends open WatchEvents streams (UNAVAILABLE, so clients reconnect elsewhere)."""
+        self._closing.set()
+
+    # ---- personas --------------------------------------------------------
+    @unary
+    def CreatePersona(self, request, context):
+        name = validation.display_name(request.persona.display_name)
+        return convert.persona(self.store.create_persona(name))
+
+    @unary
+    def GetPersona(self, request, context):
+        return self.catalogue.persona(validation.required_id(request.persona_id, "persona_id"))
+
+    @unary
+    def ListPersonas(self, request, context):
+        offset, size = _page("personas", request.page_size, request.page_token)
+        personas, more = self.catalogue.personas(offset, size)
+        return query_pb2.ListPersonasResponse(personas=personas,
+                                              next_page_token=_next_token("personas", offset, size, more))
+
+    @unary
+    def UpdatePersona(self, request, context):
+        persona_id = validation.required_id(request.persona.persona_id, "persona.persona_id")
+        name = validation.display_name(request.persona.display_name)
+        self.store.rename_persona(persona_id, name)
+        return self.catalogue.persona(persona_id)
+
+    @unary
+    def DeletePersona(self, request, context):
+        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"))
+        return empty_pb2.Empty()
+
+    @unary
+    def ListPersonaFaces(self, request, context):
+        persona_id = validation.required_id(request.persona_id, "persona_id")
+        kind = validation.face_kind(request.kind)
+        scope = f"persona-faces/{persona_id}/{kind}"
+        offset, size = _page(scope, request.page_size, request.page_token)
+        faces, more = self.catalogue.persona_faces(persona_id, kind, offset, size)
+        return query_pb2.ListPersonaFacesResponse(faces=faces, next_page_token=_next_token(scope, offset, size, more))
+
+    # ---- labels and faces ------------------------------------------------
+    @unary
+    def LabelFace(self, request, context):
+        label = self._label_record(request)
+        self.store.put_label(label)  # NotFound for an unknown face or persona
+        return self.catalogue.face(label.face_id)
+
+    @staticmethod
+    def _label_record(request) -> LabelRecord:
+        return LabelRecord(face_id=validation.required_id(request.face_id, "face_id"),
+                           persona_id=validation.required_id(request.persona_id, "persona_id"),
+                           verdict=validation.verdict(request.verdict),
+                           labelled_by=validation.labelled_by(request.labelled_by))
+
+    @unary
+    def UnlabelFace(self, request, context):
+        face_id = validation.required_id(request.face_id, "face_id")
+        persona_id = validation.required_id(request.persona_id, "persona_id")
+        self.catalogue.require_face(face_id)
+        self.catalogue.require_persona(persona_id)
+        self.store.delete_label(face_id, persona_id)  # no such label: nothing to undo (idempotent)
+        return self.catalogue.face(face_id)
+
+    @unary
+    def GetFace(self, request, context):
+        return self.catalogue.face(validation.required_id(request.face_id, "face_id"), request.include_embedding)
+
+    @unary
+    def ListUnknownFaces(self, request, context):
+        size = paging.page_size(request.page_size)
+        image_offset, face_offset = paging.decode_token(request.page_token, "unknown-faces", 2)
+        faces, next_position = self.catalogue.unknown_faces(image_offset, face_offset, size)
+        token = paging.encode_token("unknown-faces", next_position) if next_position else ""
+        return query_pb2.ListUnknownFacesResponse(faces=faces, next_page_token=token)
+
+    @unary
+    def GetFaceCrop(self, request, context):
+        face_id = validation.required_id(request.face_id, "face_id")
+        face = self.catalogue.require_face(face_id)
+        if not face.crop_jpeg:
+            raise NotFound(f"face {face_id!r} has no stored crop")
+        return httpbody_pb2.HttpBody(content_type="image/jpeg", data=face.crop_jpeg)
+
+    # ---- images ----------------------------------------------------------
+    @unary
+    def ListImages(self, request, context):
+        offset, size = _page("images", request.page_size, request.page_token)
+        images, more = self.catalogue.images(offset, size)
+        return query_pb2.ListImagesResponse(images=images, next_page_token=_next_token("images", offset, size, more))
+
+    @unary
+    def GetImage(self, request, context):
+        return self.catalogue.image(validation.required_id(request.image_id, "image_id"))
+
+    @unary
+    def GetImageContent(self, request, context):
+        image_id = validation.required_id(request.image_id, "image_id")
+        record = self.store.get_image(image_id)
+        content = self.store.get_image_content(image_id) if record else None
+        if content is None:
+            raise NotFound(f"image {image_id!r} not found")
+        return httpbody_pb2.HttpBody(content_type=record.content_type or "application/octet-stream", data=content)
+
+    # ---- events ----------------------------------------------------------
+    @streaming
+    def WatchEvents(self, request, context):
+        types = validation.event_types(list(request.types))
+        if not self._watch_slots.acquire(blocking=False):
+            raise TooManyWatchers(f"too many open WatchEvents streams (limit {self._max_watchers}); retry later")
+        try:
+            cancelled = threading.Event()
+            context.add_callback(cancelled.set)  # client cancel, deadline, or server stop
+            start = request.after_cursor or self.store.latest_cursor()
+            first_batch = events.read_after(self.store, start)  # validates the cursor
+            context.send_initial_metadata(())  # the stream is open even before the first event
+            for record in events.follow(self.store, start, types, cancelled, self._closing.is_set, first_batch):
+                yield events.event_message(record)
+            if self._closing.is_set() and context.is_active():
+                raise ShuttingDown("the query service is shutting down; reconnect with the last cursor you saw")
+        finally:
+            self._watch_slots.release()
+
+
+class RunningQueryService(NamedTuple):
+    server: grpc.Server
+    port: int
+    servicer: QueryServicer
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None = STOP_GRACE_SECONDS) -> None:
+        self.servicer.close()
+        self.server.stop(grace).wait()
+
+
+def start(config: Config, store: Store, address: str | None = None,
+          max_workers: int = MAX_WORKERS, max_watchers: int = MAX_WATCHERS) -> RunningQueryService:
+    """Starts the service on `address` (default: config's host and query port;
+    tests pass "127.0.0.1:0")."""
+    servicer = QueryServicer(store, max_watchers)
+    server, port, health_servicer = build_server(
+        lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
+        [SERVICE_NAMES["query"]], address or f"{config.host}:{config.ports.query}", max_workers)
+    return RunningQueryService(server, port, servicer, health_servicer)

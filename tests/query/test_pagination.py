@@ -1,0 +1,121 @@
+"""Every list pages without duplicates or gaps, and rejects foreign or broken tokens."""
+from __future__ import annotations
+
+import base64
+
+import grpc
+import pytest
+
+from visage.v1 import query_pb2
+from visage.v1 import resources_pb2 as pb
+
+from query_calls import assert_still_serving, create, label, rpc_error
+
+
+def collect(call, make_request, items_field: str, page_size: int, id_field: str) -> list[str]:
+    """Walks every page; fails on a page over page_size or a loop."""
+    ids, token = [], ""
+    for _ in range(1000):
+        response = call(make_request(page_size=page_size, page_token=token))
+        page = getattr(response, items_field)
+        assert len(page) <= page_size
+        ids.extend(getattr(item, id_field) for item in page)
+        token = response.next_page_token
+        if not token:
+            return ids
+    raise AssertionError("pagination never ended")
+
+
+def test_personas_pages(stub):
+    names = [f"persona {n:02d}" for n in range(23)]
+    for name in reversed(names):
+        create(stub, name)
+    ids = collect(stub.ListPersonas, query_pb2.ListPersonasRequest, "personas", 5, "display_name")
+    assert ids == names
+
+
+def test_images_pages(stub, store, add_image):
+    oldest_first = [add_image(store, 1, create_time=float(n))[0].image_id for n in range(17)]
+    ids = collect(stub.ListImages, query_pb2.ListImagesRequest, "images", 4, "image_id")
+    assert ids == list(reversed(oldest_first))
+
+
+def test_persona_faces_pages_of_each_kind(stub, store, add_image, activate_model, predict):
+    penny = create(stub, "Penny")
+    faces = add_image(store, 30)
+    for face in faces[:11]:
+        label(stub, face.face_id, penny.persona_id)
+    for face in faces[11:18]:
+        label(stub, face.face_id, penny.persona_id, pb.VERDICT_NOT_BELONGS)
+    version = activate_model(store, [penny.persona_id])
+    predict(store, version, *[(face.face_id, penny.persona_id, 0.5 + index / 100)
+                                     for index, face in enumerate(faces)])
+    expected = {
+        query_pb2.FACE_KIND_LABELLED: [face.face_id for face in reversed(faces[:11])],
+        query_pb2.FACE_KIND_REJECTED: [face.face_id for face in reversed(faces[11:18])],
+        query_pb2.FACE_KIND_PREDICTED: [face.face_id for face in reversed(faces[18:])],
+    }
+    for kind, want in expected.items():
+        def request(kind=kind, **page):
+            return query_pb2.ListPersonaFacesRequest(persona_id=penny.persona_id, kind=kind, **page)
+        assert collect(stub.ListPersonaFaces, request, "faces", 3, "face_id") == want
+
+
+def test_unknown_faces_pages(stub, store, add_image):
+    faces = [face for n in range(9) for face in add_image(store, n % 4, create_time=float(n))]
+    penny = create(stub, "Penny")
+    label(stub, faces[0].face_id, penny.persona_id)
+    ids = collect(stub.ListUnknownFaces, query_pb2.ListUnknownFacesRequest, "faces", 2, "face_id")
+    assert len(ids) == len(set(ids)) == len(faces) - 1
+    assert faces[0].face_id not in ids
+
+
+def test_page_size_default_and_cap(stub):
+    for n in range(3):
+        create(stub, f"p{n}")
+    assert len(stub.ListPersonas(query_pb2.ListPersonasRequest(page_size=0)).personas) == 3
+    assert len(stub.ListPersonas(query_pb2.ListPersonasRequest(page_size=10_000)).personas) == 3
+
+
+@pytest.mark.parametrize("token", [
+    "not base64 !!",
+    "AAAA",
+    base64.urlsafe_b64encode(b'{"s": "personas", "p": [-4]}').decode(),
+    base64.urlsafe_b64encode(b'{"s": "personas", "p": ["x"]}').decode(),
+    base64.urlsafe_b64encode(b'{"s": "images", "p": [5]}').decode(),  # another list's token
+    "A" * 5000,
+])
+def test_invalid_page_tokens(stub, token):
+    error = rpc_error(stub.ListPersonas, query_pb2.ListPersonasRequest(page_token=token))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in error.details()
+    assert_still_serving(stub)
+
+
+def test_a_token_is_bound_to_its_persona_and_kind(stub, store, add_image):
+    penny, amy = create(stub, "Penny"), create(stub, "Amy")
+    for face in add_image(store, 3):
+        label(stub, face.face_id, penny.persona_id)
+    token = stub.ListPersonaFaces(query_pb2.ListPersonaFacesRequest(persona_id=penny.persona_id,
+                                                                    page_size=1)).next_page_token
+    assert token
+    for request in (query_pb2.ListPersonaFacesRequest(persona_id=amy.persona_id, page_token=token),
+                    query_pb2.ListPersonaFacesRequest(persona_id=penny.persona_id, page_token=token,
+                                                      kind=query_pb2.FACE_KIND_REJECTED)):
+        assert rpc_error(stub.ListPersonaFaces, request).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_faces_scan_is_bounded_but_the_walk_is_complete(stub, store, add_image, activate_model,
+                                                                predict, monkeypatch):
+    """With unknown faces rare, a call stops after a few faces and hands out a
+    token; walking the tokens still yields every unknown face exactly once."""
+    monkeypatch.setattr("visage_query.catalogue.UNKNOWN_SCAN_FACES", 3)
+    penny = create(stub, "Penny")
+    faces = [face for n in range(12) for face in add_image(store, 2, create_time=float(n))]
+    version = activate_model(store, [penny.persona_id])
+    unknown = {faces[1].face_id, faces[10].face_id, faces[23].face_id}
+    predict(store, version, *[(face.face_id, "" if face.face_id in unknown else penny.persona_id, 0.9)
+                                     for face in faces])
+    first = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=10))
+    assert len(first.faces) < 3 and first.next_page_token  # stopped early, not at the end
+    ids = collect(stub.ListUnknownFaces, query_pb2.ListUnknownFacesRequest, "faces", 10, "face_id")
+    assert ids == [faces[23].face_id, faces[10].face_id, faces[1].face_id]
