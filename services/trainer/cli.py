@@ -1,0 +1,92 @@
+"""`visage train` (start a job and follow it) and `visage models list|activate`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import grpc
+from tqdm import tqdm
+
+from visage.config import Config
+from visage.v1 import resources_pb2 as pb
+from visage.v1 import train_pb2, train_pb2_grpc
+
+TERMINAL = (pb.TRAINING_PHASE_SUCCEEDED, pb.TRAINING_PHASE_FAILED)
+
+
+def register(subparsers) -> None:
+    default_address = f"{Config.from_env().host}:{Config.from_env().ports.trainer}"
+    train = subparsers.add_parser("train", help="train a new model version now and show its progress")
+    train.add_argument("--address", default=default_address, help="trainer address (host:port)")
+    train.add_argument("--reason", default="", help="free text kept with the job")
+    train.set_defaults(run=run_train)
+
+    models = subparsers.add_parser("models", help="list model versions or activate one (rollback)")
+    models.add_argument("--address", default=default_address, help="trainer address (host:port)")
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every version, newest first").set_defaults(run=run_models_list)
+    activate = actions.add_parser("activate", help="make a stored version the active one")
+    activate.add_argument("version", type=int)
+    activate.set_defaults(run=run_models_activate)
+
+
+def _stub(address: str) -> train_pb2_grpc.TrainServiceStub:
+    return train_pb2_grpc.TrainServiceStub(grpc.insecure_channel(address))
+
+
+def _fail(error: grpc.RpcError) -> int:
+    print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+    return 1
+
+
+def run_train(args: argparse.Namespace) -> int:
+    stub = _stub(args.address)
+    try:
+        job = stub.StartTraining(train_pb2.StartTrainingRequest(reason=args.reason))
+        with tqdm(total=1, unit="face", desc="queued", file=sys.stderr) as bar:
+            for job in stub.WatchTrainingJobs(train_pb2.WatchTrainingJobsRequest(job_id=job.job_id)):
+                bar.set_description(pb.TrainingPhase.Name(job.phase).removeprefix("TRAINING_PHASE_").lower())
+                bar.total, bar.n = max(job.total, 1), min(job.done, max(job.total, 1))
+                bar.refresh()
+    except grpc.RpcError as error:
+        return _fail(error)
+    print(f"job {job.job_id}: {pb.TrainingPhase.Name(job.phase)}: {job.message}")
+    if job.phase != pb.TRAINING_PHASE_SUCCEEDED:
+        return 1
+    if job.model_version:
+        _print_metrics(job.metrics)
+    return 0
+
+
+def _print_metrics(metrics: pb.ModelMetrics) -> None:
+    print(f"accuracy {metrics.accuracy:.3f}  unknown rejection {metrics.unknown_rejection_rate:.3f}  "
+          f"faces {metrics.labelled_faces}  personas {metrics.personas}")
+    print(f"evaluation: {metrics.evaluation_method}")
+    for item in metrics.per_persona:
+        print(f"  {item.persona_id:<36} precision {item.precision:.3f}  recall {item.recall:.3f}  "
+              f"support {item.support}")
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    stub, token = _stub(args.address), ""
+    print(f"{'version':>7}  {'state':<9} {'accuracy':>8} {'unknown':>8} {'faces':>7} {'personas':>8}  gate")
+    try:
+        while True:
+            page = stub.ListModelVersions(train_pb2.ListModelVersionsRequest(page_size=100, page_token=token))
+            for v in page.model_versions:
+                state = pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_").lower()
+                print(f"{v.version:>7}  {state:<9} {v.metrics.accuracy:>8.3f} {v.metrics.unknown_rejection_rate:>8.3f} "
+                      f"{v.metrics.labelled_faces:>7} {v.metrics.personas:>8}  {v.gate_reason}")
+            if not (token := page.next_page_token):
+                return 0
+    except grpc.RpcError as error:
+        return _fail(error)
+
+
+def run_models_activate(args: argparse.Namespace) -> int:
+    try:
+        version = _stub(args.address).ActivateModelVersion(train_pb2.ActivateModelVersionRequest(version=args.version))
+    except grpc.RpcError as error:
+        return _fail(error)
+    print(f"version {version.version} is active")
+    return 0

@@ -1,0 +1,276 @@
+"""TrainService and the trainer that runs behind it.
+
+Exactly one trainer runs per deployment (one replica; `make run` starts one):
+jobs run one at a time on one worker thread, and the event cursor in the
+store's meta table belongs to it. Two trainers would not corrupt anything
+(versions get distinct numbers) but would train twice and race activations.
+
+Event-driven training: a follower thread reads the event log from the
+trainer's durable cursor; label and persona events arm a debounce timer, and
+once the log has been quiet for `debounce_seconds` one job trains on every
+label. The cursor advances only after a job ends, so a crash mid-training
+replays the events on restart and trains again."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+
+import grpc
+
+from visage import convert
+from visage.config import Config
+from visage.server import SERVICE_NAMES, build_server
+from visage.store.base import NotFound, Store
+from visage.store.records import TrainingJobRecord
+from visage.v1 import resources_pb2 as pb
+from visage.v1 import train_pb2, train_pb2_grpc
+from visage_trainer.training import TERMINAL_PHASES, JobReporter, TrainerSettings, run_job
+
+log = logging.getLogger(__name__)
+
+CURSOR_META_KEY = "trainer.event_cursor"
+TRIGGER_EVENTS = {pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED, pb.EVENT_TYPE_PERSONA_CREATED,
+                  pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED}
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+WATCH_POLL_SECONDS = 0.5  # how often a watch stream checks that its client is still there
+
+
+class JobBoard:
+    """Fans job updates out to watch streams (one queue per stream)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._subscribers: set[queue.Queue] = set()
+        self.closed = threading.Event()
+
+    def publish(self, job: TrainingJobRecord) -> None:
+        with self._lock:
+            for subscriber in self._subscribers:
+                subscriber.put(job)
+
+    def subscribe(self) -> queue.Queue:
+        subscriber: queue.Queue = queue.Queue()
+        with self._lock:
+            self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: queue.Queue) -> None:
+        with self._lock:
+            self._subscribers.discard(subscriber)
+
+
+class Trainer:
+    """The job queue, its worker thread and the event follower."""
+
+    def __init__(self, store: Store, settings: TrainerSettings):
+        self.store, self.settings = store, settings
+        self.board = JobBoard()
+        self._jobs: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._outstanding = 0  # jobs submitted and not yet ended (the cursor may move only at 0)
+        self._outstanding_lock = threading.Lock()
+        self._saved_cursor = store.get_meta(CURSOR_META_KEY) or ""
+        self._event_job_queued = threading.Event()
+        self._threads = [threading.Thread(target=self._work, name="trainer-worker", daemon=True),
+                         threading.Thread(target=self._follow_events, name="trainer-events", daemon=True)]
+
+    def start(self) -> None:
+        self._fail_interrupted_jobs()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.board.closed.set()
+        self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def submit(self, trigger: int, message: str = "") -> TrainingJobRecord:
+        job = TrainingJobRecord(job_id=uuid.uuid4().hex, trigger=trigger, phase=pb.TRAINING_PHASE_QUEUED,
+                                message=message)
+        with self._outstanding_lock:
+            self._outstanding += 1
+        self.store.put_training_job(job)
+        self.board.publish(job)
+        self._jobs.put(job)
+        return job
+
+    @property
+    def idle(self) -> bool:
+        with self._outstanding_lock:
+            return self._outstanding == 0
+
+    # ---- worker ----------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if job.trigger == pb.TRAINING_TRIGGER_EVENTS:
+                self._event_job_queued.clear()
+            reporter = JobReporter(self.store, job, self.board.publish)
+            cursor = run_job(self.store, reporter, self.settings, force=job.trigger == pb.TRAINING_TRIGGER_MANUAL)
+            self._advance_cursor(cursor)
+            with self._outstanding_lock:
+                self._outstanding -= 1
+
+    def _advance_cursor(self, cursor: str) -> None:
+        # Jobs end in submission order and the follower moves it only when no
+        # job is outstanding, so this never moves the cursor backwards.
+        if cursor and cursor != self._saved_cursor:
+            self.store.set_meta(CURSOR_META_KEY, cursor)
+            self._saved_cursor = cursor
+
+    def _fail_interrupted_jobs(self) -> None:
+        """Jobs a killed trainer left unfinished are marked FAILED (their
+        labels are retrained: the cursor did not move)."""
+        for job in self.store.list_training_jobs(100):
+            if job.phase not in TERMINAL_PHASES:
+                job.phase, job.message = pb.TRAINING_PHASE_FAILED, "interrupted: the trainer stopped during the job"
+                self.store.put_training_job(job)
+
+    # ---- event follower --------------------------------------------------
+    def _follow_events(self) -> None:
+        cursor = self.store.get_meta(CURSOR_META_KEY) or ""
+        last_trigger_at = None  # monotonic time of the newest unhandled label/persona event
+        while not self._stop.is_set():
+            try:
+                events = self.store.read_events(cursor, 1000)
+            except Exception:  # store briefly unavailable: keep following
+                log.exception("reading events failed")
+                events = []
+            if events:
+                cursor = events[-1].cursor
+                if any(event.type in TRIGGER_EVENTS for event in events):
+                    last_trigger_at = time.monotonic()
+                if len(events) == 1000:
+                    continue  # catch up before waiting
+            if last_trigger_at is not None and time.monotonic() - last_trigger_at >= self.settings.debounce_seconds:
+                if not self._event_job_queued.is_set():
+                    self._event_job_queued.set()
+                    self.submit(pb.TRAINING_TRIGGER_EVENTS, "label or persona events")
+                last_trigger_at = None
+            elif last_trigger_at is None and self.idle:
+                self._advance_cursor(cursor)  # nothing pending: the events read need no training
+            self._stop.wait(self.settings.poll_seconds)
+
+
+# ---- page tokens -------------------------------------------------------------
+def page_bounds(page_size: int, page_token: str, kind: str) -> tuple[int, int]:
+    """(offset, size) from a request; raises ValueError with the reason."""
+    if page_size < 0:
+        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
+    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not page_token:
+        return 0, size
+    try:
+        token = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+        offset = int(token["offset"])
+        if token["kind"] != kind or offset < 0:
+            raise ValueError
+    except Exception:
+        raise ValueError(f"page_token {page_token[:40]!r} is not a token this list returned") from None
+    return offset, size
+
+
+def next_page_token(offset: int, size: int, total: int, kind: str) -> str:
+    if offset + size >= total:
+        return ""
+    return base64.urlsafe_b64encode(json.dumps({"kind": kind, "offset": offset + size}).encode()).decode()
+
+
+class TrainServicer(train_pb2_grpc.TrainServiceServicer):
+    def __init__(self, store: Store, trainer: Trainer):
+        self.store, self.trainer = store, trainer
+
+    def StartTraining(self, request, context):
+        reason = request.reason.strip()[:500] or "started by an operator"
+        return convert.training_job(self.trainer.submit(pb.TRAINING_TRIGGER_MANUAL, reason))
+
+    def GetTrainingJob(self, request, context):
+        return convert.training_job(self._job(request.job_id, context))
+
+    def ListTrainingJobs(self, request, context):
+        offset, size = self._page(request, context, "jobs")
+        jobs = self.store.list_training_jobs(offset + size + 1)
+        return train_pb2.ListTrainingJobsResponse(
+            training_jobs=[convert.training_job(job) for job in jobs[offset:offset + size]],
+            next_page_token=next_page_token(offset, size, len(jobs), "jobs"))
+
+    def WatchTrainingJobs(self, request, context):
+        subscriber = self.trainer.board.subscribe()
+        try:
+            if request.job_id:
+                job = self._job(request.job_id, context)
+                yield convert.training_job(job)
+                if job.phase in TERMINAL_PHASES:
+                    return
+            while context.is_active() and not self.trainer.board.closed.is_set():
+                try:
+                    job = subscriber.get(timeout=WATCH_POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if request.job_id and job.job_id != request.job_id:
+                    continue
+                yield convert.training_job(job)
+                if request.job_id and job.phase in TERMINAL_PHASES:
+                    return
+        finally:
+            self.trainer.board.unsubscribe(subscriber)
+
+    def ListModelVersions(self, request, context):
+        offset, size = self._page(request, context, "versions")
+        versions = self.store.list_model_versions()
+        return train_pb2.ListModelVersionsResponse(
+            model_versions=[convert.model_version(v) for v in versions[offset:offset + size]],
+            next_page_token=next_page_token(offset, size, len(versions), "versions"))
+
+    def GetModelVersion(self, request, context):
+        record = self.store.get_model_version(request.version) if request.version > 0 else None
+        if record is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model version {request.version} not found")
+        return convert.model_version(record)
+
+    def GetActiveModelVersion(self, request, context):
+        record = self.store.active_model_version()
+        if record is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no model version is active yet: label some faces first")
+        return convert.model_version(record)
+
+    def ActivateModelVersion(self, request, context):
+        try:
+            if request.version <= 0:
+                raise NotFound(f"model version {request.version} not found")
+            return convert.model_version(self.store.activate_model_version(request.version))
+        except NotFound as error:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+
+    # ---- helpers ---------------------------------------------------------
+    def _job(self, job_id: str, context) -> TrainingJobRecord:
+        if not job_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")
+        job = self.store.get_training_job(job_id)
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"training job {job_id[:100]!r} not found")
+        return job
+
+    @staticmethod
+    def _page(request, context, kind: str) -> tuple[int, int]:
+        try:
+            return page_bounds(request.page_size, request.page_token, kind)
+        except ValueError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+
+def start(config: Config, store: Store, address: str, settings: TrainerSettings | None = None):
+    """Starts the trainer and its gRPC server; returns (server, port, health, trainer)."""
+    trainer = Trainer(store, settings or TrainerSettings.from_env())
+    trainer.start()
+    servicer = TrainServicer(store, trainer)
+    server, port, health = build_server(
+        lambda s: train_pb2_grpc.add_TrainServiceServicer_to_server(servicer, s),
+        [SERVICE_NAMES["trainer"]], address)
+    return server, port, health, trainer

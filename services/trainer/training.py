@@ -1,0 +1,193 @@
+"""One training job: read every label, fit, evaluate, export to ONNX, store
+the version and activate it if it passes the gate.
+
+Crash safety: a version row is written (with its artifact, in one store call)
+only after the model is complete, as a CANDIDATE; activation is a separate,
+last step. A kill -9 anywhere leaves the previous version active and at worst
+an unactivated candidate; the event cursor is advanced only after a job ends,
+so a restarted trainer sees the same label events again and retrains."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from visage import model as modelling
+from visage.store.base import Store
+from visage.store.records import ModelVersionRecord, TrainingJobRecord, now
+from visage.v1 import resources_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_FACES = 2000  # faces fetched per store call: bounds memory while reading
+PROGRESS_INTERVAL_SECONDS = 0.25  # at most ~4 progress writes/events per second
+TERMINAL_PHASES = (pb.TRAINING_PHASE_SUCCEEDED, pb.TRAINING_PHASE_FAILED)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    debounce_seconds: float = 1.0  # quiet period after a label event before training
+    gate_margin: float = 0.05  # a candidate may be this much worse than the active version
+    poll_seconds: float = 0.1  # how often the event log is read
+
+    @classmethod
+    def from_env(cls) -> "TrainerSettings":
+        return cls(debounce_seconds=float(os.environ.get("VISAGE_TRAIN_DEBOUNCE_SECONDS", "1")),
+                   gate_margin=float(os.environ.get("VISAGE_GATE_MARGIN", "0.05")),
+                   poll_seconds=float(os.environ.get("VISAGE_TRAIN_POLL_SECONDS", "0.1")))
+
+
+class JobReporter:
+    """Keeps a job's record current in the store, in the event log
+    (TRAINING_PROGRESS, throttled) and for watchers (publish)."""
+
+    def __init__(self, store: Store, job: TrainingJobRecord, publish: Callable[[TrainingJobRecord], None]):
+        self.store, self.job, self._publish = store, job, publish
+        self._last_write = 0.0
+
+    def update(self, force: bool = False, **changes) -> None:
+        phase_changed = "phase" in changes and changes["phase"] != self.job.phase
+        self.job = replace(self.job, update_time=now(), **changes)
+        if not (force or phase_changed) and time.monotonic() - self._last_write < PROGRESS_INTERVAL_SECONDS:
+            return
+        self._last_write = time.monotonic()
+        self.store.put_training_job(self.job)
+        self.store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, self.job.job_id, {
+            "job_id": self.job.job_id, "phase": pb.TrainingPhase.Name(self.job.phase),
+            "done": str(self.job.done), "total": str(self.job.total)})
+        self._publish(self.job)
+
+
+@dataclass
+class LabelSet:
+    belonging: list[tuple[str, str]]  # (face id, persona id)
+    rejected: list[tuple[str, str]]
+    sha256: str
+
+    @property
+    def count(self) -> int:
+        return len(self.belonging) + len(self.rejected)
+
+
+def read_label_set(store: Store) -> LabelSet:
+    """Every label, and a SHA-256 over the sorted (face, persona, verdict) triples."""
+    labels = sorted((label.face_id, label.persona_id, label.verdict) for label in store.iter_labels())
+    digest = hashlib.sha256()
+    belonging, rejected = [], []
+    for face_id, persona_id, verdict in labels:
+        digest.update(f"{face_id}\t{persona_id}\t{verdict}\n".encode())
+        (belonging if verdict == pb.VERDICT_BELONGS else rejected).append((face_id, persona_id))
+    return LabelSet(belonging, rejected, digest.hexdigest())
+
+
+def stream_faces(store: Store, pairs: list[tuple[str, str]], on_chunk: Callable[[list[str], list[str], np.ndarray], None],
+                 on_progress: Callable[[int], None]) -> int:
+    """Fetches the labelled faces in chunks; labels of faces that are gone are skipped."""
+    read = 0
+    for start in range(0, len(pairs), READ_CHUNK_FACES):
+        chunk = dict(pairs[start:start + READ_CHUNK_FACES])
+        faces = store.get_faces(chunk)
+        if faces:
+            on_chunk([f.face_id for f in faces], [chunk[f.face_id] for f in faces],
+                     np.stack([f.embedding for f in faces]).astype(np.float32))
+        read += len(faces)
+        on_progress(min(start + READ_CHUNK_FACES, len(pairs)))
+    return read
+
+
+def gate(metrics: dict, active: ModelVersionRecord | None, live_persona_ids: set[str],
+         margin: float) -> tuple[bool, str]:
+    """Whether a candidate may replace the active version, and why."""
+    if active is None:
+        return True, "first version: activated without comparison"
+    deleted = set(active.persona_ids) - live_persona_ids
+    if deleted:
+        return True, (f"active version {active.version} names {len(deleted)} deleted persona(s); "
+                      "replaced regardless of metrics")
+    comparisons, worse = [], []
+    for key in ("accuracy", "unknown_rejection_rate"):
+        new, old = float(metrics.get(key, 0.0)), float(active.metrics.get(key, 0.0))
+        comparisons.append(f"{key} {new:.3f} vs {old:.3f}")
+        if new < old - margin:
+            worse.append(key)
+    verdict = f"{'; '.join(comparisons)} (active version {active.version}, margin {margin})"
+    if worse:
+        return False, f"rejected: {' and '.join(worse)} worse beyond the margin: {verdict}"
+    return True, f"not worse beyond the margin: {verdict}"
+
+
+class NothingToTrain(Exception):
+    """An event-triggered job found nothing new (ends SUCCEEDED, no version)."""
+
+
+def run_job(store: Store, reporter: JobReporter, settings: TrainerSettings, force: bool) -> str:
+    """Runs the job to its end (never raises); returns the event cursor the
+    job's labels reflect ("" when it failed before reading)."""
+    started = time.perf_counter()
+    cursor = store.latest_cursor()  # read before the labels: everything up to it is in them
+    try:
+        _train(store, reporter, settings, force, cursor, started)
+    except NothingToTrain as nothing:
+        reporter.update(force=True, phase=pb.TRAINING_PHASE_SUCCEEDED, message=str(nothing))
+    except Exception as error:  # a failed job is reported, the trainer carries on
+        log.exception("training job %s failed", reporter.job.job_id)
+        reporter.update(force=True, phase=pb.TRAINING_PHASE_FAILED, message=f"{type(error).__name__}: {error}")
+        return ""
+    return cursor
+
+
+def _train(store: Store, reporter: JobReporter, settings: TrainerSettings, force: bool, cursor: str,
+           started: float) -> None:
+    reporter.update(phase=pb.TRAINING_PHASE_READING, done=0, total=0)
+    labels = read_label_set(store)
+    active = store.active_model_version()
+    _check_worth_training(store, labels, active, force)
+    accumulator = modelling.LabelAccumulator(len(labels.belonging))
+    total = len(labels.belonging) + len(labels.rejected)
+    faces_read = stream_faces(store, labels.belonging, lambda ids, personas, x: accumulator.add_belonging(
+        ids, personas, x), lambda done: reporter.update(done=done, total=total, faces_read=done))
+    faces_read += stream_faces(store, labels.rejected, lambda ids, personas, x: accumulator.add_rejected(
+        personas, x), lambda done: reporter.update(done=len(labels.belonging) + done, total=total))
+    reporter.update(faces_read=faces_read, done=total, total=total)
+
+    reporter.update(phase=pb.TRAINING_PHASE_FITTING, done=0, total=1)
+    trained = modelling.fit_and_evaluate(accumulator, on_phase=lambda _: reporter.update(
+        phase=pb.TRAINING_PHASE_EVALUATING, done=0, total=1))
+    reporter.update(phase=pb.TRAINING_PHASE_EXPORTING, done=0, total=1, metrics=trained.metrics)
+    artifact = modelling.export_onnx(trained.model)
+
+    reporter.update(phase=pb.TRAINING_PHASE_STORING, done=0, total=1)
+    lineage = {"event_cursor": cursor, "label_count": labels.count, "label_set_sha256": labels.sha256,
+               "training_seconds": round(time.perf_counter() - started, 3),
+               "library_versions": modelling.library_versions(),
+               "parent_version": active.version if active else 0}
+    record = ModelVersionRecord(version=0, state=pb.MODEL_STATE_CANDIDATE, algorithm=modelling.ALGORITHM,
+                                unknown_threshold=trained.unknown_threshold, persona_ids=trained.persona_ids,
+                                metrics=trained.metrics, lineage=lineage)
+    passed, reason = gate(trained.metrics, active, {p.persona_id for p in store.list_personas()},
+                          settings.gate_margin)
+    record.gate_reason = reason
+    record = store.put_model_version(record, artifact)
+    if passed:
+        store.activate_model_version(record.version)
+    else:
+        record.state = pb.MODEL_STATE_REJECTED
+        store.update_model_version(record)
+    reporter.update(force=True, phase=pb.TRAINING_PHASE_SUCCEEDED, done=1, total=1, model_version=record.version,
+                    activated=passed, message=f"version {record.version}: {reason}")
+
+
+def _check_worth_training(store: Store, labels: LabelSet, active: ModelVersionRecord | None, force: bool) -> None:
+    if not labels.belonging and active is None:
+        message = "nothing to train: no face is labelled as belonging to a persona yet"
+        raise ValueError(message) if force else NothingToTrain(message)
+    if force:
+        return
+    versions = store.list_model_versions()
+    if versions and versions[0].lineage.get("label_set_sha256") == labels.sha256:
+        raise NothingToTrain(f"labels unchanged since version {versions[0].version}; nothing to train")

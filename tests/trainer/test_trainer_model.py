@@ -1,0 +1,98 @@
+"""The model on real dlib embeddings of the shared photos: held-out faces are
+recognised, strangers are unknown, rejections are obeyed, and the ONNX
+export answers like the scikit-learn estimator."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestCentroid
+
+from visage import model as modelling
+from visage.store.records import ModelVersionRecord
+from visage.v1 import resources_pb2 as pb
+
+from trainer_helpers import held_out
+
+
+def train(pairs: list[tuple[str, np.ndarray]], rejected: list[tuple[str, np.ndarray]] = ()):
+    labels = modelling.LabelAccumulator(len(pairs))
+    labels.add_belonging([str(i) for i in range(len(pairs))], [p for p, _ in pairs], np.stack([e for _, e in pairs]))
+    if rejected:
+        labels.add_rejected([p for p, _ in rejected], np.stack([e for _, e in rejected]))
+    trained = modelling.fit_and_evaluate(labels)
+    record = ModelVersionRecord(1, pb.MODEL_STATE_ACTIVE, modelling.ALGORITHM, trained.unknown_threshold,
+                                trained.persona_ids, trained.metrics, {})
+    return trained, modelling.Predictor.load(record, modelling.export_onnx(trained.model))
+
+
+@pytest.fixture(scope="module")
+def split(photos):
+    known = [p for p in photos if p.group != "noise"]
+    training = [(p.person, p.embedding) for p in known if not held_out(p)]
+    testing = [p for p in known if held_out(p)]
+    noise = [p for p in photos if p.group == "noise"]
+    return training, testing, noise
+
+
+def test_held_out_faces_are_recognised_and_strangers_are_unknown(split):
+    training, testing, noise = split
+    trained, predictor = train(training)
+    answers, confidences = predictor.predict(np.stack([p.embedding for p in testing]))
+    assert answers == [p.person for p in testing]
+    assert (confidences >= predictor.unknown_threshold).all()
+    stranger_answers, _ = predictor.predict(np.stack([p.embedding for p in noise]))
+    assert stranger_answers == [""] * len(noise)
+    # The threshold was calibrated on the labels, inside dlib's same-person range.
+    assert 0.35 <= trained.model.distance_threshold <= 0.6
+    assert trained.metrics["accuracy"] > 0.9 and trained.metrics["labelled_faces"] == len(training)
+    assert {m["persona_id"] for m in trained.metrics["per_persona"]} == {p for p, _ in training}
+
+
+def test_a_rejected_face_is_not_predicted_as_the_persona_it_was_rejected_for(split):
+    training, testing, _ = split
+    face = testing[0]
+    _, before = train(training)
+    assert before.predict(face.embedding[None])[0] == [face.person]
+    _, after = train(training, rejected=[(face.person, face.embedding)])
+    assert after.predict(face.embedding[None])[0] != [face.person]
+    # Other faces of that person are still recognised.
+    others = [p for p in testing[1:] if p.person != face.person]
+    assert after.predict(np.stack([p.embedding for p in others]))[0] == [p.person for p in others]
+
+
+def test_one_persona_with_one_face_works(split):
+    training, testing, noise = split
+    obama = [(p, e) for p, e in training if p == "obama"][:1]
+    trained, predictor = train(obama)
+    assert trained.persona_ids == ["obama"]
+    answers, _ = predictor.predict(np.stack([p.embedding for p in testing]))
+    assert answers == ["obama" if p.person == "obama" else "" for p in testing]
+
+
+def test_onnx_agrees_with_scikit_learn(split, photos):
+    training, _, _ = split
+    everything = np.stack([p.embedding for p in photos])
+    trained, predictor = train(training, rejected=[("amy", photos[0].embedding)])
+    onnx_answers, onnx_confidences = predictor.predict(everything)
+    assert onnx_answers == [str(a) for a in trained.model.predict(everything)]
+    _, distance = trained.model.nearest(everything)
+    np.testing.assert_allclose(onnx_confidences[[a != "" for a in onnx_answers]],
+                               modelling.distance_to_confidence(distance)[[a != "" for a in onnx_answers]],
+                               atol=1e-4)
+    # Without rejections, the closed-set answer is scikit-learn's NearestCentroid.
+    plain, _ = train(training)
+    reference = NearestCentroid().fit(np.stack([e for _, e in training]), [p for p, _ in training])
+    index, _ = plain.model.nearest(everything)
+    assert [plain.persona_ids[i] for i in index] == list(reference.predict(everything))
+
+
+def test_predictor_is_batched_and_checks_shape(split):
+    training, _, _ = split
+    _, predictor = train(training)
+    rows = np.random.default_rng(0).normal(size=(200_000, 128)).astype(np.float32) * 0.1
+    answers, confidences = predictor.predict(rows)
+    assert len(answers) == len(rows) and confidences.dtype == np.float32
+    assert ((confidences >= 0) & (confidences <= 1)).all()
+    assert predictor.predict(np.zeros((0, 128), np.float32))[0] == []
+    with pytest.raises(ValueError, match="shape"):
+        predictor.predict(np.zeros((3, 64), np.float32))
