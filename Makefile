@@ -56,7 +56,7 @@ run: gen
 # Cassandra runs for the whole test session and is always stopped afterwards.
 # PYTEST_ARGS narrows a run, e.g. make test PYTEST_ARGS='tests/store -x'.
 PYTEST_ARGS ?=
-test: gen lint chromium grpcurl cassandra-fetch
+test: gen lint chromium grpcurl deploy-tools cassandra-fetch
 	$(MAKE) --no-print-directory cassandra-start
 	status=0; VISAGE_CASSANDRA_REQUIRED=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  $(MAKE) --no-print-directory cassandra-stop; exit $$status

@@ -1,0 +1,33 @@
+# Deploy to Azure Kubernetes Service (deploy/aks/README.md).
+# Tools live in .tools, outside the project venv: kustomize from the Go module
+# proxy, checkov in its own venv so its pins cannot clash with the project's.
+KUSTOMIZE_VERSION := v5.8.2
+CHECKOV_VERSION   := 3.3.30
+KUSTOMIZE         := $(TOOLS)/bin/kustomize
+CHECKOV_VENV      := $(TOOLS)/checkov-venv
+OVERLAY           ?= dev
+
+.PHONY: deploy deploy-plan undeploy deploy-tools kustomize checkov
+
+$(KUSTOMIZE):
+	mkdir -p $(TOOLS)/bin
+	GOBIN=$(TOOLS)/bin GOTOOLCHAIN=local go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(CHECKOV_VENV)/bin/checkov:
+	python3.11 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+
+kustomize: $(KUSTOMIZE)
+checkov: $(CHECKOV_VENV)/bin/checkov
+deploy-tools: kustomize checkov
+
+# Needs AZURE_SUBSCRIPTION_ID and credentials DefaultAzureCredential accepts (az login, env, managed identity).
+deploy: gen $(KUSTOMIZE)
+	$(PY) -m visage_deploy apply --overlay $(OVERLAY)
+
+# Works without credentials: then it prints the full desired state.
+deploy-plan: gen $(KUSTOMIZE)
+	$(PY) -m visage_deploy plan --overlay $(OVERLAY)
+
+undeploy: $(STAMP)
+	$(PY) -m visage_deploy destroy
