@@ -58,7 +58,7 @@ run: gen
 PYTEST_ARGS ?=
 test: gen lint chromium grpcurl deploy-tools cassandra-fetch
 	$(MAKE) --no-print-directory cassandra-start
-	status=0; VISAGE_CASSANDRA_REQUIRED=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
+	status=0; VISAGE_TESTS_REQUIRE_ALL=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  $(MAKE) --no-print-directory cassandra-stop; exit $$status
 
 bench: gen

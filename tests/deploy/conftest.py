@@ -12,6 +12,7 @@ from azure.core.credentials import AccessToken
 from visage_deploy import kube
 from visage_deploy.settings import OVERLAYS, REPO, DeploySettings
 
+from tests.conftest import missing_prerequisite
 from tests.deploy.fake_azure import FakeAzure
 
 KUSTOMIZE = REPO / ".tools" / "bin" / "kustomize"
@@ -28,7 +29,7 @@ class StaticTokenCredential:
 @pytest.fixture(scope="session")
 def kustomize() -> Path:
     if not KUSTOMIZE.exists():
-        pytest.skip("kustomize is not installed: run `make deploy-tools`")
+        missing_prerequisite("kustomize is not installed", "make deploy-tools")
     return KUSTOMIZE
 
 

@@ -14,6 +14,7 @@ import yaml
 from visage_deploy import kube
 from visage_deploy.settings import AKS_DIR, OVERLAYS, SERVICES
 
+from tests.conftest import missing_prerequisite
 from tests.deploy.conftest import CHECKOV
 
 K8S_VERSION = "1.33.0"  # AKS's supported line at the time of writing
@@ -72,7 +73,7 @@ def _checkov_failures(directory, framework: str) -> list[tuple[str, str]]:
 
 def test_checkov_finds_nothing_unwaived(rendered, tmp_path):
     if not CHECKOV.exists():
-        pytest.skip("checkov is not installed: run `make deploy-tools`")
+        missing_prerequisite("checkov is not installed", "make deploy-tools")
     waivers = yaml.safe_load((AKS_DIR / "checkov-waivers.yaml").read_text())["waivers"]
     assert all(waiver["reason"].strip() for waiver in waivers)
     for overlay, objects in rendered.items():

@@ -1,6 +1,6 @@
 """The store conformance suite runs unchanged against every backend: the `store`
 fixture is parametrized over SQLite and Cassandra (skipped, or failed under
-VISAGE_CASSANDRA_REQUIRED=1, when no Cassandra runs; see tests/conftest.py)."""
+VISAGE_TESTS_REQUIRE_ALL=1, when no Cassandra runs; see tests/conftest.py)."""
 from __future__ import annotations
 
 import sys
