@@ -1,0 +1,327 @@
+"""Re-classification: every unlabelled face in the store gets a prediction of
+the active model version, with progress streamed to every watcher.
+
+One run at a time per process. A second request for the same version joins
+the running run (watchers share it); a request for a newer version supersedes
+it: the old run stops at its next batch, the new one starts only after it has
+stopped (so stale predictions are never written after fresh ones), and
+watchers of the old run follow on to the new one.
+
+Cancelling a watcher only stops that watcher's stream: the run itself keeps
+going, because other watchers (and the automatic run after an activation)
+rely on it and half-written predictions would mix versions.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from visage.model import Predictor
+from visage.store.base import Store
+from visage.store.records import PredictionRecord
+from visage.v1 import classify_pb2
+from visage.v1 import resources_pb2 as pb
+from visage_classifier.models import ActiveModel, ModelLoadError, predict
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 8192
+EVENT_INTERVAL_SECONDS = 0.25  # progress events: at most ~4 per second
+RECLASSIFIED_VERSION_KEY = "classifier.reclassified_version"
+
+RUNNING = classify_pb2.RECLASSIFY_STATE_RUNNING
+SUCCEEDED = classify_pb2.RECLASSIFY_STATE_SUCCEEDED
+FAILED = classify_pb2.RECLASSIFY_STATE_FAILED
+NO_MODEL = classify_pb2.RECLASSIFY_STATE_NO_MODEL
+TERMINAL = {SUCCEEDED, FAILED, NO_MODEL}
+
+
+def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
+    """Reads the next batches on a helper thread while the caller predicts and
+    writes the current one (SQLite/Cassandra reads release the GIL)."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        buffer.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            buffer.put(error)
+
+    thread = threading.Thread(target=reader, name="reclassify-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class BackgroundWriter:
+    """Writes batches on a helper thread so the store's single writer is kept
+    busy while the next batch is read and predicted (writes are the slowest
+    step: an upsert touches the table and two indexes). At most `depth`
+    batches wait; a write error is raised in the caller at its next submit
+    or at close."""
+
+    def __init__(self, write: Callable[[list], None], on_written: Callable[[int], None], depth: int = 2):
+        self._write = write
+        self._on_written = on_written
+        self._pending: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="reclassify-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (batch := self._pending.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(batch)
+                    self._on_written(len(batch))
+                except BaseException as error:  # handed to the producer
+                    self._error = error
+
+    def submit(self, batch: list) -> None:
+        self._raise_pending_error()
+        self._pending.put(batch)
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._thread.join()
+        self._raise_pending_error()
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+def belonging_face_ids(store: Store) -> set[str]:
+    """Faces a user labelled as someone: their label wins, they get no prediction."""
+    return {label.face_id for label in store.iter_labels() if label.verdict == pb.VERDICT_BELONGS}
+
+
+def prediction_records(face_ids: list[str], persona_ids: list[str], confidences: np.ndarray, version: int,
+                       known_personas: set[str], created: float) -> list[PredictionRecord]:
+    """A persona deleted after training is answered as unknown, never as a dangling id."""
+    return [PredictionRecord(face_id, persona_id if persona_id in known_personas else "", confidence, version, created)
+            for face_id, persona_id, confidence in zip(face_ids, persona_ids, confidences.tolist())]
+
+
+class Run:
+    """One re-classification with one Predictor; its progress is a snapshot
+    that watchers wait on (they always get the newest, never a backlog)."""
+
+    def __init__(self, store: Store, predictor: Predictor | None, batch_rows: int = BATCH_ROWS):
+        self.store = store
+        self.predictor = predictor
+        self.version = predictor.version if predictor else 0
+        self.batch_rows = batch_rows
+        self.successor: Run | None = None
+        self._changed = threading.Condition()
+        self._sequence = 0
+        self._progress = classify_pb2.ReclassifyProgress(model_version=self.version, state=RUNNING)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_event_time = 0.0
+
+    @classmethod
+    def finished_with(cls, store: Store, state: int, message: str, version: int = 0) -> "Run":
+        """A run that ends before it starts (no model, model failed to load)."""
+        run = cls(store, None)
+        run.version = version
+        run._publish(classify_pb2.ReclassifyProgress(model_version=version, state=state, message=message))
+        return run
+
+    # ---- watchers --------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """Its final state is out (the thread may still be appending the last event)."""
+        return self._progress.state in TERMINAL
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_update(self, seen: int, timeout: float) -> tuple[int, classify_pb2.ReclassifyProgress]:
+        """The newest (sequence, progress), waiting up to timeout for one newer than seen."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._sequence != seen or self.successor is not None, timeout)
+            return self._sequence, self._progress
+
+    # ---- lifecycle -------------------------------------------------------
+    def start(self, after: "Run | None" = None) -> None:
+        self._thread = threading.Thread(target=self._execute, args=(after,), name=f"reclassify-v{self.version}",
+                                        daemon=True)
+        self._thread.start()
+
+    def supersede(self, successor: "Run") -> None:
+        self.successor = successor
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _execute(self, after: "Run | None") -> None:
+        if after is not None:
+            after.join()  # its last batch must land before ours start
+        started = time.monotonic()
+        try:
+            done = self._classify_all(started)
+            if self._stop.is_set():
+                log.info("re-classification with version %d superseded after %d faces", self.version, done)
+                return
+            self.store.append_event(pb.EVENT_TYPE_PREDICTIONS_WRITTEN, str(self.version),
+                                    {"model_version": str(self.version), "count": str(done)})
+            self.store.set_meta(RECLASSIFIED_VERSION_KEY, str(self.version))
+            elapsed = max(time.monotonic() - started, 1e-9)
+            self._report(SUCCEEDED, done, done, done / elapsed, 0.0,
+                         f"{done} faces re-classified with version {self.version} in {elapsed:.2f}s")
+        except Exception as error:  # reported to every watcher and the event log, never silent
+            log.exception("re-classification with version %d failed", self.version)
+            progress = self._progress
+            self._report(FAILED, progress.done, progress.total, progress.faces_per_second, 0.0,
+                         f"re-classification failed: {error}")
+
+    def _classify_all(self, started: float) -> int:
+        labelled = belonging_face_ids(self.store)
+        known_personas = {persona.persona_id for persona in self.store.list_personas()}
+        counts = {"done": 0, "total": max(self.store.count_faces() - len(labelled), 0)}
+        self._report(RUNNING, 0, counts["total"], 0.0, 0.0, f"re-classifying with version {self.version}")
+
+        def written(rows: int) -> None:
+            counts["done"] += rows
+            done, total = counts["done"], max(counts["total"], counts["done"])  # faces ingested meanwhile
+            rate = done / max(time.monotonic() - started, 1e-9)
+            self._report(RUNNING, done, total, rate, (total - done) / rate if rate else 0.0, "")
+
+        writer = BackgroundWriter(self.store.put_predictions, written)
+        try:
+            for face_ids, matrix in prefetched(self.store.iter_embeddings(self.batch_rows)):
+                if self._stop.is_set():
+                    break
+                if labelled:
+                    keep = np.fromiter((face_id not in labelled for face_id in face_ids), dtype=bool,
+                                       count=len(face_ids))
+                    face_ids = [face_id for face_id, kept in zip(face_ids, keep) if kept]
+                    matrix = matrix[keep]
+                answers = predict(self.predictor, matrix)
+                writer.submit(prediction_records(face_ids, answers.persona_ids, answers.confidences,
+                                                 self.version, known_personas, time.time()))
+        finally:
+            writer.close()
+        return counts["done"]
+
+    # ---- progress --------------------------------------------------------
+    def _report(self, state: int, done: int, total: int, rate: float, eta: float, message: str) -> None:
+        progress = classify_pb2.ReclassifyProgress(
+            model_version=self.version, state=state, done=done, total=total,
+            faces_per_second=rate, eta_seconds=eta, message=message or self._progress.message)
+        self._publish(progress)
+        self._append_progress_event(progress)
+
+    def _publish(self, progress: classify_pb2.ReclassifyProgress) -> None:
+        with self._changed:
+            self._progress = progress
+            self._sequence += 1
+            self._changed.notify_all()
+
+    def _append_progress_event(self, progress: classify_pb2.ReclassifyProgress) -> None:
+        """Throttled so a fast run does not flood the log; first and last always go."""
+        now = time.monotonic()
+        first = self._last_event_time == 0.0
+        if not (first or progress.state in TERMINAL or now - self._last_event_time >= EVENT_INTERVAL_SECONDS):
+            return
+        self._last_event_time = now
+        self.store.append_event(pb.EVENT_TYPE_RECLASSIFY_PROGRESS, str(self.version), {
+            "model_version": str(progress.model_version), "done": str(progress.done), "total": str(progress.total),
+            "faces_per_second": f"{progress.faces_per_second:.1f}", "eta_seconds": f"{progress.eta_seconds:.1f}",
+            "state": classify_pb2.ReclassifyState.Name(progress.state),
+        })
+
+
+class Reclassifier:
+    """Starts runs, or hands out the running one to join."""
+
+    def __init__(self, store: Store, models: ActiveModel, batch_rows: int = BATCH_ROWS):
+        self._store = store
+        self._models = models
+        self._batch_rows = batch_rows
+        self._lock = threading.Lock()
+        self._run: Run | None = None
+
+    def current_run(self) -> Run | None:
+        return self._run
+
+    def start_or_join(self) -> Run:
+        with self._lock:
+            try:
+                predictor = self._models.refresh()
+            except ModelLoadError as error:
+                active = self._store.active_model_version()
+                return Run.finished_with(self._store, FAILED, str(error), active.version if active else 0)
+            if predictor is None:
+                return Run.finished_with(self._store, NO_MODEL, "no model version is active yet")
+            running = self._run
+            if (running is not None and running.is_alive() and not running.finished
+                    and running.version == predictor.version):
+                return running  # join: a finished run is never joined, its answer may be stale
+            run = Run(self._store, predictor, self._batch_rows)
+            if running is not None and running.is_alive():
+                running.supersede(run)
+            run.start(after=running)
+            self._run = run
+            return run
+
+    def is_up_to_date(self) -> bool:
+        """True when the active version's run already completed (at-least-once
+        events may announce the same activation twice)."""
+        active = self._store.active_model_version()
+        held = self._models.current()
+        return (active is not None and held is not None and held.version == active.version
+                and self._store.get_meta(RECLASSIFIED_VERSION_KEY) == str(active.version))
+
+    def stop(self) -> None:
+        run = self._run
+        if run is not None:
+            run._stop.set()
+            run.join(timeout=10)
+
+
+def follow(run: Run, is_active: Callable[[], bool], poll_seconds: float = 0.5
+           ) -> Iterator[classify_pb2.ReclassifyProgress]:
+    """Yields a run's progress until it ends (following it to the run that
+    superseded it), or until the watcher goes away."""
+    seen = -1
+    while is_active():
+        if run.successor is not None:  # superseded: wait for it to stop, then watch the new run
+            run.join(poll_seconds)
+            if not run.is_alive():
+                run, seen = run.successor, -1
+            continue
+        sequence, progress = run.wait_update(seen, poll_seconds)
+        if run.successor is not None:
+            continue
+        if sequence != seen:
+            seen = sequence
+            yield progress
+        if progress.state in TERMINAL:
+            return
