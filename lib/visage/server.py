@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 
@@ -66,11 +66,14 @@ def serve_until_signalled(
 ) -> None:
     """Blocks until SIGTERM/SIGINT, then drains: health goes NOT_SERVING, new
     calls are refused, in-flight calls get the grace period to finish."""
-    stop = threading.Event()
+    received: list[int] = []
+    # The handler only appends to a list: taking a lock in a signal handler (as
+    # Event.set does) can deadlock with the main thread holding the same lock.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("shutting down")
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    while not received:
+        time.sleep(0.2)
+    log.info("shutting down on signal %d", received[0])
     health_servicer.enter_graceful_shutdown()
     server.stop(SHUTDOWN_GRACE_SECONDS).wait()
     on_stop()

@@ -1,0 +1,123 @@
+"""`visage ingest PATH [PATH...]`: walks folders, streams the images to the
+ingest service in bounded IngestImages batches with a progress bar, and ends
+with a summary table. Exit code 1 if any image failed, 2 if the service could
+not be reached."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from visage.config import Config
+from visage.server import MAX_MESSAGE_BYTES
+from visage.v1 import ingest_pb2, ingest_pb2_grpc
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+DEFAULT_BATCH = 16
+# Headroom for the request's other fields under the server's message limit.
+MAX_FILE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("ingest", help="ingest image files and folders (recursively)")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image file or folder")
+    parser.add_argument("--address", default=None,
+                        help="ingest service host:port (default: VISAGE_HOST:VISAGE_INGEST_PORT)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                        help=f"images per IngestImages stream (default {DEFAULT_BATCH})")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    faces: int = 0
+    without_face: int = 0
+    duplicates: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def add(self, response: ingest_pb2.IngestImagesResponse) -> None:
+        self.images += response.images
+        self.faces += response.faces
+        self.without_face += response.images_without_face
+        self.duplicates += response.duplicates
+        self.failures += [(r.filename, f"{r.error_code}: {r.error_message}") for r in response.results
+                          if r.outcome == ingest_pb2.INGEST_OUTCOME_FAILED]
+
+    def table(self) -> str:
+        rows = [("images", self.images), ("faces found", self.faces),
+                ("images without a face", self.without_face), ("duplicates skipped", self.duplicates),
+                ("failures", len(self.failures))]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {value:>7}" for name, value in rows]
+        lines += [f"  failed: {name}: {reason}" for name, reason in self.failures]
+        return "\n".join(lines)
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """Files named on the command line are taken as they are; folders are
+    walked for files with an image suffix, in a stable order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def read_image(path: Path) -> bytes:
+    """The file's bytes; raises OSError with the reason when it cannot be sent."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise OSError(f"file is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte message limit")
+    return path.read_bytes()
+
+
+def batches(files: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(files), size):
+        yield files[start:start + size]
+
+
+def send_batch(stub, files: list[Path], summary: Summary) -> None:
+    """Streams one batch; files are read lazily so only one is held at a time."""
+    unreadable: list[tuple[str, str]] = []
+
+    def requests() -> Iterator[ingest_pb2.IngestImagesRequest]:
+        for path in files:
+            try:
+                yield ingest_pb2.IngestImagesRequest(content=read_image(path), filename=str(path))
+            except OSError as error:
+                unreadable.append((str(path), f"not sent: {error.strerror or error}"))
+
+    summary.add(stub.IngestImages(requests()))
+    summary.images += len(unreadable)
+    summary.failures += unreadable
+
+
+def run(args: argparse.Namespace) -> int:
+    config = Config.from_env()
+    address = args.address or f"{config.host}:{config.ports.ingest}"
+    files = find_images(args.paths)
+    summary = Summary()
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        with tqdm(total=len(files), unit="img", desc="ingest", file=sys.stderr) as progress:
+            for batch in batches(files, max(1, args.batch_size)):
+                try:
+                    send_batch(stub, batch, summary)
+                except grpc.RpcError as error:
+                    progress.close()
+                    print(f"ingest service at {address} failed: {error.code().name}: {error.details()}",
+                          file=sys.stderr)
+                    print(summary.table())
+                    return 2
+                progress.update(len(batch))
+                progress.set_postfix(faces=summary.faces, failed=len(summary.failures))
+    print(summary.table())
+    return 1 if summary.failures else 0

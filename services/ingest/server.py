@@ -1,0 +1,218 @@
+"""IngestService: images in, faces found and embedded in the bounded worker
+pool, everything stored through the one store interface.
+
+Idempotent by construction: the image id is the hex SHA-256 of the bytes and a
+face id is "<image id>-<index>", so the same bytes always map to the same rows
+and store.put_image refuses a second copy."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import unicodedata
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+
+from visage import convert
+from visage.config import Config
+from visage.faces.detectors import DetectorUnavailable
+from visage.faces.pipeline import AnalyzedImage, ImageTooLarge, InvalidImage
+from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
+from visage.server import SERVICE_NAMES, build_server
+from visage.store import Store, StoreError
+from visage.store.records import FaceRecord, ImageRecord
+from visage.v1 import ingest_pb2, ingest_pb2_grpc
+from visage.v1 import resources_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_FILENAME_CHARS = 255
+
+
+class IngestFailed(Exception):
+    """One image could not be ingested; carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Ingested:
+    image: ImageRecord
+    faces: list[FaceRecord]
+    duplicate: bool
+
+
+def image_id_of(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def face_id_of(image_id: str, index: int) -> str:
+    return f"{image_id}-{index}"
+
+
+def clean_filename(filename: str) -> str:
+    """Display-only name: control characters dropped, length capped."""
+    printable = "".join(ch for ch in filename if unicodedata.category(ch)[0] != "C")
+    return printable[:MAX_FILENAME_CHARS]
+
+
+class ActiveWork:
+    """Counts ingests between analysis and commit, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout)
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, store: Store, pool: PipelinePool) -> None:
+        self.store = store
+        self.pool = pool
+        self.active = ActiveWork()
+        # Threads that only wait on the process pool; a bulk stream's images run
+        # here concurrently so one stream keeps every worker busy.
+        self._window = pool.workers * IN_FLIGHT_PER_WORKER
+        self._threads = ThreadPoolExecutor(max_workers=self._window * 2, thread_name_prefix="ingest")
+
+    # ---- RPCs --------------------------------------------------------------
+    def IngestImage(self, request, context):
+        try:
+            done = self.ingest(request.content, request.filename)
+        except IngestFailed as failure:
+            context.abort(failure.code, failure.message)
+        return ingest_pb2.IngestImageResponse(
+            image=convert.image(done.image), faces=[convert.face(face) for face in done.faces],
+            duplicate=done.duplicate)
+
+    def IngestImages(self, request_iterator, context):
+        """Images run concurrently within a bounded window; reading the stream
+        pauses while the window is full (gRPC flow control then slows the
+        client). Results keep the order sent."""
+        pending: deque[tuple[str, Future]] = deque()
+        results: list[ingest_pb2.IngestResult] = []
+        for request in request_iterator:
+            if len(pending) >= self._window:
+                results.append(self._result(*pending.popleft()))
+            filename = clean_filename(request.filename)
+            pending.append((filename, self._threads.submit(self.ingest, request.content, filename)))
+        results.extend(self._result(*item) for item in pending)
+        return summarize(results)
+
+    # ---- one image -----------------------------------------------------------
+    def ingest(self, content: bytes, filename: str) -> Ingested:
+        """Analyses and stores one image; raises IngestFailed with the status to answer."""
+        filename = clean_filename(filename)
+        image_id = image_id_of(content)
+        with self.active:
+            stored = self.store.get_image(image_id) if content else None
+            if stored is not None:  # cheap path: no analysis for bytes we already have
+                return Ingested(stored, self.store.faces_of_image(image_id), duplicate=True)
+            analyzed = self._analyze(content, filename)
+            image, faces = records_of(image_id, filename, len(content), analyzed)
+            try:
+                created = self.store.put_image(image, content, faces)
+            except StoreError as error:
+                log.exception("store refused image %s", image_id)
+                raise IngestFailed(grpc.StatusCode.UNAVAILABLE, f"the store failed: {error}") from None
+        if not created:  # a concurrent call stored the same bytes first
+            return Ingested(self.store.get_image(image_id), self.store.faces_of_image(image_id), duplicate=True)
+        log.info("ingested image %s (%s): %d faces", image_id, filename or "unnamed", len(faces))
+        return Ingested(image, faces, duplicate=False)
+
+    def _analyze(self, content: bytes, filename: str) -> AnalyzedImage:
+        name = filename or "image"
+        try:
+            return self.pool.analyze(content)
+        except InvalidImage as error:
+            raise IngestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {error}") from None
+        except ImageTooLarge as error:
+            raise IngestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{name}: {error}") from None
+        except DetectorUnavailable as error:
+            raise IngestFailed(grpc.StatusCode.UNAVAILABLE, f"{name}: {error}") from None
+        except WorkerCrashed as error:
+            log.error("face pipeline crashed on %s", name)
+            raise IngestFailed(grpc.StatusCode.INTERNAL, f"{name}: {error}") from None
+
+    def _result(self, filename: str, future: Future) -> ingest_pb2.IngestResult:
+        try:
+            done = future.result()
+        except IngestFailed as failure:
+            return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
+                                           error_code=failure.code.name, error_message=failure.message)
+        except Exception as error:  # a bug must fail this image only, never the stream
+            log.exception("unexpected error ingesting %s", filename)
+            return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
+                                           error_code=grpc.StatusCode.INTERNAL.name,
+                                           error_message=f"internal error: {error}")
+        return ingest_pb2.IngestResult(filename=filename, image_id=done.image.image_id,
+                                       outcome=outcome_of(done), face_count=len(done.faces))
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        if not self.active.wait_idle(timeout):
+            log.warning("ingests still running after %.0f s at shutdown", timeout)
+
+
+def records_of(image_id: str, filename: str, size: int,
+               analyzed: AnalyzedImage) -> tuple[ImageRecord, list[FaceRecord]]:
+    faces = [
+        FaceRecord(face_id=face_id_of(image_id, index), image_id=image_id, index=index, box=found.box,
+                   landmarks=found.landmarks, embedding=found.embedding, crop_jpeg=found.crop_jpeg)
+        for index, found in enumerate(analyzed.faces)
+    ]
+    status = pb.IMAGE_STATUS_FACES_FOUND if faces else pb.IMAGE_STATUS_NO_FACE
+    image = ImageRecord(image_id=image_id, filename=filename, content_type=analyzed.content_type,
+                        width=analyzed.width, height=analyzed.height, size_bytes=size,
+                        face_count=len(faces), status=status)
+    return image, faces
+
+
+def outcome_of(done: Ingested) -> int:
+    if done.duplicate:
+        return ingest_pb2.INGEST_OUTCOME_DUPLICATE
+    return ingest_pb2.INGEST_OUTCOME_INGESTED if done.faces else ingest_pb2.INGEST_OUTCOME_NO_FACE
+
+
+def summarize(results: list[ingest_pb2.IngestResult]) -> ingest_pb2.IngestImagesResponse:
+    def count(outcome: int) -> int:
+        return sum(result.outcome == outcome for result in results)
+    return ingest_pb2.IngestImagesResponse(
+        results=results, images=len(results),
+        faces=sum(r.face_count for r in results if r.outcome == ingest_pb2.INGEST_OUTCOME_INGESTED),
+        images_without_face=count(ingest_pb2.INGEST_OUTCOME_NO_FACE),
+        duplicates=count(ingest_pb2.INGEST_OUTCOME_DUPLICATE),
+        failures=count(ingest_pb2.INGEST_OUTCOME_FAILED),
+    )
+
+
+def add_to_server(servicer: IngestServicer, server: grpc.Server) -> None:
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+
+
+def start(config: Config, store: Store, address: str, pool: PipelinePool | None = None):
+    """Starts the service; returns (server, port, health, servicer). The caller
+    owns the store; servicer.close() and pool.close() stop the rest."""
+    pool = pool or PipelinePool(config)
+    servicer = IngestServicer(store, pool)
+    server, port, health = build_server(
+        lambda grpc_server: add_to_server(servicer, grpc_server), [SERVICE_NAMES["ingest"]], address)
+    return server, port, health, servicer

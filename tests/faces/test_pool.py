@@ -1,0 +1,50 @@
+"""PipelinePool: worker processes give the same answers as the in-process
+pipeline, errors cross the process boundary intact, and concurrency is bounded."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.faces.conftest import read
+from visage.config import Config
+from visage.faces.pipeline import ImageTooLarge, InvalidImage
+from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, worker_count
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = PipelinePool(Config(workers=2, max_image_bytes=1_000_000))
+    yield pool
+    pool.close()
+
+
+def test_concurrent_callers_get_the_in_process_results(pool, pipeline, faces_dir):
+    contents = [read(path) for path in sorted(faces_dir.glob("scenes/*.jpg")) + sorted(faces_dir.glob("noise/*"))]
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        pooled = list(threads.map(pool.analyze, contents))
+    for content, result in zip(contents, pooled):
+        expected = pipeline.analyze(content)
+        assert [face.box for face in result.faces] == [face.box for face in expected.faces]
+        assert all(np.allclose(a.embedding, b.embedding, atol=1e-5) for a, b in zip(result.faces, expected.faces))
+
+
+def test_errors_cross_the_process_boundary(pool, faces_dir):
+    with pytest.raises(InvalidImage, match="not an image"):
+        pool.analyze(b"GIF89a but not really")
+    with pytest.raises(ImageTooLarge, match="limit is 1,000,000 bytes"):
+        pool.analyze(b"\xff" * 1_000_001)
+    assert len(pool.analyze(read(faces_dir / "edge" / "obama_small.jpg")).faces) == 1  # still working
+
+
+def test_pool_is_sized_to_config_and_bounds_in_flight_work(pool):
+    assert pool.workers == 2
+    assert pool._slots._value == 2 * IN_FLIGHT_PER_WORKER  # all slots free when idle
+
+
+def test_zero_workers_means_one_per_core(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert worker_count(Config(workers=0)) == 6
+    assert worker_count(Config(workers=3)) == 3
