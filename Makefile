@@ -50,13 +50,13 @@ BASE ?= main
 breaking: gen
 	$(VENV)/bin/buf breaking --against '.git#branch=$(BASE)'
 
-run: gen
+run: gen openapi
 	$(PY) -m visage.mesh
 
 # Cassandra runs for the whole test session and is always stopped afterwards.
 # PYTEST_ARGS narrows a run, e.g. make test PYTEST_ARGS='tests/store -x'.
 PYTEST_ARGS ?=
-test: gen lint chromium grpcurl deploy-tools cassandra-fetch
+test: gen lint openapi chromium grpcurl deploy-tools cassandra-fetch
 	$(MAKE) --no-print-directory cassandra-start
 	status=0; VISAGE_TESTS_REQUIRE_ALL=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  $(MAKE) --no-print-directory cassandra-stop; exit $$status

@@ -1,6 +1,9 @@
 """Store backends side by side: SQLite (baseline) vs Cassandra (the node from
-`make cassandra-start`): faces written/s through put_image, embeddings read/s
-through iter_embeddings (the trainer's read), for N synthetic faces of 128 floats."""
+`make cassandra-start`): faces written/s through put_image (ingest), embeddings
+read/s through iter_embeddings (the trainer's read), and predictions written/s
+through put_predictions in the classifier's batches (a first classification, then
+a re-classification by a new version that replaces every face's prediction), for
+N synthetic faces of 128 floats."""
 from __future__ import annotations
 
 import os
@@ -14,15 +17,18 @@ from tqdm import tqdm
 
 from visage.config import CassandraConfig
 from visage.store.base import Store
-from visage.store.records import FaceRecord, ImageRecord
+from visage.store.records import FaceRecord, ImageRecord, PredictionRecord
 from visage.v1 import resources_pb2 as pb
 
 FACES = int(os.environ.get("VISAGE_BENCH_STORE_FACES", "100000"))
 FACES_PER_IMAGE = 4
 WRITER_THREADS = 8  # like an ingest service writing from its request threads
 CASSANDRA_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))
-CROP = bytes(2048)
-WRITE_BUDGET_S = float(os.environ.get("VISAGE_BENCH_STORE_WRITE_S", "120"))  # per backend: keeps `make bench` bounded  # a small face chip, as ingest stores one per face
+CROP = bytes(2048)  # a small face chip, as ingest stores one per face
+# Per backend and phase: keeps `make bench` bounded.
+WRITE_BUDGET_S = float(os.environ.get("VISAGE_BENCH_STORE_WRITE_S", "120"))
+PREDICTION_BATCH = 8192  # the classifier's BATCH_ROWS
+PERSONAS = [f"{i:016x}" for i in range(1, 11)] + [""]  # ten personas and "unknown"
 
 
 def synthetic_images(count: int):
@@ -62,7 +68,30 @@ def measure(name: str, store: Store) -> dict:
     if written < FACES:
         print(f"{name}: wrote {written} of {FACES} faces in the {WRITE_BUDGET_S:.0f}s budget; "
               f"the training read time below is scaled to {FACES}")
-    return {"write": written / write_s, "read": read / read_s, "train_read_s": read_s * FACES / read}
+    face_ids = [face_id for ids, _matrix in store.iter_embeddings() for face_id in ids]
+    first = write_predictions(name, store, face_ids, version=1)
+    again = write_predictions(name, store, face_ids, version=2)
+    return {"write": written / write_s, "read": read / read_s, "train_read_s": read_s * FACES / read,
+            "predict_first": first, "predict_again": again}
+
+
+def write_predictions(name: str, store: Store, face_ids: list[str], version: int) -> float:
+    """Predictions written / s: one writer, the classifier's batch size, within the budget."""
+    rng = np.random.default_rng(version)
+    personas = rng.integers(0, len(PERSONAS), len(face_ids))
+    confidences = rng.random(len(face_ids))
+    began = time.perf_counter()
+    written = 0
+    with tqdm(total=len(face_ids), desc=f"{name}: predictions v{version}", unit="row") as bar:
+        for start in range(0, len(face_ids), PREDICTION_BATCH):
+            if time.perf_counter() - began > WRITE_BUDGET_S:
+                break
+            stop = min(start + PREDICTION_BATCH, len(face_ids))
+            store.put_predictions([PredictionRecord(face_ids[i], PERSONAS[personas[i]], float(confidences[i]), version)
+                                   for i in range(start, stop)])
+            written += stop - start
+            bar.update(stop - start)
+    return written / (time.perf_counter() - began)
 
 
 def run_sqlite() -> dict:
@@ -100,7 +129,9 @@ def main() -> None:
           f"{WRITER_THREADS} writer threads, {os.cpu_count()} cores")
     print(f"{'metric':<36}{'sqlite':>12}{'cassandra':>12}{'sqlite/cassandra':>18}")
     rows = [("faces written / s", "write", "{:.0f}"), ("embeddings read / s", "read", "{:.0f}"),
-            ("read all embeddings for training (s)", "train_read_s", "{:.2f}")]
+            ("read all embeddings for training (s)", "train_read_s", "{:.2f}"),
+            ("predictions written / s (first)", "predict_first", "{:.0f}"),
+            ("predictions written / s (replacing)", "predict_again", "{:.0f}")]
     for label, key, fmt in rows:
         c = fmt.format(cassandra[key]) if cassandra else "n/a"
         ratio = f"{sqlite[key] / cassandra[key]:.2f}" if cassandra else "n/a"

@@ -8,6 +8,9 @@ Two rules shape every read (see the preamble's cross-part interfaces):
 
 Lists load every label once per request (LabelIndex) instead of asking the
 store face by face: labels are made by hand, so they are few next to faces.
+Predictions are many (one per face): lists read them in batches
+(get_predictions) and persona counts come from the store's per-persona counts
+(count_labels, count_predictions), never from reading every prediction.
 """
 from __future__ import annotations
 
@@ -46,6 +49,10 @@ class LabelIndex:
     @classmethod
     def load(cls, store: Store) -> "LabelIndex":
         return cls(store.iter_labels())
+
+    def face_ids(self) -> list[str]:
+        """Every face that has a label."""
+        return list(self._by_face)
 
     def of_face(self, face_id: str) -> list[LabelRecord]:
         return self._by_face.get(face_id, [])
@@ -87,10 +94,7 @@ class Catalogue:
 
     # ---- personas --------------------------------------------------------
     def persona(self, persona_id: str) -> pb.Persona:
-        record = self.store.get_persona(persona_id)
-        if record is None:
-            raise NotFound(f"persona {persona_id!r} not found")
-        return self.persona_message(record, LabelIndex.load(self.store), self.active_version())
+        return self.persona_messages([self.require_persona(persona_id)])[0]
 
     def personas(self, offset: int, limit: int) -> tuple[list[pb.Persona], bool]:
         """A page of personas by name, and whether more follow."""
@@ -98,14 +102,34 @@ class Catalogue:
         page = records[offset:offset + limit]
         if not page:
             return [], False
-        labels, version = LabelIndex.load(self.store), self.active_version()
-        return [self.persona_message(record, labels, version) for record in page], offset + limit < len(records)
+        return self.persona_messages(page), offset + limit < len(records)
 
-    def persona_message(self, record: PersonaRecord, labels: LabelIndex, active_version: int) -> pb.Persona:
-        belonging = labels.belonging_to(record.persona_id)
-        predicted = self.predicted_faces(record.persona_id, labels, active_version)
-        return convert.persona(record, labelled=len(belonging), predicted=len(predicted),
-                               cover_face_id=belonging[0].face_id if belonging else "")
+    def persona_messages(self, records: list[PersonaRecord]) -> list[pb.Persona]:
+        """Personas with their counts and cover, from a few store reads for the whole list."""
+        persona_ids = [record.persona_id for record in records]
+        labels = LabelIndex.load(self.store)
+        labelled = self.store.count_labels(persona_ids, pb.VERDICT_BELONGS)
+        predicted = self.predicted_counts(persona_ids, labels, self.active_version())
+        messages = []
+        for record in records:
+            belonging = labels.belonging_to(record.persona_id)
+            messages.append(convert.persona(record, labelled=labelled[record.persona_id],
+                                            predicted=predicted[record.persona_id],
+                                            cover_face_id=belonging[0].face_id if belonging else ""))
+        return messages
+
+    def predicted_counts(self, persona_ids: list[str], labels: LabelIndex, active_version: int) -> dict[str, int]:
+        """How many faces predicted_faces lists for each persona: the store's count of the
+        active version's predictions, less the labelled faces among them that a label decides."""
+        if not active_version:
+            return dict.fromkeys(persona_ids, 0)
+        counts = self.store.count_predictions(persona_ids, active_version)
+        for prediction in self.store.get_predictions(labels.face_ids()).values():
+            persona_id, face_id = prediction.persona_id, prediction.face_id
+            decided = labels.has_belongs(face_id) or labels.rejects(face_id, persona_id)
+            if persona_id in counts and prediction.model_version == active_version and decided:
+                counts[persona_id] -= 1
+        return counts
 
     def predicted_faces(self, persona_id: str, labels: LabelIndex, active_version: int) -> list[PredictionRecord]:
         """The active version's predictions of the persona, highest confidence
@@ -144,10 +168,9 @@ class Catalogue:
         verdict = pb.VERDICT_BELONGS if kind == query_pb2.FACE_KIND_LABELLED else pb.VERDICT_NOT_BELONGS
         persona_labels = self.store.labels_of_persona(persona_id, verdict)  # newest first
         records = self.store.get_faces(label.face_id for label in persona_labels[offset:offset + limit])
-        # Faces labelled BELONGS never show a prediction: skip the reads.
-        faces = [face_message(record, labels.of_face(record.face_id),
-                              None if verdict == pb.VERDICT_BELONGS else self.store.get_prediction(record.face_id),
-                              version)
+        # Faces labelled BELONGS never show a prediction: skip the read.
+        predictions = {} if verdict == pb.VERDICT_BELONGS else self.store.get_predictions(r.face_id for r in records)
+        faces = [face_message(record, labels.of_face(record.face_id), predictions.get(record.face_id), version)
                  for record in records]
         return faces, offset + limit < len(persona_labels)
 
@@ -161,39 +184,42 @@ class Catalogue:
 
     def unknown_faces(self, image_offset: int, face_offset: int, limit: int) -> tuple[list[pb.Face], list[int] | None]:
         """Unknown faces newest first (by image, then position in the image),
-        and the scan position to go on from (None at the end)."""
+        and the scan position to go on from (None at the end). Reads a batch of
+        images at a time: their faces (no crops) and predictions in a few calls."""
         labels, version = LabelIndex.load(self.store), self.active_version()
         found: list[pb.Face] = []
         scanned = 0
         give_up_at = time.monotonic() + UNKNOWN_SCAN_SECONDS
         while images := self.store.list_images(image_offset, IMAGE_SCAN_BATCH):
+            faces_of = self.store.faces_of_images(image.image_id for image in images if image.face_count)
+            predictions = self.store.get_predictions(
+                face.face_id for faces in faces_of.values() for face in faces if not labels.has_belongs(face.face_id))
             for image in images:
-                if image.face_count:
-                    faces = self.store.faces_of_image(image.image_id)
-                    for position in range(face_offset, len(faces)):
-                        face = faces[position]
-                        unknown, prediction = self._unknown(face.face_id, labels, version)
-                        if not unknown:
-                            continue
-                        if len(found) == limit:  # only hand out a token when something follows
-                            return found, [image_offset, position]
-                        found.append(face_message(face, labels.of_face(face.face_id), prediction, version))
-                    scanned += len(faces) - face_offset
+                faces = faces_of.get(image.image_id, [])
+                for position in range(face_offset, len(faces)):
+                    face = faces[position]
+                    prediction = predictions.get(face.face_id)
+                    if not self._unknown(face.face_id, prediction, labels, version):
+                        continue
+                    if len(found) == limit:  # only hand out a token when something follows
+                        return found, [image_offset, position]
+                    found.append(face_message(face, labels.of_face(face.face_id), prediction, version))
+                scanned += max(0, len(faces) - face_offset)
                 image_offset, face_offset = image_offset + 1, 0
                 if scanned >= UNKNOWN_SCAN_FACES or time.monotonic() > give_up_at:
                     return found, [image_offset, 0]
         return found, None
 
-    def _unknown(self, face_id: str, labels: LabelIndex, version: int) -> tuple[bool, PredictionRecord | None]:
+    @staticmethod
+    def _unknown(face_id: str, prediction: PredictionRecord | None, labels: LabelIndex, version: int) -> bool:
         """Whether nobody is known for the face: not labelled as anyone, and the
         active version has no say, says unknown, or names a persona the face was
         rejected for (labels win)."""
         if labels.has_belongs(face_id):
-            return False, None
-        prediction = self.store.get_prediction(face_id)
+            return False
         if prediction is None or prediction.model_version != version or not prediction.persona_id:
-            return True, prediction
-        return labels.rejects(face_id, prediction.persona_id), prediction
+            return True
+        return labels.rejects(face_id, prediction.persona_id)
 
     # ---- images ----------------------------------------------------------
     def images(self, offset: int, limit: int) -> tuple[list[pb.Image], bool]:
@@ -205,7 +231,8 @@ class Catalogue:
         if record is None:
             raise NotFound(f"image {image_id!r} not found")
         version = self.active_version()
-        faces = [face_message(face, self.store.labels_of_face(face.face_id), self.store.get_prediction(face.face_id),
-                              version)
-                 for face in self.store.faces_of_image(image_id)]
+        records = self.store.faces_of_images([image_id])[image_id]  # a Face message carries no crop
+        predictions = self.store.get_predictions(face.face_id for face in records)
+        faces = [face_message(face, self.store.labels_of_face(face.face_id), predictions.get(face.face_id), version)
+                 for face in records]
         return query_pb2.GetImageResponse(image=convert.image(record), faces=faces)

@@ -2,13 +2,14 @@
 arrival, row sizes, and the versioned schema."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 from cassandra.util import uuid_from_time
 
-from visage.store.cassandra import CHUNK_BYTES, EVENT_LAG_S, CassandraStore, _bucket
-from visage.store.records import ImageRecord, ModelVersionRecord
+from visage.store.cassandra import CHUNK_BYTES, EVENT_LAG_S, MIGRATIONS, CassandraStore, _bucket
+from visage.store.records import ImageRecord, ModelVersionRecord, PredictionRecord
 from visage.v1 import resources_pb2 as pb
 
 
@@ -78,6 +79,33 @@ def test_large_values_are_stored_in_rows_under_two_megabytes(cassandra_store):
 
 
 def test_schema_is_versioned(cassandra_store):
-    assert cassandra_store.schema_version() == 1
+    assert cassandra_store.schema_version() == len(MIGRATIONS)
     cassandra_store.migrate()
-    assert cassandra_store.schema_version() == 1
+    assert cassandra_store.schema_version() == len(MIGRATIONS)
+
+
+def test_migration_moves_schema_one_predictions_into_buckets(cassandra_config):
+    """A keyspace written at schema 1 (one prediction partition per face) keeps its
+    predictions through the move to bucketed partitions (schema 2)."""
+    config = dataclasses.replace(cassandra_config, keyspace=f"{cassandra_config.keyspace}_v1")
+    store = CassandraStore(config)
+    try:
+        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+        store.migrate(target=1)
+        rows = [(f"face{i}", "persona" if i % 3 else "", i / 100, 1 + i % 2, 1000.0 + i) for i in range(300)]
+        for row in rows:
+            store._run("INSERT INTO {ks}.predictions (face_id, persona_id, confidence, model_version, create_time) "
+                       "VALUES (?, ?, ?, ?, ?)", row)
+            store._run("INSERT INTO {ks}.predictions_by_persona (persona_id, model_version, face_id) "
+                       "VALUES (?, ?, ?)", (row[1] or "-", row[3], row[0]))
+        store.migrate()
+        assert store.schema_version() == len(MIGRATIONS)
+        assert sorted(dataclasses.astuple(p) for p in store.iter_predictions()) == sorted(rows)
+        assert store.get_prediction("face7") == PredictionRecord(*rows[7])
+        assert len(store.predictions_of_persona("persona", 2)) == sum(1 for r in rows if r[1] and r[3] == 2)
+        tables = {row.table_name for row in store._session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (config.keyspace,))}
+        assert "predictions" not in tables  # one place for predictions, not two
+    finally:
+        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+        store.close()

@@ -131,6 +131,24 @@ def test_get_faces_keeps_given_order_and_skips_unknown(store):
     assert store.get_faces([]) == []
 
 
+def test_faces_of_images_in_one_call_without_crops(store):
+    stored = {}
+    for name, count in (("one", 1), ("three", 3), ("none", 0)):
+        image, content, faces = make_image(store, name, faces=count)
+        store.put_image(image, content, faces)
+        stored[name] = faces
+    got = store.faces_of_images(["three", "missing", "one", "none"])
+    assert list(got) == ["three", "missing", "one", "none"]  # every id asked, in the order asked
+    assert got["missing"] == [] and got["none"] == []
+    assert [f.face_id for f in got["three"]] == [f.face_id for f in stored["three"]]  # index order
+    for light, full in zip(got["three"] + got["one"], stored["three"] + stored["one"]):
+        assert light.crop_jpeg == b"" and full.crop_jpeg != b""
+        assert (light.image_id, light.index, light.box, light.landmarks, light.create_time) == \
+            (full.image_id, full.index, full.box, full.landmarks, full.create_time)
+        assert np.array_equal(light.embedding, full.embedding)
+    assert store.faces_of_images([]) == {}
+
+
 def test_list_images_newest_first_with_paging(store):
     for i in range(7):
         image, content, faces = make_image(store, f"img{i}", faces=1, create_time=1000.0 + i * 50_000)
@@ -186,6 +204,25 @@ def test_label_rules(store):
     assert len(labelled) == 5 and labelled[0].attributes == {"persona_id": a.persona_id, "verdict": "VERDICT_BELONGS"}
 
 
+def test_count_labels_per_persona_and_verdict(store):
+    image, content, faces = make_image(store, "img", faces=4)
+    store.put_image(image, content, faces)
+    a, b, idle = (store.create_persona(n) for n in "AB_")
+    for face in faces[:3]:
+        store.put_label(LabelRecord(face.face_id, a.persona_id, pb.VERDICT_BELONGS))
+    store.put_label(LabelRecord(faces[3].face_id, a.persona_id, pb.VERDICT_NOT_BELONGS))
+    store.put_label(LabelRecord(faces[3].face_id, b.persona_id, pb.VERDICT_BELONGS))
+    ids = [a.persona_id, b.persona_id, idle.persona_id, "no-such-persona"]
+    assert store.count_labels(ids, pb.VERDICT_BELONGS) == dict(zip(ids, [3, 1, 0, 0]))
+    assert store.count_labels(ids, pb.VERDICT_NOT_BELONGS) == dict(zip(ids, [1, 0, 0, 0]))
+    # A BELONGS label for B moves faces[0] away from A; removing a label uncounts it.
+    store.put_label(LabelRecord(faces[0].face_id, b.persona_id, pb.VERDICT_BELONGS))
+    store.delete_label(faces[3].face_id, a.persona_id)
+    assert store.count_labels(ids, pb.VERDICT_BELONGS) == dict(zip(ids, [2, 2, 0, 0]))
+    assert store.count_labels(ids, pb.VERDICT_NOT_BELONGS)[a.persona_id] == 0
+    assert store.count_labels([], pb.VERDICT_BELONGS) == {}
+
+
 def test_labels_of_persona_newest_first_and_delete_label(store):
     image, content, faces = make_image(store, "img", faces=3)
     store.put_image(image, content, faces)
@@ -227,6 +264,47 @@ def test_many_predictions_in_one_call(store):
     store.put_predictions(predictions)
     got = store.predictions_of_persona("p", 3)
     assert len(got) == 1000 and [p.confidence for p in got] == sorted((p.confidence for p in got), reverse=True)
+
+
+def test_a_reclassification_replaces_every_prediction_and_its_index(store):
+    """The classifier's bulk write: thousands of faces, then a new version that moves them."""
+    personas = ["p1", "p2", "p3", ""]
+    first = [PredictionRecord(f"face{i:05d}", personas[i % 4], 0.5, 1) for i in range(5000)]
+    store.put_predictions(first + [PredictionRecord("face00000", "p2", 0.25, 1)])  # the last one of a face wins
+    assert store.get_prediction("face00000").persona_id == "p2"
+    store.put_predictions([PredictionRecord(p.face_id, personas[(i + 1) % 4], 0.75, 2) for i, p in enumerate(first)])
+    assert store.count_predictions(personas, 1) == dict.fromkeys(personas, 0)
+    assert store.count_predictions(personas, 2) == dict.fromkeys(personas, 1250)
+    assert {p.face_id for p in store.predictions_of_persona("p2", 2)} == {f.face_id for f in first[0::4]}
+    assert store.predictions_of_persona("p2", 1) == []
+    assert all(p.model_version == 2 and p.confidence == 0.75 for p in store.iter_predictions())
+    assert sum(1 for _ in store.iter_predictions()) == 5000
+
+
+def test_get_predictions_in_one_call(store):
+    store.put_predictions([PredictionRecord(f"face{i}", "p", i / 10, 1) for i in range(5)] +
+                          [PredictionRecord("stranger", "", 0.1, 2)])
+    got = store.get_predictions(["face3", "missing", "stranger", "face0", "face3"])
+    assert set(got) == {"face3", "stranger", "face0"}
+    assert got["face3"] == store.get_prediction("face3")
+    assert (got["face3"].persona_id, got["face3"].confidence, got["face3"].model_version) == ("p", 0.3, 1)
+    assert (got["stranger"].persona_id, got["stranger"].model_version) == ("", 2)
+    many = store.get_predictions(f"face{i}" for i in range(2000))  # more ids than one request takes
+    assert set(many) == {f"face{i}" for i in range(5)}
+    assert store.get_predictions([]) == {}
+
+
+def test_count_predictions_per_persona_and_version(store):
+    store.put_predictions([PredictionRecord("f1", "a", 0.9, 1), PredictionRecord("f2", "a", 0.8, 1),
+                           PredictionRecord("f3", "b", 0.7, 1), PredictionRecord("f4", "", 0.1, 1),
+                           PredictionRecord("f5", "a", 0.6, 2)])
+    assert store.count_predictions(["a", "b", "", "c"], 1) == {"a": 2, "b": 1, "": 1, "c": 0}
+    assert store.count_predictions(["a", "b"], 2) == {"a": 1, "b": 0}
+    store.put_predictions([PredictionRecord("f1", "b", 0.9, 1)])  # f1 moves from a to b
+    assert store.count_predictions(["a", "b"], 1) == {"a": 1, "b": 2}
+    store.delete_persona(store.create_persona("temp").persona_id)  # deleting another persona changes nothing
+    assert store.count_predictions(["a", "b"], 1) == {"a": 1, "b": 2}
+    assert store.count_predictions([], 1) == {}
 
 
 # ---- model versions ---------------------------------------------------------------------

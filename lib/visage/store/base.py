@@ -97,6 +97,13 @@ class Store(abc.ABC):
         """In index order."""
 
     @abc.abstractmethod
+    def faces_of_images(self, image_ids: Iterable[str]) -> dict[str, list[FaceRecord]]:
+        """The faces of many images in one call, each image's in index order, WITHOUT
+        crops (crop_jpeg is b""): the light read for lists that show boxes, labels and
+        predictions (get_faces has the crops). Every id given is a key; an image
+        without faces, or unknown, maps to []."""
+
+    @abc.abstractmethod
     def count_faces(self) -> int: ...
 
     @abc.abstractmethod
@@ -123,20 +130,38 @@ class Store(abc.ABC):
         """Newest first."""
 
     @abc.abstractmethod
+    def count_labels(self, persona_ids: Iterable[str], verdict: int) -> dict[str, int]:
+        """Number of labels with this verdict of each persona, without reading
+        them. Every id given is a key (0 when none)."""
+
+    @abc.abstractmethod
     def iter_labels(self) -> Iterator[LabelRecord]:
         """Every label (training input)."""
 
     # ---- predictions -----------------------------------------------------
     @abc.abstractmethod
     def put_predictions(self, predictions: list[PredictionRecord]) -> None:
-        """Upserts by face id: a face has at most one prediction, the latest."""
+        """Upserts by face id: a face has at most one prediction, the latest (the
+        last one of a face in the list wins). The re-classification's bulk write:
+        call it with thousands of predictions at a time, not one by one."""
 
     @abc.abstractmethod
     def get_prediction(self, face_id: str) -> PredictionRecord | None: ...
 
     @abc.abstractmethod
+    def get_predictions(self, face_ids: Iterable[str]) -> dict[str, PredictionRecord]:
+        """The predictions of many faces in one call (batched like get_faces), by
+        face id; faces without a prediction (or unknown) are absent."""
+
+    @abc.abstractmethod
     def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
         """Predictions of this version naming the persona, by confidence, highest first."""
+
+    @abc.abstractmethod
+    def count_predictions(self, persona_ids: Iterable[str], model_version: int) -> dict[str, int]:
+        """Number of faces whose prediction is of this version and names each persona
+        ("" = unknown), without reading the predictions. Every id given is a key
+        (0 when none). Labels are not taken into account."""
 
     @abc.abstractmethod
     def iter_predictions(self) -> Iterator[PredictionRecord]: ...

@@ -8,7 +8,12 @@ without transactions or lightweight transactions:
   retry overwrites, never a half-visible record. Rows stay under 2 MB: image
   bytes and model artifacts are split into 1 MB chunks.
 - Index tables (labels by persona, predictions by (persona, version), images and
-  jobs by time) are written with their base rows and checked against them on read.
+  jobs by time) are written before their base rows and checked against them on read.
+- Bulk writes go out as many requests in flight at once (a bounded window), and rows
+  that share a partition travel in one unlogged batch (one request, one replica set);
+  rows of different partitions are never batched together. Predictions are stored in
+  PREDICTION_BUCKETS partitions keyed by a hash of the face id, so the classifier's
+  re-classification writes them a few dozen rows per request instead of one.
 - Model version numbers: put_model_version(version=0) takes max(version) + 1.
   Only the trainer writes versions and there is one trainer writer, so no two
   writers race for a number (a second writer would need an LWT, which we avoid).
@@ -29,20 +34,23 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+import zlib
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, ProtocolVersion
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
-from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ProtocolVersionUnsupported
+from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 from cassandra.util import min_uuid_from_time, unix_time_from_uuid1, uuid_from_time
 
 from visage.config import CassandraConfig
@@ -66,7 +74,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024   # keeps every row well under Cassandra's/Cosmos' 2 MB
 ID_CHUNK = 100              # ids per `IN (...)` read
-CONCURRENCY = 64            # in-flight requests of one bulk write
+CONCURRENCY = 64            # requests in flight for one bulk read or write (more only queues up)
+BATCH_ROWS = 64             # rows per unlogged batch of one partition (stays under the 5 KB batch warning)
+PREDICTION_BUCKETS = 256    # partitions of face_predictions; part of the schema, never change it
 DAY_S = 86400
 EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
@@ -76,7 +86,8 @@ SCHEMA_COMPONENT = "visage"
 
 # Append-only list of migrations; index + 1 is the schema version. `{ks}` is the keyspace.
 # IF NOT EXISTS on DDL only (never on data writes) so racing migrators are harmless.
-MIGRATIONS: list[list[str]] = [[
+# A step is CQL or, to move data, a function of the store; every step may run again after a crash.
+MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
     """CREATE TABLE IF NOT EXISTS {ks}.personas (persona_id text PRIMARY KEY, display_name text,
         create_time double, update_time double)""",
     """CREATE TABLE IF NOT EXISTS {ks}.images (image_id text PRIMARY KEY, filename text, content_type text,
@@ -116,6 +127,13 @@ MIGRATIONS: list[list[str]] = [[
     """CREATE TABLE IF NOT EXISTS {ks}.event_buckets (shard int, bucket bigint, PRIMARY KEY ((shard), bucket))
         WITH CLUSTERING ORDER BY (bucket ASC)""",
     """CREATE TABLE IF NOT EXISTS {ks}.meta (key text PRIMARY KEY, value text)""",
+], [
+    # Predictions move from one partition per face to PREDICTION_BUCKETS partitions, so
+    # bulk writes can batch rows of one partition (see the module doc).
+    """CREATE TABLE IF NOT EXISTS {ks}.face_predictions (bucket int, face_id text, persona_id text,
+        confidence double, model_version int, create_time double, PRIMARY KEY ((bucket), face_id))""",
+    lambda store: store._move_predictions_to_buckets(),
+    """DROP TABLE IF EXISTS {ks}.predictions""",
 ]]
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -134,6 +152,18 @@ def _groups(items: list, size: int) -> Iterator[list]:
 def _persona_key(persona_id: str) -> str:
     """Partition-key form of a prediction's persona: "" (unknown) may not be a key; ids are hex."""
     return persona_id or "-"
+
+
+def _prediction_bucket(face_id: str) -> int:
+    """Partition of a face's prediction: a stable hash (Python's hash() is salted per process)."""
+    return zlib.crc32(face_id.encode()) % PREDICTION_BUCKETS
+
+
+def _by_partition(rows: Iterable[tuple], key: Callable[[tuple], object]) -> dict[object, list[tuple]]:
+    groups: dict[object, list[tuple]] = defaultdict(list)
+    for row in rows:
+        groups[key(row)].append(row)
+    return groups
 
 
 def _day(timestamp: float) -> int:
@@ -173,7 +203,16 @@ _Delivered.NOTHING = _Delivered(frozenset(), {}, -1)
 
 def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
     """A driver session for this config: TLS / auth / DC options for Cosmos DB
-    (port 10350, TLS, username = account name) and Managed Instance."""
+    (port 10350, TLS, username = account name) and Managed Instance.
+
+    - Token-aware routing: prepared statements and single-partition batches go
+      straight to a replica of their partition.
+    - LOCAL_QUORUM for reads and writes: a read after an acknowledged write sees it
+      on any replica count (W + R > RF), which the commit-point order relies on.
+    - TCP_NODELAY: without it a request bigger than one TCP segment (a crop, an
+      image chunk, a batch) waits ~40 ms for a delayed ACK (Nagle) on every write.
+    - Protocol v5 (Cassandra 4/5), else v4 (Cassandra 3, Cosmos DB): named, so the driver
+      does not first try the DataStax-only versions it would otherwise start from."""
     policy = (TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)) if config.local_dc
               else TokenAwarePolicy(RoundRobinPolicy()))
     profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=ConsistencyLevel.LOCAL_QUORUM,
@@ -185,13 +224,24 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
         context = ssl.create_default_context(cafile=config.tls_ca_file or None)
         options["ssl_context"] = context
         options["ssl_options"] = {"server_hostname": config.contact_points[0]}
-    cluster = Cluster(list(config.contact_points), port=config.port,
-                      execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10, **options)
-    try:
-        return cluster, cluster.connect()
-    except Exception as e:
-        cluster.shutdown()
-        raise StoreError(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
+    for protocol_version in (ProtocolVersion.V5, ProtocolVersion.V4):
+        cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=protocol_version,
+                          execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10,
+                          sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **options)
+        try:
+            return cluster, cluster.connect()
+        except NoHostAvailable as e:
+            cluster.shutdown()
+            unsupported = e.errors and all(isinstance(error, ProtocolVersionUnsupported) for error in e.errors.values())
+            if not unsupported or protocol_version == ProtocolVersion.V4:
+                failure = e
+                break
+        except Exception as e:
+            cluster.shutdown()
+            failure = e
+            break
+    raise StoreError(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: "
+                     f"{failure}") from failure
 
 
 class CassandraStore(Store):
@@ -236,16 +286,47 @@ class CassandraStore(Store):
             rows.extend(result)
         return rows
 
-    def migrate(self) -> None:
+    def _execute_all(self, statements: Iterable[Statement]) -> None:
+        """Runs bound statements and batches, CONCURRENCY in flight; raises the first error."""
+        statements = list(statements)
+        if len(statements) <= CONCURRENCY:  # all in flight at once: skip the window's bookkeeping
+            for future in [self._session.execute_async(statement, timeout=30) for statement in statements]:
+                future.result()
+            return
+        results = execute_concurrent(self._session, ((statement, None) for statement in statements),
+                                     concurrency=CONCURRENCY, raise_on_first_error=True, results_generator=True)
+        for _ok, _result in results:
+            pass
+
+    def _batches(self, cql: str, rows: Iterable[tuple], partition: Callable[[tuple], object]) -> Iterator[Statement]:
+        """`cql` for every row, as unlogged batches of rows that share a partition (`partition(row)`)."""
+        stmt = self._stmt(cql)
+        for group in _by_partition(rows, partition).values():
+            for chunk in _groups(group, BATCH_ROWS):
+                batch = BatchStatement(BatchType.UNLOGGED)
+                for row in chunk:
+                    batch.add(stmt, row)
+                yield batch
+
+    def _bound(self, cql: str, rows: Iterable[tuple]) -> Iterator[Statement]:
+        stmt = self._stmt(cql)
+        return (stmt.bind(row) for row in rows)
+
+    def migrate(self, target: int | None = None) -> None:
+        """Applies the migrations not applied yet (up to schema version `target`; tests
+        use it to build an older schema)."""
         self._session.execute(f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} "
                               f"WITH replication = {self.config.replication}")
         self._session.execute(f"CREATE TABLE IF NOT EXISTS {self.keyspace}.schema_version "
                               "(component text, version int, applied_at double, PRIMARY KEY ((component), version))")
         rows = self._run("SELECT version FROM {ks}.schema_version WHERE component = ?", (SCHEMA_COMPONENT,))
         current = max((row.version for row in rows), default=0)
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+        for version, statements in enumerate(MIGRATIONS[current:target], start=current + 1):
             for statement in statements:
-                self._session.execute(statement.format(ks=self.keyspace), timeout=120)
+                if callable(statement):
+                    statement(self)
+                else:
+                    self._session.execute(statement.format(ks=self.keyspace), timeout=120)
             self._run("INSERT INTO {ks}.schema_version (component, version, applied_at) VALUES (?, ?, ?)",
                       (SCHEMA_COMPONENT, version, now()))
             log.info("cassandra keyspace %s migrated to schema version %d", self.keyspace, version)
@@ -297,28 +378,30 @@ class CassandraStore(Store):
             "SELECT model_version FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))]
         for version in versions:
             current = self._predictions_in_index(persona_id, version)
-            self._run_many("DELETE FROM {ks}.predictions WHERE face_id = ?", [(p.face_id,) for p in current])
+            self._execute_all(self._batches("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
+                                            [(_prediction_bucket(p.face_id), p.face_id) for p in current],
+                                            partition=lambda row: row[0]))
             self._run("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
-                      (persona_id, version))
+                      (_persona_key(persona_id), version))
         self._run("DELETE FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))
         self._run("DELETE FROM {ks}.personas WHERE persona_id = ?", (persona_id,))
         self.append_event(pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
 
     # ---- images and faces -----------------------------------------------
     def put_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> bool:
-        if self.get_image(image.image_id) is not None:
+        if list(self._run("SELECT image_id FROM {ks}.images WHERE image_id = ?", (image.image_id,))):
             return False
         chunks = _chunks(content)
         day = _day(image.create_time)
         self._remember_day("images", day)
         # Everything the image row makes visible, in flight at once; then the commit row.
-        pending = [self._async("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, ?, ?)",
-                               (image.image_id, i, chunk)) for i, chunk in enumerate(chunks)]
-        pending += self._write_faces_async(faces)
-        pending.append(self._async("INSERT INTO {ks}.images_by_day (day, create_time, image_id) VALUES (?, ?, ?)",
-                                   (day, image.create_time, image.image_id)))
-        for future in pending:
-            future.result()
+        self._execute_all([
+            *self._bound("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, ?, ?)",
+                         [(image.image_id, i, chunk) for i, chunk in enumerate(chunks)]),
+            *self._face_writes(faces),
+            self._stmt("INSERT INTO {ks}.images_by_day (day, create_time, image_id) VALUES (?, ?, ?)").bind(
+                (day, image.create_time, image.image_id)),
+        ])
         # The commit point: until this row exists the image and its faces' image are invisible.
         self._run("INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
                   "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -327,28 +410,21 @@ class CassandraStore(Store):
         self.append_event(pb.EVENT_TYPE_IMAGE_INGESTED, image.image_id, {"face_count": image.face_count})
         return True
 
-    def _async(self, cql: str, args: tuple):
-        return self._session.execute_async(self._stmt(cql).bind(args), timeout=30)
-
-    def _write_faces_async(self, faces: list[FaceRecord]) -> list:
-        futures = []
+    def _face_writes(self, faces: list[FaceRecord]) -> Iterator[Statement]:
+        """Per face one batch of its face and crop rows (same key, same replicas), and the
+        faces_by_image rows of each image as batches of that image's partition."""
+        face = self._stmt("INSERT INTO {ks}.faces (face_id, image_id, idx, box, landmarks, embedding, create_time) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?)")
+        crop = self._stmt("INSERT INTO {ks}.face_crops (face_id, crop) VALUES (?, ?)")
         for f in faces:
-            futures.append(self._async(
-                "INSERT INTO {ks}.faces (face_id, image_id, idx, box, landmarks, embedding, create_time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (f.face_id, f.image_id, f.index, json.dumps([int(v) for v in f.box]),
-                 json.dumps([[float(x), float(y)] for x, y in f.landmarks]), embedding_to_bytes(f.embedding),
-                 f.create_time)))
-            futures.append(self._async("INSERT INTO {ks}.face_crops (face_id, crop) VALUES (?, ?)",
-                                       (f.face_id, f.crop_jpeg)))
-        for image_id in {f.image_id for f in faces}:  # one partition: one unlogged batch, one request
             batch = BatchStatement(BatchType.UNLOGGED)
-            stmt = self._stmt("INSERT INTO {ks}.faces_by_image (image_id, idx, face_id) VALUES (?, ?, ?)")
-            for f in faces:
-                if f.image_id == image_id:
-                    batch.add(stmt, (f.image_id, f.index, f.face_id))
-            futures.append(self._session.execute_async(batch, timeout=30))
-        return futures
+            batch.add(face, (f.face_id, f.image_id, f.index, json.dumps([int(v) for v in f.box]),
+                             json.dumps([[float(x), float(y)] for x, y in f.landmarks]),
+                             embedding_to_bytes(f.embedding), f.create_time))
+            batch.add(crop, (f.face_id, f.crop_jpeg))
+            yield batch
+        yield from self._batches("INSERT INTO {ks}.faces_by_image (image_id, idx, face_id) VALUES (?, ?, ?)",
+                                 [(f.image_id, f.index, f.face_id) for f in faces], partition=lambda row: row[0])
 
     def _remember_day(self, kind: str, day: int) -> None:
         key = (kind, day)
@@ -435,6 +511,18 @@ class CassandraStore(Store):
             "SELECT face_id FROM {ks}.faces_by_image WHERE image_id = ?", (image_id,))]  # clustered by idx
         return self.get_faces(ids)
 
+    def faces_of_images(self, image_ids: Iterable[str]) -> dict[str, list[FaceRecord]]:
+        image_ids = list(image_ids)
+        placed = sorted((row.image_id, row.idx, row.face_id) for row in self._select_in(
+            "SELECT image_id, idx, face_id FROM {ks}.faces_by_image WHERE image_id IN ?", image_ids))
+        rows = {row.face_id: row for row in self._select_in(
+            f"SELECT {self._FACE_COLUMNS} FROM {{ks}}.faces WHERE face_id IN ?", [face_id for *_, face_id in placed])}
+        faces: dict[str, list[FaceRecord]] = {image_id: [] for image_id in image_ids}
+        for image_id, _idx, face_id in placed:
+            if face_id in rows:
+                faces[image_id].append(self._face(rows[face_id], b""))
+        return faces
+
     def count_faces(self) -> int:
         return self._run("SELECT COUNT(*) FROM {ks}.faces", timeout=120).one()[0]
 
@@ -498,10 +586,18 @@ class CassandraStore(Store):
         face_ids = [row.face_id for row in self._run(
             "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ?",
             (persona_id, verdict), fetch_size=5000)]
-        rows = self._run_many(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ? AND persona_id = ?",
-                              [(face_id, persona_id) for face_id in face_ids])
-        labels = [LabelRecord(*row) for result in rows for row in result]
+        results = self._run_many(
+            f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ? AND persona_id = ?",
+            [(group, persona_id) for group in _groups(face_ids, ID_CHUNK)])
+        labels = [LabelRecord(*row) for result in results for row in result]
         return sorted((l for l in labels if l.verdict == verdict), key=lambda l: -l.create_time)
+
+    def count_labels(self, persona_ids: Iterable[str], verdict: int) -> dict[str, int]:
+        # Counts the index (one small read per persona); see count_predictions on crashed writes.
+        persona_ids = list(dict.fromkeys(persona_ids))
+        results = self._run_many("SELECT COUNT(*) FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ?",
+                                  [(persona_id, verdict) for persona_id in persona_ids])
+        return {persona_id: result.one()[0] for persona_id, result in zip(persona_ids, results)}
 
     def iter_labels(self) -> Iterator[LabelRecord]:
         for row in self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels", fetch_size=5000, timeout=120):
@@ -512,24 +608,51 @@ class CassandraStore(Store):
 
     def put_predictions(self, predictions: list[PredictionRecord]) -> None:
         latest = {p.face_id: p for p in predictions}  # the last one of a face wins, as in SQLite
-        previous = {row.face_id: (row.persona_id, row.model_version) for row in self._select_in(
-            "SELECT face_id, persona_id, model_version FROM {ks}.predictions WHERE face_id IN ?", list(latest))}
-        self._run_many("INSERT INTO {ks}.prediction_versions (persona_id, model_version) VALUES (?, ?)",
-                       list({(_persona_key(p.persona_id), p.model_version) for p in latest.values()}))
-        self._run_many("INSERT INTO {ks}.predictions_by_persona (persona_id, model_version, face_id) VALUES (?, ?, ?)",
-                       [(_persona_key(p.persona_id), p.model_version, p.face_id) for p in latest.values()])
-        self._run_many(f"INSERT INTO {{ks}}.predictions ({self._PREDICTION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                       [(p.face_id, p.persona_id, float(p.confidence), p.model_version, p.create_time)
-                        for p in latest.values()])
-        stale = [(_persona_key(persona), version, face_id) for face_id, (persona, version) in previous.items()
-                 if (persona, version) != (latest[face_id].persona_id, latest[face_id].model_version)]
-        self._run_many("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ? "
-                       "AND face_id = ?", stale)
+        if not latest:
+            return
+        previous = self.get_predictions(latest)
+        index = [(_persona_key(p.persona_id), p.model_version, p.face_id) for p in latest.values()]
+        # Index rows first, so a stored prediction always has its index row (a crash leaves
+        # index rows without predictions, which readers check and skip).
+        self._execute_all([
+            *self._bound("INSERT INTO {ks}.prediction_versions (persona_id, model_version) VALUES (?, ?)",
+                         {row[:2] for row in index}),
+            *self._batches("INSERT INTO {ks}.predictions_by_persona (persona_id, model_version, face_id) "
+                           "VALUES (?, ?, ?)", index, partition=lambda row: row[:2]),
+        ])
+        self._write_prediction_rows((_prediction_bucket(p.face_id), p.face_id, p.persona_id, float(p.confidence),
+                                     p.model_version, p.create_time) for p in latest.values())
+        stale = [(_persona_key(old.persona_id), old.model_version, face_id) for face_id, old in previous.items()
+                 if (old.persona_id, old.model_version) != (latest[face_id].persona_id, latest[face_id].model_version)]
+        self._execute_all(self._batches("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? "
+                                        "AND model_version = ? AND face_id = ?", stale, partition=lambda row: row[:2]))
+
+    def _write_prediction_rows(self, rows: Iterable[tuple]) -> None:
+        """(bucket, face_id, persona_id, confidence, model_version, create_time) rows, batched by bucket."""
+        self._execute_all(self._batches(
+            f"INSERT INTO {{ks}}.face_predictions (bucket, {self._PREDICTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            rows, partition=lambda row: row[0]))
+
+    def _move_predictions_to_buckets(self) -> None:
+        """Migration 2: copies schema 1's predictions table (one partition per face) into face_predictions."""
+        if not list(self._run("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? "
+                              "AND table_name = 'predictions'", (self.keyspace,))):
+            return  # a new keyspace, or the copy already finished and the old table is gone
+        rows = self._session.execute(f"SELECT {self._PREDICTION_COLUMNS} FROM {self.keyspace}.predictions",
+                                     timeout=120)
+        self._write_prediction_rows((_prediction_bucket(row.face_id), *row) for row in rows)
 
     def get_prediction(self, face_id: str) -> PredictionRecord | None:
-        rows = list(self._run(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.predictions WHERE face_id = ?",
-                              (face_id,)))
-        return PredictionRecord(*rows[0]) if rows else None
+        return self.get_predictions([face_id]).get(face_id)
+
+    def get_predictions(self, face_ids: Iterable[str]) -> dict[str, PredictionRecord]:
+        by_bucket = _by_partition(((face_id,) for face_id in dict.fromkeys(face_ids)),
+                                  lambda row: _prediction_bucket(row[0]))
+        results = self._run_many(
+            f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.face_predictions WHERE bucket = ? AND face_id IN ?",
+            [(bucket, [row[0] for row in group]) for bucket, rows in by_bucket.items()
+             for group in _groups(rows, ID_CHUNK)])
+        return {row.face_id: PredictionRecord(*row) for result in results for row in result}
 
     def _predictions_in_index(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
         """The predictions the index names, checked against the base table (an index row can
@@ -537,16 +660,25 @@ class CassandraStore(Store):
         face_ids = [row.face_id for row in self._run(
             "SELECT face_id FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
             (_persona_key(persona_id), model_version), fetch_size=5000)]
-        rows = self._select_in(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.predictions WHERE face_id IN ?",
-                               face_ids)
-        return [PredictionRecord(*row) for row in rows
-                if row.persona_id == persona_id and row.model_version == model_version]
+        return [p for p in self.get_predictions(face_ids).values()
+                if p.persona_id == persona_id and p.model_version == model_version]
 
     def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
         return sorted(self._predictions_in_index(persona_id, model_version), key=lambda p: -p.confidence)
 
+    def count_predictions(self, persona_ids: Iterable[str], model_version: int) -> dict[str, int]:
+        # Counts the (persona, version) index partitions server-side; only the counts travel.
+        # A put_predictions that crashed midway can leave index rows the base table does not
+        # confirm (readers of the rows check them); they are counted until the face's next
+        # prediction replaces them.
+        persona_ids = list(dict.fromkeys(persona_ids))
+        results = self._run_many("SELECT COUNT(*) FROM {ks}.predictions_by_persona "
+                                 "WHERE persona_id = ? AND model_version = ?",
+                                 [(_persona_key(persona_id), model_version) for persona_id in persona_ids])
+        return {persona_id: result.one()[0] for persona_id, result in zip(persona_ids, results)}
+
     def iter_predictions(self) -> Iterator[PredictionRecord]:
-        for row in self._run(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.predictions", fetch_size=5000,
+        for row in self._run(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.face_predictions", fetch_size=5000,
                              timeout=120):
             yield PredictionRecord(*row)
 

@@ -63,6 +63,7 @@ MIGRATIONS = [
 
 ACTIVE_VERSION_KEY = "active_model_version"
 CURSOR_WIDTH = 20  # zero-padded so cursors compare as strings too
+MAX_VARIABLES = 500  # ids per `IN (...)`: stays under SQLite's bound-variable limit
 
 
 def _cursor(seq: int) -> str:
@@ -104,6 +105,15 @@ class SqliteStore(Store):
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         return self._conn().execute(sql, args).fetchall()
+
+    def _query_in(self, sql: str, ids: Iterable[str], args: tuple = ()) -> list[tuple]:
+        """Rows of `sql`, whose `{marks}` is an `IN (...)` list, for many ids (then `args`)."""
+        ids = list(dict.fromkeys(ids))
+        rows: list[tuple] = []
+        for start in range(0, len(ids), MAX_VARIABLES):
+            chunk = ids[start:start + MAX_VARIABLES]
+            rows += self._query(sql.format(marks=",".join("?" * len(chunk))), (*chunk, *args))
+        return rows
 
     def migrate(self) -> None:
         with self._tx() as conn:
@@ -216,13 +226,18 @@ class SqliteStore(Store):
 
     def get_faces(self, face_ids: Iterable[str]) -> list[FaceRecord]:
         face_ids = list(face_ids)
-        found: dict[str, FaceRecord] = {}
-        for start in range(0, len(face_ids), 500):  # stay under SQLite's variable limit
-            chunk = face_ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._query(f"SELECT * FROM faces WHERE face_id IN ({marks})", tuple(chunk)):
-                found[row[0]] = self._face(row)
+        found = {row[0]: self._face(row) for row in self._query_in("SELECT * FROM faces WHERE face_id IN ({marks})",
+                                                                    face_ids)}
         return [found[f] for f in face_ids if f in found]
+
+    def faces_of_images(self, image_ids: Iterable[str]) -> dict[str, list[FaceRecord]]:
+        image_ids = list(image_ids)
+        faces: dict[str, list[FaceRecord]] = {image_id: [] for image_id in image_ids}
+        rows = self._query_in("SELECT face_id, image_id, idx, box, landmarks, embedding, x'', create_time "
+                              "FROM faces WHERE image_id IN ({marks}) ORDER BY image_id, idx", image_ids)
+        for row in rows:
+            faces[row[1]].append(self._face(row))
+        return faces
 
     def faces_of_image(self, image_id: str) -> list[FaceRecord]:
         rows = self._query("SELECT * FROM faces WHERE image_id = ? ORDER BY idx", (image_id,))
@@ -269,6 +284,12 @@ class SqliteStore(Store):
                            (persona_id, verdict))
         return [LabelRecord(*row) for row in rows]
 
+    def count_labels(self, persona_ids: Iterable[str], verdict: int) -> dict[str, int]:
+        counts = dict.fromkeys(persona_ids, 0)
+        counts.update(self._query_in("SELECT persona_id, COUNT(*) FROM labels WHERE persona_id IN ({marks}) "
+                                     "AND verdict = ? GROUP BY persona_id", counts, (verdict,)))
+        return counts
+
     def iter_labels(self) -> Iterator[LabelRecord]:
         cursor = self._conn().execute("SELECT * FROM labels ORDER BY face_id, persona_id")
         while rows := cursor.fetchmany(10000):
@@ -285,6 +306,16 @@ class SqliteStore(Store):
     def get_prediction(self, face_id: str) -> PredictionRecord | None:
         rows = self._query("SELECT * FROM predictions WHERE face_id = ?", (face_id,))
         return PredictionRecord(*rows[0]) if rows else None
+
+    def get_predictions(self, face_ids: Iterable[str]) -> dict[str, PredictionRecord]:
+        rows = self._query_in("SELECT * FROM predictions WHERE face_id IN ({marks})", face_ids)
+        return {row[0]: PredictionRecord(*row) for row in rows}
+
+    def count_predictions(self, persona_ids: Iterable[str], model_version: int) -> dict[str, int]:
+        counts = dict.fromkeys(persona_ids, 0)
+        counts.update(self._query_in("SELECT persona_id, COUNT(*) FROM predictions WHERE persona_id IN ({marks}) "
+                                     "AND model_version = ? GROUP BY persona_id", counts, (model_version,)))
+        return counts
 
     def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
         rows = self._query(

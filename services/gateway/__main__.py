@@ -1,0 +1,34 @@
+"""`python -m visage_gateway`: writes the Envoy config for this Config,
+validates it, then runs Envoy and stays up waiting on it (Envoy started from a
+process that exits gets SIGTERM). SIGTERM/SIGINT stop Envoy; the exit code is
+Envoy's."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from visage.config import Config
+from visage.server import setup_logging
+from visage_gateway import envoy_config
+from visage_gateway.supervisor import EnvoyProcess, ensure_openapi
+
+log = logging.getLogger("visage_gateway")
+
+
+def main() -> int:
+    setup_logging("gateway")
+    config = Config.from_env()
+    settings = envoy_config.GatewaySettings.from_config(config)
+    if not settings.descriptor_set.is_file():
+        log.error("descriptor set %s is missing: run `make gen`", settings.descriptor_set)
+        return 2
+    ensure_openapi(settings.openapi_json)
+    bootstrap = envoy_config.write_bootstrap(settings, config.data_dir / "gateway" / "envoy.json")
+    envoy = EnvoyProcess(bootstrap)
+    envoy.validate()
+    log.info("gateway on http://%s:%d/ (REST /v1, /openapi.json, UI at /)", settings.bind_host, settings.port)
+    return envoy.run_until_signalled()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

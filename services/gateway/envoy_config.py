@@ -1,0 +1,421 @@
+"""Envoy bootstrap for the Visage gateway, built from typed envoy-data-plane
+classes (a typo is a pydantic error here, not a silent Envoy default).
+
+One listener: REST/JSON is transcoded to gRPC by one grpc_json_transcoder for
+all four services; routes then match the *post-transcoding* gRPC path
+(`/visage.v1.QueryService/...`) and send it to that service's HTTP/2 cluster.
+Native gRPC (grpcurl, other systems) takes the same routes. The web UI and
+/openapi.json are direct responses read from files when Envoy starts."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLog,
+    AccessLogFilter,
+    ComparisonFilter,
+    ComparisonFilterOp,
+    StatusCodeFilter,
+)
+from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+    Http2ProtocolOptions,
+    RuntimeFractionalPercent,
+    RuntimeUInt32,
+    SocketAddress,
+    SubstitutionFormatString,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
+from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
+from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import DownstreamConnectionsConfig
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.buffer.v3 import Buffer, BufferPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
+from envoy_data_plane.envoy.extensions.filters.http.csrf.v3 import CsrfPolicy
+from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
+    GrpcJsonTranscoder,
+    GrpcJsonTranscoderPrintOptions,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType
+from envoy_data_plane.google.protobuf import Any, Struct
+
+from visage.config import Config
+from visage.server import SERVICE_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+UI_DIR = Path(__file__).resolve().parent / "ui"
+
+# A 20 MB image is ~26.7 MB as base64 inside JSON; 30 MB leaves room for the rest.
+MAX_REQUEST_BODY_BYTES = 30 * 1024 * 1024
+# GetImageContent returns up to the 20 MB original; JSON responses are far smaller.
+MAX_RESPONSE_BODY_BYTES = 32 * 1024 * 1024
+UNARY_TIMEOUT = datetime.timedelta(seconds=60)  # ingest/classify of a big image on 2 cores
+NO_TIMEOUT = datetime.timedelta(0)
+MAX_STATIC_FILE_BYTES = 2 * 1024 * 1024
+MAX_DOWNSTREAM_CONNECTIONS = 4096
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+}
+# The UI loads only its own files and calls only its own origin; crops are same-origin too.
+UI_SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
+                               "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
+REFLECTION_PREFIX = "/grpc.reflection."
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# gRPC reflection and health have one path for every service: this header
+# (grpcurl -reflect-header / -H) picks which service answers; query by default.
+SERVICE_HEADER = "x-visage-service"
+
+
+def cluster_name(service: str) -> str:
+    return f"visage_{service}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One gRPC service behind the gateway."""
+    name: str           # "query", "ingest", ...
+    grpc_service: str   # "visage.v1.QueryService"
+    host: str
+    port: int
+
+    @property
+    def cluster(self) -> str:
+        return cluster_name(self.name)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    bind_host: str
+    port: int
+    upstreams: tuple[Upstream, ...]
+    descriptor_set: Path
+    openapi_json: Path
+    ui_dir: Path = UI_DIR
+    cors_origins: tuple[str, ...] = ()
+    max_request_body_bytes: int = MAX_REQUEST_BODY_BYTES
+    access_log: bool = True
+
+    @classmethod
+    def from_config(cls, config: Config, env: dict[str, str] | None = None) -> "GatewaySettings":
+        """Ports come from Config; VISAGE_<NAME>_HOST lets a deployment put a
+        service on another host (Kubernetes service names), VISAGE_CORS_ORIGINS
+        is a comma-separated list of extra origins allowed to call /v1."""
+        env = os.environ if env is None else env
+        upstreams = tuple(
+            Upstream(name, grpc_service, env.get(f"VISAGE_{name.upper()}_HOST", config.host),
+                     getattr(config.ports, name))
+            for name, grpc_service in SERVICE_NAMES.items()
+        )
+        origins = tuple(o.strip().rstrip("/") for o in env.get("VISAGE_CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            bind_host=env.get("VISAGE_GATEWAY_HOST", config.host),
+            port=config.ports.gateway,
+            upstreams=upstreams,
+            descriptor_set=Path(env.get("VISAGE_DESCRIPTOR_SET", REPO / "build/visage.pb")),
+            openapi_json=Path(env.get("VISAGE_OPENAPI_JSON", REPO / "build/openapi.json")),
+            cors_origins=origins,
+        )
+
+
+def streaming_methods(descriptor_set: Path, grpc_services: set[str]) -> list[str]:
+    """gRPC paths of every client- or server-streaming method: these routes get
+    no timeout (a watch may stay open for hours)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    paths = []
+    for file in files.file:
+        for service in file.service:
+            full_name = f"{file.package}.{service.name}" if file.package else service.name
+            if full_name not in grpc_services:
+                continue
+            paths += [f"/{full_name}/{m.name}" for m in service.method if m.client_streaming or m.server_streaming]
+    return sorted(paths)
+
+
+def _any(message) -> Any:
+    return Any.pack(message)
+
+
+def _headers(values: dict[str, str]) -> list[HeaderValueOption]:
+    return [HeaderValueOption(header=HeaderValue(key=k, value=v),
+                              append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD)
+            for k, v in values.items()]
+
+
+def _error(status: int, message: str) -> DirectResponseAction:
+    """A local error; the local-reply mapper turns it into JSON with a `message`."""
+    return DirectResponseAction(status=status, body=DataSource(inline_string=message))
+
+
+# Native gRPC (grpcurl, other services) streams through unbuffered (the
+# services enforce their own message limits) and skips the CSRF check: a gRPC
+# server only accepts content-type application/grpc, which a cross-site page
+# cannot send without a CORS preflight. Only REST requests get both.
+NATIVE_GRPC = {
+    "envoy.filters.http.buffer": Any.pack(BufferPerRoute(disabled=True)),
+    "envoy.filters.http.csrf": Any.pack(CsrfPolicy(filter_enabled=RuntimeFractionalPercent(
+        default_value=FractionalPercent(numerator=0, denominator=FractionalPercentDenominatorType.HUNDRED)))),
+}
+
+
+def _grpc_routes(settings: GatewaySettings) -> list[Route]:
+    by_service = {u.grpc_service: u for u in settings.upstreams}
+    streams = streaming_methods(settings.descriptor_set, set(by_service))
+    routes = [
+        Route(name=path, match=RouteMatch(path=path),
+              route=RouteAction(cluster=by_service[path.split("/")[1]].cluster,
+                                timeout=NO_TIMEOUT, idle_timeout=NO_TIMEOUT), typed_per_filter_config=NATIVE_GRPC)
+        for path in streams
+    ]
+    routes += [
+        Route(name=u.grpc_service, match=RouteMatch(prefix=f"/{u.grpc_service}/"),
+              route=RouteAction(cluster=u.cluster, timeout=UNARY_TIMEOUT), typed_per_filter_config=NATIVE_GRPC)
+        for u in settings.upstreams
+    ]
+    default = by_service[SERVICE_NAMES["query"]]
+    for prefix in (REFLECTION_PREFIX, HEALTH_PREFIX):
+        # Reflection is a bidi stream: no timeout.
+        routes += [
+            Route(name=f"{prefix}{u.name}",
+                  match=RouteMatch(prefix=prefix, headers=[HeaderMatcher(
+                      name=SERVICE_HEADER, string_match=StringMatcher(exact=u.name))]),
+                  route=RouteAction(cluster=u.cluster, timeout=NO_TIMEOUT), typed_per_filter_config=NATIVE_GRPC)
+            for u in settings.upstreams
+        ]
+        routes.append(Route(name=f"{prefix}default", match=RouteMatch(prefix=prefix),
+                            route=RouteAction(cluster=default.cluster, timeout=NO_TIMEOUT),
+                            typed_per_filter_config=NATIVE_GRPC))
+    return routes
+
+
+def _static_routes(settings: GatewaySettings) -> list[Route]:
+    """`/` and every UI file, plus /openapi.json; a missing OpenAPI document is
+    a 503 that says how to make it, so the UI still works."""
+    routes = []
+    for path in sorted(settings.ui_dir.iterdir()):
+        if path.suffix not in CONTENT_TYPES or not path.is_file():
+            continue
+        headers = {"content-type": CONTENT_TYPES[path.suffix], **UI_SECURITY_HEADERS}
+        for url in (["/", "/index.html"] if path.name == "index.html" else [f"/{path.name}"]):
+            routes.append(Route(name=url, match=RouteMatch(path=url),
+                                direct_response=DirectResponseAction(status=200, body=DataSource(filename=str(path))),
+                                response_headers_to_add=_headers(headers)))
+    if settings.openapi_json.is_file():
+        openapi = DirectResponseAction(status=200, body=DataSource(filename=str(settings.openapi_json.resolve())))
+    else:
+        openapi = _error(503, f"the OpenAPI document {settings.openapi_json.name} was not generated: run `make openapi`")
+    routes.append(Route(name="/openapi.json", match=RouteMatch(path="/openapi.json"), direct_response=openapi,
+                        response_headers_to_add=_headers({"content-type": "application/json",
+                                                          "cache-control": "no-cache"})))
+    routes.append(Route(name="/healthz", match=RouteMatch(path="/healthz"),
+                        direct_response=DirectResponseAction(status=200, body=DataSource(inline_string="ok\n"))))
+    return routes
+
+
+def _fallback_routes() -> list[Route]:
+    """Reached by REST paths the transcoder did not map to an RPC, and - for
+    the filters before the transcoder (CORS, CSRF) - by every REST request."""
+    unknown = _error(404, "no REST method matches this path and HTTP method; see /openapi.json")
+    # CSRF concerns browsers, and browsers always send Origin on cross-site
+    # writes: a request without Origin (curl, scripts, other systems) skips the check.
+    without_origin = HeaderMatcher(name="origin", present_match=True, invert_match=True)
+    csrf_off = CsrfPolicy(filter_enabled=_enabled(percent=0))
+    # The CORS filter only acts on routes that forward somewhere: preflights get
+    # one (the filter answers them itself, so nothing reaches the query service).
+    preflight = HeaderMatcher(name=":method", string_match=StringMatcher(exact="OPTIONS"))
+    return [
+        Route(name="cors-preflight", match=RouteMatch(prefix="/v1/", headers=[preflight]),
+              route=RouteAction(cluster=cluster_name("query"), timeout=UNARY_TIMEOUT)),
+        Route(name="unknown-rest-no-origin", match=RouteMatch(prefix="/v1/", headers=[without_origin]),
+              direct_response=unknown, typed_per_filter_config={"envoy.filters.http.csrf": _any(csrf_off)}),
+        Route(name="unknown-rest", match=RouteMatch(prefix="/v1/"), direct_response=unknown),
+        Route(name="not-found", match=RouteMatch(prefix="/"), direct_response=_error(404, "not found")),
+    ]
+
+
+def _local_reply_config() -> LocalReplyConfig:
+    """Every error Envoy itself answers (malformed JSON, no backend, CSRF,
+    unknown path, body too large) as JSON with a readable `message`, the
+    same field the transcoder's gRPC errors carry."""
+    errors = AccessLogFilter(status_code_filter=StatusCodeFilter(comparison=ComparisonFilter(
+        op=ComparisonFilterOp.GE, value=RuntimeUInt32(default_value=400, runtime_key="visage.local_reply_min"))))
+    body = {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "details": "%RESPONSE_CODE_DETAILS%"}
+    return LocalReplyConfig(mappers=[ResponseMapper(
+        filter=errors,
+        body_format_override=SubstitutionFormatString(json_format=Struct.from_dict(body),
+                                                      content_type="application/json"),
+    )])
+
+
+def _cors_policy(settings: GatewaySettings) -> dict[str, Any]:
+    """Same-origin only unless VISAGE_CORS_ORIGINS names origins: then those
+    may call the API from a browser (preflights are answered by Envoy)."""
+    if not settings.cors_origins:
+        return {}
+    policy = CorsPolicy(
+        allow_origin_string_match=[StringMatcher(exact=o) for o in settings.cors_origins],
+        allow_methods="GET, POST, PATCH, DELETE, OPTIONS",
+        allow_headers="content-type, x-grpc-web, grpc-timeout",
+        expose_headers="grpc-status, grpc-message",
+        max_age="600",
+        forward_not_matching_preflights=False,
+    )
+    return {"envoy.filters.http.cors": _any(policy)}
+
+
+def _enabled(percent: int = 100) -> RuntimeFractionalPercent:
+    return RuntimeFractionalPercent(default_value=FractionalPercent(
+        numerator=percent, denominator=FractionalPercentDenominatorType.HUNDRED))
+
+
+def _http_filters(settings: GatewaySettings) -> list[HttpFilter]:
+    transcoder = GrpcJsonTranscoder(
+        proto_descriptor=str(settings.descriptor_set.resolve()),
+        services=[u.grpc_service for u in settings.upstreams],
+        print_options=GrpcJsonTranscoderPrintOptions(
+            always_print_primitive_fields=True, stream_sse_style_delimited=True),
+        convert_grpc_status=True,
+        # Without it an unknown ?param silently skips transcoding and falls through to `/`.
+        ignore_unknown_query_parameters=True,
+        case_insensitive_enum_parsing=True,
+        max_request_body_size=settings.max_request_body_bytes,
+        max_response_body_size=MAX_RESPONSE_BODY_BYTES,
+    )
+    # Browsers send Origin on cross-site POST/PATCH/DELETE: only our own origin
+    # (and the CORS allow-list) may change data, even with a "simple" request.
+    csrf = CsrfPolicy(filter_enabled=_enabled(),
+                      additional_origins=[StringMatcher(exact=o) for o in settings.cors_origins])
+    return [
+        HttpFilter(name="envoy.filters.http.csrf", typed_config=_any(csrf)),
+        # Whole REST bodies, so an oversized upload is a 413 here, before any service sees it.
+        HttpFilter(name="envoy.filters.http.buffer",
+                   typed_config=_any(Buffer(max_request_bytes=settings.max_request_body_bytes))),
+        HttpFilter(name="envoy.filters.http.grpc_json_transcoder", typed_config=_any(transcoder)),
+        # After the transcoder: it must see the route of the gRPC path (REST paths
+        # only match direct responses, which the CORS filter ignores).
+        HttpFilter(name="envoy.filters.http.cors", typed_config=_any(Cors())),
+        HttpFilter(name="envoy.filters.http.router", typed_config=_any(Router())),
+    ]
+
+
+def _access_logs(settings: GatewaySettings) -> list[AccessLog]:
+    if not settings.access_log:
+        return []
+    fmt = {"ts": "%START_TIME%", "service": "gateway", "method": "%REQ(:METHOD)%",
+           "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "grpc_path": "%REQ(:PATH)%",
+           "status": "%RESPONSE_CODE%", "grpc_status": "%GRPC_STATUS%", "ms": "%DURATION%",
+           "bytes_in": "%BYTES_RECEIVED%", "bytes_out": "%BYTES_SENT%", "upstream": "%UPSTREAM_CLUSTER%",
+           "flags": "%RESPONSE_FLAGS%"}
+    stdout = StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(fmt)))
+    return [AccessLog(name="envoy.access_loggers.stdout", typed_config=_any(stdout))]
+
+
+def _listener(settings: GatewaySettings) -> Listener:
+    routes = _grpc_routes(settings) + _static_routes(settings) + _fallback_routes()
+    route_config = RouteConfiguration(
+        name="visage",
+        max_direct_response_body_size_bytes=MAX_STATIC_FILE_BYTES,
+        virtual_hosts=[VirtualHost(name="visage", domains=["*"], routes=routes,
+                                   typed_per_filter_config=_cors_policy(settings))],
+    )
+    hcm = HttpConnectionManager(
+        stat_prefix="visage_gateway",
+        route_config=route_config,
+        http_filters=_http_filters(settings),
+        access_log=_access_logs(settings),
+        local_reply_config=_local_reply_config(),
+        server_name="visage",
+    )
+    return Listener(
+        name="visage_http",
+        address=Address(socket_address=SocketAddress(address=settings.bind_host, port_value=settings.port)),
+        # The transcoder buffers a whole request body; uploads are up to 30 MB.
+        per_connection_buffer_limit_bytes=settings.max_request_body_bytes,
+        filter_chains=[FilterChain(filters=[Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))])],
+    )
+
+
+def _cluster(upstream: Upstream) -> Cluster:
+    http2 = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+        http2_protocol_options=Http2ProtocolOptions()))
+    endpoint = LbEndpoint(endpoint=Endpoint(address=Address(socket_address=SocketAddress(
+        address=upstream.host, port_value=upstream.port))))
+    return Cluster(
+        name=upstream.cluster,
+        type=ClusterDiscoveryType.STRICT_DNS,  # an IP or a Kubernetes service name
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=datetime.timedelta(seconds=2),
+        per_connection_buffer_limit_bytes=MAX_RESPONSE_BODY_BYTES,
+        typed_extension_protocol_options={"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)},
+        load_assignment=ClusterLoadAssignment(cluster_name=upstream.cluster,
+                                              endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]),
+    )
+
+
+def _overload_manager() -> OverloadManager:
+    """Caps open client connections (each SSE watch holds one)."""
+    limit = DownstreamConnectionsConfig(max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)
+    return OverloadManager(resource_monitors=[ResourceMonitor(
+        name="envoy.resource_monitors.global_downstream_max_connections", typed_config=_any(limit))])
+
+
+def build_bootstrap(settings: GatewaySettings) -> dict:
+    """The whole Envoy config as the JSON-ready dict Envoy's `-c` accepts."""
+    bootstrap = Bootstrap(
+        static_resources=BootstrapStaticResources(
+            listeners=[_listener(settings)],
+            clusters=[_cluster(u) for u in settings.upstreams],
+        ),
+        overload_manager=_overload_manager(),
+    )
+    return bootstrap.to_dict()
+
+
+def write_bootstrap(settings: GatewaySettings, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(build_bootstrap(settings), indent=1))
+    return path

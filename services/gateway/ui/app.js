@@ -1,0 +1,460 @@
+// Visage web UI: plain JS over the REST API of the Envoy gateway (/v1, see
+// /openapi.json) and its server-sent event stream (/v1/events:watch).
+// Every user-supplied string reaches the page through textContent (via el()),
+// never innerHTML.
+"use strict";
+
+const main = document.getElementById("main");
+const PAGE_SIZE = 200;
+
+// ---- DOM helpers -----------------------------------------------------------
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    // Through CSSOM: the Content-Security-Policy forbids style attributes.
+    else if (key === "style") Object.assign(node.style, value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function stateBox(text, kind = "") {
+  return el("p", { class: `state ${kind}`.trim(), dataset: { state: kind || "empty" } }, text);
+}
+
+function toast(message, kind = "") {
+  const node = el("div", { class: `toast ${kind}`.trim() }, message);
+  const box = document.getElementById("toasts");
+  box.append(node);
+  while (box.children.length > 4) box.firstElementChild.remove();  // bursts of clicks: newest only
+  setTimeout(() => node.remove(), kind === "error" ? 8000 : 3500);
+}
+
+const percent = (x) => `${Math.round(Number(x) * 100)}%`;
+const count = (x) => Number(x || 0);
+const cropUrl = (faceId) => `/v1/faces/${encodeURIComponent(faceId)}/crop`;
+const imageUrl = (imageId) => `/v1/images/${encodeURIComponent(imageId)}/content`;
+
+// ---- API -------------------------------------------------------------------
+class ApiError extends Error {}
+
+// Errors come as JSON with a `message` (gRPC status via the transcoder, or
+// Envoy's own local replies); anything else is shown as text.
+async function api(method, path, body) {
+  const options = { method, headers: {} };
+  if (body !== undefined) {
+    options.headers["content-type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (error) {
+    throw new ApiError(`The gateway cannot be reached (${error.message}).`);
+  }
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : {}; } catch { data = null; }
+  if (!response.ok) {
+    const message = (data && data.message) || text || response.statusText;
+    throw new ApiError(`${message} (HTTP ${response.status})`);
+  }
+  if (data === null) throw new ApiError(`Unexpected answer from ${path}`);
+  return data;
+}
+
+async function attempt(action, success) {
+  try {
+    const result = await action();
+    if (success) toast(success);
+    return result;
+  } catch (error) {
+    toast(error.message, "error");
+    return undefined;
+  }
+}
+
+let personaCache = null;
+async function personas(refresh = false) {
+  if (!personaCache || refresh) {
+    personaCache = (await api("GET", `/v1/personas?pageSize=500`)).personas || [];
+  }
+  return personaCache;
+}
+const personaName = (list, id) => (list.find((p) => p.personaId === id) || {}).displayName || "deleted persona";
+
+function label(faceId, personaId, verdict) {
+  return api("POST", `/v1/faces/${encodeURIComponent(faceId)}:label`,
+    { personaId, verdict, labelledBy: "web-ui" });
+}
+
+// ---- Face tiles ------------------------------------------------------------
+function faceImage(faceId, alt) {
+  return el("img", { class: "face", src: cropUrl(faceId), alt, loading: "lazy" });
+}
+
+function faceCard(face, { caption = "", meta = "", confidence = null, actions = [], href = null } = {}) {
+  return el("div", { class: "card face-card", dataset: { faceId: face.faceId } },
+    el("a", { href: href || `#/image/${encodeURIComponent(face.imageId)}`, title: "Open the image" },
+      faceImage(face.faceId, caption || "face")),
+    confidence === null ? null
+      : el("div", { class: "confidence", title: percent(confidence) },
+        el("span", { style: { width: percent(confidence) } })),
+    el("div", { class: "body" },
+      caption ? el("span", { class: "name" }, caption) : null,
+      meta ? el("span", { class: "meta" }, meta) : null,
+      actions.length ? el("div", { class: "actions" }, actions) : null));
+}
+
+function personaSelect(list, placeholder = "Assign to…") {
+  return el("select", { "aria-label": "persona" },
+    el("option", { value: "" }, placeholder),
+    list.map((p) => el("option", { value: p.personaId }, p.displayName)));
+}
+
+// ---- Views -----------------------------------------------------------------
+async function viewPersonas() {
+  const list = await personas(true);
+  const nameInput = el("input", { type: "text", name: "displayName", placeholder: "New persona name",
+    maxlength: 200, required: true, "aria-label": "new persona name" });
+  const form = el("form", { class: "toolbar", id: "create-persona" }, nameInput,
+    el("button", { class: "primary", type: "submit" }, "Create persona"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const created = await attempt(() => api("POST", "/v1/personas", { displayName: nameInput.value.trim() }),
+      "Persona created");
+    if (created) rerender();
+  });
+  const cards = list.map((p) => el("a", { class: "card persona-card", href: `#/persona/${encodeURIComponent(p.personaId)}`,
+    dataset: { personaId: p.personaId } },
+  p.coverFaceId ? faceImage(p.coverFaceId, p.displayName)
+    : el("div", { class: "face placeholder", "aria-hidden": "true" }, (p.displayName || "?").trim().charAt(0).toUpperCase()),
+  el("div", { class: "body" },
+    el("span", { class: "name" }, p.displayName),
+    el("span", { class: "meta" }, `${count(p.labelledFaceCount)} labelled · ${count(p.predictedFaceCount)} predicted`))));
+  return [el("h1", {}, "Personas"), form,
+    cards.length ? el("div", { class: "grid", id: "personas" }, cards)
+      : stateBox("No personas yet. Create one, then label faces from Unknown faces or an image.")];
+}
+
+async function viewPersona(personaId) {
+  const id = encodeURIComponent(personaId);
+  const [persona, labelled, predicted, rejected] = await Promise.all([
+    api("GET", `/v1/personas/${id}`),
+    api("GET", `/v1/personas/${id}/faces?kind=FACE_KIND_LABELLED&pageSize=${PAGE_SIZE}`),
+    api("GET", `/v1/personas/${id}/faces?kind=FACE_KIND_PREDICTED&pageSize=${PAGE_SIZE}`),
+    api("GET", `/v1/personas/${id}/faces?kind=FACE_KIND_REJECTED&pageSize=${PAGE_SIZE}`),
+  ]);
+  const nameInput = el("input", { type: "text", value: persona.displayName, maxlength: 200,
+    "aria-label": "persona name", required: true });
+  const rename = el("form", { class: "toolbar", id: "rename-persona" }, nameInput,
+    el("button", { type: "submit" }, "Rename"),
+    el("button", { type: "button", class: "danger", onclick: async () => {
+      if (!confirm(`Delete “${persona.displayName}”? Its faces become unlabelled.`)) return;
+      if (await attempt(() => api("DELETE", `/v1/personas/${id}`), "Persona deleted")) location.hash = "#/";
+    } }, "Delete"));
+  rename.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { personaId: persona.personaId, displayName: nameInput.value.trim() };
+    if (await attempt(() => api("PATCH", `/v1/personas/${id}`, body), "Renamed")) rerender();
+  });
+  const unlabel = (face) => async () => {
+    const body = { personaId: persona.personaId };
+    if (await attempt(() => api("POST", `/v1/faces/${encodeURIComponent(face.faceId)}:unlabel`, body), "Label removed")) rerender();
+  };
+  const verdict = (face, value, message) => async (event) => {
+    event.target.closest(".card").querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    if (await attempt(() => label(face.faceId, persona.personaId, value), message)) rerender();
+    else event.target.closest(".card").querySelectorAll("button").forEach((b) => { b.disabled = false; });
+  };
+  const labelledCards = (labelled.faces || []).map((face) => faceCard(face, {
+    actions: [el("button", { type: "button", onclick: unlabel(face) }, "Remove")] }));
+  const predictedCards = (predicted.faces || []).map((face) => faceCard(face, {
+    meta: `${percent(face.prediction.confidence)} · model v${face.prediction.modelVersion}`,
+    confidence: face.prediction.confidence,
+    actions: [
+      el("button", { type: "button", class: "ok confirm", title: "This face is this persona",
+        onclick: verdict(face, "VERDICT_BELONGS", "Confirmed") }, "✓ Belongs"),
+      el("button", { type: "button", class: "danger reject", title: "This face is not this persona",
+        onclick: verdict(face, "VERDICT_NOT_BELONGS", "Rejected") }, "✗ Not"),
+    ] }));
+  const rejectedCards = (rejected.faces || []).map((face) => faceCard(face, {
+    actions: [el("button", { type: "button", onclick: unlabel(face) }, "Undo")] }));
+  return [
+    el("p", { class: "muted" }, el("a", { href: "#/" }, "← Personas")),
+    el("h1", { id: "persona-name" }, persona.displayName),
+    el("p", { class: "muted" }, `${count(persona.labelledFaceCount)} labelled · ${count(persona.predictedFaceCount)} predicted`),
+    rename,
+    el("h2", {}, "Labelled faces"),
+    labelledCards.length ? el("div", { class: "grid", id: "labelled" }, labelledCards)
+      : stateBox("No labelled faces yet: assign faces from Unknown faces or an image."),
+    el("h2", {}, "Predicted faces, most confident first"),
+    predictedCards.length ? el("div", { class: "grid", id: "predicted" }, predictedCards)
+      : stateBox("No predictions for this persona yet. They appear here live once a model has been trained."),
+    rejectedCards.length ? [el("h2", {}, "Rejected faces"), el("div", { class: "grid", id: "rejected" }, rejectedCards)] : null,
+  ];
+}
+
+async function viewUnknown() {
+  const [list, unknown] = await Promise.all([personas(true), api("GET", `/v1/faces:unknown?pageSize=${PAGE_SIZE}`)]);
+  const cards = (unknown.faces || []).map((face) => {
+    const select = personaSelect(list);
+    const assign = el("button", { type: "button", class: "primary", onclick: async () => {
+      if (!select.value) { toast("Choose a persona first", "error"); return; }
+      if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
+    } }, "Assign");
+    const meta = face.prediction && face.prediction.modelVersion !== "0"
+      ? `unknown · ${percent(face.prediction.confidence)}` : "not classified yet";
+    return faceCard(face, { meta, actions: list.length ? [select, assign] : [] });
+  });
+  return [el("h1", {}, "Unknown faces"),
+    list.length ? null : el("p", { class: "muted" }, "Create a persona first to assign faces to it."),
+    cards.length ? el("div", { class: "grid", id: "unknown" }, cards)
+      : stateBox("No unknown faces. Upload images to find more.")];
+}
+
+function readAsBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(new ApiError(`could not read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function upload(files, log) {
+  for (const file of files) {
+    const line = el("li", {}, `${file.name}: uploading…`);
+    log.append(line);
+    try {
+      const content = await readAsBase64(file);
+      const result = await api("POST", "/v1/images:ingest", { content, filename: file.name });
+      const faces = (result.faces || []).length;
+      line.textContent = "";
+      line.append(el("a", { href: `#/image/${encodeURIComponent(result.image.imageId)}` }, file.name),
+        result.duplicate ? ": already uploaded" : `: ${faces} face${faces === 1 ? "" : "s"} found`);
+    } catch (error) {
+      line.className = "failed";
+      line.textContent = `${file.name}: ${error.message}`;
+    }
+  }
+}
+
+async function viewImages() {
+  const images = (await api("GET", `/v1/images?pageSize=${PAGE_SIZE}`)).images || [];
+  const input = el("input", { type: "file", accept: "image/*", multiple: true, id: "upload-input", "aria-label": "images to upload" });
+  const log = el("ul", { class: "uploads", id: "upload-log" });
+  const drop = el("div", { class: "dropzone" }, input, el("span", { class: "muted" }, "Choose or drop images (JPEG, PNG, WebP, up to 20 MB each)"));
+  const start = async (files) => { await upload([...files], log); rerender({ keep: [drop, log] }); };
+  input.addEventListener("change", () => start(input.files));
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); start(e.dataTransfer.files); });
+  const cards = images.map((image) => el("a", { class: "card image-card", href: `#/image/${encodeURIComponent(image.imageId)}` },
+    el("img", { class: "face", src: imageUrl(image.imageId), alt: image.filename || "image", loading: "lazy" }),
+    el("div", { class: "body" },
+      el("span", { class: "name" }, image.filename || image.imageId.slice(0, 12)),
+      el("span", { class: "meta" }, `${image.faceCount} face${image.faceCount === 1 ? "" : "s"} · ${image.width}×${image.height}`))));
+  return [el("h1", {}, "Images"), drop, log,
+    cards.length ? el("div", { class: "grid", id: "images" }, cards) : stateBox("No images yet. Upload some above.")];
+}
+
+function faceName(face, list) {
+  const belongs = (face.labels || []).find((l) => l.verdict === "VERDICT_BELONGS");
+  if (belongs) return { text: personaName(list, belongs.personaId), kind: "labelled" };
+  const p = face.prediction;
+  if (p && p.personaId) return { text: `${personaName(list, p.personaId)} ${percent(p.confidence)}`, kind: "predicted" };
+  return { text: "unknown", kind: "unknown" };
+}
+
+async function viewImage(imageId) {
+  const [list, result] = await Promise.all([personas(true), api("GET", `/v1/images/${encodeURIComponent(imageId)}`)]);
+  const { image, faces = [] } = result;
+  const boxes = faces.map((face) => {
+    const { text, kind } = faceName(face, list);
+    const b = face.box;
+    const style = {
+      left: `${(100 * b.left) / image.width}%`, top: `${(100 * b.top) / image.height}%`,
+      width: `${(100 * (b.right - b.left)) / image.width}%`, height: `${(100 * (b.bottom - b.top)) / image.height}%`,
+    };
+    return el("div", { class: `box ${kind}`, style, dataset: { faceId: face.faceId } }, el("span", { class: "label" }, text));
+  });
+  const cards = faces.map((face) => {
+    const select = personaSelect(list);
+    const assign = el("button", { type: "button", onclick: async () => {
+      if (!select.value) { toast("Choose a persona first", "error"); return; }
+      if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
+    } }, "Assign");
+    return faceCard(face, { caption: faceName(face, list).text, href: cropUrl(face.faceId),
+      actions: list.length ? [select, assign] : [] });
+  });
+  return [
+    el("p", { class: "muted" }, el("a", { href: "#/images" }, "← Images")),
+    el("h1", {}, image.filename || image.imageId),
+    el("p", { class: "muted" }, `${image.width}×${image.height} · ${image.contentType} · ${faces.length} face${faces.length === 1 ? "" : "s"}`),
+    el("div", { class: "photo", id: "photo" }, el("img", { src: imageUrl(image.imageId), alt: image.filename || "image" }), boxes),
+    faces.length ? [el("h2", {}, "Faces"), el("div", { class: "grid" }, cards)] : stateBox("No face was found in this image."),
+  ];
+}
+
+const fixed = (x, digits = 2) => (x === undefined || x === null ? "–" : Number(x).toFixed(digits));
+
+async function viewModels() {
+  const [versions, jobs] = await Promise.all([
+    api("GET", "/v1/modelVersions?pageSize=50"), api("GET", "/v1/trainingJobs?pageSize=10")]);
+  const rows = (versions.modelVersions || []).map((v) => {
+    const state = v.state.replace("MODEL_STATE_", "").toLowerCase();
+    const m = v.metrics || {};
+    const activate = el("button", { type: "button", onclick: async () => {
+      if (await attempt(() => api("POST", `/v1/modelVersions/${v.version}:activate`, {}), `Version ${v.version} is active`)) rerender();
+    } }, "Activate");
+    return el("tr", { dataset: { version: v.version } },
+      el("td", {}, `v${v.version}`),
+      el("td", {}, el("span", { class: `tag ${state}` }, state)),
+      el("td", {}, fixed(m.accuracy)), el("td", {}, fixed(m.unknownRejectionRate)),
+      el("td", {}, `${count(m.labelledFaces)} / ${count(m.personas)}`),
+      el("td", {}, v.createTime ? new Date(v.createTime).toLocaleString() : "–"),
+      el("td", { class: "muted" }, v.gateReason || ""),
+      el("td", {}, state === "active" ? null : activate));
+  });
+  const jobRows = (jobs.trainingJobs || []).map((j) => el("tr", {},
+    el("td", {}, j.jobId), el("td", {}, j.phase.replace("TRAINING_PHASE_", "").toLowerCase()),
+    el("td", {}, j.modelVersion !== "0" ? `v${j.modelVersion}` : "–"), el("td", {}, j.activated ? "yes" : "no"),
+    el("td", { class: "muted" }, j.message || "")));
+  const train = el("button", { type: "button", class: "primary", onclick: async () => {
+    if (await attempt(() => api("POST", "/v1/trainingJobs", { reason: "web UI" }), "Training started")) rerender();
+  } }, "Train now");
+  return [el("h1", {}, "Models"), el("div", { class: "toolbar" }, train),
+    rows.length ? el("table", { id: "models" }, el("thead", {}, el("tr", {},
+      ["Version", "State", "Accuracy", "Unknown rejection", "Faces / personas", "Created", "Gate", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows))
+      : stateBox("No model yet: label faces of at least two personas and one is trained."),
+    el("h2", {}, "Recent training jobs"),
+    jobRows.length ? el("table", {}, el("thead", {}, el("tr", {},
+      ["Job", "Phase", "Version", "Activated", "Message"].map((h) => el("th", {}, h)))), el("tbody", {}, jobRows))
+      : stateBox("No training job yet.")];
+}
+
+// ---- Router ----------------------------------------------------------------
+const routes = [
+  [/^#?\/?$/, viewPersonas, "personas"],
+  [/^#\/persona\/([^/]+)$/, viewPersona, "personas"],
+  [/^#\/unknown$/, viewUnknown, "unknown"],
+  [/^#\/images$/, viewImages, "images"],
+  [/^#\/image\/([^/]+)$/, viewImage, "images"],
+  [/^#\/models$/, viewModels, "models"],
+];
+
+let renderSeq = 0;
+// Renders the view for the current hash. A refresh keeps what is on screen
+// until the new content is ready (no flash, no reload); `keep` moves live
+// nodes (an upload log, a file input) into the new content.
+async function render({ refresh = false, keep = [] } = {}) {
+  const seq = ++renderSeq;
+  const match = routes.map(([re, view, nav]) => [location.hash.match(re), view, nav]).find(([m]) => m);
+  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", !!match && a.dataset.nav === match[2]));
+  if (!match) { main.replaceChildren(stateBox("Page not found.", "error")); return; }
+  const [m, view] = match;
+  if (!refresh) main.replaceChildren(stateBox("Loading…", "loading"));
+  try {
+    const content = await view(...m.slice(1).map(decodeURIComponent));
+    if (seq !== renderSeq) return;  // a newer render started meanwhile
+    const fragment = el("div", { class: "view" }, content);
+    for (const node of keep) {
+      const placeholder = fragment.querySelector(`.${node.className.split(" ")[0]}`);
+      if (placeholder) placeholder.replaceWith(node);
+    }
+    main.replaceChildren(fragment);
+    main.dataset.ready = String(seq);
+  } catch (error) {
+    if (seq !== renderSeq) return;
+    if (refresh) { toast(error.message, "error"); return; }
+    main.replaceChildren(stateBox(error.message, "error"),
+      el("p", { class: "muted" }, el("a", { href: location.hash || "#/", onclick: () => render() }, "Try again")));
+  }
+}
+const rerender = (options = {}) => render({ refresh: true, ...options });
+
+// ---- Live updates (server-sent events) ---------------------------------------
+const REFRESH_ON = new Set(["EVENT_TYPE_IMAGE_INGESTED", "EVENT_TYPE_FACE_LABELLED", "EVENT_TYPE_FACE_UNLABELLED",
+  "EVENT_TYPE_PERSONA_CREATED", "EVENT_TYPE_PERSONA_RENAMED", "EVENT_TYPE_PERSONA_DELETED",
+  "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN"]);
+let refreshTimer = null;
+function scheduleRefresh() {
+  // Many events arrive in bursts (a re-classification writes in batches): one refresh per burst.
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    // Do not replace a form the user is typing in.
+    if (main.contains(document.activeElement) && document.activeElement.matches("input[type=text], select")) {
+      scheduleRefresh();
+      return;
+    }
+    rerender({ keep: [...main.querySelectorAll(".dropzone, .uploads")] });
+  }, 500);
+}
+
+const hideTimers = {};
+function showProgress(id, text, done, total, finished) {
+  const box = document.getElementById(id);
+  box.hidden = false;
+  box.querySelector(".progress-label").textContent = text;
+  const bar = box.querySelector("progress");
+  bar.max = Math.max(1, total);
+  bar.value = finished ? bar.max : Math.min(done, bar.max);
+  clearTimeout(hideTimers[id]);
+  if (finished) hideTimers[id] = setTimeout(() => { box.hidden = true; }, 4000);
+}
+
+function onEvent(event) {
+  const a = event.attributes || {};
+  if (event.type === "EVENT_TYPE_TRAINING_PROGRESS") {
+    const phase = (a.phase || "").replace("TRAINING_PHASE_", "").toLowerCase();
+    showProgress("progress-training", `Training: ${phase}`, count(a.done), count(a.total),
+      ["succeeded", "failed"].includes(phase));
+    if (phase === "failed") toast(`Training failed${a.message ? `: ${a.message}` : ""}`, "error");
+  } else if (event.type === "EVENT_TYPE_RECLASSIFY_PROGRESS") {
+    const state = (a.state || "").replace("RECLASSIFY_STATE_", "").toLowerCase();
+    const rate = a.faces_per_second ? ` · ${Math.round(Number(a.faces_per_second))} faces/s` : "";
+    showProgress("progress-reclassify", `Re-classifying (v${a.model_version || "?"}): ${count(a.done)}/${count(a.total)}${rate}`,
+      count(a.done), count(a.total), state !== "running");
+    if (state !== "running") scheduleRefresh();
+  }
+  if (REFRESH_ON.has(event.type)) scheduleRefresh();
+}
+
+// EventSource reconnects by itself, but to the same URL; reconnecting by hand
+// resumes after the last cursor seen so no event is lost.
+let lastCursor = "";
+let source = null;
+let retryDelay = 1000;
+function connectEvents() {
+  const dot = document.getElementById("live-dot");
+  const url = `/v1/events:watch${lastCursor ? `?afterCursor=${encodeURIComponent(lastCursor)}` : ""}`;
+  source = new EventSource(url);
+  source.onopen = () => { dot.className = "dot on"; dot.title = "live updates: connected"; retryDelay = 1000; };
+  source.onmessage = (message) => {
+    let event;
+    try { event = JSON.parse(message.data); } catch { return; }
+    if (event.cursor) lastCursor = event.cursor;
+    onEvent(event);
+  };
+  source.onerror = () => {
+    source.close();
+    dot.className = "dot off";
+    dot.title = "live updates: reconnecting";
+    setTimeout(connectEvents, retryDelay);
+    retryDelay = Math.min(retryDelay * 2, 15000);
+  };
+}
+
+window.addEventListener("hashchange", () => render());
+render();
+connectEvents();

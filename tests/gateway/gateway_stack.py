@@ -1,0 +1,101 @@
+"""The gateway test stack: a client for the real Envoy started by
+`python -m visage_gateway`, and a handle on the in-process services."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from visage.config import Config
+from visage.store.sqlite import SqliteStore
+from visage.v1 import ingest_pb2, ingest_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+READY_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Mesh:
+    config: Config
+    store: SqliteStore
+    ports: dict[str, int]
+    stops: list = field(default_factory=list)
+
+    def ingest_files(self, paths: list[Path]) -> dict[Path, list[str]]:
+        """Ingests photos over gRPC; returns each photo's face ids."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.ports['ingest']}") as channel:
+            stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            return {path: [f.face_id for f in stub.IngestImage(
+                ingest_pb2.IngestImageRequest(content=path.read_bytes(), filename=path.name), timeout=60).faces]
+                for path in paths}
+
+
+@dataclass
+class Gateway:
+    url: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+        headers = dict(headers or {})
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            headers.setdefault("content-type", "application/json")
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+    def json(self, method: str, path: str, body: dict | None = None, **kwargs) -> tuple[int, dict]:
+        status, _, data = self.request(method, path, body, **kwargs)
+        return status, json.loads(data)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+
+def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, str] | None = None) -> Gateway:
+    """`python -m visage_gateway` on a free port, waiting until Envoy answers."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):  # another process may take the free port before Envoy binds it
+        port = free_port()
+        env = dict(os.environ, VISAGE_DATA_DIR=str(work_dir), VISAGE_GATEWAY_PORT=str(port),
+                   **{f"VISAGE_{name.upper()}_PORT": str(p) for name, p in ports.items()}, **(extra_env or {}))
+        log_path = work_dir / f"gateway-{attempt}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "visage_gateway"], env=env, cwd=REPO,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        gateway = Gateway(f"http://127.0.0.1:{port}", port, process, log_path)
+        deadline = time.monotonic() + READY_SECONDS
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if gateway.request("GET", "/healthz", timeout=2)[0] == 200:
+                    return gateway
+            except OSError:
+                time.sleep(0.1)
+        gateway.stop()
+    raise RuntimeError(f"gateway did not start; log:\n{log_path.read_text()[-3000:]}")
+
+

@@ -1,0 +1,156 @@
+"""A person in Debian's Chromium, through the real Envoy, with every real
+service: creates personas, labels faces with clicks, watches predictions for
+other faces appear without a reload, confirms one, uploads an image and sees
+its faces boxed, rolls the model back. Screenshots go to test-output/."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+PEOPLE = ["sheldon", "penny", "leonard"]
+LABELLED_PER_PERSON = 3
+LIVE_SECONDS = 150  # training + re-classification on a shared 2-core machine
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip("Debian's Chromium is missing: run `make chromium`")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, gateway):
+    context = browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def poll(page, condition, seconds: float) -> None:
+    """wait_for_function would eval() in the page, which the UI's CSP forbids."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        page.wait_for_timeout(200)
+
+
+def shoot(page, out: Path, name: str) -> None:
+    page.screenshot(path=str(out / f"gateway-{name}.png"), full_page=True)
+
+
+def create_persona(page, name: str) -> None:
+    page.goto("/#/")
+    page.fill("#create-persona input", name)
+    page.click("#create-persona button[type=submit]")
+    page.locator(".persona-card .name", has_text=name).wait_for()
+
+
+def test_label_faces_and_watch_predictions_arrive_live(page, gateway, mesh, faces_dir, test_output_dir):
+    crops = {person: sorted((faces_dir / "bbt" / person).iterdir()) for person in PEOPLE}
+    face_ids = {person: [ids[0] for ids in mesh.ingest_files(paths).values()] for person, paths in crops.items()}
+    hostile = 'Sheldon <img src=x onerror="window.pwned=1">'
+    names = {"sheldon": hostile, "penny": "Penny", "leonard": "Leonard"}
+    for person in PEOPLE:
+        create_persona(page, names[person])
+    assert page.locator(".persona-card .name", has_text="<img").inner_text() == hostile  # shown as text
+    assert page.evaluate("window.pwned") is None
+    shoot(page, test_output_dir, "personas-empty")
+
+    # Label the first faces of each person from the unknown-faces page, one click each.
+    page.goto("/#/unknown")
+    for person in PEOPLE:
+        for face_id in face_ids[person][:LABELLED_PER_PERSON]:
+            card = page.locator(f'.face-card[data-face-id="{face_id}"]')
+            card.locator("select").select_option(label=names[person])
+            card.locator("button", has_text="Assign").click()
+            card.wait_for(state="detached")
+    shoot(page, test_output_dir, "unknown-after-labelling")
+
+    # Open Sheldon: the labelled faces are there; predictions for the others arrive live.
+    page.goto("/#/")
+    page.locator(".persona-card", has_text="Sheldon").click()
+    page.locator("#labelled .face-card").first.wait_for()
+    assert page.locator("#labelled .face-card").count() == LABELLED_PER_PERSON
+    page.evaluate("window.__noReload = true")  # a reload would clear this
+    unlabelled = face_ids["sheldon"][LABELLED_PER_PERSON:]
+    for face_id in unlabelled:
+        page.locator(f'#predicted .face-card[data-face-id="{face_id}"]').wait_for(timeout=LIVE_SECONDS * 1000)
+    assert page.evaluate("window.__noReload") is True
+    ranked = [float(m.group(1)) for m in (re.search(r"(\d+)%", t)
+                                          for t in page.locator("#predicted .meta").all_inner_texts()) if m]
+    assert ranked == sorted(ranked, reverse=True)  # most confident first
+    shoot(page, test_output_dir, "persona-predictions")
+
+    # Confirm one prediction with one click: it becomes a labelled face.
+    confirmed = unlabelled[0]
+    page.locator(f'#predicted .face-card[data-face-id="{confirmed}"] button.confirm').click()
+    page.locator(f'#labelled .face-card[data-face-id="{confirmed}"]').wait_for()
+    # Reject another: it leaves the predictions and shows as rejected.
+    rejected = unlabelled[1]
+    page.locator(f'#predicted .face-card[data-face-id="{rejected}"] button.reject').click()
+    page.locator(f'#rejected .face-card[data-face-id="{rejected}"]').wait_for()
+    shoot(page, test_output_dir, "persona-after-verdicts")
+
+    # Model versions: an active one with metrics; train again and roll back to the first.
+    page.goto("/#/models")
+    page.locator("#models tr .tag.active").wait_for(timeout=LIVE_SECONDS * 1000)
+    shoot(page, test_output_dir, "models")
+    versions = page.locator("#models tbody tr")
+    if versions.count() < 2:
+        page.click("button:has-text('Train now')")
+        poll(page, lambda: page.locator("#models tbody tr").count() >= 2, LIVE_SECONDS)
+    # Activate another version, then roll back to the one that was active.
+    was_active = page.locator("#models tbody tr", has=page.locator(".tag.active")).get_attribute("data-version")
+    other = page.locator("#models tbody tr", has_not=page.locator(".tag.active")).first
+    other_version = other.get_attribute("data-version")
+    other.locator("button", has_text="Activate").click()
+    page.locator(f'#models tr[data-version="{other_version}"] .tag.active').wait_for()
+    page.locator(f'#models tr[data-version="{was_active}"] button', has_text="Activate").click()
+    page.locator(f'#models tr[data-version="{was_active}"] .tag.active').wait_for()
+    assert page.locator("#models .tag.active").count() == 1
+    shoot(page, test_output_dir, "models-rolled-back")
+
+
+def test_upload_an_image_and_see_its_faces_boxed(page, gateway, faces_dir, test_output_dir):
+    page.goto("/#/images")
+    page.set_input_files("#upload-input", str(faces_dir / "scenes/two_people.jpg"))
+    link = page.locator("#upload-log a", has_text="two_people.jpg")
+    link.wait_for(timeout=60_000)
+    assert re.search(r"2 faces found|already uploaded", page.locator("#upload-log").inner_text())
+    link.click()
+    page.locator("#photo img").wait_for()
+    poll(page, lambda: page.locator("#photo img").evaluate("img => img.complete && img.naturalWidth > 0"), 30)
+    boxes = page.locator("#photo .box")
+    assert boxes.count() == 2
+    for index in range(2):
+        box = boxes.nth(index).bounding_box()
+        assert box["width"] > 10 and box["height"] > 10  # drawn over the photo, not collapsed
+        assert boxes.nth(index).locator(".label").inner_text()
+    shoot(page, test_output_dir, "image-boxed")
+
+
+def test_errors_are_shown_to_the_user(page, gateway, test_output_dir):
+    page.goto("/#/persona/no-such-persona")
+    error = page.locator(".state.error")
+    error.wait_for()
+    assert "not found" in error.inner_text()
+    page.goto("/#/")
+    page.fill("#create-persona input", "   ")
+    page.click("#create-persona button[type=submit]")
+    page.locator(".toast.error").wait_for()
+    shoot(page, test_output_dir, "error-toast")

@@ -1,0 +1,36 @@
+"""The generated Envoy config is accepted by the real Envoy (`--mode validate`)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from visage.config import Config
+from visage_gateway import envoy_config
+from visage_gateway.supervisor import envoy_command
+
+
+@pytest.mark.parametrize("env", [{}, {"VISAGE_CORS_ORIGINS": "http://a.example, https://b.example:8443"},
+                                 {"VISAGE_QUERY_HOST": "query.visage.svc.cluster.local"}])
+def test_envoy_validates_the_generated_config(env, tmp_path):
+    settings = envoy_config.GatewaySettings.from_config(Config(), env)
+    path = envoy_config.write_bootstrap(settings, tmp_path / "envoy.json")
+    result = subprocess.run(envoy_command(path, "validate"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK" in result.stdout
+
+
+def test_streaming_methods_have_no_timeout_and_unary_ones_do():
+    settings = envoy_config.GatewaySettings.from_config(Config(), {})
+    routes = {r.name: r for r in envoy_config._grpc_routes(settings)}
+    watch = routes["/visage.v1.QueryService/WatchEvents"].route
+    assert watch.timeout.total_seconds() == 0 and watch.idle_timeout.total_seconds() == 0
+    assert "/visage.v1.ClassifyService/Reclassify" in routes
+    assert routes["visage.v1.QueryService"].route.timeout.total_seconds() > 0
+
+
+def test_a_broken_config_is_refused_by_envoy(tmp_path):
+    path = tmp_path / "envoy.json"
+    path.write_text('{"static_resources": {"listeners": [{"name": "x"}]}}')
+    result = subprocess.run(envoy_command(path, "validate"), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
