@@ -28,6 +28,7 @@ help:
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip==25.3 setuptools==80.9.0 wheel==0.45.1
+	mkdir -p $(GEN_DIR) && touch $(GEN_DIR)/__init__.py  # the package `make gen` fills
 	$(PIP) install -q -c requirements.lock -e '.[dev,deploy]'
 	touch $@
 

@@ -119,3 +119,23 @@ def test_unknown_faces_scan_is_bounded_but_the_walk_is_complete(stub, store, add
     assert len(first.faces) < 3 and first.next_page_token  # stopped early, not at the end
     ids = collect(stub.ListUnknownFaces, query_pb2.ListUnknownFacesRequest, "faces", 10, "face_id")
     assert ids == [faces[23].face_id, faces[10].face_id, faces[1].face_id]
+
+
+def test_a_page_of_unknown_faces_is_full_when_enough_exist(stub, store, add_image, activate_model, predict):
+    """Hundreds of faces, most unknown: one call returns a full page (on Cassandra too,
+    where reading predictions face by face used to run out of the scan's time first)."""
+    penny = create(stub, "Penny")
+    faces = [face for n in range(200) for face in add_image(store, 3, create_time=float(n))]
+    version = activate_model(store, [penny.persona_id])
+    known = {face.face_id for face in faces[::10]}
+    predict(store, version, *[(face.face_id, penny.persona_id if face.face_id in known else "", 0.9)
+                              for face in faces])
+    first = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=500))
+    images = [faces[start:start + 3] for start in range(0, len(faces), 3)]
+    # Images newest first, each image's faces in index order.
+    want = [face.face_id for image in reversed(images) for face in image if face.face_id not in known]
+    assert len(want) == 540
+    assert [face.face_id for face in first.faces] == want[:500] and first.next_page_token
+    assert all(face.HasField("prediction") and not face.prediction.persona_id for face in first.faces)
+    rest = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=500, page_token=first.next_page_token))
+    assert [face.face_id for face in rest.faces] == want[500:] and not rest.next_page_token

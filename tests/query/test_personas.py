@@ -137,3 +137,28 @@ def test_store_failures_map_to_clear_statuses(stub, store, monkeypatch):
     assert error.code() == grpc.StatusCode.INTERNAL and "ListPersonas" in error.details()
     monkeypatch.undo()
     assert_still_serving(stub)
+
+
+def test_persona_counts_leave_out_faces_a_label_decides(stub, store, add_image, activate_model, predict):
+    penny, amy = create(stub, "Penny"), create(stub, "Amy")
+    faces = add_image(store, 8)
+    ids = [face.face_id for face in faces]
+    old = activate_model(store, [penny.persona_id, amy.persona_id])
+    predict(store, old, *[(face_id, amy.persona_id, 0.5) for face_id in ids])  # replaced or not active below
+    version = activate_model(store, [penny.persona_id, amy.persona_id])
+    predict(store, version, (ids[0], penny.persona_id, 0.9), (ids[1], penny.persona_id, 0.8),
+            (ids[2], penny.persona_id, 0.7), (ids[3], amy.persona_id, 0.6), (ids[4], amy.persona_id, 0.5),
+            (ids[5], "", 0.1))
+    label(stub, ids[1], amy.persona_id)  # belongs to Amy: no longer a Penny prediction
+    label(stub, ids[2], penny.persona_id, pb.VERDICT_NOT_BELONGS)  # rejected for Penny
+    label(stub, ids[3], penny.persona_id, pb.VERDICT_NOT_BELONGS)  # rejected for Penny, still predicted Amy
+    listed = {p.display_name: p for p in stub.ListPersonas(query_pb2.ListPersonasRequest()).personas}
+    assert (listed["Penny"].labelled_face_count, listed["Penny"].predicted_face_count) == (0, 1)
+    assert (listed["Amy"].labelled_face_count, listed["Amy"].predicted_face_count) == (1, 2)
+    assert listed["Amy"].cover_face_id == ids[1]
+    for persona in (penny, amy):  # the counts are the lengths of the lists the UI opens
+        predicted = stub.ListPersonaFaces(query_pb2.ListPersonaFacesRequest(
+            persona_id=persona.persona_id, kind=query_pb2.FACE_KIND_PREDICTED)).faces
+        assert len(predicted) == listed[persona.display_name].predicted_face_count
+        got = stub.GetPersona(query_pb2.GetPersonaRequest(persona_id=persona.persona_id))
+        assert got.predicted_face_count == len(predicted)
