@@ -31,6 +31,7 @@ without transactions or lightweight transactions:
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -47,7 +48,6 @@ import numpy as np
 from cassandra import ConsistencyLevel, ProtocolVersion
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.connection import ProtocolVersionUnsupported
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
@@ -76,7 +76,7 @@ CHUNK_BYTES = 1024 * 1024   # keeps every row well under Cassandra's/Cosmos' 2 M
 ID_CHUNK = 100              # ids per `IN (...)` read
 CONCURRENCY = 64            # requests in flight for one bulk read or write (more only queues up)
 BATCH_ROWS = 64             # rows per unlogged batch of one partition (stays under the 5 KB batch warning)
-PREDICTION_BUCKETS = 256    # partitions of face_predictions; part of the schema, never change it
+PREDICTION_BUCKETS = 128    # face_predictions partitions (50M faces: ~30 MB each); part of the schema: never change
 DAY_S = 86400
 EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
@@ -224,24 +224,31 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
         context = ssl.create_default_context(cafile=config.tls_ca_file or None)
         options["ssl_context"] = context
         options["ssl_options"] = {"server_hostname": config.contact_points[0]}
-    for protocol_version in (ProtocolVersion.V5, ProtocolVersion.V4):
+
+    def open_session(protocol_version: int) -> tuple[Cluster, Session]:
         cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=protocol_version,
                           execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10,
                           sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **options)
         try:
             return cluster, cluster.connect()
+        except BaseException:
+            cluster.shutdown()
+            raise
+
+    try:
+        try:
+            return open_session(ProtocolVersion.V5)
         except NoHostAvailable as e:
-            cluster.shutdown()
-            unsupported = e.errors and all(isinstance(error, ProtocolVersionUnsupported) for error in e.errors.values())
-            if not unsupported or protocol_version == ProtocolVersion.V4:
-                failure = e
-                break
-        except Exception as e:
-            cluster.shutdown()
-            failure = e
-            break
-    raise StoreError(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: "
-                     f"{failure}") from failure
+            if not _protocol_refused(e):
+                raise
+            return open_session(ProtocolVersion.V4)
+    except Exception as e:
+        raise StoreError(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
+
+
+def _protocol_refused(error: NoHostAvailable) -> bool:
+    """Whether every host refused the protocol version (not: unreachable, bad credentials)."""
+    return bool(error.errors) and all("protocol" in str(e).lower() for e in error.errors.values())
 
 
 class CassandraStore(Store):
@@ -638,9 +645,10 @@ class CassandraStore(Store):
         if not list(self._run("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? "
                               "AND table_name = 'predictions'", (self.keyspace,))):
             return  # a new keyspace, or the copy already finished and the old table is gone
-        rows = self._session.execute(f"SELECT {self._PREDICTION_COLUMNS} FROM {self.keyspace}.predictions",
-                                     timeout=120)
-        self._write_prediction_rows((_prediction_bucket(row.face_id), *row) for row in rows)
+        rows = iter(self._session.execute(f"SELECT {self._PREDICTION_COLUMNS} FROM {self.keyspace}.predictions",
+                                          timeout=120))
+        while chunk := list(itertools.islice(rows, 50_000)):  # bounded memory for millions of faces
+            self._write_prediction_rows((_prediction_bucket(row.face_id), *row) for row in chunk)
 
     def get_prediction(self, face_id: str) -> PredictionRecord | None:
         return self.get_predictions([face_id]).get(face_id)
