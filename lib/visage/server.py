@@ -73,7 +73,7 @@ def serve_until_signalled(
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     while not received:
         time.sleep(0.2)
-    log.info("shutting down on signal %d", received[0])
+    log.info("shutting down")
     health_servicer.enter_graceful_shutdown()
     server.stop(SHUTDOWN_GRACE_SECONDS).wait()
     on_stop()
