@@ -46,10 +46,16 @@ $(DESC): $(PROTOS) $(STAMP)
 lint: gen
 	$(VENV)/bin/buf lint
 
-# Checks the protos against main's (or BASE's) for wire/source-breaking changes.
+# Checks the protos against main's (or BASE's) for wire/source-breaking changes:
+# both sides compiled to descriptor sets the same way, then compared by buf.
 BASE ?= main
 breaking: gen
-	$(VENV)/bin/buf breaking --against '.git#branch=$(BASE)'
+	rm -rf build/against && mkdir -p build/against
+	git archive $(BASE) protos | tar -x -C build/against
+	$(PY) -m grpc_tools.protoc -Ibuild/against/protos -Ibuild/third_party --include_imports --include_source_info \
+	  --descriptor_set_out=build/against.pb $$(find build/against/protos -name '*.proto')
+	$(VENV)/bin/buf breaking $(DESC)#format=binpb --against build/against.pb#format=binpb \
+	  --config '{"version":"v2","breaking":{"use":["FILE"]}}'
 
 run: gen openapi
 	$(PY) -m visage.mesh
@@ -57,7 +63,7 @@ run: gen openapi
 # Cassandra runs for the whole test session and is always stopped afterwards.
 # PYTEST_ARGS narrows a run, e.g. make test PYTEST_ARGS='tests/store -x'.
 PYTEST_ARGS ?=
-test: gen lint openapi chromium grpcurl deploy-tools cassandra-fetch
+test: gen lint breaking openapi chromium grpcurl deploy-tools cassandra-fetch
 	$(MAKE) --no-print-directory cassandra-start
 	status=0; VISAGE_TESTS_REQUIRE_ALL=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  $(MAKE) --no-print-directory cassandra-stop; exit $$status
