@@ -48,7 +48,7 @@ lint: gen
 
 # Checks the protos against main's (or BASE's) for wire/source-breaking changes:
 # both sides compiled to descriptor sets the same way, then compared by buf.
-BASE ?= main
+BASE ?= $(shell git rev-parse --verify -q main >/dev/null && echo main || echo HEAD)
 breaking: gen
 	rm -rf build/against && mkdir -p build/against
 	git archive $(BASE) protos | tar -x -C build/against
