@@ -46,9 +46,9 @@ def bare(images: list[tuple[str, bytes]]) -> tuple[float, int]:
 def through_service(images: list[tuple[str, bytes]], config: Config) -> tuple[float, int]:
     from visage_ingest.server import start as start_service
     store = open_store(config)
-    server, port, _health, servicer = start_service(config, store, "127.0.0.1:0")  # pool started (warm) here
+    service = start_service(config, store, "127.0.0.1:0")  # its own pool, started (warm) here
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             begin = time.perf_counter()
             faces = failures = 0
@@ -60,9 +60,7 @@ def through_service(images: list[tuple[str, bytes]], config: Config) -> tuple[fl
         assert failures == 0 and store.count_images() == len(images), "the service lost or failed images"
         return elapsed, faces
     finally:
-        server.stop(None).wait()
-        servicer.close()
-        servicer.pool.close()
+        service.stop(None)  # also stops the pool it started
         drop_cassandra_keyspace(store, config)
         store.close()
 

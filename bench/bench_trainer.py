@@ -66,7 +66,7 @@ def measure(faces: int) -> dict:
         store = SqliteStore(config.sqlite_path)
         store.migrate()
         last_face, last_persona = fill_store(store, X, y)
-        server, _port, _health, trainer = start(config, store, "127.0.0.1:0", TrainerSettings.from_env())
+        service = start(config, store, "127.0.0.1:0", TrainerSettings.from_env())
         try:
             wait_active(store, 1)  # everything but the last label
             began = time.perf_counter()
@@ -75,8 +75,7 @@ def measure(faces: int) -> dict:
             latency = time.perf_counter() - began
             record = store.active_model_version()
         finally:
-            server.stop(0)
-            trainer.stop()
+            service.stop(0)
             store.close()
     began = time.perf_counter()
     NearestCentroid().fit(X, y)

@@ -3,11 +3,14 @@ area's own conftest.py (tests/<area>/conftest.py)."""
 from __future__ import annotations
 
 import os
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
 from visage.config import Config
+from visage.server import SERVER_OPTIONS
 from visage.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +61,19 @@ def test_output_dir() -> Path:
     path = REPO / "test-output"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def _grpc_server(request, grpc_interceptors):
+    """pytest-grpc's server (for modules using its grpc_servicer fixtures), with
+    the services' own options: its default SO_REUSEPORT would silently share a
+    port with another test run on this machine, and its 4 MB message limit is
+    below the image limit the services report on. Pool size as pytest-grpc
+    reads it: the module's `grpc_max_workers` or --grpc-max-workers."""
+    max_workers = max(getattr(request.module, "grpc_max_workers", 1), request.config.getoption("grpc-max-workers"))
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers)
+    yield grpc.server(pool, interceptors=grpc_interceptors, options=SERVER_OPTIONS)
+    pool.shutdown(wait=False)
 
 
 # ---- Cassandra (store engineer) ---------------------------------------------

@@ -1,20 +1,31 @@
 """`make run`: starts every service of the mesh on embedded defaults, then the
 Envoy gateway, and supervises them: if one exits, everything stops (so a
-broken mesh is never half-up). Ctrl-C / SIGTERM stops all gracefully."""
+broken mesh is never half-up). Ctrl-C / SIGTERM stops all gracefully.
+
+`start_in_process` is the same mesh (without the gateway) inside one process,
+for tests and benchmarks."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage.config import Config
-from visage.server import setup_logging
+from visage.server import RunningService, setup_logging
+from visage.store import Store
+
+if TYPE_CHECKING:
+    from visage.faces.pool import PipelinePool
+    from visage_trainer.training import TrainerSettings
 
 log = logging.getLogger("visage.mesh")
 
@@ -65,6 +76,57 @@ def stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in time; killing it", name)
             proc.kill()
+
+
+@dataclass
+class InProcessMesh:
+    """Every service running in this process on a free loopback port, all on
+    one store. A context manager: leaving it stops them in the reverse of their
+    start order, then closes the face-pipeline pool if start_in_process made it."""
+    config: Config
+    store: Store
+    services: dict[str, RunningService] = field(default_factory=dict)
+    own_pool: PipelinePool | None = None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: service.port for name, service in self.services.items()}
+
+    def stop(self, grace: float | None = 0) -> None:
+        while self.services:
+            _name, service = self.services.popitem()  # the last started first
+            service.stop(grace)
+        if self.own_pool is not None:
+            self.own_pool.close()
+            self.own_pool = None
+
+    def __enter__(self) -> InProcessMesh:
+        return self
+
+    def __exit__(self, *_exc_info) -> None:
+        self.stop()
+
+
+def start_in_process(config: Config, store: Store, pool: PipelinePool | None = None,
+                     trainer_settings: TrainerSettings | None = None) -> InProcessMesh:
+    """Starts query, ingest, trainer and classifier (in SERVICES order) on free
+    loopback ports; ingest and classifier share one face-pipeline pool (`pool`,
+    else a new one for `config`, closed with the mesh). The store stays the caller's."""
+    from visage.faces.pool import PipelinePool
+
+    own_pool = PipelinePool(config) if pool is None else None
+    shared_pool = pool or own_pool
+    mesh = InProcessMesh(config, store, own_pool=own_pool)
+    options = {"ingest": {"pool": shared_pool}, "classifier": {"pool": shared_pool},
+               "trainer": {"settings": trainer_settings}}
+    try:
+        for name, module in SERVICES:
+            start = importlib.import_module(f"{module}.server").start
+            mesh.services[name] = start(config, store, "127.0.0.1:0", **options.get(name, {}))
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
 
 
 def main() -> int:

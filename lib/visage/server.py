@@ -1,5 +1,6 @@
 """One way to run a Visage gRPC service: health, reflection, message limits,
-structured logs and graceful shutdown on SIGTERM/SIGINT."""
+structured logs, a uniform handle on a started service (RunningService) and
+graceful shutdown on SIGTERM/SIGINT (run_service: each `python -m visage_<name>`)."""
 from __future__ import annotations
 
 import logging
@@ -7,17 +8,26 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from visage.config import Config
+from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # above the 20 MB image limit, so the service can say why
 SHUTDOWN_GRACE_SECONDS = 20.0
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # gRPC's default would let a second server (another test run) silently share the port.
+    ("grpc.so_reuseport", 0),
+)
 
 SERVICE_NAMES = {
     "ingest": ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
@@ -35,13 +45,7 @@ def build_server(
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Creates and starts a server; returns it, its bound port and its health servicer."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -59,13 +63,34 @@ def build_server(
     return server, port, health_servicer
 
 
-def serve_until_signalled(
-    server: grpc.Server,
-    health_servicer: health.HealthServicer,
-    on_stop: Callable[[], None] = lambda: None,
-) -> None:
-    """Blocks until SIGTERM/SIGINT, then drains: health goes NOT_SERVING, new
-    calls are refused, in-flight calls get the grace period to finish."""
+def _nothing() -> None:
+    """A RunningService hook with nothing to do."""
+
+
+@dataclass
+class RunningService:
+    """A started service, as every service's `start(config, store, address, ...)`
+    returns it. `drain` runs when graceful shutdown begins (e.g. to end open
+    streams that would otherwise hold the whole grace period); `close` releases
+    what the service owns beside the server (threads, worker pools) once the
+    server has stopped. The store stays the caller's to close."""
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    drain: Callable[[], None] = _nothing
+    close: Callable[[], None] = _nothing
+
+    def stop(self, grace: float | None) -> None:
+        """Health goes NOT_SERVING, new calls are refused, in-flight calls get
+        `grace` seconds to finish; then the service's own resources are released."""
+        self.drain()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.close()
+
+
+def serve_until_signalled(running: RunningService) -> None:
+    """Blocks until SIGTERM/SIGINT, then stops the service gracefully."""
     received: list[int] = []
     # The handler only appends to a list: taking a lock in a signal handler (as
     # Event.set does) can deadlock with the main thread holding the same lock.
@@ -74,9 +99,20 @@ def serve_until_signalled(
     while not received:
         time.sleep(0.2)
     log.info("shutting down")
-    health_servicer.enter_graceful_shutdown()
-    server.stop(SHUTDOWN_GRACE_SECONDS).wait()
-    on_stop()
+    running.stop(SHUTDOWN_GRACE_SECONDS)
+
+
+def run_service(name: str, start: Callable[[Config, Store, str], RunningService]) -> None:
+    """The whole of `python -m visage_<name>`: JSON logs, config from the
+    environment, the store, the service on its configured port until
+    SIGTERM/SIGINT, then a graceful stop and the store closed."""
+    setup_logging(name)
+    config = Config.from_env()
+    store = open_store(config)
+    running = start(config, store, f"{config.host}:{getattr(config.ports, name)}")
+    serve_until_signalled(running)
+    store.close()
+    log.info("%s stopped", name)
 
 
 def setup_logging(service: str) -> None:

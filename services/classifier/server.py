@@ -21,7 +21,7 @@ from visage.faces.detectors import DetectorUnavailable
 from visage.faces.pipeline import FoundFace, ImageTooLarge, InvalidImage
 from visage.faces.pool import PipelinePool, WorkerCrashed
 from visage.model import Predictor
-from visage.server import SERVICE_NAMES, build_server
+from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store.base import Store
 from visage.store.records import EMBEDDING_DIM
 from visage.v1 import classify_pb2, classify_pb2_grpc
@@ -215,27 +215,15 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
         yield from follow(run, context.is_active)
 
 
-@dataclass
-class RunningClassifier:
-    server: grpc.Server
-    port: int
-    health: object
-    classifier: Classifier
-    stop_parts: list
-
-    def release(self) -> None:
-        """Stops what runs beside the server: event watcher, run, stream workers, own pool."""
-        for stop_part in self.stop_parts:
-            stop_part()
-
-    def stop(self, grace: float | None = 1.0) -> None:
-        self.server.stop(grace).wait()
-        self.release()
+@dataclass(kw_only=True)
+class RunningClassifier(RunningService):
+    classifier: Classifier  # what tests reach into: its models and reclassifier
 
 
 def start(config: Config, store: Store, address: str, pool: PipelinePool | None = None,
           watch_events: bool = True, max_workers: int = 16) -> RunningClassifier:
-    """Starts the classifier (port 0 picks a free port: see .port)."""
+    """Starts the classifier (port 0 picks a free port: see .port). Closing
+    stops what runs beside the server: event watcher, run, stream workers, own pool."""
     own_pool = pool is None
     pool = pool or PipelinePool(config)
     models = ActiveModel(store)
@@ -250,10 +238,15 @@ def start(config: Config, store: Store, address: str, pool: PipelinePool | None 
         lambda grpc_server: classify_pb2_grpc.add_ClassifyServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["classifier"]], address, max_workers=max_workers)
     watcher = EventWatcher(store, models, reclassifier)
-    stop_parts = [reclassifier.stop, servicer.close]
     if watch_events:
         watcher.start()
-        stop_parts.insert(0, watcher.stop)
-    if own_pool:
-        stop_parts.append(pool.close)
-    return RunningClassifier(server, port, health, classifier, stop_parts)
+
+    def close() -> None:
+        if watch_events:
+            watcher.stop()
+        reclassifier.stop()
+        servicer.close()
+        if own_pool:
+            pool.close()
+
+    return RunningClassifier(server, port, health, close=close, classifier=classifier)

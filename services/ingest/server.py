@@ -21,7 +21,7 @@ from visage.config import Config
 from visage.faces.detectors import DetectorUnavailable
 from visage.faces.pipeline import AnalyzedImage, ImageTooLarge, InvalidImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
-from visage.server import SERVICE_NAMES, build_server
+from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import Store, StoreError
 from visage.store.records import FaceRecord, ImageRecord
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
@@ -208,11 +208,18 @@ def add_to_server(servicer: IngestServicer, server: grpc.Server) -> None:
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
 
 
-def start(config: Config, store: Store, address: str, pool: PipelinePool | None = None):
-    """Starts the service; returns (server, port, health, servicer). The caller
-    owns the store; servicer.close() and pool.close() stop the rest."""
+def start(config: Config, store: Store, address: str, pool: PipelinePool | None = None) -> RunningService:
+    """Starts the service (the caller owns the store). Its close lets commits in
+    progress end, then stops the face workers if this call started them."""
+    own_pool = pool is None
     pool = pool or PipelinePool(config)
     servicer = IngestServicer(store, pool)
     server, port, health = build_server(
         lambda grpc_server: add_to_server(servicer, grpc_server), [SERVICE_NAMES["ingest"]], address)
-    return server, port, health, servicer
+
+    def close() -> None:
+        servicer.close()
+        if own_pool:
+            pool.close()
+
+    return RunningService(server, port, health, close=close)

@@ -10,16 +10,14 @@ import functools
 import logging
 import sqlite3
 import threading
-from typing import NamedTuple
 
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
-from grpc_health.v1 import health
 
 from visage import convert
 from visage.config import Config
-from visage.server import SERVICE_NAMES, build_server
+from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
 from visage.store.records import LabelRecord
 from visage.v1 import query_pb2, query_pb2_grpc
@@ -33,7 +31,6 @@ log = logging.getLogger(__name__)
 # always find a free thread.
 MAX_WORKERS = 64
 MAX_WATCHERS = 48
-STOP_GRACE_SECONDS = 5.0
 
 
 class TooManyWatchers(Exception):
@@ -237,23 +234,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             self._watch_slots.release()
 
 
-class RunningQueryService(NamedTuple):
-    server: grpc.Server
-    port: int
-    servicer: QueryServicer
-    health: health.HealthServicer
-
-    def stop(self, grace: float | None = STOP_GRACE_SECONDS) -> None:
-        self.servicer.close()
-        self.server.stop(grace).wait()
-
-
-def start(config: Config, store: Store, address: str | None = None,
-          max_workers: int = MAX_WORKERS, max_watchers: int = MAX_WATCHERS) -> RunningQueryService:
-    """Starts the service on `address` (default: config's host and query port;
-    tests pass "127.0.0.1:0")."""
+def start(config: Config, store: Store, address: str,
+          max_workers: int = MAX_WORKERS, max_watchers: int = MAX_WATCHERS) -> RunningService:
+    """Starts the service on `address` (tests pass "127.0.0.1:0"). Draining
+    ends open WatchEvents streams, which would otherwise hold a graceful stop
+    for the whole grace period."""
     servicer = QueryServicer(store, max_watchers)
     server, port, health_servicer = build_server(
         lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
-        [SERVICE_NAMES["query"]], address or f"{config.host}:{config.ports.query}", max_workers)
-    return RunningQueryService(server, port, servicer, health_servicer)
+        [SERVICE_NAMES["query"]], address, max_workers)
+    return RunningService(server, port, health_servicer, drain=servicer.close)

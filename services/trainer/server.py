@@ -24,7 +24,7 @@ import grpc
 
 from visage import convert
 from visage.config import Config
-from visage.server import SERVICE_NAMES, build_server
+from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store.base import NotFound, Store
 from visage.store.records import TrainingJobRecord
 from visage.v1 import resources_pb2 as pb
@@ -265,12 +265,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
-def start(config: Config, store: Store, address: str, settings: TrainerSettings | None = None):
-    """Starts the trainer and its gRPC server; returns (server, port, health, trainer)."""
+def start(config: Config, store: Store, address: str, settings: TrainerSettings | None = None) -> RunningService:
+    """Starts the trainer's worker and its gRPC server; closing stops the worker."""
     trainer = Trainer(store, settings or TrainerSettings.from_env())
     trainer.start()
     servicer = TrainServicer(store, trainer)
     server, port, health = build_server(
         lambda s: train_pb2_grpc.add_TrainServiceServicer_to_server(servicer, s),
         [SERVICE_NAMES["trainer"]], address)
-    return server, port, health, trainer
+    return RunningService(server, port, health, close=trainer.stop)

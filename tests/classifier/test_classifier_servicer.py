@@ -37,8 +37,12 @@ class Context:
 @pytest.fixture
 def servicer(sqlite_store, pool):
     models = ActiveModel(sqlite_store)
-    service = ClassifyServicer(Classifier(sqlite_store, pool, models, Reclassifier(sqlite_store, models)), 4)
+    reclassifier = Reclassifier(sqlite_store, models)
+    service = ClassifyServicer(Classifier(sqlite_store, pool, models, reclassifier), 4)
     yield service
+    # A run's thread may still be appending its last event after its final
+    # state is out: it must end before the store closes (else a segfault).
+    reclassifier.stop()
     service.close()
 
 

@@ -5,6 +5,7 @@ every unlabelled face with it (seen through the query service), and a
 held-out group photo is named correctly by the Classify RPC."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -13,14 +14,10 @@ import grpc
 import pytest
 
 from visage.config import Config
-from visage.faces.pool import PipelinePool
+from visage.mesh import start_in_process
 from visage.v1 import classify_pb2, classify_pb2_grpc, ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage.v1 import train_pb2, train_pb2_grpc
-from visage_classifier import server as classifier_server
-from visage_ingest import server as ingest_server
-from visage_query import server as query_server
-from visage_trainer import server as trainer_server
 from visage_trainer.training import TrainerSettings
 
 # Left to right, as checked against the crops' embeddings (see tests/classifier/conftest.py).
@@ -32,25 +29,15 @@ WAIT_SECONDS = 120
 @pytest.fixture
 def mesh(config: Config, sqlite_store):
     """Every service on a free port; yields their stubs."""
-    pool = PipelinePool(Config(workers=1))
-    query = query_server.start(config, sqlite_store, "127.0.0.1:0")
-    ingest = ingest_server.start(config, sqlite_store, "127.0.0.1:0", pool=pool)
-    trainer = trainer_server.start(config, sqlite_store, "127.0.0.1:0",
-                                   TrainerSettings(debounce_seconds=1.0, poll_seconds=0.1))
-    classifier = classifier_server.start(config, sqlite_store, "127.0.0.1:0", pool=pool)
-    channels = [grpc.insecure_channel(f"127.0.0.1:{port}")
-                for port in (query.port, ingest[1], trainer[1], classifier.port)]
-    yield (query_pb2_grpc.QueryServiceStub(channels[0]), ingest_pb2_grpc.IngestServiceStub(channels[1]),
-           train_pb2_grpc.TrainServiceStub(channels[2]), classify_pb2_grpc.ClassifyServiceStub(channels[3]))
-    for channel in channels:
-        channel.close()
-    classifier.stop(grace=0)
-    trainer[0].stop(0).wait()
-    trainer[3].stop()
-    ingest[0].stop(0).wait()
-    ingest[3].close()
-    query.stop(grace=0)
-    pool.close()
+    settings = TrainerSettings(debounce_seconds=1.0, poll_seconds=0.1)
+    with start_in_process(dataclasses.replace(config, workers=1), sqlite_store, trainer_settings=settings) as services:
+        channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, port in services.ports.items()}
+        yield (query_pb2_grpc.QueryServiceStub(channels["query"]),
+               ingest_pb2_grpc.IngestServiceStub(channels["ingest"]),
+               train_pb2_grpc.TrainServiceStub(channels["trainer"]),
+               classify_pb2_grpc.ClassifyServiceStub(channels["classifier"]))
+        for channel in channels.values():
+            channel.close()
 
 
 def shared_photos(faces_dir: Path) -> list[Path]:

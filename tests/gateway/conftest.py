@@ -7,12 +7,8 @@ import pytest
 from gateway_stack import Gateway, Mesh, start_gateway
 
 from visage.config import Config
-from visage.faces.pool import PipelinePool
+from visage.mesh import start_in_process
 from visage.store.sqlite import SqliteStore
-from visage_classifier import server as classifier_server
-from visage_ingest import server as ingest_server
-from visage_query import server as query_server
-from visage_trainer import server as trainer_server
 from visage_trainer.training import TrainerSettings
 
 
@@ -22,21 +18,9 @@ def mesh(tmp_path_factory) -> Mesh:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(config.sqlite_path)
     store.migrate()
-    pool = PipelinePool(config)
-    query = query_server.start(config, store, "127.0.0.1:0")
-    ingest = ingest_server.start(config, store, "127.0.0.1:0", pool=pool)
-    trainer = trainer_server.start(config, store, "127.0.0.1:0",
-                                   TrainerSettings(debounce_seconds=1.0, poll_seconds=0.1))
-    classifier = classifier_server.start(config, store, "127.0.0.1:0", pool=pool)
-    ports = {"query": query.port, "ingest": ingest[1], "trainer": trainer[1], "classifier": classifier.port}
-    yield Mesh(config, store, ports)
-    classifier.stop(grace=0)
-    trainer[0].stop(0).wait()
-    trainer[3].stop()
-    ingest[0].stop(0).wait()
-    ingest[3].close()
-    query.stop(grace=0)
-    pool.close()
+    settings = TrainerSettings(debounce_seconds=1.0, poll_seconds=0.1)
+    with start_in_process(config, store, trainer_settings=settings) as services:
+        yield Mesh(config, store, services.ports)
     store.close()
 
 

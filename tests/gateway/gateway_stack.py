@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -35,7 +35,6 @@ class Mesh:
     config: Config
     store: SqliteStore
     ports: dict[str, int]
-    stops: list = field(default_factory=list)
 
     def ingest_files(self, paths: list[Path]) -> dict[Path, list[str]]:
         """Ingests photos over gRPC; returns each photo's face ids."""

@@ -25,12 +25,11 @@ def pool():
 @pytest.fixture
 def ingest_server(config, sqlite_store, pool):
     """(stub, store, port) of a real server on a free port."""
-    server, port, _health, servicer = start(config, sqlite_store, "127.0.0.1:0", pool=pool)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield ingest_pb2_grpc.IngestServiceStub(channel), sqlite_store, port
+    service = start(config, sqlite_store, "127.0.0.1:0", pool=pool)
+    channel = grpc.insecure_channel(f"127.0.0.1:{service.port}")
+    yield ingest_pb2_grpc.IngestServiceStub(channel), sqlite_store, service.port
     channel.close()
-    server.stop(None).wait()
-    servicer.close()
+    service.stop(None)
 
 
 def png_without_face(size=(320, 240), colour=(90, 140, 200)) -> bytes:

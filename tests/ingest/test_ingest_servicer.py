@@ -12,6 +12,8 @@ from visage.v1 import ingest_pb2, ingest_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_ingest.server import IngestServicer, add_to_server
 
+grpc_max_workers = 8  # pytest-grpc's pool size for this module (tests/conftest.py builds the server)
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -19,17 +21,6 @@ def store(tmp_path_factory):
     store.migrate()
     yield store
     store.close()
-
-
-@pytest.fixture(scope="module")
-def _grpc_server():
-    # pytest-grpc's own server uses gRPC's default SO_REUSEPORT, which would
-    # silently share a port with another test run on this machine.
-    from concurrent import futures
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                         options=[("grpc.so_reuseport", 0),
-                                  ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-    yield server
 
 
 @pytest.fixture(scope="module")

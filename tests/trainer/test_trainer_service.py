@@ -21,20 +21,19 @@ FAST = TrainerSettings(debounce_seconds=0.3, gate_margin=0.05, poll_seconds=0.05
 
 
 def serve(config, store, settings=FAST):
-    server, port, _health, trainer = start(config, store, "127.0.0.1:0", settings)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    service = start(config, store, "127.0.0.1:0", settings)
+    channel = grpc.insecure_channel(f"127.0.0.1:{service.port}")
     stub = train_pb2_grpc.TrainServiceStub(channel)
-    stub.address = f"127.0.0.1:{port}"
-    return server, trainer, channel, stub
+    stub.address = f"127.0.0.1:{service.port}"
+    return service, channel, stub
 
 
 @pytest.fixture
 def trainer_service(config, world):
-    server, trainer, channel, stub = serve(config, world.store)
-    yield stub, trainer
+    service, channel, stub = serve(config, world.store)
+    yield stub, service
     channel.close()
-    server.stop(0)
-    trainer.stop()
+    service.stop(0)
 
 
 def wait_for_version(store, version: int, timeout: float = 30.0):
@@ -170,14 +169,14 @@ def test_lists_page_and_bad_requests_get_clear_statuses(trainer_service, world):
 
 def test_a_candidate_failing_the_gate_is_stored_rejected_and_not_activated(config, world):
     world.label_training_faces()
-    server, trainer, channel, stub = serve(config, world.store)
+    service, channel, stub = serve(config, world.store)
     try:
         wait_for_version(world.store, 1)
     finally:
-        server.stop(0), trainer.stop(), channel.close()
+        service.stop(0), channel.close()
     # A negative margin demands a better model than the active one: impossible at accuracy 1.0.
     strict = TrainerSettings(debounce_seconds=0.3, gate_margin=-0.5, poll_seconds=0.05)
-    server, trainer, channel, stub = serve(config, world.store, strict)
+    service, channel, stub = serve(config, world.store, strict)
     try:
         job = stub.StartTraining(train_pb2.StartTrainingRequest())
         final = list(stub.WatchTrainingJobs(train_pb2.WatchTrainingJobsRequest(job_id=job.job_id), timeout=30))[-1]
@@ -186,7 +185,7 @@ def test_a_candidate_failing_the_gate_is_stored_rejected_and_not_activated(confi
         assert rejected.state == pb.MODEL_STATE_REJECTED and rejected.gate_reason.startswith("rejected")
         assert stub.GetActiveModelVersion(train_pb2.GetActiveModelVersionRequest()).version == 1
     finally:
-        server.stop(0), trainer.stop(), channel.close()
+        service.stop(0), channel.close()
 
 
 def test_cli_trains_lists_and_activates(trainer_service, world, capsys):
