@@ -143,7 +143,8 @@ class GatewaySettings:
     def from_config(cls, config: Config, env: dict[str, str] | None = None) -> "GatewaySettings":
         """Ports come from Config; VISAGE_<NAME>_HOST lets a deployment put a
         service on another host (Kubernetes service names), VISAGE_CORS_ORIGINS
-        is a comma-separated list of extra origins allowed to call /v1."""
+        is a comma-separated list of extra origins allowed to call /v1, and
+        VISAGE_GATEWAY_ACCESS_LOG=0 turns the per-request JSON log line off."""
         env = os.environ if env is None else env
         upstreams = tuple(
             Upstream(name, grpc_service, env.get(f"VISAGE_{name.upper()}_HOST", config.host),
@@ -158,6 +159,7 @@ class GatewaySettings:
             descriptor_set=Path(env.get("VISAGE_DESCRIPTOR_SET", REPO / "build/visage.pb")),
             openapi_json=Path(env.get("VISAGE_OPENAPI_JSON", REPO / "build/openapi.json")),
             cors_origins=origins,
+            access_log=env.get("VISAGE_GATEWAY_ACCESS_LOG", "1") != "0",
         )
 
 

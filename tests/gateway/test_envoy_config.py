@@ -34,3 +34,14 @@ def test_a_broken_config_is_refused_by_envoy(tmp_path):
     path.write_text('{"static_resources": {"listeners": [{"name": "x"}]}}')
     result = subprocess.run(envoy_command(path, "validate"), capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+
+
+def _access_logs(env: dict[str, str]) -> list:
+    bootstrap = envoy_config.build_bootstrap(envoy_config.GatewaySettings.from_config(Config(), env))
+    listener = bootstrap["staticResources"]["listeners"][0]
+    return listener["filterChains"][0]["filters"][0]["typedConfig"].get("accessLog", [])
+
+
+def test_access_log_is_on_by_default_and_can_be_turned_off():
+    assert [log["name"] for log in _access_logs({})] == ["envoy.access_loggers.stdout"]
+    assert _access_logs({"VISAGE_GATEWAY_ACCESS_LOG": "0"}) == []
