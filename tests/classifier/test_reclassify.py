@@ -108,13 +108,22 @@ def test_newly_ingested_faces_get_a_prediction_of_the_active_version(classifier,
     assert sqlite_store.get_prediction(face_id).persona_id == ids["amy"]
 
 
-def slow_reclassifier(store, batch_rows=50) -> Reclassifier:
-    """Small batches make a run last long enough to join, cancel and supersede."""
-    models = ActiveModel(store)
-    return Reclassifier(store, models, batch_rows=batch_rows)
+@pytest.fixture
+def slow_reclassifier():
+    """Makes reclassifiers whose small batches make a run last long enough to
+    join, cancel and supersede; stops them before the store is closed."""
+    made: list[Reclassifier] = []
+
+    def make(store, batch_rows=50) -> Reclassifier:
+        made.append(Reclassifier(store, ActiveModel(store), batch_rows=batch_rows))
+        return made[-1]
+
+    yield make
+    for reclassifier in made:
+        reclassifier.stop()
 
 
-def test_second_request_joins_the_running_run(sqlite_store, labelled_store, crop_embeddings):
+def test_second_request_joins_the_running_run(sqlite_store, labelled_store, crop_embeddings, slow_reclassifier):
     ids, face_ids, _ = labelled_store
     activate_model(sqlite_store, {ids[n]: rows for n, rows in crop_embeddings.items()})
     reclassifier = slow_reclassifier(sqlite_store, batch_rows=20)
@@ -161,7 +170,8 @@ def test_cancelling_a_watcher_leaves_the_shared_run_going(stub, classifier, sqli
     assert sqlite_store.get_prediction(face_ids[-1]).model_version == version
 
 
-def test_newer_version_supersedes_a_running_run(sqlite_store, labelled_store, crop_embeddings):
+def test_newer_version_supersedes_a_running_run(sqlite_store, labelled_store, crop_embeddings,
+                                                 slow_reclassifier):
     ids, face_ids, _ = labelled_store
     reclassifier = slow_reclassifier(sqlite_store, batch_rows=2)
     activate_model(sqlite_store, {ids[n]: rows for n, rows in crop_embeddings.items()})
