@@ -2,8 +2,11 @@
 `make cassandra-start`): faces written/s through put_image (ingest), embeddings
 read/s through iter_embeddings (the trainer's read), and predictions written/s
 through put_predictions in the classifier's batches (a first classification, then
-a re-classification by a new version that replaces every face's prediction), for
-N synthetic faces of 128 floats."""
+a re-classification by a new version that replaces every face's prediction), and
+through put_prediction_columns (the re-classification's own write): replacing
+predictions written in face id order, and replacing ones first written in ingest
+order (face ids arrive at random, as content hashes do), for N synthetic faces of
+128 floats."""
 from __future__ import annotations
 
 import os
@@ -68,18 +71,25 @@ def measure(name: str, store: Store) -> dict:
     if written < FACES:
         print(f"{name}: wrote {written} of {FACES} faces in the {WRITE_BUDGET_S:.0f}s budget; "
               f"the training read time below is scaled to {FACES}")
-    face_ids = [face_id for ids, _matrix in store.iter_embeddings() for face_id in ids]
+    face_ids = [face_id for ids, _matrix in store.iter_embeddings() for face_id in ids]  # face id order
     first = write_predictions(name, store, face_ids, version=1)
     again = write_predictions(name, store, face_ids, version=2)
+    columns = write_predictions(name, store, face_ids, version=3, as_columns=True)
+    ingest_order = list(np.random.default_rng(4).permutation(face_ids))
+    write_predictions(name, store, ingest_order, version=4, as_columns=True)
+    after_ingest_order = write_predictions(name, store, face_ids, version=5, as_columns=True)
     return {"write": written / write_s, "read": read / read_s, "train_read_s": read_s * FACES / read,
-            "predict_first": first, "predict_again": again}
+            "predict_first": first, "predict_again": again, "predict_columns": columns,
+            "predict_after_ingest_order": after_ingest_order}
 
 
-def write_predictions(name: str, store: Store, face_ids: list[str], version: int) -> float:
-    """Predictions written / s: one writer, the classifier's batch size, within the budget."""
+def write_predictions(name: str, store: Store, face_ids: list[str], version: int, as_columns: bool = False) -> float:
+    """Predictions written / s: one writer, the classifier's batch size, within the budget;
+    as PredictionRecords (put_predictions) or as columns (put_prediction_columns). Checks
+    afterwards that every face written carries this version."""
     rng = np.random.default_rng(version)
-    personas = rng.integers(0, len(PERSONAS), len(face_ids))
-    confidences = rng.random(len(face_ids))
+    personas = [PERSONAS[i] for i in rng.integers(0, len(PERSONAS), len(face_ids))]
+    confidences = rng.random(len(face_ids)).astype(np.float32)
     began = time.perf_counter()
     written = 0
     with tqdm(total=len(face_ids), desc=f"{name}: predictions v{version}", unit="row") as bar:
@@ -87,11 +97,18 @@ def write_predictions(name: str, store: Store, face_ids: list[str], version: int
             if time.perf_counter() - began > WRITE_BUDGET_S:
                 break
             stop = min(start + PREDICTION_BATCH, len(face_ids))
-            store.put_predictions([PredictionRecord(face_ids[i], PERSONAS[personas[i]], float(confidences[i]), version)
-                                   for i in range(start, stop)])
+            if as_columns:
+                store.put_prediction_columns(face_ids[start:stop], personas[start:stop], confidences[start:stop],
+                                             version, time.time())
+            else:
+                store.put_predictions([PredictionRecord(face_ids[i], personas[i], float(confidences[i]), version)
+                                       for i in range(start, stop)])
             written += stop - start
             bar.update(stop - start)
-    return written / (time.perf_counter() - began)
+    seconds = time.perf_counter() - began
+    stored = sum(store.count_predictions(PERSONAS, version).values())
+    assert stored == written, f"{name}: {stored} of {written} predictions carry version {version}"
+    return written / seconds
 
 
 def run_sqlite() -> dict:
@@ -131,7 +148,9 @@ def main() -> None:
     rows = [("faces written / s", "write", "{:.0f}"), ("embeddings read / s", "read", "{:.0f}"),
             ("read all embeddings for training (s)", "train_read_s", "{:.2f}"),
             ("predictions written / s (first)", "predict_first", "{:.0f}"),
-            ("predictions written / s (replacing)", "predict_again", "{:.0f}")]
+            ("predictions written / s (replacing)", "predict_again", "{:.0f}"),
+            ("  the same as columns", "predict_columns", "{:.0f}"),
+            ("  columns, after ingest-order writes", "predict_after_ingest_order", "{:.0f}")]
     for label, key, fmt in rows:
         c = fmt.format(cassandra[key]) if cassandra else "n/a"
         ratio = f"{sqlite[key] / cassandra[key]:.2f}" if cassandra else "n/a"

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -77,11 +78,11 @@ def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
 class BackgroundWriter:
     """Writes batches on a helper thread so the store's single writer is kept
     busy while the next batch is read and predicted (writes are the slowest
-    step: an upsert touches the table and two indexes). At most `depth`
+    step: an upsert touches the table and its index). At most `depth`
     batches wait; a write error is raised in the caller at its next submit
-    or at close."""
+    or at close. A batch is whatever `write` takes; `rows` counts its faces."""
 
-    def __init__(self, write: Callable[[list], None], on_written: Callable[[int], None], depth: int = 2):
+    def __init__(self, write: Callable[[object], None], on_written: Callable[[int], None], depth: int = 2):
         self._write = write
         self._on_written = on_written
         self._pending: queue.Queue = queue.Queue(maxsize=depth)
@@ -90,17 +91,18 @@ class BackgroundWriter:
         self._thread.start()
 
     def _loop(self) -> None:
-        while (batch := self._pending.get()) is not None:
+        while (item := self._pending.get()) is not None:
+            batch, rows = item
             if self._error is None:
                 try:
                     self._write(batch)
-                    self._on_written(len(batch))
+                    self._on_written(rows)
                 except BaseException as error:  # handed to the producer
                     self._error = error
 
-    def submit(self, batch: list) -> None:
+    def submit(self, batch: object, rows: int) -> None:
         self._raise_pending_error()
-        self._pending.put(batch)
+        self._pending.put((batch, rows))
 
     def close(self) -> None:
         self._pending.put(None)
@@ -117,11 +119,31 @@ def belonging_face_ids(store: Store) -> set[str]:
     return {label.face_id for label in store.iter_labels() if label.verdict == pb.VERDICT_BELONGS}
 
 
+def known_or_unknown(persona_ids: list[str], known_personas: set[str]) -> list[str]:
+    """A persona deleted after training is answered as unknown, never as a dangling id."""
+    return [persona_id if persona_id in known_personas else "" for persona_id in persona_ids]
+
+
 def prediction_records(face_ids: list[str], persona_ids: list[str], confidences: np.ndarray, version: int,
                        known_personas: set[str], created: float) -> list[PredictionRecord]:
-    """A persona deleted after training is answered as unknown, never as a dangling id."""
-    return [PredictionRecord(face_id, persona_id if persona_id in known_personas else "", confidence, version, created)
-            for face_id, persona_id, confidence in zip(face_ids, persona_ids, confidences.tolist())]
+    """Records for put_predictions (a few faces at a time; a run writes PredictionColumns)."""
+    return [PredictionRecord(face_id, persona_id, confidence, version, created) for face_id, persona_id, confidence
+            in zip(face_ids, known_or_unknown(persona_ids, known_personas), confidences.tolist())]
+
+
+@dataclass(frozen=True)
+class PredictionColumns:
+    """One batch of a run's predictions, as put_prediction_columns takes them: no
+    record object per face (at 100k faces/s those cost as much as the write)."""
+    face_ids: list[str]
+    persona_ids: list[str]
+    confidences: np.ndarray
+    model_version: int
+    create_time: float
+
+    def write_to(self, store: Store) -> None:
+        store.put_prediction_columns(self.face_ids, self.persona_ids, self.confidences, self.model_version,
+                                     self.create_time)
 
 
 class Run:
@@ -213,19 +235,19 @@ class Run:
             rate = done / max(time.monotonic() - started, 1e-9)
             self._report(RUNNING, done, total, rate, (total - done) / rate if rate else 0.0, "")
 
-        writer = BackgroundWriter(self.store.put_predictions, written)
+        writer = BackgroundWriter(lambda batch: batch.write_to(self.store), written)
         try:
             for face_ids, matrix in prefetched(self.store.iter_embeddings(self.batch_rows)):
                 if self._stop.is_set():
                     break
-                if labelled:
+                if not labelled.isdisjoint(face_ids):  # most batches hold no labelled face: one C-level check
                     keep = np.fromiter((face_id not in labelled for face_id in face_ids), dtype=bool,
                                        count=len(face_ids))
                     face_ids = [face_id for face_id, kept in zip(face_ids, keep) if kept]
                     matrix = matrix[keep]
                 answers = predict(self.predictor, matrix)
-                writer.submit(prediction_records(face_ids, answers.persona_ids, answers.confidences,
-                                                 self.version, known_personas, time.time()))
+                writer.submit(PredictionColumns(face_ids, known_or_unknown(answers.persona_ids, known_personas),
+                                                answers.confidences, self.version, time.time()), len(face_ids))
         finally:
             writer.close()
         return counts["done"]

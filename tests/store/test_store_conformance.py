@@ -281,6 +281,48 @@ def test_a_reclassification_replaces_every_prediction_and_its_index(store):
     assert sum(1 for _ in store.iter_predictions()) == 5000
 
 
+def test_prediction_columns_replace_a_version_like_records(store):
+    """put_prediction_columns (the re-classification's write) upserts exactly like put_predictions."""
+    store.put_predictions([PredictionRecord("f1", "a", 0.5, 1), PredictionRecord("f2", "a", 0.9, 1),
+                           PredictionRecord("f3", "b", 0.7, 1), PredictionRecord("kept", "b", 0.4, 1)])
+    confidences = np.array([0.25, 0.75, 0.5, 0.125, 0.625], dtype=np.float32)  # as the model answers them
+    store.put_prediction_columns(["f1", "f2", "f3", "new", "f1"], ["b", "", "b", "a", "a"], confidences, 2, 1234.5)
+    assert store.get_prediction("f1") == PredictionRecord("f1", "a", 0.625, 2, 1234.5)  # its last one wins
+    assert store.get_prediction("f2") == PredictionRecord("f2", "", 0.75, 2, 1234.5)
+    assert [(p.face_id, p.confidence) for p in store.predictions_of_persona("a", 2)] == [("f1", 0.625),
+                                                                                           ("new", 0.125)]
+    assert [p.face_id for p in store.predictions_of_persona("b", 2)] == ["f3"]
+    assert store.predictions_of_persona("a", 1) == [] and [p.face_id for p in store.predictions_of_persona("b", 1)] \
+        == ["kept"]
+    assert store.count_predictions(["a", "b", ""], 2) == {"a": 2, "b": 1, "": 1}
+    assert store.count_predictions(["a", "b", ""], 1) == {"a": 0, "b": 1, "": 0}
+    assert sum(1 for _ in store.iter_predictions()) == 5
+    store.put_prediction_columns([], [], np.zeros(0, np.float32), 3, 1.0)
+    store.put_prediction_columns(("f3",), ("a",), [0.5], 3, 2.0)  # any sequences
+    assert store.get_prediction("f3") == PredictionRecord("f3", "a", 0.5, 3, 2.0)
+
+
+def test_prediction_columns_of_different_lengths_write_nothing(store):
+    store.put_predictions([PredictionRecord("f1", "a", 0.5, 1)])
+    with pytest.raises(ValueError, match="2 face ids, 1 persona ids, 2 confidences"):
+        store.put_prediction_columns(["f1", "f2"], ["b"], [0.1, 0.2], 2, 1.0)
+    assert [(p.face_id, p.persona_id, p.model_version) for p in store.iter_predictions()] == [("f1", "a", 1)]
+
+
+def test_a_reclassification_by_columns_replaces_thousands(store):
+    face_ids = [f"face{i:05d}" for i in range(6000)]
+    personas = ["p1", "p2", ""]
+    store.put_prediction_columns(face_ids, [personas[i % 3] for i in range(6000)], np.full(6000, 0.5), 1, 1.0)
+    confidences = np.linspace(0, 1, 6000, dtype=np.float32)
+    store.put_prediction_columns(face_ids, [personas[(i + 1) % 3] for i in range(6000)], confidences, 2, 2.0)
+    assert store.count_predictions(personas, 1) == dict.fromkeys(personas, 0)
+    assert store.count_predictions(personas, 2) == dict.fromkeys(personas, 2000)
+    p1 = store.predictions_of_persona("p1", 2)
+    assert {p.face_id for p in p1} == set(face_ids[2::3])
+    assert [p.confidence for p in p1] == sorted((float(c) for c in confidences[2::3]), reverse=True)
+    assert all(p.model_version == 2 and p.create_time == 2.0 for p in store.iter_predictions())
+
+
 def test_get_predictions_in_one_call(store):
     store.put_predictions([PredictionRecord(f"face{i}", "p", i / 10, 1) for i in range(5)] +
                           [PredictionRecord("stranger", "", 0.1, 2)])

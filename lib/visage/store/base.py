@@ -12,7 +12,7 @@ Rules both backends keep:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,6 +34,13 @@ class StoreError(Exception):
 
 class NotFound(StoreError):
     """The id names nothing stored."""
+
+
+def check_prediction_columns(face_ids: Sequence, persona_ids: Sequence, confidences: Sequence) -> None:
+    """put_prediction_columns' columns must line up (zip would silently drop the tail)."""
+    if not len(face_ids) == len(persona_ids) == len(confidences):
+        raise ValueError(f"prediction columns differ in length: {len(face_ids)} face ids, "
+                         f"{len(persona_ids)} persona ids, {len(confidences)} confidences")
 
 
 class Store(abc.ABC):
@@ -144,6 +151,19 @@ class Store(abc.ABC):
         """Upserts by face id: a face has at most one prediction, the latest (the
         last one of a face in the list wins). The re-classification's bulk write:
         call it with thousands of predictions at a time, not one by one."""
+
+    def put_prediction_columns(self, face_ids: Sequence[str], persona_ids: Sequence[str],
+                               confidences: Sequence[float] | np.ndarray, model_version: int,
+                               create_time: float) -> None:
+        """put_predictions for one version's batch given as columns: face i is predicted
+        persona_ids[i] ("" = unknown) with confidences[i], all with this version and time.
+        The same upsert (the last one of a face wins), without a record object per face:
+        the re-classification's write, where building 100k records/s costs a core.
+        Raises ValueError (writing nothing) when the columns differ in length."""
+        check_prediction_columns(face_ids, persona_ids, confidences)
+        self.put_predictions([PredictionRecord(face_id, persona_id, confidence, model_version, create_time)
+                              for face_id, persona_id, confidence in zip(face_ids, persona_ids,
+                                                                         np.asarray(confidences).tolist())])
 
     @abc.abstractmethod
     def get_prediction(self, face_id: str) -> PredictionRecord | None: ...

@@ -1,0 +1,67 @@
+"""A re-classification writer killed mid-run leaves a consistent store: every face
+still has exactly one prediction (of the old version or the new), every acknowledged
+batch carries its version, the persona index agrees with the predictions, and the
+next complete run leaves every face on its version."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from store_spec import open_spec
+
+WRITER = Path(__file__).parent / "prediction_writer.py"
+sys.path.insert(0, str(WRITER.parent))
+from prediction_writer import PERSONAS, face_ids, persona_of  # noqa: E402
+
+FACES = 4000
+BATCH = 250
+
+
+def kill_after_acks(spec: dict, acks: int) -> tuple[int, int]:
+    """Starts the writer, kills it once it acknowledged `acks` batches; the last (version, batch) acked."""
+    writer = subprocess.Popen([sys.executable, str(WRITER), json.dumps(spec), str(FACES), str(BATCH)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last, seen = (1, -1), 0
+    while seen < acks:
+        line = writer.stdout.readline()
+        assert line, writer.stderr.read()
+        last, seen = tuple(int(x) for x in line.split()[1:]), seen + 1
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    for line in writer.stdout:  # acks printed before the kill landed
+        last = tuple(int(x) for x in line.split()[1:])
+    return last
+
+
+def test_a_killed_reclassification_leaves_one_consistent_prediction_per_face(store, store_spec):
+    ids = face_ids(FACES)
+    store.put_prediction_columns(ids, [persona_of(i, 1) for i in range(FACES)], np.full(FACES, 0.001), 1, 1.0)
+    batches = FACES // BATCH
+    version, batch = kill_after_acks(store_spec, acks=batches + batches // 2)  # mid-way through version 3
+    store.close()
+    reopened = open_spec(store_spec)
+    try:
+        predictions = list(reopened.iter_predictions())
+        assert Counter(p.face_id for p in predictions) == Counter(ids)  # one each: none lost, none doubled
+        for i, p in enumerate(sorted(predictions, key=lambda p: p.face_id)):
+            acked_version = version if i // BATCH <= batch else version - 1
+            assert p.model_version >= acked_version, (p, version, batch)  # acknowledged batches landed whole
+            assert (p.persona_id, p.confidence, p.create_time) == \
+                (persona_of(i, p.model_version), np.float32(p.model_version / 1000), float(p.model_version))
+        by_version = Counter((p.persona_id, p.model_version) for p in predictions)
+        for (persona, model_version), count in by_version.items():  # the index names exactly these faces
+            listed = reopened.predictions_of_persona(persona, model_version)
+            assert len(listed) == count and all(p.model_version == model_version for p in listed)
+        # The next complete run (as after any activation) leaves every face on its version.
+        reopened.put_prediction_columns(ids, [persona_of(i, 99) for i in range(FACES)], np.full(FACES, 0.5), 99, 9.0)
+        assert reopened.count_predictions(PERSONAS, 99) == dict.fromkeys(PERSONAS, FACES // len(PERSONAS))
+        assert all(p.model_version == 99 for p in reopened.iter_predictions())
+    finally:
+        reopened.close()
