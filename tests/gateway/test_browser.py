@@ -49,6 +49,15 @@ def poll(page, condition, seconds: float) -> None:
         page.wait_for_timeout(200)
 
 
+def drawn_boxes(page) -> int:
+    """Face boxes drawn over a loaded photo (not collapsed) with a name on them."""
+    if not page.locator("#photo img").evaluate("img => img.complete && img.naturalWidth > 0"):
+        return 0
+    return page.locator("#photo .box").evaluate_all("""els => els.filter(e => {
+        const r = e.getBoundingClientRect();
+        return r.width > 10 && r.height > 10 && e.querySelector('.label').textContent; }).length""")
+
+
 def shoot(page, out: Path, name: str) -> None:
     page.screenshot(path=str(out / f"gateway-{name}.png"), full_page=True)
 
@@ -134,13 +143,10 @@ def test_upload_an_image_and_see_its_faces_boxed(page, gateway, faces_dir, test_
     assert re.search(r"2 faces found|already uploaded", page.locator("#upload-log").inner_text())
     link.click()
     page.locator("#photo img").wait_for()
-    poll(page, lambda: page.locator("#photo img").evaluate("img => img.complete && img.naturalWidth > 0"), 30)
-    boxes = page.locator("#photo .box")
-    assert boxes.count() == 2
-    for index in range(2):
-        box = boxes.nth(index).bounding_box()
-        assert box["width"] > 10 and box["height"] > 10  # drawn over the photo, not collapsed
-        assert boxes.nth(index).locator(".label").inner_text()
+    # Live events (this upload's own) may re-render the page meanwhile, so the
+    # check reads every box in one go and retries until it holds.
+    poll(page, lambda: drawn_boxes(page) == 2, 30)
+    assert page.locator("#photo .box").count() == 2
     shoot(page, test_output_dir, "image-boxed")
 
 
