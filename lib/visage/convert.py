@@ -4,6 +4,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from visage.store.records import (
+    EventRecord,
     FaceRecord,
     ImageRecord,
     LabelRecord,
@@ -104,3 +105,8 @@ def training_job(record: TrainingJobRecord) -> pb.TrainingJob:
         model_version=record.model_version, activated=record.activated, message=record.message,
         create_time=timestamp(record.create_time), update_time=timestamp(record.update_time),
     )
+
+
+def event(record: EventRecord) -> pb.Event:
+    return pb.Event(cursor=record.cursor, type=record.type, subject=record.subject,
+                    attributes=record.attributes, create_time=timestamp(record.create_time))

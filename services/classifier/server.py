@@ -17,9 +17,9 @@ import numpy as np
 
 from visage import convert
 from visage.config import Config
-from visage.faces.detectors import DetectorUnavailable
-from visage.faces.pipeline import FoundFace, ImageTooLarge, InvalidImage
-from visage.faces.pool import PipelinePool, WorkerCrashed
+from visage.faces.pipeline import FoundFace
+from visage.faces.pool import PipelinePool
+from visage.faces.status import ANALYSIS_ERRORS, analysis_status
 from visage.model import Predictor
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store.base import Store
@@ -78,14 +78,8 @@ class Classifier:
     def analyze(self, content: bytes):
         try:
             return self.pool.analyze(content)
-        except ImageTooLarge as error:
-            raise ItemError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
-        except InvalidImage as error:
-            raise ItemError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        except DetectorUnavailable as error:  # a remote detector (Azure) is down: the caller may retry
-            raise ItemError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
-        except WorkerCrashed as error:
-            raise ItemError(grpc.StatusCode.INTERNAL, str(error)) from None
+        except ANALYSIS_ERRORS as error:
+            raise ItemError(analysis_status(error), str(error)) from None
 
     def classify_faces(self, predictor: Predictor | None, faces: list[FoundFace]) -> tuple[list, int]:
         """The faces named by one model version (taken once by the caller)."""

@@ -18,9 +18,9 @@ import grpc
 
 from visage import convert
 from visage.config import Config
-from visage.faces.detectors import DetectorUnavailable
-from visage.faces.pipeline import AnalyzedImage, ImageTooLarge, InvalidImage
+from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
+from visage.faces.status import ANALYSIS_ERRORS, analysis_status
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import Store, StoreError
 from visage.store.records import FaceRecord, ImageRecord
@@ -142,15 +142,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         name = filename or "image"
         try:
             return self.pool.analyze(content)
-        except InvalidImage as error:
-            raise IngestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {error}") from None
-        except ImageTooLarge as error:
-            raise IngestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{name}: {error}") from None
-        except DetectorUnavailable as error:
-            raise IngestFailed(grpc.StatusCode.UNAVAILABLE, f"{name}: {error}") from None
-        except WorkerCrashed as error:
-            log.error("face pipeline crashed on %s", name)
-            raise IngestFailed(grpc.StatusCode.INTERNAL, f"{name}: {error}") from None
+        except ANALYSIS_ERRORS as error:
+            if isinstance(error, WorkerCrashed):
+                log.error("face pipeline crashed on %s", name)
+            raise IngestFailed(analysis_status(error), f"{name}: {error}") from None
 
     def _result(self, filename: str, future: Future) -> ingest_pb2.IngestResult:
         try:

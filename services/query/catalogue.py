@@ -147,9 +147,7 @@ class Catalogue:
 
     # ---- faces -----------------------------------------------------------
     def face(self, face_id: str, include_embedding: bool = False) -> pb.Face:
-        record = self.store.get_face(face_id)
-        if record is None:
-            raise NotFound(f"face {face_id!r} not found")
+        record = self.require_face(face_id)
         return face_message(record, self.store.labels_of_face(face_id), self.store.get_prediction(face_id),
                             self.active_version(), include_embedding)
 

@@ -6,10 +6,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from visage import convert
 from visage.store import Store
 from visage.store.records import EventRecord
-from visage.v1 import resources_pb2 as pb
 
 POLL_SECONDS = 0.1
 READ_BATCH = 1000
@@ -19,11 +17,6 @@ DEDUPE_WINDOW = 10_000
 
 class InvalidCursor(ValueError):
     pass
-
-
-def event_message(record: EventRecord) -> pb.Event:
-    return pb.Event(cursor=record.cursor, type=record.type, subject=record.subject,
-                    attributes=record.attributes, create_time=convert.timestamp(record.create_time))
 
 
 def read_after(store: Store, cursor: str) -> list[EventRecord]:

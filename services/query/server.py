@@ -15,13 +15,13 @@ import grpc
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
 
-from visage import convert
+from visage import convert, paging
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
 from visage.store.records import LabelRecord
 from visage.v1 import query_pb2, query_pb2_grpc
-from visage_query import events, paging, validation
+from visage_query import events, validation
 from visage_query.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
@@ -90,17 +90,6 @@ def streaming(method):
     return handler
 
 
-def _page(scope: str, page_size: int, page_token: str) -> tuple[int, int]:
-    """(offset, size) of an offset-paged list."""
-    size = paging.page_size(page_size)
-    offset, = paging.decode_token(page_token, scope, 1)
-    return offset, size
-
-
-def _next_token(scope: str, offset: int, size: int, more: bool) -> str:
-    return paging.encode_token(scope, [offset + size]) if more else ""
-
-
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def __init__(self, store: Store, max_watchers: int = MAX_WATCHERS):
         self.store = store
@@ -125,10 +114,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def ListPersonas(self, request, context):
-        offset, size = _page("personas", request.page_size, request.page_token)
+        offset, size = paging.offset_page("personas", request.page_size, request.page_token)
         personas, more = self.catalogue.personas(offset, size)
-        return query_pb2.ListPersonasResponse(personas=personas,
-                                              next_page_token=_next_token("personas", offset, size, more))
+        token = paging.next_offset_token("personas", offset, size, more)
+        return query_pb2.ListPersonasResponse(personas=personas, next_page_token=token)
 
     @unary
     def UpdatePersona(self, request, context):
@@ -147,9 +136,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         persona_id = validation.required_id(request.persona_id, "persona_id")
         kind = validation.face_kind(request.kind)
         scope = f"persona-faces/{persona_id}/{kind}"
-        offset, size = _page(scope, request.page_size, request.page_token)
+        offset, size = paging.offset_page(scope, request.page_size, request.page_token)
         faces, more = self.catalogue.persona_faces(persona_id, kind, offset, size)
-        return query_pb2.ListPersonaFacesResponse(faces=faces, next_page_token=_next_token(scope, offset, size, more))
+        token = paging.next_offset_token(scope, offset, size, more)
+        return query_pb2.ListPersonaFacesResponse(faces=faces, next_page_token=token)
 
     # ---- labels and faces ------------------------------------------------
     @unary
@@ -197,9 +187,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     # ---- images ----------------------------------------------------------
     @unary
     def ListImages(self, request, context):
-        offset, size = _page("images", request.page_size, request.page_token)
+        offset, size = paging.offset_page("images", request.page_size, request.page_token)
         images, more = self.catalogue.images(offset, size)
-        return query_pb2.ListImagesResponse(images=images, next_page_token=_next_token("images", offset, size, more))
+        token = paging.next_offset_token("images", offset, size, more)
+        return query_pb2.ListImagesResponse(images=images, next_page_token=token)
 
     @unary
     def GetImage(self, request, context):
@@ -227,7 +218,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             first_batch = events.read_after(self.store, start)  # validates the cursor
             context.send_initial_metadata(())  # the stream is open even before the first event
             for record in events.follow(self.store, start, types, cancelled, self._closing.is_set, first_batch):
-                yield events.event_message(record)
+                yield convert.event(record)
             if self._closing.is_set() and context.is_active():
                 raise ShuttingDown("the query service is shutting down; reconnect with the last cursor you saw")
         finally:

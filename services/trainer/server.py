@@ -12,8 +12,6 @@ label. The cursor advances only after a job ends, so a crash mid-training
 replays the events on restart and trains again."""
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import queue
 import threading
@@ -22,7 +20,7 @@ import uuid
 
 import grpc
 
-from visage import convert
+from visage import convert, paging
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store.base import NotFound, Store
@@ -158,30 +156,6 @@ class Trainer:
             self._stop.wait(self.settings.poll_seconds)
 
 
-# ---- page tokens -------------------------------------------------------------
-def page_bounds(page_size: int, page_token: str, kind: str) -> tuple[int, int]:
-    """(offset, size) from a request; raises ValueError with the reason."""
-    if page_size < 0:
-        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
-    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    if not page_token:
-        return 0, size
-    try:
-        token = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-        offset = int(token["offset"])
-        if token["kind"] != kind or offset < 0:
-            raise ValueError
-    except Exception:
-        raise ValueError(f"page_token {page_token[:40]!r} is not a token this list returned") from None
-    return offset, size
-
-
-def next_page_token(offset: int, size: int, total: int, kind: str) -> str:
-    if offset + size >= total:
-        return ""
-    return base64.urlsafe_b64encode(json.dumps({"kind": kind, "offset": offset + size}).encode()).decode()
-
-
 class TrainServicer(train_pb2_grpc.TrainServiceServicer):
     def __init__(self, store: Store, trainer: Trainer):
         self.store, self.trainer = store, trainer
@@ -198,7 +172,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         jobs = self.store.list_training_jobs(offset + size + 1)
         return train_pb2.ListTrainingJobsResponse(
             training_jobs=[convert.training_job(job) for job in jobs[offset:offset + size]],
-            next_page_token=next_page_token(offset, size, len(jobs), "jobs"))
+            next_page_token=paging.next_offset_token("jobs", offset, size, offset + size < len(jobs)))
 
     def WatchTrainingJobs(self, request, context):
         subscriber = self.trainer.board.subscribe()
@@ -226,7 +200,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         versions = self.store.list_model_versions()
         return train_pb2.ListModelVersionsResponse(
             model_versions=[convert.model_version(v) for v in versions[offset:offset + size]],
-            next_page_token=next_page_token(offset, size, len(versions), "versions"))
+            next_page_token=paging.next_offset_token("versions", offset, size, offset + size < len(versions)))
 
     def GetModelVersion(self, request, context):
         record = self.store.get_model_version(request.version) if request.version > 0 else None
@@ -258,10 +232,10 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         return job
 
     @staticmethod
-    def _page(request, context, kind: str) -> tuple[int, int]:
+    def _page(request, context, scope: str) -> tuple[int, int]:
         try:
-            return page_bounds(request.page_size, request.page_token, kind)
-        except ValueError as error:
+            return paging.offset_page(scope, request.page_size, request.page_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        except paging.InvalidPageRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 

@@ -1,4 +1,4 @@
-"""Opaque page tokens and page sizes for every List* call of the query service.
+"""Opaque page tokens and page sizes for every List* call (query and trainer).
 
 A token is urlsafe base64 of a small JSON object: the list it belongs to (its
 "scope", e.g. "images" or "persona-faces/<id>/PREDICTED") and a position of
@@ -20,13 +20,13 @@ class InvalidPageRequest(ValueError):
     """A page size or page token the caller must fix (→ INVALID_ARGUMENT)."""
 
 
-def page_size(requested: int) -> int:
+def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
     """0 means the default; above the maximum is coerced down (AIP-158)."""
     if requested < 0:
-        raise InvalidPageRequest(f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {requested}")
+        raise InvalidPageRequest(f"page_size must be between 0 and {maximum}, got {requested}")
     if requested == 0:
-        return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
+        return default
+    return min(requested, maximum)
 
 
 def encode_token(scope: str, position: list[int]) -> str:
@@ -53,3 +53,16 @@ def decode_token(token: str, scope: str, length: int) -> list[int]:
     if not valid:
         raise InvalidPageRequest("page_token holds an invalid position; pass back a next_page_token unchanged")
     return position
+
+
+def offset_page(scope: str, requested_size: int, token: str, default: int = DEFAULT_PAGE_SIZE,
+                maximum: int = MAX_PAGE_SIZE) -> tuple[int, int]:
+    """(offset, size) of an offset-paged list."""
+    size = page_size(requested_size, default, maximum)
+    offset, = decode_token(token, scope, 1)
+    return offset, size
+
+
+def next_offset_token(scope: str, offset: int, size: int, more: bool) -> str:
+    """The token of the page after (offset, size); empty when nothing follows."""
+    return encode_token(scope, [offset + size]) if more else ""
