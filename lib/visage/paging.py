@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
@@ -55,14 +56,12 @@ def decode_token(token: str, scope: str, length: int) -> list[int]:
     return position
 
 
-def offset_page(scope: str, requested_size: int, token: str, default: int = DEFAULT_PAGE_SIZE,
-                maximum: int = MAX_PAGE_SIZE) -> tuple[int, int]:
-    """(offset, size) of an offset-paged list."""
-    size = page_size(requested_size, default, maximum)
-    offset, = decode_token(token, scope, 1)
-    return offset, size
-
-
-def next_offset_token(scope: str, offset: int, size: int, more: bool) -> str:
-    """The token of the page after (offset, size); empty when nothing follows."""
-    return encode_token(scope, [offset + size]) if more else ""
+def offset_list(scope: str, request, fetch: Callable[[int, int], tuple[list, bool]],
+                default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> tuple[list, str]:
+    """One page of an offset-paged List* call: (items, next_page_token).
+    `request` carries page_size and page_token; `fetch(offset, size)` returns
+    the page's items and whether more follow."""
+    size = page_size(request.page_size, default, maximum)
+    offset, = decode_token(request.page_token, scope, 1)
+    items, more = fetch(offset, size)
+    return items, encode_token(scope, [offset + size]) if more else ""

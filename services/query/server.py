@@ -114,9 +114,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def ListPersonas(self, request, context):
-        offset, size = paging.offset_page("personas", request.page_size, request.page_token)
-        personas, more = self.catalogue.personas(offset, size)
-        token = paging.next_offset_token("personas", offset, size, more)
+        personas, token = paging.offset_list("personas", request, self.catalogue.personas)
         return query_pb2.ListPersonasResponse(personas=personas, next_page_token=token)
 
     @unary
@@ -135,10 +133,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ListPersonaFaces(self, request, context):
         persona_id = validation.required_id(request.persona_id, "persona_id")
         kind = validation.face_kind(request.kind)
-        scope = f"persona-faces/{persona_id}/{kind}"
-        offset, size = paging.offset_page(scope, request.page_size, request.page_token)
-        faces, more = self.catalogue.persona_faces(persona_id, kind, offset, size)
-        token = paging.next_offset_token(scope, offset, size, more)
+        faces, token = paging.offset_list(
+            f"persona-faces/{persona_id}/{kind}", request,
+            lambda offset, size: self.catalogue.persona_faces(persona_id, kind, offset, size))
         return query_pb2.ListPersonaFacesResponse(faces=faces, next_page_token=token)
 
     # ---- labels and faces ------------------------------------------------
@@ -187,9 +184,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     # ---- images ----------------------------------------------------------
     @unary
     def ListImages(self, request, context):
-        offset, size = paging.offset_page("images", request.page_size, request.page_token)
-        images, more = self.catalogue.images(offset, size)
-        token = paging.next_offset_token("images", offset, size, more)
+        images, token = paging.offset_list("images", request, self.catalogue.images)
         return query_pb2.ListImagesResponse(images=images, next_page_token=token)
 
     @unary

@@ -168,11 +168,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         return convert.training_job(self._job(request.job_id, context))
 
     def ListTrainingJobs(self, request, context):
-        offset, size = self._page(request, context, "jobs")
-        jobs = self.store.list_training_jobs(offset + size + 1)
-        return train_pb2.ListTrainingJobsResponse(
-            training_jobs=[convert.training_job(job) for job in jobs[offset:offset + size]],
-            next_page_token=paging.next_offset_token("jobs", offset, size, offset + size < len(jobs)))
+        def fetch(offset: int, size: int) -> tuple[list, bool]:
+            jobs = self.store.list_training_jobs(offset + size + 1)
+            return [convert.training_job(job) for job in jobs[offset:offset + size]], offset + size < len(jobs)
+
+        jobs, token = self._list(request, context, "jobs", fetch)
+        return train_pb2.ListTrainingJobsResponse(training_jobs=jobs, next_page_token=token)
 
     def WatchTrainingJobs(self, request, context):
         subscriber = self.trainer.board.subscribe()
@@ -196,11 +197,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
             self.trainer.board.unsubscribe(subscriber)
 
     def ListModelVersions(self, request, context):
-        offset, size = self._page(request, context, "versions")
-        versions = self.store.list_model_versions()
-        return train_pb2.ListModelVersionsResponse(
-            model_versions=[convert.model_version(v) for v in versions[offset:offset + size]],
-            next_page_token=paging.next_offset_token("versions", offset, size, offset + size < len(versions)))
+        def fetch(offset: int, size: int) -> tuple[list, bool]:
+            versions = self.store.list_model_versions()
+            return [convert.model_version(v) for v in versions[offset:offset + size]], offset + size < len(versions)
+
+        versions, token = self._list(request, context, "versions", fetch)
+        return train_pb2.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
 
     def GetModelVersion(self, request, context):
         record = self.store.get_model_version(request.version) if request.version > 0 else None
@@ -232,9 +234,9 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         return job
 
     @staticmethod
-    def _page(request, context, scope: str) -> tuple[int, int]:
+    def _list(request, context, scope: str, fetch) -> tuple[list, str]:
         try:
-            return paging.offset_page(scope, request.page_size, request.page_token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            return paging.offset_list(scope, request, fetch, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         except paging.InvalidPageRequest as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
