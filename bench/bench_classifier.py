@@ -168,6 +168,19 @@ def photos() -> list[bytes]:
     return [path.read_bytes() for path in paths]
 
 
+
+def time_analyze_and_predict(analyze, predictor, images: list[bytes]) -> list[float]:
+    """Seconds per photo of analysis + prediction in this process, ROUNDS times over."""
+    seconds = []
+    for _ in range(ROUNDS):
+        for content in images:
+            started = time.perf_counter()
+            faces = analyze(content).faces
+            predict(predictor, np.stack([f.embedding for f in faces]) if faces else np.zeros((0, 128), np.float32))
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def print_latency_and_stream(data_dir: Path) -> None:
     config = Config(data_dir=data_dir, workers=1)
     store = SqliteStore(data_dir / "rpc.db")
@@ -177,21 +190,9 @@ def print_latency_and_stream(data_dir: Path) -> None:
     pipeline = FacePipeline(config)
     models = ActiveModel(store)
     predictor = models.refresh()
-    bare = []
-    for _ in range(ROUNDS):
-        for content in images:
-            started = time.perf_counter()
-            faces = pipeline.analyze(content).faces
-            predict(predictor, np.stack([f.embedding for f in faces]) if faces else np.zeros((0, 128), np.float32))
-            bare.append(time.perf_counter() - started)
+    bare = time_analyze_and_predict(pipeline.analyze, predictor, images)
     pool = PipelinePool(config)
-    pooled = []
-    for _ in range(ROUNDS):
-        for content in images:
-            started = time.perf_counter()
-            faces = pool.analyze(content).faces
-            predict(predictor, np.stack([f.embedding for f in faces]) if faces else np.zeros((0, 128), np.float32))
-            pooled.append(time.perf_counter() - started)
+    pooled = time_analyze_and_predict(pool.analyze, predictor, images)
     running = start(config, store, "127.0.0.1:0", pool=pool, watch_events=False)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = classify_pb2_grpc.ClassifyServiceStub(channel)
