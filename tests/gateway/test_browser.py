@@ -160,3 +160,26 @@ def test_errors_are_shown_to_the_user(page, gateway, test_output_dir):
     page.click("#create-persona button[type=submit]")
     page.locator(".toast.error").wait_for()
     shoot(page, test_output_dir, "error-toast")
+
+
+def test_long_lists_page_with_show_more(page, mesh, faces_dir, test_output_dir):
+    """A list longer than a page ends in "Show more"; what it opened stays
+    open when live events refresh the view."""
+    mesh.ingest_files(sorted((faces_dir / "noise").iterdir()))
+    step = 3
+    page.goto(f"/?pageSize={step}#/images")
+    cards = page.locator("#images .image-card")
+    cards.first.wait_for()
+    assert cards.count() == step
+    page.click("button.more")
+    poll(page, lambda: cards.count() == 2 * step, 30)
+    # An upload elsewhere refreshes this page live: it still shows two pages.
+    rendered = page.locator("#main").get_attribute("data-ready")
+    mesh.ingest_files([faces_dir / "edge/obama_small.jpg"])
+    poll(page, lambda: page.locator("#main").get_attribute("data-ready") != rendered, 30)
+    assert cards.count() == 2 * step
+    while page.locator("button.more").count():
+        page.click("button.more")
+        page.wait_for_timeout(300)
+    poll(page, lambda: cards.count() == mesh.store.count_images(), 30)
+    shoot(page, test_output_dir, "images-all-pages")

@@ -5,7 +5,9 @@
 "use strict";
 
 const main = document.getElementById("main");
-const PAGE_SIZE = 200;
+// Each list shows PAGE_SIZE items and "Show more" adds as many again;
+// `?pageSize=N` in the page's URL changes the step (the API caps it at 500).
+const PAGE_SIZE = Math.min(500, Number(new URLSearchParams(location.search).get("pageSize")) || 200);
 
 // ---- DOM helpers -----------------------------------------------------------
 function el(tag, attrs = {}, ...children) {
@@ -82,11 +84,36 @@ async function attempt(action, success) {
   }
 }
 
+// How many items each list (by API path) has been asked to show: a live
+// refresh reads that many again, so it keeps what "Show more" opened.
+const wanted = new Map();
+
+// The first `want` items of a paged List call, following page tokens.
+async function listItems(path, field, want = wanted.get(path) || PAGE_SIZE) {
+  const separator = path.includes("?") ? "&" : "?";
+  let items = [];
+  let token = "";
+  do {
+    const pageToken = token ? `&pageToken=${encodeURIComponent(token)}` : "";
+    const page = await api("GET", `${path}${separator}pageSize=${PAGE_SIZE}${pageToken}`);
+    items = items.concat(page[field] || []);
+    token = page.nextPageToken || "";
+  } while (token && items.length < want);
+  return { path, items, more: Boolean(token) };
+}
+
+function showMore(list) {
+  if (!list.more) return null;
+  return el("button", { type: "button", class: "more", onclick: () => {
+    wanted.set(list.path, list.items.length + PAGE_SIZE);
+    rerender();
+  } }, "Show more");
+}
+
+// Every persona, for names and "Assign to…" menus.
 let personaCache = null;
 async function personas(refresh = false) {
-  if (!personaCache || refresh) {
-    personaCache = (await api("GET", `/v1/personas?pageSize=500`)).personas || [];
-  }
+  if (!personaCache || refresh) personaCache = (await listItems("/v1/personas", "personas", Infinity)).items;
   return personaCache;
 }
 const personaName = (list, id) => (list.find((p) => p.personaId === id) || {}).displayName || "deleted persona";
@@ -122,7 +149,7 @@ function personaSelect(list, placeholder = "Assign to…") {
 
 // ---- Views -----------------------------------------------------------------
 async function viewPersonas() {
-  const list = await personas(true);
+  const page = await listItems("/v1/personas", "personas");
   const nameInput = el("input", { type: "text", name: "displayName", placeholder: "New persona name",
     maxlength: 200, required: true, "aria-label": "new persona name" });
   const form = el("form", { class: "toolbar", id: "create-persona" }, nameInput,
@@ -133,7 +160,7 @@ async function viewPersonas() {
       "Persona created");
     if (created) rerender();
   });
-  const cards = list.map((p) => el("a", { class: "card persona-card", href: `#/persona/${encodeURIComponent(p.personaId)}`,
+  const cards = page.items.map((p) => el("a", { class: "card persona-card", href: `#/persona/${encodeURIComponent(p.personaId)}`,
     dataset: { personaId: p.personaId } },
   p.coverFaceId ? faceImage(p.coverFaceId, p.displayName)
     : el("div", { class: "face placeholder", "aria-hidden": "true" }, (p.displayName || "?").trim().charAt(0).toUpperCase()),
@@ -141,18 +168,15 @@ async function viewPersonas() {
     el("span", { class: "name" }, p.displayName),
     el("span", { class: "meta" }, `${count(p.labelledFaceCount)} labelled · ${count(p.predictedFaceCount)} predicted`))));
   return [el("h1", {}, "Personas"), form,
-    cards.length ? el("div", { class: "grid", id: "personas" }, cards)
+    cards.length ? [el("div", { class: "grid", id: "personas" }, cards), showMore(page)]
       : stateBox("No personas yet. Create one, then label faces from Unknown faces or an image.")];
 }
 
 async function viewPersona(personaId) {
   const id = encodeURIComponent(personaId);
+  const faces = (kind) => listItems(`/v1/personas/${id}/faces?kind=FACE_KIND_${kind}`, "faces");
   const [persona, labelled, predicted, rejected] = await Promise.all([
-    api("GET", `/v1/personas/${id}`),
-    api("GET", `/v1/personas/${id}/faces?kind=FACE_KIND_LABELLED&pageSize=${PAGE_SIZE}`),
-    api("GET", `/v1/personas/${id}/faces?kind=FACE_KIND_PREDICTED&pageSize=${PAGE_SIZE}`),
-    api("GET", `/v1/personas/${id}/faces?kind=FACE_KIND_REJECTED&pageSize=${PAGE_SIZE}`),
-  ]);
+    api("GET", `/v1/personas/${id}`), faces("LABELLED"), faces("PREDICTED"), faces("REJECTED")]);
   const nameInput = el("input", { type: "text", value: persona.displayName, maxlength: 200,
     "aria-label": "persona name", required: true });
   const rename = el("form", { class: "toolbar", id: "rename-persona" }, nameInput,
@@ -175,9 +199,9 @@ async function viewPersona(personaId) {
     if (await attempt(() => label(face.faceId, persona.personaId, value), message)) rerender();
     else event.target.closest(".card").querySelectorAll("button").forEach((b) => { b.disabled = false; });
   };
-  const labelledCards = (labelled.faces || []).map((face) => faceCard(face, {
+  const labelledCards = labelled.items.map((face) => faceCard(face, {
     actions: [el("button", { type: "button", onclick: unlabel(face) }, "Remove")] }));
-  const predictedCards = (predicted.faces || []).map((face) => faceCard(face, {
+  const predictedCards = predicted.items.map((face) => faceCard(face, {
     meta: `${percent(face.prediction.confidence)} · model v${face.prediction.modelVersion}`,
     confidence: face.prediction.confidence,
     actions: [
@@ -186,7 +210,7 @@ async function viewPersona(personaId) {
       el("button", { type: "button", class: "danger reject", title: "This face is not this persona",
         onclick: verdict(face, "VERDICT_NOT_BELONGS", "Rejected") }, "✗ Not"),
     ] }));
-  const rejectedCards = (rejected.faces || []).map((face) => faceCard(face, {
+  const rejectedCards = rejected.items.map((face) => faceCard(face, {
     actions: [el("button", { type: "button", onclick: unlabel(face) }, "Undo")] }));
   return [
     el("p", { class: "muted" }, el("a", { href: "#/" }, "← Personas")),
@@ -194,18 +218,20 @@ async function viewPersona(personaId) {
     el("p", { class: "muted" }, `${count(persona.labelledFaceCount)} labelled · ${count(persona.predictedFaceCount)} predicted`),
     rename,
     el("h2", {}, "Labelled faces"),
-    labelledCards.length ? el("div", { class: "grid", id: "labelled" }, labelledCards)
+    labelledCards.length ? [el("div", { class: "grid", id: "labelled" }, labelledCards), showMore(labelled)]
       : stateBox("No labelled faces yet: assign faces from Unknown faces or an image."),
     el("h2", {}, "Predicted faces, most confident first"),
-    predictedCards.length ? el("div", { class: "grid", id: "predicted" }, predictedCards)
+    predictedCards.length ? [el("div", { class: "grid", id: "predicted" }, predictedCards), showMore(predicted)]
       : stateBox("No predictions for this persona yet. They appear here live once a model has been trained."),
-    rejectedCards.length ? [el("h2", {}, "Rejected faces"), el("div", { class: "grid", id: "rejected" }, rejectedCards)] : null,
+    rejectedCards.length
+      ? [el("h2", {}, "Rejected faces"), el("div", { class: "grid", id: "rejected" }, rejectedCards), showMore(rejected)]
+      : null,
   ];
 }
 
 async function viewUnknown() {
-  const [list, unknown] = await Promise.all([personas(true), api("GET", `/v1/faces:unknown?pageSize=${PAGE_SIZE}`)]);
-  const cards = (unknown.faces || []).map((face) => {
+  const [list, unknown] = await Promise.all([personas(true), listItems("/v1/faces:unknown", "faces")]);
+  const cards = unknown.items.map((face) => {
     const select = personaSelect(list);
     const assign = el("button", { type: "button", class: "primary", onclick: async () => {
       if (!select.value) { toast("Choose a persona first", "error"); return; }
@@ -217,7 +243,7 @@ async function viewUnknown() {
   });
   return [el("h1", {}, "Unknown faces"),
     list.length ? null : el("p", { class: "muted" }, "Create a persona first to assign faces to it."),
-    cards.length ? el("div", { class: "grid", id: "unknown" }, cards)
+    cards.length ? [el("div", { class: "grid", id: "unknown" }, cards), showMore(unknown)]
       : stateBox("No unknown faces. Upload images to find more.")];
 }
 
@@ -249,7 +275,7 @@ async function upload(files, log) {
 }
 
 async function viewImages() {
-  const images = (await api("GET", `/v1/images?pageSize=${PAGE_SIZE}`)).images || [];
+  const images = await listItems("/v1/images", "images");
   const input = el("input", { type: "file", accept: "image/*", multiple: true, id: "upload-input", "aria-label": "images to upload" });
   const log = el("ul", { class: "uploads", id: "upload-log" });
   const drop = el("div", { class: "dropzone" }, input, el("span", { class: "muted" }, "Choose or drop images (JPEG, PNG, WebP, up to 20 MB each)"));
@@ -258,13 +284,14 @@ async function viewImages() {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); start(e.dataTransfer.files); });
-  const cards = images.map((image) => el("a", { class: "card image-card", href: `#/image/${encodeURIComponent(image.imageId)}` },
+  const cards = images.items.map((image) => el("a", { class: "card image-card", href: `#/image/${encodeURIComponent(image.imageId)}` },
     el("img", { class: "face", src: imageUrl(image.imageId), alt: image.filename || "image", loading: "lazy" }),
     el("div", { class: "body" },
       el("span", { class: "name" }, image.filename || image.imageId.slice(0, 12)),
       el("span", { class: "meta" }, `${image.faceCount} face${image.faceCount === 1 ? "" : "s"} · ${image.width}×${image.height}`))));
   return [el("h1", {}, "Images"), drop, log,
-    cards.length ? el("div", { class: "grid", id: "images" }, cards) : stateBox("No images yet. Upload some above.")];
+    cards.length ? [el("div", { class: "grid", id: "images" }, cards), showMore(images)]
+      : stateBox("No images yet. Upload some above.")];
 }
 
 function faceName(face, list) {
@@ -309,8 +336,8 @@ const fixed = (x, digits = 2) => (x === undefined || x === null ? "–" : Number
 
 async function viewModels() {
   const [versions, jobs] = await Promise.all([
-    api("GET", "/v1/modelVersions?pageSize=50"), api("GET", "/v1/trainingJobs?pageSize=10")]);
-  const rows = (versions.modelVersions || []).map((v) => {
+    listItems("/v1/modelVersions", "modelVersions"), api("GET", "/v1/trainingJobs?pageSize=10")]);
+  const rows = versions.items.map((v) => {
     const state = v.state.replace("MODEL_STATE_", "").toLowerCase();
     const m = v.metrics || {};
     const activate = el("button", { type: "button", onclick: async () => {
@@ -333,9 +360,9 @@ async function viewModels() {
     if (await attempt(() => api("POST", "/v1/trainingJobs", { reason: "web UI" }), "Training started")) rerender();
   } }, "Train now");
   return [el("h1", {}, "Models"), el("div", { class: "toolbar" }, train),
-    rows.length ? el("table", { id: "models" }, el("thead", {}, el("tr", {},
+    rows.length ? [el("table", { id: "models" }, el("thead", {}, el("tr", {},
       ["Version", "State", "Accuracy", "Unknown rejection", "Faces / personas", "Created", "Gate", ""].map((h) => el("th", {}, h)))),
-    el("tbody", {}, rows))
+    el("tbody", {}, rows)), showMore(versions)]
       : stateBox("No model yet: label faces of at least two personas and one is trained."),
     el("h2", {}, "Recent training jobs"),
     jobRows.length ? el("table", {}, el("thead", {}, el("tr", {},
