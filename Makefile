@@ -17,7 +17,7 @@ STAMP    := $(VENV)/.installed
 # Each part's own targets (cassandra, chromium, grpcurl, deploy, ...).
 -include mk/*.mk
 
-.PHONY: help run test gen lint breaking bench cassandra-start cassandra-stop chromium grpcurl deploy deploy-plan undeploy clean
+.PHONY: help run test gen lint breaking bench cassandra-start cassandra-stop chromium h2load grpcurl deploy deploy-plan undeploy clean
 
 help:
 	@echo "make run        start the whole mesh on embedded defaults (SQLite, local models, Envoy, UI)"
@@ -68,7 +68,7 @@ test: gen lint breaking openapi chromium grpcurl deploy-tools cassandra-fetch
 	status=0; VISAGE_TESTS_REQUIRE_ALL=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  $(MAKE) --no-print-directory cassandra-stop; exit $$status
 
-bench: gen
+bench: gen openapi h2load
 	$(PY) -m bench
 
 clean:

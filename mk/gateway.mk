@@ -1,17 +1,21 @@
-# Gateway/UI tools: Debian's Chromium for the browser tests, a current grpcurl
+# Gateway/UI tools: Debian's Chromium for the browser tests, Debian's h2load
+# (nghttp2-client) for the gateway benchmark's C clients, a current grpcurl
 # and gnostic's protoc-gen-openapi (Go module proxy) in .tools/bin, and the
-# OpenAPI document build/openapi.json generated from the protos.
-# The lead adds `openapi` as a prerequisite of `run` and `test`; until then
-# `python -m visage_gateway` regenerates build/openapi.json itself when stale.
+# OpenAPI document build/openapi.json generated from the protos (`run` and
+# `test` depend on it; `python -m visage_gateway` also regenerates it when stale).
 GRPCURL_VERSION          := v1.9.4
 PROTOC_GEN_OPENAPI_VERSION := v0.7.1
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: chromium grpcurl openapi
+.PHONY: chromium h2load grpcurl openapi
 
 chromium:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+h2load:
+	@command -v h2load >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nghttp2-client; }
 
 grpcurl: $(TOOLS)/bin/grpcurl
 $(TOOLS)/bin/grpcurl:
