@@ -78,6 +78,7 @@ def metrics(data: dict) -> pb.ModelMetrics:
         per_persona=[pb.PersonaMetrics(**item) for item in data.get("per_persona", [])],
         labelled_faces=data.get("labelled_faces", 0), personas=data.get("personas", 0),
         evaluation_method=data.get("evaluation_method", ""),
+        evaluated_faces=data.get("evaluated_faces", 0), evaluated_unknowns=data.get("evaluated_unknowns", 0),
     )
 
 

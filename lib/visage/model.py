@@ -406,6 +406,8 @@ def evaluate(model: OpenSetCentroidClassifier, counts: np.ndarray, X: np.ndarray
         "per_persona": per_persona,
         "labelled_faces": int(counts.sum()),
         "personas": len(model.classes_),
+        "evaluated_faces": int(len(truth)),
+        "evaluated_unknowns": int(unknown_total),
         "evaluation_method": (f"leave-one-out on {len(truth)} of {int(counts.sum())} labelled faces; "
                               f"{unknown_total} unknowns (leave-one-persona-out and rejected faces); "
                               "threshold calibrated on the same distances"),

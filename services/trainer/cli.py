@@ -58,8 +58,14 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(value: float, evaluated_on: int) -> str:
+    """A rate, or n/a when it was measured on no face."""
+    return f"{value:.3f}" if evaluated_on else "n/a"
+
+
 def _print_metrics(metrics: pb.ModelMetrics) -> None:
-    print(f"accuracy {metrics.accuracy:.3f}  unknown rejection {metrics.unknown_rejection_rate:.3f}  "
+    print(f"accuracy {_rate(metrics.accuracy, metrics.evaluated_faces)}  "
+          f"unknown rejection {_rate(metrics.unknown_rejection_rate, metrics.evaluated_unknowns)}  "
           f"faces {metrics.labelled_faces}  personas {metrics.personas}")
     print(f"evaluation: {metrics.evaluation_method}")
     for item in metrics.per_persona:
@@ -75,7 +81,9 @@ def run_models_list(args: argparse.Namespace) -> int:
             page = stub.ListModelVersions(train_pb2.ListModelVersionsRequest(page_size=100, page_token=token))
             for v in page.model_versions:
                 state = pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_").lower()
-                print(f"{v.version:>7}  {state:<9} {v.metrics.accuracy:>8.3f} {v.metrics.unknown_rejection_rate:>8.3f} "
+                m = v.metrics
+                print(f"{v.version:>7}  {state:<9} {_rate(m.accuracy, m.evaluated_faces):>8} "
+                      f"{_rate(m.unknown_rejection_rate, m.evaluated_unknowns):>8} "
                       f"{v.metrics.labelled_faces:>7} {v.metrics.personas:>8}  {v.gate_reason}")
             if not (token := page.next_page_token):
                 return 0

@@ -110,7 +110,11 @@ def gate(metrics: dict, active: ModelVersionRecord | None, live_persona_ids: set
         return True, (f"active version {active.version} names {len(deleted)} deleted persona(s); "
                       "replaced regardless of metrics")
     comparisons, worse = [], []
-    for key in ("accuracy", "unknown_rejection_rate"):
+    for key, evaluated_on in (("accuracy", "evaluated_faces"), ("unknown_rejection_rate", "evaluated_unknowns")):
+        # A rate measured on no face says nothing: it cannot make a version worse or better.
+        if not metrics.get(evaluated_on, 1) or not active.metrics.get(evaluated_on, 1):
+            comparisons.append(f"{key} not measured on both")
+            continue
         new, old = float(metrics.get(key, 0.0)), float(active.metrics.get(key, 0.0))
         comparisons.append(f"{key} {new:.3f} vs {old:.3f}")
         if new < old - margin:

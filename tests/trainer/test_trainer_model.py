@@ -10,6 +10,7 @@ from sklearn.neighbors import NearestCentroid
 from visage import model as modelling
 from visage.store.records import ModelVersionRecord
 from visage.v1 import resources_pb2 as pb
+from visage_trainer.training import gate
 
 from trainer_helpers import held_out
 
@@ -67,6 +68,25 @@ def test_one_persona_with_one_face_works(split):
     assert trained.persona_ids == ["obama"]
     answers, _ = predictor.predict(np.stack([p.embedding for p in testing]))
     assert answers == ["obama" if p.person == "obama" else "" for p in testing]
+    # Nothing could be held out: the metrics say so rather than "accuracy 0".
+    assert trained.metrics["evaluated_faces"] == 0
+
+
+def test_a_rate_measured_on_no_face_does_not_gate_a_version(split):
+    training, _, _ = split
+    one_each = list({person: (person, e) for person, e in training}.values())
+    unmeasured, _ = train(one_each)
+    assert unmeasured.metrics["evaluated_faces"] == 0 and unmeasured.metrics["accuracy"] == 0.0
+    measured, _ = train(training)
+    assert measured.metrics["evaluated_faces"] > 0 and measured.metrics["evaluated_unknowns"] > 0
+    active = ModelVersionRecord(1, pb.MODEL_STATE_ACTIVE, modelling.ALGORITHM, measured.unknown_threshold,
+                                measured.persona_ids, measured.metrics, {})
+    live = set(measured.persona_ids)
+    accepted, reason = gate(unmeasured.metrics, active, live, margin=0.05)
+    assert accepted and "accuracy not measured" in reason, reason
+    # A measured rate that is worse still rejects.
+    worse = dict(measured.metrics, accuracy=measured.metrics["accuracy"] - 0.5)
+    assert gate(worse, active, live, margin=0.05)[0] is False
 
 
 def test_onnx_agrees_with_scikit_learn(split, photos):

@@ -332,7 +332,8 @@ async function viewImage(imageId) {
   ];
 }
 
-const fixed = (x, digits = 2) => (x === undefined || x === null ? "–" : Number(x).toFixed(digits));
+// A rate and how many faces it was measured on: "–" when none could be held out.
+const rate = (value, evaluatedOn) => (count(evaluatedOn) ? Number(value || 0).toFixed(2) : "–");
 
 async function viewModels() {
   const [versions, jobs] = await Promise.all([
@@ -346,7 +347,7 @@ async function viewModels() {
     return el("tr", { dataset: { version: v.version } },
       el("td", {}, `v${v.version}`),
       el("td", {}, el("span", { class: `tag ${state}` }, state)),
-      el("td", {}, fixed(m.accuracy)), el("td", {}, fixed(m.unknownRejectionRate)),
+      el("td", {}, rate(m.accuracy, m.evaluatedFaces)), el("td", {}, rate(m.unknownRejectionRate, m.evaluatedUnknowns)),
       el("td", {}, `${count(m.labelledFaces)} / ${count(m.personas)}`),
       el("td", {}, v.createTime ? new Date(v.createTime).toLocaleString() : "–"),
       el("td", { class: "muted" }, v.gateReason || ""),
