@@ -63,6 +63,19 @@ def build_server(
     return server, port, health_servicer
 
 
+class RpcFailure(Exception):
+    """One request, or one item of a stream, failed: carries the gRPC status to
+    answer with, so the code that finds the problem needs no servicer context."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def abort(self, context: grpc.ServicerContext):
+        context.abort(self.code, self.message)
+
+
 def _nothing() -> None:
     """A RunningService hook with nothing to do."""
 

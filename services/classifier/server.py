@@ -21,7 +21,7 @@ from visage.faces.pipeline import FoundFace
 from visage.faces.pool import PipelinePool
 from visage.faces.status import ANALYSIS_ERRORS, analysis_status
 from visage.model import Predictor
-from visage.server import SERVICE_NAMES, RunningService, build_server
+from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
 from visage.store.base import Store
 from visage.store.records import EMBEDDING_DIM
 from visage.v1 import classify_pb2, classify_pb2_grpc
@@ -35,25 +35,16 @@ log = logging.getLogger(__name__)
 STREAM_IN_FLIGHT = 8  # stream items worked on at once per call (back-pressure on the caller)
 
 
-class ItemError(Exception):
-    """One request (or one stream item) is bad: carries its gRPC status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def parse_embeddings(embeddings) -> np.ndarray:
     """Repeated Embedding messages → float32 [n, 128]; refuses wrong sizes and non-finite values."""
     for index, embedding in enumerate(embeddings):
         if len(embedding.values) != EMBEDDING_DIM:
-            raise ItemError(grpc.StatusCode.INVALID_ARGUMENT,
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
                             f"embeddings[{index}] has {len(embedding.values)} values; expected {EMBEDDING_DIM}")
     matrix = np.array([embedding.values for embedding in embeddings], dtype=np.float32).reshape(-1, EMBEDDING_DIM)
     if not np.isfinite(matrix).all():
         bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
-        raise ItemError(grpc.StatusCode.INVALID_ARGUMENT, f"embeddings[{bad}] holds NaN or infinite values")
+        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"embeddings[{bad}] holds NaN or infinite values")
     return matrix
 
 
@@ -79,7 +70,7 @@ class Classifier:
         try:
             return self.pool.analyze(content)
         except ANALYSIS_ERRORS as error:
-            raise ItemError(analysis_status(error), str(error)) from None
+            raise RpcFailure(analysis_status(error), str(error)) from None
 
     def classify_faces(self, predictor: Predictor | None, faces: list[FoundFace]) -> tuple[list, int]:
         """The faces named by one model version (taken once by the caller)."""
@@ -112,10 +103,6 @@ class Classifier:
         return [face], answers.version
 
 
-def abort_for(context: grpc.ServicerContext, error: ItemError):
-    context.abort(error.code, error.message)
-
-
 class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
     def __init__(self, classifier: Classifier, stream_workers: int):
         self._classifier = classifier
@@ -131,8 +118,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the image was analysed")
         try:
             faces, version = self._classifier.classify_image(request.content)
-        except ItemError as error:
-            abort_for(context, error)
+        except RpcFailure as error:
+            error.abort(context)
         return classify_pb2.ClassifyResponse(faces=faces, model_version=version)
 
     def ClassifyEmbeddings(self, request, context):
@@ -140,8 +127,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "embeddings is required (at least one 128-d embedding)")
         try:
             matrix = parse_embeddings(request.embeddings)
-        except ItemError as error:
-            abort_for(context, error)
+        except RpcFailure as error:
+            error.abort(context)
         answers = predict(self._classifier.models.current(), matrix)
         names = self._classifier.display_names(answers.persona_ids)
         predictions = [pb.Prediction(persona_id=persona_id if persona_id in names else "", confidence=confidence,
@@ -161,17 +148,17 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
         def answer(item: classify_pb2.ClassifyStreamRequest) -> classify_pb2.ClassifyStreamResponse:
             try:
                 if not context.is_active():
-                    raise ItemError(grpc.StatusCode.CANCELLED, "the stream was cancelled")
+                    raise RpcFailure(grpc.StatusCode.CANCELLED, "the stream was cancelled")
                 kind = item.WhichOneof("input")
                 if kind == "content":
                     faces, version = self._classifier.classify_image(item.content)
                 elif kind == "embedding":
                     faces, version = self._classifier.classify_embedding_item(item.embedding)
                 else:
-                    raise ItemError(grpc.StatusCode.INVALID_ARGUMENT, "item has neither content nor embedding")
+                    raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "item has neither content nor embedding")
                 return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, faces=faces,
                                                            model_version=version)
-            except ItemError as error:
+            except RpcFailure as error:
                 return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, error_code=error.code.name,
                                                            error_message=error.message)
             except Exception as error:  # one item's bug must not end the caller's stream

@@ -21,7 +21,7 @@ from visage.config import Config
 from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
 from visage.faces.status import ANALYSIS_ERRORS, analysis_status
-from visage.server import SERVICE_NAMES, RunningService, build_server
+from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
 from visage.store import Store, StoreError
 from visage.store.records import FaceRecord, ImageRecord
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
@@ -30,15 +30,6 @@ from visage.v1 import resources_pb2 as pb
 log = logging.getLogger(__name__)
 
 MAX_FILENAME_CHARS = 255
-
-
-class IngestFailed(Exception):
-    """One image could not be ingested; carries the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -97,8 +88,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def IngestImage(self, request, context):
         try:
             done = self.ingest(request.content, request.filename)
-        except IngestFailed as failure:
-            context.abort(failure.code, failure.message)
+        except RpcFailure as failure:
+            failure.abort(context)
         return ingest_pb2.IngestImageResponse(
             image=convert.image(done.image), faces=[convert.face(face) for face in done.faces],
             duplicate=done.duplicate)
@@ -119,7 +110,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     # ---- one image -----------------------------------------------------------
     def ingest(self, content: bytes, filename: str) -> Ingested:
-        """Analyses and stores one image; raises IngestFailed with the status to answer."""
+        """Analyses and stores one image; raises RpcFailure with the status to answer."""
         filename = clean_filename(filename)
         image_id = image_id_of(content)
         with self.active:
@@ -132,7 +123,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 created = self.store.put_image(image, content, faces)
             except StoreError as error:
                 log.exception("store refused image %s", image_id)
-                raise IngestFailed(grpc.StatusCode.UNAVAILABLE, f"the store failed: {error}") from None
+                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, f"the store failed: {error}") from None
         if not created:  # a concurrent call stored the same bytes first
             return Ingested(self.store.get_image(image_id), self.store.faces_of_image(image_id), duplicate=True)
         log.info("ingested image %s (%s): %d faces", image_id, filename or "unnamed", len(faces))
@@ -145,12 +136,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except ANALYSIS_ERRORS as error:
             if isinstance(error, WorkerCrashed):
                 log.error("face pipeline crashed on %s", name)
-            raise IngestFailed(analysis_status(error), f"{name}: {error}") from None
+            raise RpcFailure(analysis_status(error), f"{name}: {error}") from None
 
     def _result(self, filename: str, future: Future) -> ingest_pb2.IngestResult:
         try:
             done = future.result()
-        except IngestFailed as failure:
+        except RpcFailure as failure:
             return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
                                            error_code=failure.code.name, error_message=failure.message)
         except Exception as error:  # a bug must fail this image only, never the stream
