@@ -4,7 +4,15 @@ adds at p50 (issue #6 target: <= 0.2 ms). Baseline: direct gRPC.
 
 Set-up as deployed (`make run`): the query service runs as its own process
 (`python -m visage_query`), the gateway is `python -m visage_gateway` (access
-log off: we measure the proxy, not a log line per request). Each path is
+log off: we measure the proxy, not a log line per request). Everything runs
+twice, in two CPU placements (visage.placement):
+- shared cores: the OS places every process (`make run`'s default);
+- gateway on a core of its own (VISAGE_GATEWAY_CPUS=last core,
+  VISAGE_SERVICE_CPUS=the others), as production gets it from a Guaranteed
+  pod under Kubernetes' static CPU manager (deploy/aks, prod). The clients
+  (this process, h2load) sit on the gateway's core, so both paths cross from
+  the client's core to the service's core once each way, as a remote client's
+  calls cross the network. Each path is
 called sequentially (one request in flight: latency, not the GIL-bound
 server's throughput) on one keep-alive connection; the paths are interleaved
 over rounds (order rotated) so background load from other users of the machine
@@ -62,6 +70,7 @@ from typing import Callable
 
 import grpc
 
+from visage import placement
 from visage.config import Config, Ports
 from visage.store.sqlite import SqliteStore
 from visage.v1 import query_pb2, query_pb2_grpc
@@ -227,9 +236,35 @@ class Stack:
                 process.kill()
 
 
-def start_query_service(work: Path) -> Stack:
+@dataclass(frozen=True)
+class Placement:
+    name: str
+    service_cpus: frozenset[int] | None = None  # the query service and the C++ upstream
+    gateway_cpus: frozenset[int] | None = None  # every Envoy in front, and the clients
+
+    def env(self, variable: str, cpus: frozenset[int] | None) -> dict[str, str]:
+        return {variable: ",".join(map(str, sorted(cpus)))} if cpus else {}
+
+
+def placements() -> list[Placement]:
+    cpus = sorted(os.sched_getaffinity(0))
+    shared = Placement("shared cores: the OS places every process")
+    if len(cpus) < 2:
+        return [shared]
+    return [shared, Placement(f"gateway on a core of its own: Envoy and clients on CPU {cpus[-1]}, "
+                              f"the service on CPU {','.join(map(str, cpus[:-1]))}",
+                              service_cpus=frozenset(cpus[:-1]), gateway_cpus=frozenset(cpus[-1:]))]
+
+
+def pinned_to(cpus: frozenset[int] | None) -> Callable[[], None]:
+    """A Popen preexec_fn that pins the child before exec."""
+    return lambda: placement.pin_this_process(cpus)
+
+
+def start_query_service(work: Path, where: Placement) -> Stack:
     port = free_port()
-    env = dict(os.environ, VISAGE_DATA_DIR=str(work / "query"), VISAGE_QUERY_PORT=str(port))
+    env = dict(os.environ, VISAGE_DATA_DIR=str(work / "query"), VISAGE_QUERY_PORT=str(port),
+               **where.env(placement.SERVICE_CPUS_ENV, where.service_cpus))
     process = subprocess.Popen([sys.executable, "-m", "visage_query"], env=env,
                                stdout=subprocess.DEVNULL, stderr=(work / "query.log").open("wb"))
     return Stack(work, process, port)
@@ -250,11 +285,12 @@ def wait_for_http(port: int, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"Envoy on port {port} did not start:\n{log.read_text()[-3000:]}")
 
 
-def start_gateway(stack: Stack) -> None:
+def start_gateway(stack: Stack, where: Placement) -> None:
     """The real gateway: `python -m visage_gateway`, which runs Envoy."""
     stack.gateway_port = free_port()
     env = dict(os.environ, VISAGE_DATA_DIR=str(stack.work / "gateway"), VISAGE_GATEWAY_PORT=str(stack.gateway_port),
-               VISAGE_QUERY_PORT=str(stack.query_port), VISAGE_GATEWAY_ACCESS_LOG="0")
+               VISAGE_QUERY_PORT=str(stack.query_port), VISAGE_GATEWAY_ACCESS_LOG="0",
+               **where.env(placement.GATEWAY_CPUS_ENV, where.gateway_cpus))
     log = stack.work / "gateway.log"
     stack.gateway = subprocess.Popen([sys.executable, "-m", "visage_gateway"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=log.open("wb"))
@@ -262,7 +298,7 @@ def start_gateway(stack: Stack) -> None:
     stack.envoy_pid = child_pid(stack.gateway.pid, "envoy")
 
 
-def start_minimal_envoy(stack: Stack) -> None:
+def start_minimal_envoy(stack: Stack, where: Placement) -> None:
     """The same routes and transcoder with no other filter, no local-reply
     mapping, no overload manager, Envoy started directly: REST minus this is
     what the gateway's own features and launch cost."""
@@ -278,7 +314,8 @@ def start_minimal_envoy(stack: Stack) -> None:
     path = stack.work / "minimal-envoy.json"
     path.write_text(json.dumps(bootstrap))
     log = stack.work / "minimal-envoy.log"
-    stack.minimal = subprocess.Popen(envoy_command(path), stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    stack.minimal = subprocess.Popen(envoy_command(path, cpus=where.gateway_cpus), stdout=subprocess.DEVNULL,
+                                     stderr=log.open("wb"), preexec_fn=pinned_to(where.gateway_cpus))
     wait_for_http(stack.minimal_port, stack.minimal, log)
 
 
@@ -294,7 +331,7 @@ def _plain_listener(port: int, route: dict) -> dict:
                                             "typed_config": hcm}]}]}
 
 
-def start_cpp_pair(stack: Stack) -> None:
+def start_cpp_pair(stack: Stack, where: Placement) -> None:
     """An Envoy answering every request itself over HTTP/2 (a C++ upstream),
     and a plain Envoy proxy in front of it: one Envoy hop with no Python."""
     stack.cpp_upstream_port, stack.cpp_front_port = free_port(), free_port()
@@ -309,11 +346,12 @@ def start_cpp_pair(stack: Stack) -> None:
         "clusters": [{"name": "cpp", "type": "STATIC",
                       "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
                       "load_assignment": {"cluster_name": "cpp", "endpoints": [{"lb_endpoints": [endpoint]}]}}]}}
-    for name, bootstrap, port in (("cpp-upstream", upstream, stack.cpp_upstream_port),
-                                  ("cpp-front", front, stack.cpp_front_port)):
+    for name, bootstrap, port, cpus in (("cpp-upstream", upstream, stack.cpp_upstream_port, where.service_cpus),
+                                        ("cpp-front", front, stack.cpp_front_port, where.gateway_cpus)):
         path, log = stack.work / f"{name}.json", stack.work / f"{name}.log"
         path.write_text(json.dumps(bootstrap))
-        process = subprocess.Popen(envoy_command(path), stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+        process = subprocess.Popen(envoy_command(path, cpus=cpus), stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                                   preexec_fn=pinned_to(cpus))
         setattr(stack, name.replace("-", "_"), process)
         wait_for_http(port, process, log)
 
@@ -404,7 +442,9 @@ def verdict(added: float) -> str:
     return f"{added:.3f} ms (target <= {TARGET_ADDED_MS} ms: {'met' if added <= TARGET_ADDED_MS else 'NOT met'})"
 
 
-def report(results: dict[str, Measured]) -> None:
+def report(where: Placement, results: dict[str, Measured]) -> str:
+    """Prints one placement's table and breakdown; returns its verdict line."""
+    print(f"\n== {where.name}")
     print(f"GetPersona on loopback: {ROUNDS} rounds x {REQUESTS // ROUNDS} sequential calls per path, "
           f"one keep-alive connection; p50 = median of the per-round p50s")
     print(f"{'path':<34}{'p50 ms':>8}{'p99 ms':>8}{'req/s':>8}{'envoy us/call':>15}{'query us/call':>15}")
@@ -423,12 +463,14 @@ def report(results: dict[str, Measured]) -> None:
     python_added = rest.p50 - direct.p50
     ratios = f"p50 ratio gateway/direct {rest.p50 / direct.p50:.2f}x; req/s ratio {rate_ratio:.2f}x"
     if C_DIRECT in results:
-        print(f"added latency at p50 ({C_REST} - {C_DIRECT}): "
-              f"{verdict(results[C_REST].p50 - results[C_DIRECT].p50)}")
+        judged = (f"added latency at p50 ({C_REST} - {C_DIRECT}): "
+                  f"{verdict(results[C_REST].p50 - results[C_DIRECT].p50)}")
+        print(judged)
         print(f"  with Python clients ({REST} - {DIRECT}): {python_added:.3f} ms, not judged: "
               f"two different clients; {ratios}")
     else:
-        print(f"added latency at p50 ({REST} - {DIRECT}): {verdict(python_added)}; {ratios}")
+        judged = f"added latency at p50 ({REST} - {DIRECT}): {verdict(python_added)}"
+        print(f"{judged}; {ratios}")
         print("  (install h2load, Debian nghttp2-client, to measure with C clients on both sides)")
 
     proxied, local = results[PROXIED].p50, results[LOCAL_REPLY].p50
@@ -449,26 +491,38 @@ def report(results: dict[str, Measured]) -> None:
     print("breakdown at p50 (ms):")
     for label, value in breakdown:
         print(f"  {label:<80}{value:+.3f}")
+    return f"{where.name}:\n  {judged}"
+
+
+def run(where: Placement) -> dict[str, Measured]:
+    """Starts every process in this placement, measures every path, stops them."""
+    everywhere = frozenset(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        stack = start_query_service(work, where)
+        try:
+            start_gateway(stack, where)
+            start_minimal_envoy(stack, where)
+            if shutil.which("h2load"):
+                start_cpp_pair(stack, where)
+            placement.pin_this_process(where.gateway_cpus)  # the clients (and h2load) sit with the gateway
+            store = SqliteStore(work / "in-process.db")
+            store.migrate()
+            in_process = query_server.start(Config(data_dir=work), store, "127.0.0.1:0")
+            try:
+                return measure(stack, in_process.port)
+            finally:
+                in_process.stop(grace=0)
+                store.close()
+        finally:
+            placement.pin_this_process(everywhere)
+            stack.stop()
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        store = SqliteStore(work / "in-process.db")
-        store.migrate()
-        in_process = query_server.start(Config(data_dir=work), store, "127.0.0.1:0")
-        stack = start_query_service(work)
-        try:
-            start_gateway(stack)
-            start_minimal_envoy(stack)
-            if shutil.which("h2load"):
-                start_cpp_pair(stack)
-            results = measure(stack, in_process.port)
-        finally:
-            stack.stop()
-            in_process.stop(grace=0)
-            store.close()
-    report(results)
+    verdicts = [report(where, run(where)) for where in placements()]
+    print("\nREST through the gateway vs direct gRPC, by CPU placement:")
+    print("\n".join(verdicts))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from visage import placement
 from visage.config import Config
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
@@ -116,10 +117,18 @@ def serve_until_signalled(running: RunningService) -> None:
 
 
 def run_service(name: str, start: Callable[[Config, Store, str], RunningService]) -> None:
-    """The whole of `python -m visage_<name>`: JSON logs, config from the
-    environment, the store, the service on its configured port until
-    SIGTERM/SIGINT, then a graceful stop and the store closed."""
+    """The whole of `python -m visage_<name>`: JSON logs, the cores it may run
+    on, config from the environment, the store, the service on its configured
+    port until SIGTERM/SIGINT, then a graceful stop and the store closed."""
     setup_logging(name)
+    try:
+        cpus = placement.cpus_from_env(placement.SERVICE_CPUS_ENV)
+    except placement.PlacementError as error:
+        log.error("%s: %s", placement.SERVICE_CPUS_ENV, error)
+        raise SystemExit(2) from None
+    placement.pin_this_process(cpus)
+    if cpus:
+        log.info("running on CPUs %s", sorted(cpus))
     config = Config.from_env()
     store = open_store(config)
     running = start(config, store, f"{config.host}:{getattr(config.ports, name)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from visage import placement
 from visage.config import Config
 from visage.server import setup_logging
 from visage_gateway import envoy_config
@@ -17,6 +18,11 @@ log = logging.getLogger("visage_gateway")
 
 def main() -> int:
     setup_logging("gateway")
+    try:
+        cpus = placement.cpus_from_env(placement.GATEWAY_CPUS_ENV)
+    except placement.PlacementError as error:
+        log.error("%s: %s", placement.GATEWAY_CPUS_ENV, error)
+        return 2
     config = Config.from_env()
     settings = envoy_config.GatewaySettings.from_config(config)
     if not settings.descriptor_set.is_file():
@@ -24,9 +30,10 @@ def main() -> int:
         return 2
     ensure_openapi(settings.openapi_json)
     bootstrap = envoy_config.write_bootstrap(settings, config.data_dir / "gateway" / "envoy.json")
-    envoy = EnvoyProcess(bootstrap)
+    envoy = EnvoyProcess(bootstrap, cpus)
     envoy.validate()
-    log.info("gateway on http://%s:%d/ (REST /v1, /openapi.json, UI at /)", settings.bind_host, settings.port)
+    log.info("gateway on http://%s:%d/ (REST /v1, /openapi.json, UI at /)%s", settings.bind_host, settings.port,
+             f", Envoy on CPUs {sorted(cpus)}" if cpus else "")
     return envoy.run_until_signalled()
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from visage import placement
 from visage_gateway import openapi
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,15 @@ def envoy_binary() -> str:
     return found
 
 
-def envoy_command(bootstrap: Path, mode: str = "serve") -> list[str]:
+def envoy_command(bootstrap: Path, mode: str = "serve", cpus: frozenset[int] | None = None) -> list[str]:
+    # One worker per core Envoy is pinned to; unpinned, one worker beats
+    # several on a 2-core machine shared with the services.
+    workers = os.environ.get("VISAGE_GATEWAY_CONCURRENCY", str(len(cpus) if cpus else 1))
     return [
         envoy_binary(), "-c", str(bootstrap), "--mode", mode,
         # Several Envoys may run on one machine (tests, other checkouts): no shared-memory hot restart.
         "--disable-hot-restart",
-        # One worker beats several on a 2-core machine shared with the services.
-        "--concurrency", os.environ.get("VISAGE_GATEWAY_CONCURRENCY", "1"),
+        "--concurrency", workers,
         "--log-level", os.environ.get("VISAGE_GATEWAY_LOG_LEVEL", "warn"),
     ]
 
@@ -62,8 +65,11 @@ def _die_with_parent() -> None:
 
 
 class EnvoyProcess:
-    def __init__(self, bootstrap: Path):
+    """One Envoy, pinned to `cpus` when given (see visage.placement)."""
+
+    def __init__(self, bootstrap: Path, cpus: frozenset[int] | None = None):
         self.bootstrap = bootstrap
+        self.cpus = cpus
         self.process: subprocess.Popen | None = None
 
     def validate(self) -> None:
@@ -72,12 +78,17 @@ class EnvoyProcess:
             raise RuntimeError(f"Envoy rejected {self.bootstrap}:\n{result.stdout[-4000:]}{result.stderr[-4000:]}")
 
     def run_until_signalled(self) -> int:
-        self.process = subprocess.Popen(envoy_command(self.bootstrap), preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(envoy_command(self.bootstrap, cpus=self.cpus), preexec_fn=self._prepare_child)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         code = self.process.wait()
         log.info("envoy exited with %d", code)
         return code
+
+    def _prepare_child(self) -> None:
+        """In the Envoy child before exec (the affinity outlives exec)."""
+        _die_with_parent()
+        placement.pin_this_process(self.cpus)
 
     def _stop(self, signum: int, _frame) -> None:
         log.info("stopping envoy (signal %d)", signum)

@@ -54,6 +54,9 @@ def test_one_trainer_autoscaled_ingest_and_classifier_public_gateway(rendered, o
         assert "replicas" not in objects[("Deployment", name)]["spec"]  # the HPA owns it
         assert ("PodDisruptionBudget", name) in objects
     assert objects[("Service", "visage-gateway")]["spec"]["type"] == "LoadBalancer"
+    gateway = objects[("Deployment", "visage-gateway")]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    if overlay == "prod":  # Guaranteed, one whole CPU: a core of its own under the static CPU manager
+        assert gateway["requests"] == gateway["limits"] and gateway["limits"]["cpu"] == "1"
     cassandra = objects[("ConfigMap", "visage-cassandra")]["data"]
     assert cassandra["VISAGE_CASSANDRA_PORT"] == ("10350" if overlay == "prod" else "9042")
     assert cassandra["VISAGE_CASSANDRA_TLS"] == ("true" if overlay == "prod" else "false")

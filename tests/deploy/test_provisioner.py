@@ -80,3 +80,16 @@ def test_destroy_deletes_the_resource_group_and_is_idempotent(fake_azure, deploy
     assert not any(key.startswith("/subscriptions/") for key in fake_azure.resources)
     assert main(["destroy"], credential=credential, settings=deploy_settings) == 0
     assert "already gone" in capsys.readouterr().out
+
+
+def test_prod_nodes_give_whole_cpu_pods_cores_of_their_own(fake_azure, deploy_settings, credential, capsys):
+    """The prod gateway is a Guaranteed pod with one CPU (test_manifests); the
+    static CPU manager on prod nodes is what makes that core its own."""
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+    capsys.readouterr()
+    cluster = next(doc for key, doc in fake_azure.resources.items() if "/managedclusters/" in key)
+    assert "kubeletConfig" not in cluster["properties"]["agentPoolProfiles"][0]
+    prod = replace(deploy_settings, overlay="prod",
+                   cassandra_env={"VISAGE_CASSANDRA_HOSTS": "visage.cassandra.cosmos.azure.com"})
+    assert main(["plan"], credential=credential, settings=prod) == 0
+    assert "properties.agentPoolProfiles[0].kubeletConfig" in capsys.readouterr().out

@@ -45,6 +45,6 @@ def test_pool_is_sized_to_config_and_bounds_in_flight_work(pool):
 
 
 def test_zero_workers_means_one_per_core(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
     assert worker_count(Config(workers=0)) == 6
     assert worker_count(Config(workers=3)) == 3

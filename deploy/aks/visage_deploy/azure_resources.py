@@ -60,6 +60,11 @@ def desired_cluster(settings: DeploySettings) -> dict:
     pool = {"name": "system", "mode": "System", "osType": "Linux", "type": "VirtualMachineScaleSets",
             "vmSize": settings.node_vm_size, "count": settings.node_count, "enableAutoScaling": True,
             "minCount": settings.node_count, "maxCount": settings.node_max_count}
+    if settings.overlay == "prod":
+        # Guaranteed pods asking for whole CPUs get cores of their own: the
+        # gateway's Envoy then shares no core with the Python services (see
+        # visage.placement and bench/bench_gateway.py for what that saves).
+        pool["kubeletConfig"] = {"cpuManagerPolicy": "static"}
     tier = "Standard" if settings.overlay == "prod" else "Free"  # Standard = uptime SLA
     return {
         "location": settings.location, "tags": settings.tags,

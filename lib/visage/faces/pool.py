@@ -49,8 +49,9 @@ def _ready() -> int:
 
 
 def worker_count(config: Config) -> int:
-    """config.workers, where 0 means one worker per core."""
-    return config.workers or os.cpu_count() or 1
+    """config.workers, where 0 means one worker per core this process may use
+    (VISAGE_SERVICE_CPUS or a container's cpuset may allow fewer than the machine has)."""
+    return config.workers or len(os.sched_getaffinity(0)) or 1
 
 
 class PipelinePool:

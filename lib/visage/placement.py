@@ -1,0 +1,55 @@
+"""CPU placement: the cores a process may run on (Linux CPU affinity).
+
+Envoy and the Python services slow each other down when they share cores:
+each run of one evicts the other's caches, and the scheduler keeps moving
+Envoy's worker between cores. On a 2-core VM that triples Envoy's time per
+proxied call (bench/bench_gateway.py). Giving the gateway cores of its own, as
+Kubernetes' static CPU manager does for a Guaranteed pod, keeps its hop short.
+
+VISAGE_GATEWAY_CPUS pins Envoy (and sets its worker count); VISAGE_SERVICE_CPUS
+pins each `python -m visage_<service>`. Both take a Linux CPU list ("1",
+"0-2,6"); unset, the OS places everything."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+GATEWAY_CPUS_ENV = "VISAGE_GATEWAY_CPUS"
+SERVICE_CPUS_ENV = "VISAGE_SERVICE_CPUS"
+
+
+class PlacementError(ValueError):
+    """A CPU list that is malformed or names cores this process may not use."""
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """"0-2,5" -> {0, 1, 2, 5}, checked against the cores this process may use."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise PlacementError(f"not a CPU list: {text!r} (expected e.g. '1' or '0-2,5')") from None
+        if first < 0 or last < first:
+            raise PlacementError(f"not a CPU range: {part.strip()!r} in {text!r}")
+        cpus.update(range(first, last + 1))
+    unavailable = cpus - os.sched_getaffinity(0)
+    if unavailable:
+        raise PlacementError(f"CPU(s) {sorted(unavailable)} in {text!r} are not available here "
+                             f"(available: {sorted(os.sched_getaffinity(0))})")
+    return frozenset(cpus)
+
+
+def cpus_from_env(name: str, env: Mapping[str, str] | None = None) -> frozenset[int] | None:
+    """The CPU set an environment variable names, or None when it is unset or empty."""
+    text = (os.environ if env is None else env).get(name, "").strip()
+    return parse_cpu_list(text) if text else None
+
+
+def pin_this_process(cpus: frozenset[int] | None) -> None:
+    """Restricts this process to `cpus`: every thread it has (affinity is per
+    thread on Linux) and so every thread and child started later."""
+    if cpus:
+        for thread in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(thread), cpus)
