@@ -11,8 +11,10 @@ pins each `python -m visage_<service>`. Both take a Linux CPU list ("1",
 "0-2,6"); unset, the OS places everything."""
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
 
 GATEWAY_CPUS_ENV = "VISAGE_GATEWAY_CPUS"
 SERVICE_CPUS_ENV = "VISAGE_SERVICE_CPUS"
@@ -34,17 +36,23 @@ def parse_cpu_list(text: str) -> frozenset[int]:
         if first < 0 or last < first:
             raise PlacementError(f"not a CPU range: {part.strip()!r} in {text!r}")
         cpus.update(range(first, last + 1))
-    unavailable = cpus - os.sched_getaffinity(0)
-    if unavailable:
+    available = os.sched_getaffinity(0)
+    if unavailable := cpus - available:
         raise PlacementError(f"CPU(s) {sorted(unavailable)} in {text!r} are not available here "
-                             f"(available: {sorted(os.sched_getaffinity(0))})")
+                             f"(available: {sorted(available)})")
     return frozenset(cpus)
 
 
-def cpus_from_env(name: str, env: Mapping[str, str] | None = None) -> frozenset[int] | None:
-    """The CPU set an environment variable names, or None when it is unset or empty."""
-    text = (os.environ if env is None else env).get(name, "").strip()
-    return parse_cpu_list(text) if text else None
+def cpus_from_env(name: str) -> frozenset[int] | None:
+    """The CPU set an environment variable names, or None when it is unset or
+    empty. For a process that is starting: a bad list is logged, naming the
+    variable, and the process exits with status 2."""
+    text = os.environ.get(name, "").strip()
+    try:
+        return parse_cpu_list(text) if text else None
+    except PlacementError as error:
+        log.error("%s: %s", name, error)
+        raise SystemExit(2) from None
 
 
 def pin_this_process(cpus: frozenset[int] | None) -> None:

@@ -121,11 +121,7 @@ def run_service(name: str, start: Callable[[Config, Store, str], RunningService]
     on, config from the environment, the store, the service on its configured
     port until SIGTERM/SIGINT, then a graceful stop and the store closed."""
     setup_logging(name)
-    try:
-        cpus = placement.cpus_from_env(placement.SERVICE_CPUS_ENV)
-    except placement.PlacementError as error:
-        log.error("%s: %s", placement.SERVICE_CPUS_ENV, error)
-        raise SystemExit(2) from None
+    cpus = placement.cpus_from_env(placement.SERVICE_CPUS_ENV)
     placement.pin_this_process(cpus)
     if cpus:
         log.info("running on CPUs %s", sorted(cpus))

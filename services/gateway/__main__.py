@@ -18,11 +18,7 @@ log = logging.getLogger("visage_gateway")
 
 def main() -> int:
     setup_logging("gateway")
-    try:
-        cpus = placement.cpus_from_env(placement.GATEWAY_CPUS_ENV)
-    except placement.PlacementError as error:
-        log.error("%s: %s", placement.GATEWAY_CPUS_ENV, error)
-        return 2
+    cpus = placement.cpus_from_env(placement.GATEWAY_CPUS_ENV)
     config = Config.from_env()
     settings = envoy_config.GatewaySettings.from_config(config)
     if not settings.descriptor_set.is_file():
