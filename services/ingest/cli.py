@@ -91,7 +91,8 @@ def send_batch(stub, files: list[Path], summary: Summary) -> None:
     def requests() -> Iterator[ingest_pb2.IngestImagesRequest]:
         for path in files:
             try:
-                yield ingest_pb2.IngestImagesRequest(content=read_image(path), filename=str(path))
+                # The name only: the client's directories are nobody's business (data minimisation).
+                yield ingest_pb2.IngestImagesRequest(content=read_image(path), filename=path.name)
             except OSError as error:
                 unreadable.append((str(path), f"not sent: {error.strerror or error}"))
 

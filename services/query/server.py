@@ -23,6 +23,8 @@ from visage.store.records import LabelRecord
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage_query import events, validation
 from visage_query.catalogue import Catalogue
+from visage_query.export import export_persona
+from visage_query.retention import EventCompactor
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def DeletePersona(self, request, context):
-        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"))
+        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"), request.erase_faces)
         return empty_pb2.Empty()
 
     @unary
@@ -163,7 +165,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def GetFace(self, request, context):
-        return self.catalogue.face(validation.required_id(request.face_id, "face_id"), request.include_embedding)
+        face_id = validation.required_id(request.face_id, "face_id")
+        if request.include_embedding:
+            require_operator_for_embeddings(context)
+        return self.catalogue.face(face_id, request.include_embedding)
 
     @unary
     def ListUnknownFaces(self, request, context):
@@ -219,6 +224,25 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         finally:
             self._watch_slots.release()
 
+    # ---- erasure and export (privacy) -------------------------------------
+    @unary
+    def DeleteImage(self, request, context):
+        return convert.erasure(self.store.delete_image(validation.required_id(request.image_id, "image_id")))
+
+    @unary
+    def DeleteFace(self, request, context):
+        return convert.erasure(self.store.delete_face(validation.required_id(request.face_id, "face_id")))
+
+    @streaming
+    def ExportPersona(self, request, context):
+        yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
+
+
+def require_operator_for_embeddings(context) -> None:
+    """Hook: GetFace's include_embedding (biometric data) needs the operator role. Visage
+    has no identities yet, so every caller passes; the identity work (issue 12) makes this
+    abort with PERMISSION_DENIED unless the caller's token carries the operator role."""
+
 
 def start(config: Config, store: Store, address: str,
           max_workers: int = MAX_WORKERS, max_watchers: int = MAX_WATCHERS) -> RunningService:
@@ -229,4 +253,6 @@ def start(config: Config, store: Store, address: str,
     server, port, health_servicer = build_server(
         lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["query"]], address, max_workers)
-    return RunningService(server, port, health_servicer, drain=servicer.close)
+    compactor = EventCompactor(store, config.event_retention_days)
+    compactor.start()
+    return RunningService(server, port, health_servicer, drain=servicer.close, close=compactor.stop)

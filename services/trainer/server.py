@@ -23,7 +23,7 @@ import grpc
 from visage import convert, paging
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
-from visage.store.base import NotFound, Store
+from visage.store.base import NotFound, Store, Withdrawn
 from visage.store.records import TrainingJobRecord
 from visage.v1 import resources_pb2 as pb
 from visage.v1 import train_pb2, train_pb2_grpc
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CURSOR_META_KEY = "trainer.event_cursor"
 TRIGGER_EVENTS = {pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED, pb.EVENT_TYPE_PERSONA_CREATED,
-                  pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED}
+                  pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED, pb.EVENT_TYPE_ERASED}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 WATCH_POLL_SECONDS = 0.5  # how often a watch stream checks that its client is still there
 
@@ -223,6 +223,8 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
             return convert.model_version(self.store.activate_model_version(request.version))
         except NotFound as error:
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except Withdrawn as error:  # trained on erased labels: never again
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
 
     # ---- helpers ---------------------------------------------------------
     def _job(self, job_id: str, context) -> TrainingJobRecord:

@@ -80,7 +80,7 @@ def test_delete_persona_removes_its_labels_and_predictions_only(store):
     assert store.get_face(faces[0].face_id) is not None  # faces are never cascaded
     with pytest.raises(NotFound):
         store.delete_persona(gone.persona_id)
-    assert event_types(store)[-1] == pb.EVENT_TYPE_PERSONA_DELETED
+    assert event_types(store)[-2:] == [pb.EVENT_TYPE_PERSONA_DELETED, pb.EVENT_TYPE_ERASED]
 
 
 # ---- images and faces --------------------------------------------------------------
