@@ -181,10 +181,12 @@ async function viewPersona(personaId) {
     "aria-label": "persona name", required: true });
   const rename = el("form", { class: "toolbar", id: "rename-persona" }, nameInput,
     el("button", { type: "submit" }, "Rename"),
-    el("button", { type: "button", class: "danger", onclick: async () => {
-      if (!confirm(`Delete “${persona.displayName}”? Its faces become unlabelled.`)) return;
-      if (await attempt(() => api("DELETE", `/v1/personas/${id}`), "Persona deleted")) location.hash = "#/";
-    } }, "Delete"));
+    el("button", { type: "button", class: "danger", id: "delete-persona", onclick: async () => {
+      const choice = await choosePersonaDeletion(persona);
+      if (!choice) return;
+      const done = choice === "erase" ? "Persona and its faces erased" : "Persona deleted";
+      if (await attempt(() => api("DELETE", `/v1/personas/${id}?eraseFaces=${choice === "erase"}`), done)) location.hash = "#/";
+    } }, "Delete…"));
   rename.addEventListener("submit", async (event) => {
     event.preventDefault();
     const body = { personaId: persona.personaId, displayName: nameInput.value.trim() };
@@ -321,15 +323,57 @@ async function viewImage(imageId) {
       if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
     } }, "Assign");
     return faceCard(face, { caption: faceName(face, list).text, href: cropUrl(face.faceId),
-      actions: list.length ? [select, assign] : [] });
+      actions: [...(list.length ? [select, assign] : []), eraseFaceButton(face)] });
   });
   return [
     el("p", { class: "muted" }, el("a", { href: "#/images" }, "← Images")),
     el("h1", {}, image.filename || image.imageId),
     el("p", { class: "muted" }, `${image.width}×${image.height} · ${image.contentType} · ${faces.length} face${faces.length === 1 ? "" : "s"}`),
+    el("div", { class: "toolbar" }, eraseImageButton(image, faces)),
     el("div", { class: "photo", id: "photo" }, el("img", { src: imageUrl(image.imageId), alt: image.filename || "image" }), boxes),
     faces.length ? [el("h2", {}, "Faces"), el("div", { class: "grid" }, cards)] : stateBox("No face was found in this image."),
   ];
+}
+
+// ---- Erasure (privacy) -------------------------------------------------------
+// Each confirm says exactly what goes; erasure cannot be undone.
+const faceWord = (n) => `${n} face${n === 1 ? "" : "s"}`;
+
+function eraseImageButton(image, faces) {
+  return el("button", { type: "button", class: "danger", id: "erase-image", onclick: async () => {
+    const labelled = faces.filter((f) => (f.labels || []).length).length;
+    if (!confirm(`Erase this image for good?\n\nGoes: the photo, its ${faceWord(faces.length)} with their crops and `
+      + `embeddings, ${labelled ? `the labels of ${faceWord(labelled)}, ` : ""}all predictions, and every model version `
+      + "trained on those labels (a new one is trained from what remains).")) return;
+    if (await attempt(() => api("DELETE", `/v1/images/${encodeURIComponent(image.imageId)}`), "Image erased")) location.hash = "#/images";
+  } }, "Erase image");
+}
+
+function eraseFaceButton(face) {
+  return el("button", { type: "button", class: "danger erase-face", onclick: async () => {
+    const labels = (face.labels || []).length;
+    if (!confirm(`Erase this face for good?\n\nGoes: its crop and embedding, ${labels ? `its ${labels} label${labels === 1 ? "" : "s"}, ` : ""}`
+      + "its prediction, and every model version trained on its labels. The photo itself stays.")) return;
+    if (await attempt(() => api("DELETE", `/v1/faces/${encodeURIComponent(face.faceId)}`), "Face erased")) rerender();
+  } }, "Erase");
+}
+
+// Resolves "keep" (faces stay, as unknown), "erase" (faces and their photos go) or null.
+function choosePersonaDeletion(persona) {
+  return new Promise((resolve) => {
+    const n = count(persona.labelledFaceCount);
+    const dialog = el("dialog", { id: "delete-persona-dialog" },
+      el("h2", {}, `Delete “${persona.displayName}”?`),
+      el("p", {}, "Either way the persona, its labels and predictions go, and every model version naming it is withdrawn."),
+      el("form", { method: "dialog", class: "choices" },
+        el("button", { value: "keep", id: "delete-keep-faces" }, `Delete, keep the ${faceWord(n)} as unknown`),
+        el("button", { value: "erase", class: "danger", id: "delete-erase-faces" },
+          `Delete and erase the ${faceWord(n)} labelled as this person, with their whole photos`),
+        el("button", { value: "", id: "delete-cancel" }, "Cancel")));
+    dialog.addEventListener("close", () => { dialog.remove(); resolve(dialog.returnValue || null); });
+    document.body.append(dialog);
+    dialog.showModal();
+  });
 }
 
 // A rate and how many faces it was measured on: "–" when none could be held out.
@@ -351,7 +395,7 @@ async function viewModels() {
       el("td", {}, `${count(m.labelledFaces)} / ${count(m.personas)}`),
       el("td", {}, v.createTime ? new Date(v.createTime).toLocaleString() : "–"),
       el("td", { class: "muted" }, v.gateReason || ""),
-      el("td", {}, state === "active" ? null : activate));
+      el("td", {}, ["active", "withdrawn"].includes(state) ? null : activate));
   });
   const jobRows = (jobs.trainingJobs || []).map((j) => el("tr", {},
     el("td", {}, j.jobId), el("td", {}, j.phase.replace("TRAINING_PHASE_", "").toLowerCase()),
@@ -414,7 +458,7 @@ const rerender = (options = {}) => render({ refresh: true, ...options });
 // ---- Live updates (server-sent events) ---------------------------------------
 const REFRESH_ON = new Set(["EVENT_TYPE_IMAGE_INGESTED", "EVENT_TYPE_FACE_LABELLED", "EVENT_TYPE_FACE_UNLABELLED",
   "EVENT_TYPE_PERSONA_CREATED", "EVENT_TYPE_PERSONA_RENAMED", "EVENT_TYPE_PERSONA_DELETED",
-  "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN"]);
+  "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN", "EVENT_TYPE_ERASED"]);
 let refreshTimer = null;
 function scheduleRefresh() {
   // Many events arrive in bursts (a re-classification writes in batches): one refresh per burst.
