@@ -88,3 +88,13 @@ def test_gif_comment_goes():
 @pytest.mark.parametrize("content", [b"", b"not an image at all", jpeg_with_gps()[:200]])
 def test_what_is_no_image_is_left_for_the_pipeline_to_refuse(content):
     assert minimise(content) == content
+
+
+def test_jpeg_with_fill_bytes_before_its_end_marker_is_parsed_not_reencoded():
+    original = jpeg_with_gps()
+    assert original.endswith(b"\xff\xd9")
+    padded = original[:-2] + b"\xff\xff\xd9" + b"trailing secret " + SECRET.encode()
+    stripped = minimise(padded)
+    assert_no_metadata(stripped)
+    assert stripped.endswith(b"\xff\xd9")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stripped))), np.asarray(Image.open(io.BytesIO(original))))

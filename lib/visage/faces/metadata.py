@@ -94,7 +94,11 @@ def _strip_jpeg(content: bytes) -> bytes:
             if next_ff < 0 or next_ff + 1 >= len(content):
                 raise _Unparsed("JPEG scan runs past the end")
             follower = content[next_ff + 1]
-            if follower == 0x00 or 0xD0 <= follower <= 0xD7 or follower == 0xFF:
+            if follower == 0xFF:  # a fill byte: the marker (or data) starts at the next 0xFF
+                out += content[pos:next_ff + 1]
+                pos = next_ff + 1
+                continue
+            if follower == 0x00 or 0xD0 <= follower <= 0xD7:
                 out += content[pos:next_ff + 2]
                 pos = next_ff + 2
                 continue
