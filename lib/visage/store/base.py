@@ -26,19 +26,18 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from visage.v1 import resources_pb2 as pb
-
 from visage.store.records import (
+    Erasure,
     EventRecord,
     FaceRecord,
     ImageRecord,
     LabelRecord,
-    Erasure,
     ModelVersionRecord,
     PersonaRecord,
     PredictionRecord,
     TrainingJobRecord,
 )
+from visage.v1 import resources_pb2 as pb
 
 
 class StoreError(Exception):
