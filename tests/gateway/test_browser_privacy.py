@@ -23,12 +23,14 @@ def accept_dialogs(page) -> list[str]:
     return messages
 
 
-def test_erase_a_face_then_its_image(page, gateway, mesh, faces_dir):  # noqa: F811
+def test_erase_a_face_then_its_image(page, gateway, mesh, faces_dir, test_output_dir):  # noqa: F811
     photo = faces_dir / "scenes" / "two_people.jpg"
     face_ids = mesh.ingest_files([photo])[photo]
     image_id = mesh.store.get_face(face_ids[0]).image_id
     confirms = accept_dialogs(page)
     page.goto(f"/#/image/{image_id}")
+    page.locator(f'.face-card[data-face-id="{face_ids[0]}"]').wait_for()
+    page.screenshot(path=str(test_output_dir / "gateway-erase-image.png"), full_page=True)
     page.locator(f'.face-card[data-face-id="{face_ids[0]}"] button.erase-face').click()
     page.locator(f'.face-card[data-face-id="{face_ids[0]}"]').wait_for(state="detached")
     assert "Erase this face" in confirms[0] and "The photo itself stays" in confirms[0]
@@ -41,7 +43,8 @@ def test_erase_a_face_then_its_image(page, gateway, mesh, faces_dir):  # noqa: F
 
 
 @pytest.mark.parametrize("choice", ["keep", "erase"])
-def test_delete_a_persona_offers_keeping_or_erasing_its_faces(page, gateway, mesh, faces_dir, choice):  # noqa: F811
+def test_delete_a_persona_offers_keeping_or_erasing_its_faces(page, gateway, mesh, faces_dir, choice,  # noqa: F811
+                                                              test_output_dir):
     photo = faces_dir / "bbt" / "howard" / f"howard{2 if choice == 'keep' else 3}.png"
     [face_id] = mesh.ingest_files([photo])[photo]
     with grpc.insecure_channel(f"127.0.0.1:{mesh.ports['query']}") as channel:
@@ -55,6 +58,7 @@ def test_delete_a_persona_offers_keeping_or_erasing_its_faces(page, gateway, mes
     dialog = page.locator("#delete-persona-dialog")
     assert "keep the 1 face as unknown" in dialog.locator("#delete-keep-faces").inner_text()
     assert "with their whole photos" in dialog.locator("#delete-erase-faces").inner_text()
+    page.screenshot(path=str(test_output_dir / f"gateway-delete-persona-{choice}.png"))
     page.click("#delete-keep-faces" if choice == "keep" else "#delete-erase-faces")
     page.wait_for_url("**/#/")
     assert mesh.store.get_persona(persona_id) is None

@@ -88,6 +88,7 @@ PREDICTION_BUCKETS = 128    # face_predictions partitions (50M faces: ~30 MB eac
 DAY_S = 86400
 EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
+FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
 REMEMBERED_CURSORS = 50_000
 SCHEMA_COMPONENT = "visage"
 
@@ -383,7 +384,8 @@ class CassandraStore(Store):
         return self.get_persona(persona_id)
 
     def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
-        if self.get_persona(persona_id) is None:
+        persona = self.get_persona(persona_id)
+        if persona is None:
             raise NotFound(f"persona {persona_id!r} not found")
         # Dependents first, the persona row last: a crash midway leaves the persona, so a retry finishes.
         erasure = Erasure(persona_ids=[persona_id])
@@ -394,12 +396,13 @@ class CassandraStore(Store):
             image_ids = list(dict.fromkeys(row.image_id for row in self._select_in(
                 "SELECT image_id FROM {ks}.faces WHERE face_id IN ?", labelled)))
             erasure = erasure.merge(self._erase_images(image_ids))
-            # Now, not at the end: a retry would no longer find these images through their labels.
-            self._forget_events({*erasure.image_ids, *erasure.face_ids})
-            self._drop_image_rows(erasure.image_ids)
+        # Before the image rows go (a retry would no longer find these images through their
+        # labels); one scan of the log for the persona, its images and their faces.
+        self._forget_events({*erasure.image_ids, *erasure.face_ids, persona_id}, {persona_id},
+                            since=0.0 if erasure.image_ids else persona.create_time)
+        self._drop_image_rows(erasure.image_ids)
         erasure = erasure.merge(Erasure(withdrawn_versions=self.withdraw_model_versions(
             withdraw_candidates(self.list_model_versions(), [persona_id]))))
-        self._forget_events({persona_id}, {persona_id})
         labelled = [row.face_id for row in self._run(
             "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,), fetch_size=5000)]
         self._run_many("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?",
@@ -425,21 +428,22 @@ class CassandraStore(Store):
     # visible, appends ERASED, and deletes the commit row last: a retry after a crash
     # finds the row and finishes the erasure (appending ERASED again: at-least-once).
     def delete_image(self, image_id: str) -> Erasure:
-        if self.get_image(image_id) is None:
+        image = self.get_image(image_id)
+        if image is None:
             raise NotFound(f"image {image_id!r} not found")
         erasure = self._erase_images([image_id])
-        self._forget_events({*erasure.image_ids, *erasure.face_ids})
+        self._forget_events({*erasure.image_ids, *erasure.face_ids}, since=image.create_time)
         self.append_event(pb.EVENT_TYPE_ERASED, image_id, erasure.event_attributes())
         self._drop_image_rows([image_id])
         return erasure
 
     def delete_face(self, face_id: str) -> Erasure:
-        rows = list(self._run("SELECT image_id, idx FROM {ks}.faces WHERE face_id = ?", (face_id,)))
+        rows = list(self._run("SELECT image_id, idx, create_time FROM {ks}.faces WHERE face_id = ?", (face_id,)))
         if not rows:
             raise NotFound(f"face {face_id!r} not found")
-        image_id, idx = rows[0]
+        image_id, idx, created = rows[0]
         erasure = self._erase_faces([face_id])
-        self._forget_events({face_id})
+        self._forget_events({face_id}, since=created)
         self._run("DELETE FROM {ks}.faces_by_image WHERE image_id = ? AND idx = ?", (image_id, idx))
         if self.get_image(image_id) is not None:  # an UPDATE of a missing row would create it
             remaining = self._run("SELECT COUNT(*) FROM {ks}.faces_by_image WHERE image_id = ?", (image_id,)).one()[0]
@@ -489,10 +493,13 @@ class CassandraStore(Store):
         ])
         return Erasure(face_ids=list(face_ids), persona_ids=persona_ids, withdrawn_versions=withdrawn)
 
-    def _forget_events(self, subjects: set[str], persona_ids: set[str] = frozenset()) -> None:
+    def _forget_events(self, subjects: set[str], persona_ids: set[str] = frozenset(), since: float = 0.0) -> None:
         """Deletes every event whose subject is one of these ids or that names one of these
-        personas (one scan of the log, which retention keeps bounded)."""
-        doomed = [(_bucket(event_id), event_id) for event_id, row in self._scan_events(None)
+        personas: one scan of the log (which retention keeps bounded) from `since`, the
+        creation of the oldest thing erased (nothing names it before), less a margin for
+        writers' clocks."""
+        start = min_uuid_from_time(since - FORGET_CLOCK_MARGIN_S) if since > FORGET_CLOCK_MARGIN_S else None
+        doomed = [(_bucket(event_id), event_id) for event_id, row in self._scan_events(start)
                   if row.subject in subjects or (row.attributes or {}).get("persona_id") in persona_ids]
         self._execute_all(self._batches("DELETE FROM {ks}.events_by_minute WHERE bucket = ? AND id = ?", doomed,
                                         partition=lambda row: row[0]))
