@@ -731,10 +731,19 @@ class CassandraStore(Store):
 
     def get_model_artifact(self, version: int) -> bytes | None:
         rows = list(self._run("SELECT chunk_count FROM {ks}.model_versions WHERE version = ?", (version,)))
-        if not rows:
+        if not rows or not rows[0].chunk_count:  # 0: deleted by retention
             return None
         return self._read_chunks("SELECT chunk, data FROM {ks}.model_artifact_chunks WHERE version = ?",
                                  version, rows[0].chunk_count)
+
+    def delete_model_artifact(self, version: int) -> bool:
+        rows = list(self._run("SELECT chunk_count FROM {ks}.model_versions WHERE version = ?", (version,)))
+        if not rows or not rows[0].chunk_count:
+            return False
+        self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (version,))
+        # chunk_count 0 marks the artifact gone (get_model_artifact then answers None).
+        self._run("UPDATE {ks}.model_versions SET chunk_count = ? WHERE version = ?", (0, version))
+        return True
 
     def list_model_versions(self) -> list[ModelVersionRecord]:
         rows = self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions", fetch_size=1000)
