@@ -60,9 +60,12 @@ class JobReporter:
             return
         self._last_write = time.monotonic()
         self.store.put_training_job(self.job)
-        self.store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, self.job.job_id, {
-            "job_id": self.job.job_id, "phase": pb.TrainingPhase.Name(self.job.phase),
-            "done": str(self.job.done), "total": str(self.job.total)})
+        attributes = {"job_id": self.job.job_id, "phase": pb.TrainingPhase.Name(self.job.phase),
+                      "done": str(self.job.done), "total": str(self.job.total)}
+        if self.job.phase in TERMINAL_PHASES:  # what came of it, so a watcher never guesses "it went live"
+            attributes.update(model_version=str(self.job.model_version), activated=str(self.job.activated).lower(),
+                              message=self.job.message[:500])
+        self.store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, self.job.job_id, attributes)
         self._publish(self.job)
 
 

@@ -132,7 +132,12 @@ def test_label_faces_and_watch_predictions_arrive_live(page, gateway, mesh, face
     page.locator(f'#models tr[data-version="{was_active}"] button', has_text="Activate").click()
     page.locator(f'#models tr[data-version="{was_active}"] .tag.active').wait_for()
     assert page.locator("#models .tag.active").count() == 1
+    # A version activated by hand is pinned until the pin is released.
+    page.locator(f'#models tr[data-version="{was_active}"] .tag.pinned').wait_for()
+    assert page.locator("#models .tag.pinned").count() == 1 and "pinned" in page.locator("#pin-note").inner_text()
     shoot(page, test_output_dir, "models-rolled-back")
+    page.click("#release-pin")
+    page.locator("#models .tag.pinned").wait_for(state="detached")
 
 
 def test_upload_an_image_and_see_its_faces_boxed(page, gateway, faces_dir, test_output_dir):
