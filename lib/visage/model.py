@@ -360,6 +360,7 @@ class LabelAccumulator:
         self.sample_ids: list[str] = []
         self.rejected_X: list[np.ndarray] = []
         self.rejected_y: list[str] = []
+        self.rejected_ids: list[str] = []
 
     def _class(self, persona_id: str) -> int:
         if persona_id not in self._index:
@@ -383,9 +384,10 @@ class LabelAccumulator:
                 self._sample_y.append(int(classes[row]))
                 self.sample_ids.append(face_id)
 
-    def add_rejected(self, persona_ids: list[str], embeddings: np.ndarray) -> None:
+    def add_rejected(self, persona_ids: list[str], embeddings: np.ndarray, face_ids: list[str] | None = None) -> None:
         self.rejected_X.extend(np.asarray(embeddings, dtype=np.float32))
         self.rejected_y.extend(persona_ids)
+        self.rejected_ids.extend(face_ids if face_ids is not None else [""] * len(persona_ids))
 
     @property
     def sums(self) -> np.ndarray:

@@ -62,14 +62,17 @@ def _read(store: Store, pairs: list[tuple[str, str]]) -> FaceSet:
     return FaceSet(found, np.asarray(rows, np.float32).reshape(-1, 128))
 
 
-def read_check_set(store: Store, labels, since: float) -> CheckSet:
-    """Every "not" label, every label newer than `since`, a sample of the
-    other "belongs" labels (all of them up to EVAL_SAMPLE_FACES), and strangers."""
+def check_set(store: Store, labels, accumulator: modelling.LabelAccumulator, since: float) -> CheckSet:
+    """The faces to check, from the training input already read: the sampled
+    "belongs" faces (all of them up to EVAL_SAMPLE_FACES) plus any label newer
+    than `since` outside the sample, every "not" face, and strangers."""
     touched = {face for (face, _), created in labels.times.items() if created > since}
-    fraction = min(1.0, modelling.EVAL_SAMPLE_FACES / max(len(labels.belonging), 1))
-    belonging = _read(store, [(f, p) for f, p in labels.belonging
-                              if f in touched or modelling.in_sample(f, fraction)])
-    rejected = _read(store, labels.rejected)
+    X, y = accumulator.sample
+    sampled = set(accumulator.sample_ids)
+    belonging = FaceSet(list(zip(accumulator.sample_ids, [accumulator.classes[k] for k in y])), X)
+    extra = _read(store, [(f, p) for f, p in labels.belonging if f in touched and f not in sampled])
+    belonging = FaceSet(belonging.pairs + extra.pairs, np.concatenate([belonging.X, extra.X]))
+    rejected = FaceSet(list(zip(accumulator.rejected_ids, accumulator.rejected_y)), accumulator.rejected)
     labelled = {face for face, _ in labels.belonging} | {face for face, _ in labels.rejected}
     candidates = []
     for face_ids, embeddings in store.iter_embeddings():

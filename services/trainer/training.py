@@ -135,14 +135,8 @@ def _train(store: Store, reporter: JobReporter, settings: TrainerSettings, force
     labels = read_label_set(store)
     active = store.active_model_version()
     _check_worth_training(store, labels, active, force)
-    accumulator = modelling.LabelAccumulator(len(labels.belonging))
-    total = len(labels.belonging) + len(labels.rejected)
-    faces_read = stream_faces(store, labels.belonging, lambda ids, personas, x: accumulator.add_belonging(
-        ids, personas, x), lambda done: reporter.update(done=done, total=total, faces_read=done))
-    faces_read += stream_faces(store, labels.rejected, lambda ids, personas, x: accumulator.add_rejected(
-        personas, x), lambda done: reporter.update(done=len(labels.belonging) + done, total=total))
-    reporter.update(faces_read=faces_read, done=total, total=total)
-    checks = decisions.read_check_set(store, labels, active.create_time if active else 0.0)
+    accumulator = accumulate(store, labels, reporter)
+    checks = decisions.check_set(store, labels, accumulator, active.create_time if active else 0.0)
 
     reporter.update(phase=pb.TRAINING_PHASE_FITTING, done=0, total=1)
     trained = modelling.fit_and_evaluate(accumulator, on_phase=lambda _: reporter.update(
@@ -171,6 +165,19 @@ def _train(store: Store, reporter: JobReporter, settings: TrainerSettings, force
                     activated=activated, message=f"version {record.version}: {reason}")
 
 
+def accumulate(store: Store, labels: LabelSet, reporter: JobReporter | None = None) -> modelling.LabelAccumulator:
+    """Streams every labelled face into the training input (progress on the reporter)."""
+    report = reporter.update if reporter else lambda **_: None
+    accumulator = modelling.LabelAccumulator(len(labels.belonging))
+    total = len(labels.belonging) + len(labels.rejected)
+    faces_read = stream_faces(store, labels.belonging, accumulator.add_belonging,
+                              lambda done: report(done=done, total=total, faces_read=done))
+    faces_read += stream_faces(store, labels.rejected, lambda ids, personas, x: accumulator.add_rejected(
+        personas, x, ids), lambda done: report(done=len(labels.belonging) + done, total=total))
+    report(faces_read=faces_read, done=total, total=total)
+    return accumulator
+
+
 class LabelsNotHonoured(Exception):
     """The fitted model contradicts a label (e.g. two labels contradict each other)."""
 
@@ -181,7 +188,8 @@ def decide_undecided(store: Store, settings: TrainerSettings) -> list[str]:
     decided = []
     for record in decisions.undecided_candidates(store):
         active = store.active_model_version()
-        checks = decisions.read_check_set(store, read_label_set(store), active.create_time if active else 0.0)
+        labels = read_label_set(store)
+        checks = decisions.check_set(store, labels, accumulate(store, labels), active.create_time if active else 0.0)
         activated, reason = decisions.decide(store, record, checks, settings.gate_margin)
         decided.append(f"version {record.version} {'activated' if activated else 'not activated'}: {reason}")
     return decided
