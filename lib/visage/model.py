@@ -186,11 +186,16 @@ class OpenSetCentroidClassifier(BaseEstimator):
         return owner_of_row[row].astype(np.int64), distance, limit_of_row[row]
 
     def predict(self, X) -> np.ndarray:
-        """Persona id per row, "" for unknown."""
-        index, distance, limit = self.nearest(X)
+        """Persona id per row, "" for unknown (in chunks: bounded memory at 10k personas)."""
+        X = np.asarray(X, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
         labels = np.array(self.classes_ + [""], dtype=object)
-        known = (distance <= limit) & (index < len(self.classes_))
-        return labels[np.where(known, index, len(self.classes_))]
+        rows = max(1, CELLS_PER_CHUNK // 4 // max(len(self.centroids_) + len(self.exemplars_) + len(self.rejected_), 1))
+        answers = []
+        for start in range(0, len(X), rows):
+            index, distance, limit = self.nearest(X[start:start + rows])
+            known = (distance <= limit) & (index < len(self.classes_))
+            answers.append(labels[np.where(known, index, len(self.classes_))])
+        return np.concatenate(answers) if answers else labels[:0]
 
 
 def _one_hot(index: np.ndarray, width: int) -> np.ndarray:
@@ -604,8 +609,7 @@ def fit_and_evaluate(labels: LabelAccumulator, on_phase=lambda phase: None,
     held = _held_out(labels.sample_ids, y, labels.counts)
     calibration = ~held
     model.distance_threshold = shared_threshold(loo.own[calibration], loo.other[calibration])
-    own_in_sample = np.sqrt(np.maximum(_squared_distances(X, model.centroids_)[np.arange(len(X)), y], 0.0)) \
-        if len(X) else np.zeros(0)
+    own_in_sample = np.linalg.norm(X - model.centroids_[y], axis=1) if len(X) else np.zeros(0)
     personas = len(model.classes_)
     measured_thresholds = persona_thresholds(model.distance_threshold, own_in_sample[calibration], y[calibration],
                                              personas)
