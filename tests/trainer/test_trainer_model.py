@@ -137,3 +137,38 @@ def test_predictor_is_batched_and_checks_shape(split):
     assert predictor.predict(np.zeros((0, 128), np.float32))[0] == []
     with pytest.raises(ValueError, match="shape"):
         predictor.predict(np.zeros((3, 64), np.float32))
+
+
+def test_one_face_moves_no_other_personas_threshold_and_a_not_label_moves_none(split):
+    training, testing, noise = split
+    before, _ = train(training)
+    stuart = before.persona_ids.index("stuart")
+    # "Not Stuart" on a stranger: no threshold moves, every labelled Stuart photo stays Stuart.
+    not_stuart, predictor = train(training, rejected=[("stuart", noise[0].embedding)])
+    np.testing.assert_array_equal(not_stuart.model.thresholds(), before.model.thresholds())
+    stuarts = [e for p, e in training if p == "stuart"]
+    assert predictor.predict(np.stack(stuarts))[0] == ["stuart"] * len(stuarts)
+    # An odd face labelled Penny (a stranger's): only Penny's threshold may move, and strangers stay unknown.
+    odd, predictor = train(training + [("penny", noise[1].embedding)])
+    penny = odd.persona_ids.index("penny")
+    others = [k for k in range(len(odd.persona_ids)) if k != penny]
+    assert abs(odd.model.distance_threshold - before.model.distance_threshold) < 0.01
+    assert (odd.model.thresholds()[others] <= before.model.thresholds()[others] + 0.01).all()
+    assert odd.model.thresholds()[penny] <= odd.model.distance_threshold + modelling.PERSONA_STRETCH
+    assert predictor.predict(noise[1].embedding[None])[0] == ["penny"]  # the label itself is honoured
+    assert predictor.predict(np.stack([p.embedding for p in noise[2:]]))[0] == [""] * (len(noise) - 2)
+    assert stuart == odd.persona_ids.index("stuart")
+
+
+def test_confidence_is_the_similarity_to_the_persona(split):
+    training, testing, noise = split
+    trained, predictor = train(training)
+    X = np.stack([p.embedding for p in testing + noise])
+    answers, confidences = predictor.predict(X)
+    _, distance, _ = trained.model.nearest(X)
+    similarity = 1 - distance / modelling.DISTANCE_SCALE
+    named = np.array([a != "" for a in answers])
+    np.testing.assert_allclose(confidences[named], similarity[named], atol=1e-4)
+    np.testing.assert_allclose(confidences[~named], 1 - similarity[~named], atol=1e-4)
+    thresholds = {m["persona_id"]: m["threshold"] for m in trained.metrics["per_persona"]}
+    assert all(c >= thresholds[a] - 1e-4 for a, c in zip(answers, confidences) if a)
