@@ -28,6 +28,8 @@ RETENTION_NOTE = "model deleted by retention"
 HAND_NOTE = "activated by hand"
 NEAR_DUPLICATE_DISTANCE = 0.03  # far below any two photos of different people (dlib: > 0.4)
 STRANGER_CANDIDATES = 5000  # unlabelled faces looked at for strangers (bounded time at any scale)
+STRANGER_SCAN = 50_000  # faces scanned for them at most (a store of labelled faces has few)
+GATE_FACES = 5000  # untouched labelled faces the gate compares (a deterministic sample beyond that)
 READ_CHUNK = 2000
 # Decisions change which version is active: one at a time (trainer worker vs pin RPCs).
 DECISION_LOCK = threading.RLock()
@@ -74,10 +76,11 @@ def check_set(store: Store, labels, accumulator: modelling.LabelAccumulator, sin
     belonging = FaceSet(belonging.pairs + extra.pairs, np.concatenate([belonging.X, extra.X]))
     rejected = FaceSet(list(zip(accumulator.rejected_ids, accumulator.rejected_y)), accumulator.rejected)
     labelled = {face for face, _ in labels.belonging} | {face for face, _ in labels.rejected}
-    candidates = []
+    candidates, scanned = [], 0
     for face_ids, embeddings in store.iter_embeddings():
         candidates.extend(e for f, e in zip(face_ids, embeddings) if f not in labelled)
-        if len(candidates) >= STRANGER_CANDIDATES:
+        scanned += len(face_ids)
+        if len(candidates) >= STRANGER_CANDIDATES or scanned >= STRANGER_SCAN:
             break
     strangers = modelling.far_from_every_face(np.asarray(candidates[:STRANGER_CANDIDATES], np.float32).reshape(-1, 128),
                                               np.concatenate([belonging.X, rejected.X]))
@@ -128,7 +131,9 @@ def gate(candidate: modelling.Predictor, active: ModelVersionRecord | None, acti
         return Verdict(True, f"active version {active.version} has no stored model to compare with")
     expected, faces, kinds = [], [], []
     for kind, face_set in (("belongs", checks.belonging), ("not", checks.rejected)):
-        keep = [i for i, (face, _) in enumerate(face_set.pairs) if face not in checks.touched]
+        fraction = min(1.0, GATE_FACES / max(len(face_set.pairs), 1))
+        keep = [i for i, (face, _) in enumerate(face_set.pairs)
+                if face not in checks.touched and modelling.in_sample(f"gate:{face}", fraction)]
         expected += [face_set.pairs[i][1] for i in keep]
         faces.append(face_set.X[keep])
         kinds += [kind] * len(keep)
@@ -180,14 +185,16 @@ def pinned_version(store: Store) -> int:
     return int(store.get_meta(PIN_META_KEY) or 0)
 
 
-def decide(store: Store, record: ModelVersionRecord, checks: CheckSet, margin: float) -> tuple[bool, str]:
+def decide(store: Store, record: ModelVersionRecord, checks: CheckSet, margin: float,
+           labels_asserted: bool = False) -> tuple[bool, str]:
     """Activates, holds (pinned) or rejects a stored candidate; returns
-    (activated, reason)."""
+    (activated, reason). labels_asserted: the trainer already checked, on
+    this very graph, that it honours every label in `checks`."""
     with DECISION_LOCK:
         names = persona_names(store)
         active = store.active_model_version()
         candidate = load_predictor(store, record)
-        problems = unhonoured_labels(candidate, checks, names)
+        problems = [] if labels_asserted else unhonoured_labels(candidate, checks, names)
         if problems:
             verdict = Verdict(False, f"rejected: {len(problems)} label(s) not honoured: {'; '.join(problems[:5])}")
         else:

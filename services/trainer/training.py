@@ -159,7 +159,7 @@ def _train(store: Store, reporter: JobReporter, settings: TrainerSettings, force
                       "library_versions": modelling.library_versions(),
                       "parent_version": active.version if active else 0}
     record = store.put_model_version(record, artifact)  # a crash from here on is recovered at start
-    activated, reason = decisions.decide(store, record, checks, settings.gate_margin)
+    activated, reason = decisions.decide(store, record, checks, settings.gate_margin, labels_asserted=True)
     decisions.apply_retention(store, settings.retention)
     reporter.update(force=True, phase=pb.TRAINING_PHASE_SUCCEEDED, done=1, total=1, model_version=record.version,
                     activated=activated, message=f"version {record.version}: {reason}")
