@@ -105,8 +105,19 @@ def unhonoured_labels(predictor: modelling.Predictor, checks: CheckSet, names: d
         for X, what in ((checks.rejected.X, "it"), (near_duplicates(checks.rejected.X), "a near duplicate")):
             said, _ = predictor.predict(X)
             problems += [f"face {face} is labelled 'not {names.get(p, p)}' but {what} would be {names.get(p, p)}"
-                         for (face, p), s in zip(checks.rejected.pairs, said) if s == p]
+                         f"{_closest_label(checks.belonging, X[j], p)}"
+                         for j, ((face, p), s) in enumerate(zip(checks.rejected.pairs, said)) if s == p]
     return problems
+
+
+def _closest_label(belonging: FaceSet, embedding: np.ndarray, persona_id: str) -> str:
+    """Which "belongs" label a contradicted "not" label collides with, in words."""
+    rows = [i for i, (_, p) in enumerate(belonging.pairs) if p == persona_id]
+    if not rows:
+        return ""
+    distance = np.linalg.norm(belonging.X[rows] - embedding, axis=1)
+    nearest = int(distance.argmin())
+    return f" (face {belonging.pairs[rows[nearest]][0]}, labelled so, is at distance {distance[nearest]:.3f})"
 
 
 @dataclass

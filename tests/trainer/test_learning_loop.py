@@ -19,7 +19,7 @@ from visage_trainer import decisions
 from visage_trainer.training import TrainerSettings
 
 from test_trainer_service import predictor_of, serve
-from trainer_helpers import store_photos
+from trainer_helpers import held_out, store_photos
 
 FAST = TrainerSettings(debounce_seconds=0.3, gate_margin=0.05, poll_seconds=0.05)
 
@@ -244,3 +244,25 @@ def test_retention_keeps_the_newest_models_plus_the_active_and_pinned_ones(confi
         assert shared.store.active_model_version().version == 1
     finally:
         service.stop(0), channel.close()
+
+
+def test_labels_that_contradict_each_other_store_no_version_and_say_which(config, world):
+    """The same photo stored twice (identical embeddings), labelled "Penny" and "not Penny": no
+    model can honour both, so no version is stored and the job says which faces contradict."""
+    from visage.store.records import FaceRecord, ImageRecord
+    world.label_training_faces()
+    penny = next(p for p in world.photos if p.person == "penny" and not held_out(p))  # labelled Penny
+    copy = FaceRecord(f"{'c' * 64}-0", "c" * 64, 0, (0, 0, 150, 150), [], penny.embedding)
+    world.store.put_image(ImageRecord("c" * 64, "copy.png", "image/png", 150, 150, 1, 1,
+                                      pb.IMAGE_STATUS_FACES_FOUND), b"", [copy])
+    world.store.put_label(LabelRecord(copy.face_id, world.personas["penny"], pb.VERDICT_NOT_BELONGS))
+    service, channel, stub = serve(config, world.store, FAST)
+    try:
+        job = stub.StartTraining(train_pb2.StartTrainingRequest())
+        final = list(stub.WatchTrainingJobs(train_pb2.WatchTrainingJobsRequest(job_id=job.job_id), timeout=60))[-1]
+    finally:
+        service.stop(0), channel.close()
+    assert final.phase == pb.TRAINING_PHASE_FAILED and not final.model_version
+    assert "would not be honoured" in final.message and "'not Penny'" in final.message
+    assert copy.face_id in final.message and world.face_ids[penny.path] in final.message
+    assert world.store.list_model_versions() == []
