@@ -174,7 +174,8 @@ def main() -> None:
           f"{len(noise)} strangers (noise/), {len(edge)} edge/ Obama faces")
     print(f"{'labels':<34} {'rule':<4} {'strangers named':>15} {'known lost (LOO)':>16} "
           f"{'corrected still Obama':>21} {'shared threshold':>16}")
-    for scenario, rejected in (("45 belongs", []), ("45 belongs + 3 'not Obama' (edge/)", [("obama", e) for _, e in edge])):
+    not_obama = [("obama", e) for _, e in edge]
+    for scenario, rejected in (("45 belongs", []), ("45 belongs + 3 'not Obama' (edge/)", not_obama)):
         for name, rule in (("old", old_rule), ("new", new_rule)):
             q = quality(rule, known, noise, rejected)
             corrected = f"{q['still_wrong']}/{len(rejected)}" if rejected else "–"

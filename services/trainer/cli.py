@@ -32,8 +32,9 @@ def register(subparsers) -> None:
                                                    "(later versions wait until `models release`)")
     activate.add_argument("version", type=int)
     activate.set_defaults(run=run_models_activate)
-    actions.add_parser("release", help="release the pin: the newest version held back by it goes live, "
-                                       "later ones are activated by the gate again").set_defaults(run=run_models_release)
+    release = actions.add_parser("release", help="release the pin: the newest version held back by it goes live, "
+                                                 "later ones are activated by the gate again")
+    release.set_defaults(run=run_models_release)
 
 
 def _stub(address: str) -> train_pb2_grpc.TrainServiceStub:

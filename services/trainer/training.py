@@ -1,11 +1,14 @@
-"""One training job: read every label, fit, evaluate, export to ONNX, store
-the version and activate it if it passes the gate.
+"""One training job: read every label, fit, evaluate, export to ONNX, assert
+that the model honours every label, store the version and let the gate decide
+(decisions.py): activate it, hold it (a version is pinned) or reject it.
 
 Crash safety: a version row is written (with its artifact, in one store call)
-only after the model is complete, as a CANDIDATE; activation is a separate,
-last step. A kill -9 anywhere leaves the previous version active and at worst
-an unactivated candidate; the event cursor is advanced only after a job ends,
-so a restarted trainer sees the same label events again and retrains."""
+only after the model is complete and checked, as an undecided CANDIDATE;
+the decision is a separate, last step. A kill -9 anywhere leaves the previous
+version active and at worst an undecided candidate, which the restarted
+trainer decides before any new job (`decide_undecided`); the event cursor is
+advanced only after a job ends, so a restarted trainer sees the same label
+events again and retrains."""
 from __future__ import annotations
 
 import hashlib
