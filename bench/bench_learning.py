@@ -170,12 +170,14 @@ def main() -> None:
 
     groups = shared_faces()
     known, noise, edge = groups["known"], groups["noise"], groups["edge"]
-    print(f"\nopen-set quality on the shared photos: {len(known)} labelled faces (10 people), "
+    print(f"\nopen-set quality on the shared photos: {len(known)} labelled faces "
+          f"({len({p for p, _ in known})} people), "
           f"{len(noise)} strangers (noise/), {len(edge)} edge/ Obama faces")
     print(f"{'labels':<34} {'rule':<4} {'strangers named':>15} {'known lost (LOO)':>16} "
           f"{'corrected still Obama':>21} {'shared threshold':>16}")
     not_obama = [("obama", e) for _, e in edge]
-    for scenario, rejected in (("45 belongs", []), ("45 belongs + 3 'not Obama' (edge/)", not_obama)):
+    plain = f"{len(known)} belongs"
+    for scenario, rejected in ((plain, []), (f"{plain} + {len(edge)} 'not Obama' (edge/)", not_obama)):
         for name, rule in (("old", old_rule), ("new", new_rule)):
             q = quality(rule, known, noise, rejected)
             corrected = f"{q['still_wrong']}/{len(rejected)}" if rejected else "–"
