@@ -386,6 +386,17 @@ def test_model_versions_numbering_artifacts_and_activation(store):
     assert store.put_model_version(version_record(), b"y").version == 11
 
 
+def test_deleting_a_model_artifact_keeps_the_version_row(store):
+    artifact = RNG.integers(0, 256, size=2_300_000, dtype=np.uint8).tobytes()  # several chunks on Cassandra
+    store.put_model_version(version_record(), artifact)
+    store.put_model_version(version_record(), b"onnx-2")
+    assert store.delete_model_artifact(1) is True
+    assert store.get_model_artifact(1) is None and store.get_model_version(1).persona_ids == ["a", "b"]
+    assert store.delete_model_artifact(1) is False and store.delete_model_artifact(99) is False
+    assert store.get_model_artifact(2) == b"onnx-2"
+    assert store.put_model_version(version_record(), b"onnx-3").version == 3  # numbering goes on
+
+
 # ---- training jobs ------------------------------------------------------------------------
 def test_training_jobs_upsert_and_list_newest_first(store):
     for i in range(4):

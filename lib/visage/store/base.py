@@ -247,6 +247,10 @@ class Store(abc.ABC):
     def get_model_artifact(self, version: int) -> bytes | None: ...
 
     @abc.abstractmethod
+    def delete_model_artifact(self, version: int) -> bool:
+        """Deletes a version's ONNX artifact (retention), keeping its row; True if one was deleted."""
+
+    @abc.abstractmethod
     def list_model_versions(self) -> list[ModelVersionRecord]:
         """Newest first."""
 

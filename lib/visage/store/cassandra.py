@@ -858,10 +858,20 @@ class CassandraStore(Store):
 
     def get_model_artifact(self, version: int) -> bytes | None:
         rows = list(self._run("SELECT chunk_count, state FROM {ks}.model_versions WHERE version = ?", (version,)))
-        if not rows or rows[0].state == pb.MODEL_STATE_WITHDRAWN:  # a withdrawn version's artifact is deleted
+        # WITHDRAWN: trained on erased labels; chunk_count 0: deleted by retention.
+        if not rows or rows[0].state == pb.MODEL_STATE_WITHDRAWN or not rows[0].chunk_count:
             return None
         return self._read_chunks("SELECT chunk, data FROM {ks}.model_artifact_chunks WHERE version = ?",
                                  version, rows[0].chunk_count)
+
+    def delete_model_artifact(self, version: int) -> bool:
+        rows = list(self._run("SELECT chunk_count FROM {ks}.model_versions WHERE version = ?", (version,)))
+        if not rows or not rows[0].chunk_count:
+            return False
+        self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (version,))
+        # chunk_count 0 marks the artifact gone (get_model_artifact then answers None).
+        self._run("UPDATE {ks}.model_versions SET chunk_count = ? WHERE version = ?", (0, version))
+        return True
 
     def list_model_versions(self) -> list[ModelVersionRecord]:
         rows = self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions", fetch_size=1000)

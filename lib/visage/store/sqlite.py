@@ -489,6 +489,10 @@ class SqliteStore(Store):
         rows = self._query("SELECT artifact FROM model_artifacts WHERE version = ?", (version,))
         return bytes(rows[0][0]) if rows else None
 
+    def delete_model_artifact(self, version: int) -> bool:
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM model_artifacts WHERE version = ?", (version,)).rowcount > 0
+
     def list_model_versions(self) -> list[ModelVersionRecord]:
         return [self._version(row) for row in self._query("SELECT * FROM model_versions ORDER BY version DESC")]
 

@@ -41,6 +41,11 @@ function toast(message, kind = "") {
 }
 
 const percent = (x) => `${Math.round(Number(x) * 100)}%`;
+// What a prediction's confidence is (Prediction.confidence in the API docs).
+const CONFIDENCE_MEANING = "similarity to the persona: 1 − distance/1.2 between face embeddings "
+  + "(50% = dlib's same-person limit); a face is named when it reaches the persona's threshold";
+const similarMeta = (c) => `${percent(c)} similar`;
+const unknownMeta = (c) => `unknown · nearest persona ${percent(1 - Number(c))} similar`;
 const count = (x) => Number(x || 0);
 const cropUrl = (faceId) => `/v1/faces/${encodeURIComponent(faceId)}/crop`;
 const imageUrl = (imageId) => `/v1/images/${encodeURIComponent(imageId)}/content`;
@@ -204,7 +209,7 @@ async function viewPersona(personaId) {
   const labelledCards = labelled.items.map((face) => faceCard(face, {
     actions: [el("button", { type: "button", onclick: unlabel(face) }, "Remove")] }));
   const predictedCards = predicted.items.map((face) => faceCard(face, {
-    meta: `${percent(face.prediction.confidence)} · model v${face.prediction.modelVersion}`,
+    meta: `${similarMeta(face.prediction.confidence)} · model v${face.prediction.modelVersion}`,
     confidence: face.prediction.confidence,
     actions: [
       el("button", { type: "button", class: "ok confirm", title: "This face is this persona",
@@ -216,6 +221,7 @@ async function viewPersona(personaId) {
     actions: [el("button", { type: "button", onclick: unlabel(face) }, "Undo")] }));
   return [
     el("p", { class: "muted" }, el("a", { href: "#/" }, "← Personas")),
+    rejectionBanner(persona),
     el("h1", { id: "persona-name" }, persona.displayName),
     el("p", { class: "muted" }, `${count(persona.labelledFaceCount)} labelled · ${count(persona.predictedFaceCount)} predicted`),
     rename,
@@ -240,7 +246,7 @@ async function viewUnknown() {
       if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
     } }, "Assign");
     const meta = face.prediction && face.prediction.modelVersion !== "0"
-      ? `unknown · ${percent(face.prediction.confidence)}` : "not classified yet";
+      ? unknownMeta(face.prediction.confidence) : "not classified yet";
     return faceCard(face, { meta, actions: list.length ? [select, assign] : [] });
   });
   return [el("h1", {}, "Unknown faces"),
@@ -390,7 +396,8 @@ async function viewModels() {
     } }, "Activate");
     return el("tr", { dataset: { version: v.version } },
       el("td", {}, `v${v.version}`),
-      el("td", {}, el("span", { class: `tag ${state}` }, state)),
+      el("td", {}, el("span", { class: `tag ${state}` }, state),
+        v.pinned ? el("span", { class: "tag pinned", title: "activated by hand: new versions wait until the pin is released" }, "pinned") : null),
       el("td", {}, rate(m.accuracy, m.evaluatedFaces)), el("td", {}, rate(m.unknownRejectionRate, m.evaluatedUnknowns)),
       el("td", {}, `${count(m.labelledFaces)} / ${count(m.personas)}`),
       el("td", {}, v.createTime ? new Date(v.createTime).toLocaleString() : "–"),
@@ -404,7 +411,15 @@ async function viewModels() {
   const train = el("button", { type: "button", class: "primary", onclick: async () => {
     if (await attempt(() => api("POST", "/v1/trainingJobs", { reason: "web UI" }), "Training started")) rerender();
   } }, "Train now");
-  return [el("h1", {}, "Models"), el("div", { class: "toolbar" }, train),
+  const pinned = versions.items.find((v) => v.pinned);
+  const release = pinned ? el("button", { type: "button", id: "release-pin", onclick: async () => {
+    if (await attempt(() => api("POST", "/v1/modelVersions:releasePin", {}), "Pin released")) rerender();
+  } }, `Release pin on v${pinned.version}`) : null;
+  return [el("h1", {}, "Models"), el("div", { class: "toolbar" }, train, release),
+    pinned ? el("p", { class: "muted", id: "pin-note" }, `v${pinned.version} was activated by hand and is pinned: `
+      + "new versions are trained and listed here but not activated until the pin is released.") : null,
+    el("p", { class: "muted" }, `Confidence is the ${CONFIDENCE_MEANING}. Accuracy and unknown rejection are `
+      + "measured on held-out labelled faces; hover a version's gate text for the full reason."),
     rows.length ? [el("table", { id: "models" }, el("thead", {}, el("tr", {},
       ["Version", "State", "Accuracy", "Unknown rejection", "Faces / personas", "Created", "Gate", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows)), showMore(versions)]
@@ -489,9 +504,13 @@ function onEvent(event) {
   const a = event.attributes || {};
   if (event.type === "EVENT_TYPE_TRAINING_PROGRESS") {
     const phase = (a.phase || "").replace("TRAINING_PHASE_", "").toLowerCase();
-    showProgress("progress-training", `Training: ${phase}`, count(a.done), count(a.total),
+    showProgress("progress-training", trainingText(phase, a), count(a.done), count(a.total),
       ["succeeded", "failed"].includes(phase));
     if (phase === "failed") toast(`Training failed${a.message ? `: ${a.message}` : ""}`, "error");
+  } else if (event.type === "EVENT_TYPE_MODEL_VERSION_REJECTED") {
+    showRejection({ version: event.subject, reason: a.reason || "", personaIds: (a.persona_ids || "").split(",").filter(Boolean) });
+    toast(`Model v${event.subject} was not activated: ${a.reason || "the gate rejected it"}`, "error");
+    scheduleRefresh();
   } else if (event.type === "EVENT_TYPE_RECLASSIFY_PROGRESS") {
     const state = (a.state || "").replace("RECLASSIFY_STATE_", "").toLowerCase();
     const rate = a.faces_per_second ? ` · ${Math.round(Number(a.faces_per_second))} faces/s` : "";
@@ -499,7 +518,48 @@ function onEvent(event) {
       count(a.done), count(a.total), state !== "running");
     if (state !== "running") scheduleRefresh();
   }
+  if (event.type === "EVENT_TYPE_MODEL_VERSION_ACTIVATED" && latestRejection
+      && Number(event.subject) > Number(latestRejection.version)) {
+    latestRejection = null;  // a newer version went live: the rejection is history
+    document.getElementById("gate-status")?.remove();
+  }
   if (REFRESH_ON.has(event.type)) scheduleRefresh();
+}
+
+// The header never says "succeeded" for a version that did not go live.
+function trainingText(phase, a) {
+  if (phase !== "succeeded") return `Training: ${phase}`;
+  const version = a.model_version && a.model_version !== "0" ? a.model_version : "";
+  if (!version) return "Training: nothing new to train";
+  return a.activated === "true" ? `Training: v${version} is live` : `Training: v${version} not activated`;
+}
+
+// The newest gate rejection: shown in the header and on the persona pages it affects.
+let latestRejection = null;
+function showRejection(rejection) {
+  latestRejection = rejection;
+  let status = document.getElementById("gate-status");
+  if (!status) {
+    status = el("a", { id: "gate-status", class: "tag rejected", href: "#/models" });
+    document.getElementById("live").append(status);
+  }
+  status.textContent = `v${rejection.version} rejected`;
+  status.title = rejection.reason;
+}
+function rejectionBanner(persona) {
+  const r = latestRejection;
+  if (!r || !(r.personaIds.includes(persona.personaId) || r.reason.includes(persona.displayName))) return null;
+  return el("p", { class: "state error", id: "rejection" },
+    `Model v${r.version} was not activated, because of faces of this persona: ${r.reason}`);
+}
+// On load: the newest version, if the gate rejected it and nothing newer went live.
+async function loadGateStatus() {
+  try {
+    const newest = (await api("GET", "/v1/modelVersions?pageSize=1")).modelVersions || [];
+    if (newest.length && newest[0].state === "MODEL_STATE_REJECTED") {
+      showRejection({ version: newest[0].version, reason: newest[0].gateReason || "", personaIds: [] });
+    }
+  } catch { /* the trainer may not be up yet: live events will tell */ }
 }
 
 // EventSource reconnects by itself, but to the same URL; reconnecting by hand
@@ -530,3 +590,4 @@ function connectEvents() {
 window.addEventListener("hashchange", () => render());
 render();
 connectEvents();
+loadGateStatus();
