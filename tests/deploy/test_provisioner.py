@@ -241,3 +241,11 @@ def test_prod_nodes_give_whole_cpu_pods_cores_of_their_own(fake_azure, deploy_se
     prod = replace(deploy_settings, overlay="prod")
     assert main(["plan"], credential=credential, settings=prod) == 0
     assert "properties.agentPoolProfiles[1].kubeletConfig" in capsys.readouterr().out
+
+
+def test_remove_deletes_the_apps_kubernetes_objects_and_keeps_the_cluster(fake_azure, deploy_settings, credential,
+                                                                          cluster, capsys):
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+    assert main(["remove"], credential=credential, settings=deploy_settings) == 0
+    assert _deployment(cluster, deploy_settings.namespace, "visage-ingest") is None
+    assert fake_azure.find("/managedclusters/visage-aks")

@@ -6,6 +6,7 @@ apply   creates or updates the resource group, registry, cluster, images and
         Kubernetes objects, changing only what differs; prints the gateway URL
 destroy deletes what apply created: the resource group if apply made it, else
         only the resources tagged with this deployment
+remove  deletes only the Kubernetes objects apply made (keeps the cluster and store)
 push    builds and pushes the images with the local Docker (where ACR Tasks are
         not allowed); then apply with VISAGE_AZ_SKIP_IMAGE_BUILD=1"""
 from __future__ import annotations
@@ -104,6 +105,20 @@ def run_destroy(settings: DeploySettings, credential) -> int:
     return 0
 
 
+def run_remove(settings: DeploySettings, credential) -> int:
+    """Only the Kubernetes objects the deploy made (label-checked); the cluster and store stay."""
+    clients = AzureClients.connect(settings, credential)
+    live = azure_resources.live_state(clients, settings)
+    if not live["AKS cluster"]:
+        heading(f"no cluster {settings.cluster}: nothing to remove")
+        return 0
+    heading(f"removing Visage's Kubernetes objects from namespace {settings.namespace} (the cluster stays)")
+    cluster = kube.Cluster.with_token(*azure_resources.kubernetes_credentials(clients, settings, credential, live, step))
+    kube.undeploy(cluster, settings.namespace, step)
+    heading("done")
+    return 0
+
+
 def run_push(settings: DeploySettings, credential) -> int:
     """Local `docker build` + `docker push` for subscriptions without ACR Tasks."""
     settings.validate()
@@ -115,7 +130,7 @@ def run_push(settings: DeploySettings, credential) -> int:
     return 0
 
 
-COMMANDS = {"plan": run_plan, "apply": run_apply, "destroy": run_destroy, "push": run_push}
+COMMANDS = {"plan": run_plan, "apply": run_apply, "destroy": run_destroy, "remove": run_remove, "push": run_push}
 
 
 def default_credential(settings: DeploySettings, command: str):

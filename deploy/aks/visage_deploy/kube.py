@@ -151,7 +151,7 @@ def _key_vault_wiring(objects: list[dict], settings: DeploySettings, store: dict
                           "usePodIdentity": "false", "clientID": store["client_id"],
                           "keyvaultName": store["key_vault"], "tenantId": store["tenant_id"],
                           "objects": yaml.safe_dump({"array": [
-                              yaml.safe_dump([{"objectName": name, "objectType": "secret"}])
+                              yaml.safe_dump({"objectName": name, "objectType": "secret"})
                               for name in sorted(store["secrets"])]})}}}]
 
 
@@ -251,17 +251,32 @@ class Cluster:
 
 
 def plan(cluster: Cluster | None, objects: list[dict]) -> list[tuple[dict, Change]]:
-    """Each object with its change; with no cluster (no credentials) all are creates."""
+    """Each object with its change; with no cluster (no credentials) all are creates.
+    What an apply would store is asked of the apiserver (server-side dry run), so values it
+    normalises (`cpu: 1` → "1", defaults) are not mistaken for drift."""
     planned = []
     for obj in objects:
         live = cluster.get(obj) if cluster else None
-        planned.append((obj, change_for(obj["kind"], name_of(obj), _comparable(obj), live)))
+        if live is None:
+            planned.append((obj, change_for(obj["kind"], name_of(obj), _comparable(obj), None)))
+            continue
+        try:
+            would_be = _comparable(cluster.apply(obj, dry_run=True))
+        except DeployError:  # an immutable field changed (Job template, Service clusterIP): compare ours
+            would_be = _comparable(obj)
+        planned.append((obj, change_for(obj["kind"], name_of(obj), would_be, _comparable(live))))
     return planned
 
 
+SERVER_BOOKKEEPING = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid")
+
+
 def _comparable(obj: dict) -> dict:
-    """apiVersion/kind are not echoed the same way by every API version; compare the rest."""
-    return {key: value for key, value in obj.items() if key not in ("apiVersion", "kind")}
+    """apiVersion/kind are not echoed the same way by every API version, and the server's own
+    bookkeeping and status are not ours to compare: the rest is."""
+    meta = {key: value for key, value in obj.get("metadata", {}).items() if key not in SERVER_BOOKKEEPING}
+    return {**{key: value for key, value in obj.items() if key not in ("apiVersion", "kind", "status")},
+            "metadata": meta}
 
 
 def apply(cluster: Cluster, objects: list[dict], step: Step) -> list[Change]:
