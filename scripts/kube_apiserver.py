@@ -179,6 +179,7 @@ class LocalKube:
             "--service-account-key-file", str(pki["sa_pub"]),
             "--service-account-signing-key-file", str(pki["sa_key"]),
             "--service-cluster-ip-range", "10.96.0.0/16",
+            "--endpoint-reconciler-type", "none",  # nothing but loopback to advertise
             "--enable-admission-plugins", "PodSecurity",  # on by default; named because the tests rely on it
             "--allow-privileged=false", "--v=1"])
         self.wait_ready()

@@ -35,12 +35,6 @@ def lines() -> tuple[list[str], callable]:
     return seen, seen.append
 
 
-def pod_from(template: dict, namespace: str, name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {**copy.deepcopy(template["metadata"]),
-                                                            "name": name, "namespace": namespace},
-            "spec": copy.deepcopy(template["spec"])}
-
-
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_overlay_applies_server_side_and_every_pod_passes_restricted_admission(cluster, rendered, namespace, overlay):
     objects = objects_for(rendered, overlay, namespace)
@@ -56,10 +50,8 @@ def test_overlay_applies_server_side_and_every_pod_passes_restricted_admission(c
     assert live_ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     # The ServiceAccount controller would make "default"; pods without a serviceAccountName use it.
     cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": namespace}})
-    templates = [obj for obj in objects if obj["kind"] in ("Deployment", "StatefulSet", "Job")]
-    assert len(templates) >= 6
-    for obj in templates:  # what the controllers would create: admitted by PodSecurity "restricted"
-        cluster.create(pod_from(obj["spec"]["template"], namespace, obj["metadata"]["name"]), dry_run=True)
+    assert len([obj for obj in objects if obj["kind"] in ("Deployment", "StatefulSet", "Job")]) >= 6
+    kube.admit_pods(cluster, objects)  # every pod the controllers would create, judged by PodSecurity
 
 
 def test_restricted_admission_is_really_enforced(cluster, rendered, namespace):
@@ -67,11 +59,11 @@ def test_restricted_admission_is_really_enforced(cluster, rendered, namespace):
     objects = objects_for(rendered, "dev", namespace)
     kube.apply(cluster, objects, lambda line: None)
     gateway = next(obj for obj in objects if obj["metadata"]["name"] == "visage-gateway" and obj["kind"] == "Deployment")
-    pod = pod_from(gateway["spec"]["template"], namespace, "root-gateway")
-    del pod["spec"]["securityContext"]["runAsNonRoot"]
-    pod["spec"]["securityContext"]["runAsUser"] = 0
-    with pytest.raises(DeployError, match=r"violates PodSecurity \"restricted"):
-        cluster.create(pod, dry_run=True)
+    pod_security = gateway["spec"]["template"]["spec"]["securityContext"]
+    del pod_security["runAsNonRoot"]
+    pod_security["runAsUser"] = 0
+    with pytest.raises(DeployError, match=r"Deployment .*/visage-gateway would be refused: .*violates PodSecurity \"restricted"):
+        kube.admit_pods(cluster, [gateway])
 
 
 def test_prod_reads_cosmos_credentials_from_key_vault_with_workload_identity(cluster, rendered, namespace):

@@ -86,6 +86,7 @@ def run_apply(settings: DeploySettings, credential) -> int:
     cluster = kube.Cluster.with_token(*azure_resources.kubernetes_credentials(clients, settings, credential, live, step))
     objects = without_loader(kube.customize(rendered, settings, refs, store), refs)
     kube.apply(cluster, objects, step)
+    kube.admit_pods(cluster, objects)
     heading("waiting for every Deployment to roll out")
     kube.wait_for_rollouts(cluster, objects, settings.rollout_timeout, settings.poll_seconds, step)
     address, port = kube.gateway_address(cluster, settings.namespace, GATEWAY_TIMEOUT_SECONDS, settings.poll_seconds, step)

@@ -40,6 +40,7 @@ KINDS = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "SecretProviderClass": ("/apis/secrets-store.csi.x-k8s.io/v1", "secretproviderclasses"),
+    "Pod": ("/api/v1", "pods"),  # never applied: only dry-run admission checks (admit_pods)
 }
 # Namespaces and configuration first, workloads next, the data loader last.
 APPLY_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "Secret", "SecretProviderClass", "NetworkPolicy",
@@ -212,7 +213,10 @@ class Cluster:
                                            auth_settings=["BearerToken"])
         response = self.api.call_api(*request)
         response.read()
-        data = json.loads(response.data or b"{}")
+        try:
+            data = json.loads(response.data or b"{}")
+        except ValueError:  # e.g. "404 page not found" for an API group not served (yet)
+            data = {"message": response.data.decode(errors="replace").strip()}
         if response.status >= 400 and response.status != 404:
             raise DeployError(f"Kubernetes refused {method} {path}: {response.status} {data.get('message', data)}")
         return response.status, data
@@ -341,6 +345,28 @@ def undeploy(cluster: Cluster, namespace: str, step: Step) -> list[Change]:
         # The namespace controller empties it in the background; nothing waits on that.
         cluster.delete({**namespace_obj, "kind": "Namespace"}, wait_seconds=0)
     return removed
+
+
+def admit_pods(cluster: Cluster, objects: list[dict]) -> None:
+    """Dry-run creates a pod from every workload template: admission (Pod Security "restricted"
+    on the namespace) judges pods, not Deployments, so a refusal would otherwise only show up as a
+    rollout that never starts. Refused → DeployError naming the workload and the reason."""
+    for obj in objects:
+        template = obj.get("spec", {}).get("template")
+        if not template:
+            continue
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {**copy.deepcopy(template.get("metadata", {})), "name": f"{obj['metadata']['name']}-admission",
+                            "namespace": obj["metadata"]["namespace"]},
+               "spec": copy.deepcopy(template["spec"])}
+        for claim in obj["spec"].get("volumeClaimTemplates", []):  # what the StatefulSet controller adds
+            name = claim["metadata"]["name"]
+            pod["spec"].setdefault("volumes", []).append(
+                {"name": name, "persistentVolumeClaim": {"claimName": f"{name}-{obj['metadata']['name']}-0"}})
+        try:
+            cluster.create(pod, dry_run=True)
+        except DeployError as error:
+            raise DeployError(f"the pods of {obj['kind']} {name_of(obj)} would be refused: {error}") from error
 
 
 # Made in every namespace by Kubernetes itself, not by anyone's deploy.
