@@ -245,7 +245,8 @@ class FakeAzure:
         if "/providers/" not in key or "/roleassignments/" in key or "/secrets/" in key:  # synchronous ones
             return 201, stored, {}
         in_progress = {**stored, "properties": {**stored["properties"], "provisioningState": "Creating"}}
-        return 201, in_progress, {"Azure-AsyncOperation": self._operation()}
+        status = 200 if "/microsoft.documentdb/" in key else 201  # Cosmos answers a create with 200
+        return status, in_progress, {"Azure-AsyncOperation": self._operation()}
 
     def duplicate_role_assignment(self, key: str, document: dict) -> tuple[int, dict, dict] | None:
         scope = key.split("/providers/microsoft.authorization/roleassignments/")[0]

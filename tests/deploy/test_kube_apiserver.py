@@ -48,8 +48,6 @@ def test_overlay_applies_server_side_and_every_pod_passes_restricted_admission(c
                    for entry in live["metadata"]["managedFields"])
     live_ns = cluster.get({"kind": "Namespace", "metadata": {"name": namespace}})
     assert live_ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    # The ServiceAccount controller would make "default"; pods without a serviceAccountName use it.
-    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": namespace}})
     assert len([obj for obj in objects if obj["kind"] in ("Deployment", "StatefulSet", "Job")]) >= 6
     kube.admit_pods(cluster, objects)  # every pod the controllers would create, judged by PodSecurity
 

@@ -173,8 +173,8 @@ def live_state(clients: AzureClients, settings: DeploySettings) -> dict[str, dic
         live["Cosmos DB account"] = _read("read Cosmos DB account", settings,
                                           lambda: clients.cosmos.database_accounts.get(rg, settings.cosmos_account))
         live["workload identity"] = _read("read workload identity", settings,
-                                          lambda: generic.get_by_id(_identity_id(settings), IDENTITY_API))
-        live["Key Vault"] = _read("read Key Vault", settings, lambda: generic.get_by_id(_vault_id(settings), KEY_VAULT_API))
+                                          lambda: generic.get_by_id(_identity_id(settings), api_version=IDENTITY_API))
+        live["Key Vault"] = _read("read Key Vault", settings, lambda: generic.get_by_id(_vault_id(settings), api_version=KEY_VAULT_API))
     return live
 
 
@@ -230,12 +230,12 @@ def apply(clients: AzureClients, settings: DeploySettings, step: Step) -> dict:
                                                                       desired_cosmos(settings)).result())
         if _needs(changes["workload identity"], step):
             live["workload identity"] = _call("create workload identity", settings, lambda: generic.begin_create_or_update_by_id(
-                _identity_id(settings), IDENTITY_API, desired_identity(settings)).result())
+                _identity_id(settings), desired_identity(settings), api_version=IDENTITY_API).result())
         tenant = live["workload identity"]["properties"]["tenantId"]
         vault_change = change_for("Key Vault", settings.key_vault, desired_key_vault(settings, tenant), live["Key Vault"])
         if _needs(vault_change, step):
             live["Key Vault"] = _call("create Key Vault", settings, lambda: generic.begin_create_or_update_by_id(
-                _vault_id(settings), KEY_VAULT_API, desired_key_vault(settings, tenant)).result())
+                _vault_id(settings), desired_key_vault(settings, tenant), api_version=KEY_VAULT_API).result())
     return live
 
 
@@ -287,8 +287,8 @@ def provision_store_secrets(clients: AzureClients, settings: DeploySettings, liv
                "cassandra-password": keys.get("primaryMasterKey") or keys.get("primary_master_key")}
     for name, value in secrets.items():  # ARM writes the value; nobody can read it back through ARM
         _call(f"store {name} in Key Vault", settings, lambda: generic.begin_create_or_update_by_id(
-            f"{_vault_id(settings)}/secrets/{name}", KEY_VAULT_API,
-            {"properties": {"value": value}, "tags": settings.tags}).result())
+            f"{_vault_id(settings)}/secrets/{name}", {"properties": {"value": value}, "tags": settings.tags},
+            api_version=KEY_VAULT_API).result())
     step(Change("Key Vault secrets", ", ".join(secrets), "update").line())
     identity = live["workload identity"]["properties"]
     grant_role(clients, settings, _vault_id(settings), KEY_VAULT_SECRETS_USER, identity["principalId"],
@@ -297,7 +297,7 @@ def provision_store_secrets(clients: AzureClients, settings: DeploySettings, liv
     federated = {"properties": {"issuer": issuer, "audiences": ["api://AzureADTokenExchange"],
                                 "subject": SERVICE_ACCOUNT_SUBJECT.format(namespace=settings.namespace)}}
     _call("federate the workload identity with the cluster", settings, lambda: generic.begin_create_or_update_by_id(
-        f"{_identity_id(settings)}/federatedIdentityCredentials/visage", IDENTITY_API, federated).result())
+        f"{_identity_id(settings)}/federatedIdentityCredentials/visage", federated, api_version=IDENTITY_API).result())
     return {"hosts": f"{settings.cosmos_account}.cassandra.cosmos.azure.com", "port": str(COSMOS_CASSANDRA_PORT),
             "client_id": identity["clientId"], "tenant_id": identity["tenantId"], "key_vault": settings.key_vault,
             "secrets": CASSANDRA_SECRETS}
@@ -350,7 +350,7 @@ def destroy(clients: AzureClients, settings: DeploySettings, step: Step) -> None
             continue
         step(Change(item.get("type", "resource"), item["name"], "delete").line())
         _call(f"delete {item['name']}", settings,
-              lambda: generic.begin_delete_by_id(item["id"], API_VERSIONS_BY_TYPE[item["type"].lower()]).result() or {})
+              lambda: generic.begin_delete_by_id(item["id"], api_version=API_VERSIONS_BY_TYPE[item["type"].lower()]).result() or {})
 
 
 API_VERSIONS_BY_TYPE = {  # for deleting by id through the generic client
