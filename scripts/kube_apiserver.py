@@ -153,6 +153,7 @@ class LocalKube:
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory or tempfile.mkdtemp(prefix="visage-kube-"))
         self.token = secrets.token_hex(16)
+        self.newcomer_token = secrets.token_hex(16)  # authenticated, but granted nothing (RBAC)
         self.port = _free_port()
         self.server = f"https://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
@@ -160,7 +161,8 @@ class LocalKube:
     def start(self) -> "LocalKube":
         pki = _write_pki(self.directory)
         self.ca_file = pki["ca"]
-        (self.directory / "tokens.csv").write_text(f"{self.token},admin,admin-uid,system:masters\n")
+        (self.directory / "tokens.csv").write_text(f"{self.token},admin,admin-uid,system:masters\n"
+                                                   f"{self.newcomer_token},newcomer,newcomer-uid\n")
         client_port, peer_port = _free_port(), _free_port()
         etcd_url = f"http://127.0.0.1:{client_port}"
         self._spawn("etcd", [str(ETCD.path), "--data-dir", str(self.directory / "etcd"),

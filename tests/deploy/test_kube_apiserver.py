@@ -7,6 +7,8 @@ import copy
 from dataclasses import replace
 
 import pytest
+import yaml
+from kubernetes import client as k8s
 
 from visage_deploy import kube
 from visage_deploy.errors import DeployError
@@ -176,3 +178,18 @@ def test_rollout_wait_says_which_deployment_did_not_roll_out(cluster, rendered, 
     assert f"{namespace}/visage-gateway: 0/1 updatedReplicas" in message
     assert "timed out progressing" in message
     assert "visage-ingest" not in message
+
+
+def test_access_is_waited_for_while_a_new_role_assignment_propagates(local_kube, cluster):
+    """Until a grant reaches the API server it answers 403: the deploy waits for it instead of failing."""
+    config = yaml.safe_dump(local_kube.kubeconfig()).encode()
+    newcomer = kube.Cluster.with_token(config, local_kube.newcomer_token)
+    with pytest.raises(kube.KubernetesRefused) as refused:
+        kube.wait_for_access(newcomer, timeout=0, poll=0.01, step=lambda line: None)
+    assert refused.value.status == 403
+    k8s.RbacAuthorizationV1Api(cluster.api).create_cluster_role_binding({
+                   "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "newcomer-admin"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                   "subjects": [{"kind": "User", "name": "newcomer", "apiGroup": "rbac.authorization.k8s.io"}]})
+    kube.wait_for_access(newcomer, timeout=120, poll=0.05, step=lambda line: None)

@@ -84,6 +84,7 @@ def run_apply(settings: DeploySettings, credential) -> int:
     refs = images.build_all(clients, settings, context, step)
     heading(f"Kubernetes objects (overlay {settings.overlay}, store {settings.store_kind})")
     cluster = kube.Cluster.with_token(*azure_resources.kubernetes_credentials(clients, settings, credential, live, step))
+    kube.wait_for_access(cluster, GATEWAY_TIMEOUT_SECONDS, settings.poll_seconds, step)
     objects = without_loader(kube.customize(rendered, settings, refs, store), refs)
     kube.apply(cluster, objects, step)
     kube.admit_pods(cluster, objects)

@@ -173,6 +173,14 @@ def _config_hash(objects: list[dict]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class KubernetesRefused(DeployError):
+    """The API server answered an error status (kept, so callers can tell 403 from 422)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class Cluster:
     """Just enough of the Kubernetes API: get, list, server-side apply, delete."""
 
@@ -218,7 +226,8 @@ class Cluster:
         except ValueError:  # e.g. "404 page not found" for an API group not served (yet)
             data = {"message": response.data.decode(errors="replace").strip()}
         if response.status >= 400 and response.status != 404:
-            raise DeployError(f"Kubernetes refused {method} {path}: {response.status} {data.get('message', data)}")
+            raise KubernetesRefused(f"Kubernetes refused {method} {path}: {response.status} "
+                                    f"{data.get('message', data)}", response.status)
         return response.status, data
 
     def get(self, obj: dict) -> dict | None:
@@ -252,6 +261,20 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise DeployError(f"{obj['kind']} {name_of(obj)} was not deleted within {wait_seconds:.0f}s")
             time.sleep(0.2)
+
+
+def wait_for_access(cluster: Cluster, timeout: float, poll: float, step: Step) -> None:
+    """A new Azure RBAC grant takes a few minutes to reach the API server: 403 until then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cluster.list("Namespace", None)
+            return
+        except KubernetesRefused as error:
+            if error.status != 403 or time.monotonic() > deadline:
+                raise
+        step("  waiting for the new cluster role assignment to reach the API server ...")
+        time.sleep(poll)
 
 
 def plan(cluster: Cluster | None, objects: list[dict]) -> list[tuple[dict, Change]]:
