@@ -97,7 +97,7 @@ class FakeAzure:
     def find(self, fragment: str) -> dict:
         """The one stored resource whose id contains `fragment` (lower case)."""
         fragment = fragment.lower()
-        nested = ("/providers/", "/secrets/", "/federatedidentitycredentials/")  # children of a match
+        nested = ("/providers/", "/secrets/", "/federatedidentitycredentials/", "/cassandrakeyspaces/")  # children
         found = [doc for key, doc in self.resources.items() if fragment in key
                  and not any(child in key[key.index(fragment) + len(fragment):] for child in nested)]
         assert len(found) == 1, f"{len(found)} resources match {fragment}: {sorted(self.resources)}"

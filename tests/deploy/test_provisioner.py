@@ -109,10 +109,16 @@ def test_prod_provisions_serverless_cosmos_with_credentials_in_key_vault(fake_az
     config = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}})
     assert config["data"]["VISAGE_CASSANDRA_HOSTS"] == f"{prod.cosmos_account}.cassandra.cosmos.azure.com"
     assert cluster.get({"kind": "StatefulSet", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}}) is None
-    throughput = replace(prod, cosmos_throughput=4000)
-    capsys.readouterr()
-    assert main(["plan"], credential=credential, settings=throughput) == 0
-    assert "Cosmos DB account" in capsys.readouterr().out
+    assert fake_azure.find("/cassandrakeyspaces/visage")["properties"]["options"] == {}  # serverless: no throughput
+
+
+def test_cosmos_throughput_mode_by_config(fake_azure, deploy_settings, credential, capsys):
+    provisioned = replace(deploy_settings, overlay="prod", cosmos_throughput=4000)
+    assert main(["apply"], credential=credential, settings=provisioned) == 0, capsys.readouterr().err
+    account = fake_azure.find("/microsoft.documentdb/databaseaccounts/")
+    assert {c["name"] for c in account["properties"]["capabilities"]} == {"EnableCassandra"}
+    keyspace = fake_azure.find("/cassandrakeyspaces/visage")["properties"]
+    assert keyspace["options"] == {"autoscaleSettings": {"maxThroughput": 4000}}
 
 
 def test_prod_settings_are_checked_before_anything_is_created(fake_azure, deploy_settings, credential, capsys):

@@ -281,6 +281,7 @@ def provision_store_secrets(clients: AzureClients, settings: DeploySettings, liv
     """Cosmos keys into Key Vault, the workload identity allowed to read them and federated with the
     cluster's service account. Returns what the Kubernetes objects need (endpoint, client id, vault)."""
     rg, generic = settings.resource_group, clients.resources.resources
+    ensure_keyspace(clients, settings, step)
     keys = _call("read Cosmos DB keys", settings,
                  lambda: clients.cosmos.database_accounts.list_keys(rg, settings.cosmos_account))
     secrets = {"cassandra-username": settings.cosmos_account,
@@ -301,6 +302,25 @@ def provision_store_secrets(clients: AzureClients, settings: DeploySettings, liv
     return {"hosts": f"{settings.cosmos_account}.cassandra.cosmos.azure.com", "port": str(COSMOS_CASSANDRA_PORT),
             "client_id": identity["clientId"], "tenant_id": identity["tenantId"], "key_vault": settings.key_vault,
             "secrets": CASSANDRA_SECRETS}
+
+
+def desired_keyspace(settings: DeploySettings) -> dict:
+    """Made here rather than by the app's CREATE KEYSPACE, because its throughput is an ARM setting:
+    none on a serverless account, else autoscale up to VISAGE_AZ_COSMOS_THROUGHPUT RU/s."""
+    options = {"autoscaleSettings": {"maxThroughput": settings.cosmos_throughput}} if settings.cosmos_throughput else {}
+    return {"properties": {"resource": {"id": settings.keyspace}, "options": options}}
+
+
+def ensure_keyspace(clients: AzureClients, settings: DeploySettings, step: Step) -> None:
+    rg, account = settings.resource_group, settings.cosmos_account
+    live = _read("read the Cosmos DB keyspace", settings,
+                 lambda: clients.cosmos.cassandra_resources.get_cassandra_keyspace(rg, account, settings.keyspace))
+    if live is not None:
+        step(Change("Cassandra keyspace", settings.keyspace, "unchanged").line())
+        return
+    step(Change("Cassandra keyspace", settings.keyspace, "create").line())
+    _call("create the Cosmos DB keyspace", settings, lambda: clients.cosmos.cassandra_resources
+          .begin_create_update_cassandra_keyspace(rg, account, settings.keyspace, desired_keyspace(settings)).result())
 
 
 def signed_in_object_id(credential, settings: DeploySettings) -> str:

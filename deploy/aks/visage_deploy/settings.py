@@ -90,6 +90,10 @@ class DeploySettings:
         return f"{self.cluster[:14]}-kv-{self._suffix()}".lower()
 
     @property
+    def keyspace(self) -> str:
+        return self.cassandra_env.get("VISAGE_CASSANDRA_KEYSPACE", "visage")
+
+    @property
     def workload_identity(self) -> str:
         return f"{self.cluster}-workload"
 
