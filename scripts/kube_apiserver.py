@@ -80,7 +80,7 @@ def build(component: Component) -> Path:
     component.path.parent.mkdir(parents=True, exist_ok=True)
     partial = component.path.with_suffix(".partial")
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": os.environ.get("GOFLAGS", "-mod=mod"),
-           "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local")}
+           "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "auto")}  # fetches a newer Go from the proxy if go.mod needs one
     print(f"{component.binary} {component.version}: building from the Go module proxy (first time only; "
           "10-40 minutes on 2 cores) ...", flush=True)
     started = time.monotonic()

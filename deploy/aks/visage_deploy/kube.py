@@ -2,8 +2,9 @@
 deploy knows (image tags, database endpoint, secrets), diff against the
 cluster and server-side-apply only what differs.
 
-Objects are addressed by plain REST paths (no discovery round-trips), so the
-same code runs against a real API server and the tests' local one."""
+Objects are addressed by plain REST paths (no discovery round-trips); the tests
+run this code against a real kube-apiserver + etcd on loopback
+(scripts/kube_apiserver.py)."""
 from __future__ import annotations
 
 import base64
@@ -333,31 +334,27 @@ def _namespaces(objects: list[dict]) -> list[str]:
 def prune(cluster: Cluster, objects: list[dict], step: Step) -> list[Change]:
     """Deletes objects labelled as ours in our namespaces that are not in `objects`."""
     wanted = {(obj["kind"], name_of(obj)) for obj in objects}
+    return [change for namespace in _namespaces(objects) for change in _delete_owned(cluster, namespace, wanted, step)]
+
+
+def _delete_owned(cluster: Cluster, namespace: str, keep: set[tuple[str, str]], step: Step) -> list[Change]:
+    """Deletes every object with OWNER_LABEL in `namespace` except those in `keep`, workloads first."""
     removed = []
-    for namespace in _namespaces(objects):
-        for kind in reversed(APPLY_ORDER):
-            if kind == "Namespace":
-                continue
-            for live in cluster.owned(kind, namespace):
-                if (kind, name_of(live)) not in wanted:
-                    change = Change(kind, name_of(live), "delete")
-                    step(change.line())
-                    cluster.delete(live)
-                    removed.append(change)
+    for kind in reversed(APPLY_ORDER):
+        if kind == "Namespace":
+            continue
+        for live in cluster.owned(kind, namespace):
+            if (kind, name_of(live)) not in keep:
+                removed.append(Change(kind, name_of(live), "delete"))
+                step(removed[-1].line())
+                cluster.delete(live)
     return removed
 
 
 def undeploy(cluster: Cluster, namespace: str, step: Step) -> list[Change]:
     """Removes every object this deploy made in `namespace`, then the namespace if it is ours.
     Objects without OWNER_LABEL (someone else's) stay, and so does a namespace that holds them."""
-    removed = []
-    for kind in reversed(APPLY_ORDER):
-        if kind == "Namespace":
-            continue
-        for live in cluster.owned(kind, namespace):
-            removed.append(Change(kind, name_of(live), "delete"))
-            step(removed[-1].line())
-            cluster.delete(live)
+    removed = _delete_owned(cluster, namespace, set(), step)
     namespace_obj = cluster.get({"kind": "Namespace", "metadata": {"name": namespace}})
     others = foreign_objects(cluster, namespace)
     if others:
