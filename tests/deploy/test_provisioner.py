@@ -156,7 +156,7 @@ def test_rollout_that_does_not_finish_is_reported_not_announced(fake_azure, depl
 def test_unhealthy_gateway_is_reported_not_announced(fake_azure, deploy_settings, credential, gateway_health,
                                                      monkeypatch, capsys):
     gateway_health.status = 503
-    monkeypatch.setattr("visage_deploy.__main__.GATEWAY_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr("visage_deploy.__main__.HEALTH_TIMEOUT_SECONDS", 1)  # it answers 503 however long
     assert main(["apply"], credential=credential, settings=deploy_settings) == 2
     captured = capsys.readouterr()
     assert "is not healthy" in captured.err and "HTTP 503" in captured.err and "Visage is up" not in captured.out

@@ -23,7 +23,8 @@ from visage_deploy.azure_resources import AzureClients
 from visage_deploy.errors import DeployError, explain
 from visage_deploy.settings import OVERLAYS, DeploySettings
 
-GATEWAY_TIMEOUT_SECONDS = 600
+GATEWAY_TIMEOUT_SECONDS = 600   # for Azure to give the load balancer a public IP
+HEALTH_TIMEOUT_SECONDS = 300    # for /healthz to answer 200 through it
 
 
 def step(line: str) -> None:
@@ -94,7 +95,7 @@ def run_apply(settings: DeploySettings, credential) -> int:
     url = f"http://{address}" + ("" if port == 80 and settings.gateway_probe_port is None
                                  else f":{settings.gateway_probe_port or port}")
     heading(f"checking the gateway through the load balancer: {url}/healthz")
-    kube.wait_for_gateway_health(url, GATEWAY_TIMEOUT_SECONDS, settings.poll_seconds, step)
+    kube.wait_for_gateway_health(url, HEALTH_TIMEOUT_SECONDS, settings.poll_seconds, step)
     heading(f"Visage is up: {url}/  (gRPC: grpcurl -plaintext {address}:{port} list)")
     print(f"{url}/")
     return 0
