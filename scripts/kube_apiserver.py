@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -143,6 +144,14 @@ def _write_pki(directory: Path) -> dict[str, Path]:
     return files
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: when the test process dies (even by SIGKILL), the kernel sends
+    SIGTERM, so no stray apiserver or etcd is left on a shared machine."""
+    if sys.platform == "linux":
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class LocalKube:
     """etcd + kube-apiserver on loopback ports, state in a temporary directory.
 
@@ -190,7 +199,7 @@ class LocalKube:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
         self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+                                               start_new_session=True, preexec_fn=_die_with_parent))
 
     def wait_ready(self) -> None:
         context = ssl.create_default_context(cafile=str(self.ca_file))
