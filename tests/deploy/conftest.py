@@ -140,8 +140,8 @@ class StandInControllers:
         while not self.stopping.wait(0.2):
             try:
                 self._reconcile()
-            except k8s.ApiException:
-                pass  # an object deleted mid-pass: the next pass sees the new state
+            except Exception:  # noqa: BLE001 - an object deleted mid-pass, os.environ changing under the
+                pass           # client's proxy lookup...: the loop must outlive it; the next pass retries
 
     def _reconcile(self) -> None:
         for deployment in self.apps.list_deployment_for_all_namespaces().items:
