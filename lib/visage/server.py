@@ -30,6 +30,10 @@ SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),
 )
 
+# Trailing metadata by which a service asks the gateway for a REST status that
+# no gRPC code maps to (413 for an image over the byte limit); see visage_gateway.limits.
+STATUS_HINT_HEADER = "x-visage-http-status"
+
 SERVICE_NAMES = {
     "ingest": ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     "classifier": classify_pb2.DESCRIPTOR.services_by_name["ClassifyService"].full_name,
@@ -80,12 +84,15 @@ class RpcFailure(Exception):
     """One request, or one item of a stream, failed: carries the gRPC status to
     answer with, so the code that finds the problem needs no servicer context."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.http_status = http_status  # for REST, when the gRPC code's usual status is wrong
 
     def abort(self, context: grpc.ServicerContext):
+        if self.http_status is not None:
+            context.set_trailing_metadata(((STATUS_HINT_HEADER, str(self.http_status)),))
         context.abort(self.code, self.message)
 
 

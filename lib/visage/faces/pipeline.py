@@ -82,7 +82,7 @@ def open_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int = 
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidImage(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
-                           f"{max_pixels:,} pixels (VISAGE_MAX_IMAGE_PIXELS)")
+                           f"{max_pixels:,} pixels (VISAGE_MAX_IMAGE_PIXELS; decompression bomb protection)")
     if min(width, height) < min_side:
         raise InvalidImage(f"image is {width}x{height} pixels; each side must be at least {min_side} pixels "
                            "(the smallest face searched for)")
