@@ -193,6 +193,8 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
                 yield convert.training_job(job)
                 if job.phase in TERMINAL_PHASES:
                     return
+            else:
+                context.send_initial_metadata(())  # the stream is open (REST: headers sent) before any update
             while context.is_active() and not self.trainer.board.closed.is_set():
                 try:
                     job = subscriber.get(timeout=WATCH_POLL_SECONDS)
