@@ -6,6 +6,8 @@
   beyond the cap) and `server_executor` sizes the pool as the cap plus the
   threads for unary calls, so unary calls and health always find a thread,
   however many idle watchers or client streams are open.
+- Each call's caller (visage.faces.fair.CALLER) is set for fair admission to
+  the face workers.
 - Bytes that are not a valid request message answer INVALID_ARGUMENT (gRPC
   itself answers INTERNAL), and an exception a handler did not map answers
   INTERNAL with a short message (gRPC itself answers UNKNOWN with the
@@ -20,6 +22,8 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
+
+from visage.faces.fair import CALLER
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,16 @@ def _guarded_deserializer(deserialize: Callable[[bytes], object] | None) -> Call
         except Exception as error:  # noqa: BLE001 - any parse failure is the caller's bad bytes
             return _BadRequest(type_name, error)
     return parse
+
+
+def caller_of(context: grpc.ServicerContext) -> str:
+    """Who is calling, for fairness (not security): the client address Envoy
+    put first in x-forwarded-for, else the peer's address without its port."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-forwarded-for" and value:
+            return value.split(",")[0].strip()
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
 
 
 def _check(request, context: grpc.ServicerContext):
@@ -122,6 +136,7 @@ class StreamGuard(grpc.ServerInterceptor):
     def _unary(behavior, method: str):
         def call(request, context):
             request = _check(request, context)
+            CALLER.set(caller_of(context))
             try:
                 return behavior(request, context)
             except Exception as error:  # noqa: BLE001
@@ -131,6 +146,7 @@ class StreamGuard(grpc.ServerInterceptor):
     def _request_stream(self, behavior, method: str):
         def call(requests, context):
             self._acquire(context)
+            CALLER.set(caller_of(context))
             try:
                 return behavior(_checked_iterator(requests, context), context)
             except Exception as error:  # noqa: BLE001
@@ -142,6 +158,7 @@ class StreamGuard(grpc.ServerInterceptor):
     def _response_stream(self, behavior, method: str, check_requests):
         def call(request_or_iterator, context):
             self._acquire(context)
+            CALLER.set(caller_of(context))
             try:
                 yield from behavior(check_requests(request_or_iterator, context), context)
             except Exception as error:  # noqa: BLE001

@@ -9,9 +9,9 @@ which must not be forked. Workers die with their service (visage.lifeline):
 every worker is started by the thread that builds or replaces the pool, a
 thread that lives until the service stops.
 
-Back-pressure: a semaphore admits at most two images per worker (one running,
-one queued); further callers block in analyze() instead of piling image bytes
-into an unbounded queue."""
+Back-pressure: at most two images per worker are admitted (one running, one
+queued); further callers block in analyze() instead of piling image bytes
+into an unbounded queue, and are admitted fairly across callers (faces.fair)."""
 from __future__ import annotations
 
 import logging
@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from visage import lifeline
 from visage.config import Config
+from visage.faces.fair import FairSlots
 from visage.faces.pipeline import AnalyzedImage, FacePipeline, open_image
 from visage.faces.settings import FaceSettings
 
@@ -65,7 +66,7 @@ class PipelinePool:
         self.config = config
         self.settings = settings or FaceSettings.from_env()
         self.workers = worker_count(config)
-        self._slots = threading.BoundedSemaphore(self.workers * IN_FLIGHT_PER_WORKER)
+        self._slots = FairSlots(self.workers * IN_FLIGHT_PER_WORKER)
         self._restart_lock = threading.Lock()
         self._executor = self._start_executor()
 
@@ -76,7 +77,7 @@ class PipelinePool:
         # take a worker slot: a decompression bomb costs its sender microseconds
         # and never delays another caller's image.
         open_image(content, self.config.max_image_bytes, self.settings.max_pixels, self.settings.min_face_size)
-        with self._slots:
+        with self._slots.slot():
             try:
                 return self._run(content)
             except BrokenProcessPool:
