@@ -23,7 +23,6 @@ from gateway_stack import Gateway, Mesh, start_gateway  # noqa: E402
 
 from fuzz_generators import seed_images  # noqa: E402
 
-CALL_TIMEOUT = 60.0  # a call still unanswered after this counts as a hang
 
 
 @dataclass

@@ -14,6 +14,7 @@ from google.protobuf import descriptor as pb_descriptor
 from google.protobuf.message import Message
 from PIL import Image
 
+CALL_TIMEOUT = 60.0  # a call still unanswered after this counts as a hang
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "ICO")
 INTERESTING_INTS = (0, 1, -1, 2**31 - 1, -2**31, 2**32 - 1, 2**53, 2**63 - 1, -2**63, 2**64 - 1, 255, 256, 65535)
 INTERESTING_STRINGS = ("", " ", "%FF", "%00", "\x00", "../../etc/passwd", "a" * 5000, "ünïcødé", "😀", "\ud7ff",

@@ -13,8 +13,7 @@ import pytest
 from visage.server import SERVICE_NAMES
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
 
-from conftest import CALL_TIMEOUT
-from fuzz_generators import random_request_bytes
+from fuzz_generators import CALL_TIMEOUT, random_request_bytes
 
 SEED = 2626
 CASES_PER_METHOD = 130

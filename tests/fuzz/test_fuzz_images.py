@@ -14,8 +14,7 @@ from visage.faces.pipeline import FacePipeline, ImageTooLarge, InvalidImage
 from visage.faces.settings import FaceSettings
 from visage.v1 import classify_pb2, classify_pb2_grpc
 
-from conftest import CALL_TIMEOUT
-from fuzz_generators import mutate
+from fuzz_generators import CALL_TIMEOUT, mutate
 
 SEED = 1313
 PIPELINE_CASES = 4000
