@@ -1,6 +1,8 @@
 """`make run`: starts every service of the mesh on embedded defaults, then the
-Envoy gateway, and supervises them: if one exits, everything stops (so a
-broken mesh is never half-up). Ctrl-C / SIGTERM stops all gracefully.
+Envoy gateway, and supervises them: a child that exits is started again after
+a bounded backoff; every child dies with the supervisor, even on SIGKILL
+(visage.lifeline). It refuses to start, naming them, when another process
+already listens on its ports. Ctrl-C / SIGTERM stops all gracefully.
 
 `start_in_process` is the same mesh (without the gateway) inside one process,
 for tests and benchmarks."""
@@ -10,6 +12,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from visage import lifeline
 from visage.config import Config
 from visage.server import RunningService, setup_logging
 from visage.store import Store
@@ -37,13 +41,26 @@ SERVICES = [
     ("classifier", "visage_classifier"),
 ]
 READY_TIMEOUT_SECONDS = 120
+# A crashed child is started again after these delays (then the last one, for
+# ever); a child that stayed up HEALTHY_RUN_SECONDS starts again from the first.
+RESTART_DELAYS_SECONDS = (1, 2, 4, 8, 16, 30)
+HEALTHY_RUN_SECONDS = 60
+SUPERVISE_INTERVAL_SECONDS = 0.5
 
 
-def wait_serving(address: str, timeout: float) -> None:
+class ChildExited(RuntimeError):
+    """A child exited before it was serving."""
+
+
+def wait_serving(address: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Until the health check at `address` says SERVING; fails at once if
+    `process` (the one meant to serve there) exits first."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
+            if process is not None and process.poll() is not None:
+                raise ChildExited(f"the process meant to serve {address} exited with {process.returncode}")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -54,28 +71,98 @@ def wait_serving(address: str, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def start_all(config: Config) -> list[tuple[str, subprocess.Popen]]:
-    children: list[tuple[str, subprocess.Popen]] = []
-    for name, module in SERVICES:
-        proc = subprocess.Popen([sys.executable, "-m", module], env=os.environ.copy())
-        children.append((name, proc))
-        wait_serving(f"{config.host}:{getattr(config.ports, name)}", READY_TIMEOUT_SECONDS)
-        log.info("%s is serving on %s:%d", name, config.host, getattr(config.ports, name))
-    gateway = subprocess.Popen([sys.executable, "-m", "visage_gateway"], env=os.environ.copy())
-    children.append(("gateway", gateway))
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def ports_in_use(config: Config) -> list[str]:
+    """'name port' for each mesh port another process already listens on."""
+    names = [name for name, _ in SERVICES] + ["gateway"]
+    return [f"{name} {getattr(config.ports, name)}" for name in names
+            if port_in_use(config.host, getattr(config.ports, name))]
+
+
+@dataclass
+class Child:
+    """One supervised process: a service (with the address its health answers
+    on) or the gateway. It dies with the supervisor (visage.lifeline)."""
+    name: str
+    module: str
+    health_address: str | None = None
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    quick_failures: int = 0
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=os.environ.copy(),
+                                        preexec_fn=lifeline.preexec_die_with_parent(signal.SIGTERM))
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def check(self, now: float) -> None:
+        """Schedules a restart once the child has exited; starts it when due."""
+        if self.restart_at is None and self.process.poll() is not None:
+            if now - self.started_at >= HEALTHY_RUN_SECONDS:
+                self.quick_failures = 0
+            delay = RESTART_DELAYS_SECONDS[min(self.quick_failures, len(RESTART_DELAYS_SECONDS) - 1)]
+            self.quick_failures += 1
+            log.error("%s exited with %d; restarting it in %ds", self.name, self.process.returncode, delay)
+            self.restart_at = now + delay
+        elif self.restart_at is not None and now >= self.restart_at:
+            self.start()
+            log.info("%s restarted (pid %d)", self.name, self.process.pid)
+
+
+def start_all(config: Config) -> list[Child]:
+    """Starts each service in order, waiting until it serves, then the gateway.
+    On failure, what was started is stopped again."""
+    children: list[Child] = []
+    try:
+        for name, module in SERVICES:
+            address = f"{config.host}:{getattr(config.ports, name)}"
+            child = Child(name, module, address)
+            children.append(child)
+            child.start()
+            wait_serving(address, READY_TIMEOUT_SECONDS, child.process)
+            log.info("%s is serving on %s", name, address)
+        gateway = Child("gateway", "visage_gateway")
+        children.append(gateway)
+        gateway.start()
+    except BaseException:
+        stop_all(children)
+        raise
     return children
 
 
-def stop_all(children: list[tuple[str, subprocess.Popen]]) -> None:
-    for _, proc in reversed(children):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for name, proc in reversed(children):
+def stop_all(children: list[Child]) -> None:
+    running = [child for child in reversed(children) if child.process is not None]
+    for child in running:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    for child in running:
         try:
-            proc.wait(timeout=30)
+            child.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in time; killing it", name)
-            proc.kill()
+            log.warning("%s did not stop in time; killing it", child.name)
+            child.process.kill()
+            child.process.wait()
+
+
+def supervise(children: list[Child]) -> None:
+    """Forever (until SIGTERM/SIGINT): restarts any child that exits, with a
+    bounded backoff, so one crash never takes the rest of the mesh down."""
+    while True:
+        now = time.monotonic()
+        for child in children:
+            child.check(now)
+        time.sleep(SUPERVISE_INTERVAL_SECONDS)
 
 
 @dataclass
@@ -132,20 +219,25 @@ def start_in_process(config: Config, store: Store, pool: PipelinePool | None = N
 def main() -> int:
     setup_logging("mesh")
     config = Config.from_env()
+    taken = ports_in_use(config)
+    if taken:
+        log.error("cannot start: another process already listens on %s (host %s). Stop it (an earlier "
+                  "`make run`?) or choose other ports with VISAGE_<NAME>_PORT", ", ".join(taken), config.host)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    children: list[tuple[str, subprocess.Popen]] = []
+    children: list[Child] = []
     try:
         children = start_all(config)
         log.info("Visage is up: open http://%s:%d/", config.host, config.ports.gateway)
-        while all(proc.poll() is None for _, proc in children):
-            time.sleep(0.5)
-        failed = [name for name, proc in children if proc.poll() is not None]
-        log.error("%s exited; stopping the mesh", ", ".join(failed))
-        return 1
+        supervise(children)
     except KeyboardInterrupt:
         return 0
+    except (ChildExited, TimeoutError) as error:
+        log.error("the mesh did not start: %s", error)
+        return 1
     finally:
         stop_all(children)
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from collections.abc import Callable
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 MAX_TOKEN_CHARS = 1024
+# Positions are offsets or counts; stores keep them in signed 64-bit integers
+# (SQLite, Cassandra bigint), so a forged token may not name one beyond.
+MAX_POSITION = 2**62
 
 
 class InvalidPageRequest(ValueError):
@@ -50,7 +53,7 @@ def decode_token(token: str, scope: str, length: int) -> list[int]:
     if token_scope != scope:
         raise InvalidPageRequest("page_token belongs to a different list or query; start again without it")
     valid = (isinstance(position, list) and len(position) == length
-             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in position))
+             and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < MAX_POSITION for n in position))
     if not valid:
         raise InvalidPageRequest("page_token holds an invalid position; pass back a next_page_token unchanged")
     return position

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from visage import placement
+from visage import guard, placement
 from visage.config import Config
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
@@ -30,6 +30,10 @@ SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),
 )
 
+# Trailing metadata by which a service asks the gateway for a REST status that
+# no gRPC code maps to (413 for an image over the byte limit); see visage_gateway.limits.
+STATUS_HINT_HEADER = "x-visage-http-status"
+
 SERVICE_NAMES = {
     "ingest": ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     "classifier": classify_pb2.DESCRIPTOR.services_by_name["ClassifyService"].full_name,
@@ -43,10 +47,13 @@ def build_server(
     service_names: list[str],
     address: str,
     max_workers: int = 16,
+    max_streams: int | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Creates and starts a server; returns it, its bound port and its health servicer."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=SERVER_OPTIONS)
+    """Creates and starts a server; returns it, its bound port and its health servicer.
+    `max_workers` threads serve unary calls; up to `max_streams` (VISAGE_MAX_STREAMS)
+    streaming calls get threads of their own on top (visage.guard)."""
+    server = grpc.server(_executor(max_workers, max_streams), options=SERVER_OPTIONS,
+                         interceptors=_guard_interceptors(max_streams))
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -64,16 +71,28 @@ def build_server(
     return server, port, health_servicer
 
 
+def _executor(unary_workers: int, max_streams: int | None) -> futures.ThreadPoolExecutor:
+    return guard.server_executor(unary_workers, guard.max_streams_from_env() if max_streams is None else max_streams)
+
+
+def _guard_interceptors(max_streams: int | None) -> list[grpc.ServerInterceptor]:
+    """Stream cap, bad request bytes, unexpected exceptions: see visage.guard."""
+    return [guard.StreamGuard(guard.max_streams_from_env() if max_streams is None else max_streams)]
+
+
 class RpcFailure(Exception):
     """One request, or one item of a stream, failed: carries the gRPC status to
     answer with, so the code that finds the problem needs no servicer context."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.http_status = http_status  # for REST, when the gRPC code's usual status is wrong
 
     def abort(self, context: grpc.ServicerContext):
+        if self.http_status is not None:
+            context.set_trailing_metadata(((STATUS_HINT_HEADER, str(self.http_status)),))
         context.abort(self.code, self.message)
 
 

@@ -19,7 +19,7 @@ from visage import convert
 from visage.config import Config
 from visage.faces.pipeline import FoundFace
 from visage.faces.pool import PipelinePool
-from visage.faces.status import ANALYSIS_ERRORS, analysis_status
+from visage.faces.status import ANALYSIS_ERRORS, analysis_failure
 from visage.model import Predictor
 from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
 from visage.store.base import Store
@@ -70,7 +70,7 @@ class Classifier:
         try:
             return self.pool.analyze(content)
         except ANALYSIS_ERRORS as error:
-            raise RpcFailure(analysis_status(error), str(error)) from None
+            raise analysis_failure(error, str(error)) from None
 
     def classify_faces(self, predictor: Predictor | None, faces: list[FoundFace]) -> tuple[list, int]:
         """The faces named by one model version (taken once by the caller)."""

@@ -11,18 +11,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from envoy_data_plane.envoy.config.accesslog.v3 import (
-    AccessLog,
-    AccessLogFilter,
-    ComparisonFilter,
-    ComparisonFilterOp,
-    StatusCodeFilter,
-)
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
 from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
 from envoy_data_plane.envoy.config.core.v3 import (
@@ -33,7 +27,6 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValueOptionHeaderAppendAction,
     Http2ProtocolOptions,
     RuntimeFractionalPercent,
-    RuntimeUInt32,
     SocketAddress,
     SubstitutionFormatString,
 )
@@ -63,7 +56,6 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManager,
     HttpFilter,
     LocalReplyConfig,
-    ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
@@ -75,6 +67,7 @@ from envoy_data_plane.google.protobuf import Any, Struct
 
 from visage.config import Config
 from visage.server import SERVICE_NAMES
+from visage_gateway import limits
 
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -138,6 +131,7 @@ class GatewaySettings:
     cors_origins: tuple[str, ...] = ()
     max_request_body_bytes: int = MAX_REQUEST_BODY_BYTES
     access_log: bool = True
+    image_calls: limits.CallerRate = field(default_factory=limits.CallerRate)
 
     @classmethod
     def from_config(cls, config: Config, env: dict[str, str] | None = None) -> "GatewaySettings":
@@ -160,21 +154,14 @@ class GatewaySettings:
             openapi_json=Path(env.get("VISAGE_OPENAPI_JSON", REPO / "build/openapi.json")),
             cors_origins=origins,
             access_log=env.get("VISAGE_GATEWAY_ACCESS_LOG", "1") != "0",
+            image_calls=limits.CallerRate.from_env(env),
         )
 
 
 def streaming_methods(descriptor_set: Path, grpc_services: set[str]) -> list[str]:
     """gRPC paths of every client- or server-streaming method: these routes get
-    no timeout (a watch may stay open for hours)."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
-    paths = []
-    for file in files.file:
-        for service in file.service:
-            full_name = f"{file.package}.{service.name}" if file.package else service.name
-            if full_name not in grpc_services:
-                continue
-            paths += [f"/{full_name}/{m.name}" for m in service.method if m.client_streaming or m.server_streaming]
-    return sorted(paths)
+    no timeout (a watch may stay open for hours), only an idle timeout."""
+    return sorted(streaming_method_kinds(descriptor_set, grpc_services))
 
 
 def _any(message) -> Any:
@@ -203,14 +190,35 @@ NATIVE_GRPC = {
 }
 
 
+def streaming_method_kinds(descriptor_set: Path, grpc_services: set[str]) -> dict[str, bool]:
+    """gRPC path of every streaming method -> whether the client streams."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    kinds = {}
+    for file in files.file:
+        for service in file.service:
+            full_name = f"{file.package}.{service.name}" if file.package else service.name
+            if full_name in grpc_services:
+                kinds.update({f"/{full_name}/{m.name}": m.client_streaming
+                              for m in service.method if m.client_streaming or m.server_streaming})
+    return kinds
+
+
 def _grpc_routes(settings: GatewaySettings) -> list[Route]:
     by_service = {u.grpc_service: u for u in settings.upstreams}
-    streams = streaming_methods(settings.descriptor_set, set(by_service))
+    costly = set(limits.costly_paths(set(by_service)))
+    # Streams: a cluster of their own, idle timeouts by kind, image streams rate-limited per caller.
     routes = [
         Route(name=path, match=RouteMatch(path=path),
-              route=RouteAction(cluster=by_service[path.split("/")[1]].cluster,
-                                timeout=NO_TIMEOUT, idle_timeout=NO_TIMEOUT), typed_per_filter_config=NATIVE_GRPC)
-        for path in streams
+              route=RouteAction(cluster=limits.stream_cluster(by_service[path.split("/")[1]].cluster),
+                                timeout=NO_TIMEOUT, idle_timeout=limits.stream_idle_timeout(client_streaming)),
+              typed_per_filter_config=_route_filters(path in costly, settings))
+        for path, client_streaming in sorted(streaming_method_kinds(settings.descriptor_set, set(by_service)).items())
+    ]
+    routes += [
+        Route(name=path, match=RouteMatch(path=path),
+              route=RouteAction(cluster=by_service[path.split("/")[1]].cluster, timeout=UNARY_TIMEOUT),
+              typed_per_filter_config=_route_filters(True, settings))
+        for path in sorted(costly) if path not in {r.name for r in routes}
     ]
     routes += [
         Route(name=u.grpc_service, match=RouteMatch(prefix=f"/{u.grpc_service}/"),
@@ -231,6 +239,11 @@ def _grpc_routes(settings: GatewaySettings) -> list[Route]:
                             route=RouteAction(cluster=default.cluster, timeout=NO_TIMEOUT),
                             typed_per_filter_config=NATIVE_GRPC))
     return routes
+
+
+def _route_filters(costly: bool, settings: GatewaySettings) -> dict[str, Any]:
+    """Per-route filter config of a gRPC route: a costly one is rate-limited per caller."""
+    return {**NATIVE_GRPC, **(limits.caller_rate_limit(settings.image_calls) if costly else {})}
 
 
 def _static_routes(settings: GatewaySettings) -> list[Route]:
@@ -280,16 +293,9 @@ def _fallback_routes() -> list[Route]:
 
 def _local_reply_config() -> LocalReplyConfig:
     """Every error Envoy itself answers (malformed JSON, no backend, CSRF,
-    unknown path, body too large) as JSON with a readable `message`, the
-    same field the transcoder's gRPC errors carry."""
-    errors = AccessLogFilter(status_code_filter=StatusCodeFilter(comparison=ComparisonFilter(
-        op=ComparisonFilterOp.GE, value=RuntimeUInt32(default_value=400, runtime_key="visage.local_reply_min"))))
-    body = {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "details": "%RESPONSE_CODE_DETAILS%"}
-    return LocalReplyConfig(mappers=[ResponseMapper(
-        filter=errors,
-        body_format_override=SubstitutionFormatString(json_format=Struct.from_dict(body),
-                                                      content_type="application/json"),
-    )])
+    unknown path, body too large, rate limited) as the JSON the transcoder
+    gives service errors: {"code": <gRPC code>, "message", "details"}."""
+    return LocalReplyConfig(mappers=limits.error_mappers())
 
 
 def _cors_policy(settings: GatewaySettings) -> dict[str, Any]:
@@ -335,10 +341,13 @@ def _http_filters(settings: GatewaySettings) -> list[HttpFilter]:
         # Whole REST bodies, so an oversized upload is a 413 here, before any service sees it.
         HttpFilter(name="envoy.filters.http.buffer",
                    typed_config=_any(Buffer(max_request_bytes=settings.max_request_body_bytes))),
+        # Before the transcoder, so it sees (and may re-status) the transcoded response.
+        limits.status_hint_filter(),
         HttpFilter(name="envoy.filters.http.grpc_json_transcoder", typed_config=_any(transcoder)),
         # After the transcoder: it must see the route of the gRPC path (REST paths
         # only match direct responses, which the CORS filter ignores).
         HttpFilter(name="envoy.filters.http.cors", typed_config=_any(Cors())),
+        limits.rate_limit_filter(),  # likewise: per-route config on the gRPC path's route
         HttpFilter(name="envoy.filters.http.router", typed_config=_any(Router())),
     ]
 
@@ -363,14 +372,14 @@ def _listener(settings: GatewaySettings) -> Listener:
         virtual_hosts=[VirtualHost(name="visage", domains=["*"], routes=routes,
                                    typed_per_filter_config=_cors_policy(settings))],
     )
-    hcm = HttpConnectionManager(
+    hcm = limits.harden(HttpConnectionManager(
         stat_prefix="visage_gateway",
         route_config=route_config,
         http_filters=_http_filters(settings),
         access_log=_access_logs(settings),
         local_reply_config=_local_reply_config(),
         server_name="visage",
-    )
+    ))
     return Listener(
         name="visage_http",
         address=Address(socket_address=SocketAddress(address=settings.bind_host, port_value=settings.port)),
@@ -381,20 +390,23 @@ def _listener(settings: GatewaySettings) -> Listener:
     )
 
 
-def _cluster(upstream: Upstream) -> Cluster:
+def _cluster(upstream: Upstream, streams: bool = False) -> Cluster:
+    """The service's cluster, or (`streams`) the one its streaming routes use."""
     http2 = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
         http2_protocol_options=Http2ProtocolOptions()))
     endpoint = LbEndpoint(endpoint=Endpoint(address=Address(socket_address=SocketAddress(
         address=upstream.host, port_value=upstream.port))))
+    name = limits.stream_cluster(upstream.cluster) if streams else upstream.cluster
     return Cluster(
-        name=upstream.cluster,
+        name=name,
         type=ClusterDiscoveryType.STRICT_DNS,  # an IP or a Kubernetes service name
         dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=datetime.timedelta(seconds=2),
         per_connection_buffer_limit_bytes=MAX_RESPONSE_BODY_BYTES,
         typed_extension_protocol_options={"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)},
-        load_assignment=ClusterLoadAssignment(cluster_name=upstream.cluster,
+        load_assignment=ClusterLoadAssignment(cluster_name=name,
                                               endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]),
+        circuit_breakers=limits.circuit_breakers(streams),
     )
 
 
@@ -410,7 +422,7 @@ def build_bootstrap(settings: GatewaySettings) -> dict:
     bootstrap = Bootstrap(
         static_resources=BootstrapStaticResources(
             listeners=[_listener(settings)],
-            clusters=[_cluster(u) for u in settings.upstreams],
+            clusters=[_cluster(u, streams) for u in settings.upstreams for streams in (False, True)],
         ),
         overload_manager=_overload_manager(),
     )

@@ -1,7 +1,6 @@
 """Runs one Envoy and keeps this process as its parent until it exits."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -11,13 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
-from visage import placement
+from visage import lifeline, placement
 from visage_gateway import openapi
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def envoy_binary() -> str:
@@ -56,14 +54,6 @@ def ensure_openapi(path: Path) -> None:
         log.warning("serving without an OpenAPI document: %s", error)
 
 
-def _die_with_parent() -> None:
-    """Runs in the Envoy child before exec: if this supervisor is killed
-    (even with SIGKILL), the kernel sends Envoy SIGTERM, so no orphan Envoy
-    keeps the port."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class EnvoyProcess:
     """One Envoy, pinned to `cpus` when given (see visage.placement)."""
 
@@ -78,6 +68,7 @@ class EnvoyProcess:
             raise RuntimeError(f"Envoy rejected {self.bootstrap}:\n{result.stdout[-4000:]}{result.stderr[-4000:]}")
 
     def run_until_signalled(self) -> int:
+        self._parent_pid = os.getpid()
         self.process = subprocess.Popen(envoy_command(self.bootstrap, cpus=self.cpus), preexec_fn=self._prepare_child)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
@@ -86,8 +77,10 @@ class EnvoyProcess:
         return code
 
     def _prepare_child(self) -> None:
-        """In the Envoy child before exec (the affinity outlives exec)."""
-        _die_with_parent()
+        """In the Envoy child before exec (the affinity and the death signal
+        outlive exec): if this supervisor is killed (even with SIGKILL), the
+        kernel sends Envoy SIGTERM, so no orphan Envoy keeps the port."""
+        lifeline.die_with_parent(signal.SIGTERM, self._parent_pid)
         placement.pin_this_process(self.cpus)
 
     def _stop(self, signum: int, _frame) -> None:

@@ -21,7 +21,7 @@ from visage.config import Config
 from visage.faces import metadata
 from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
-from visage.faces.status import ANALYSIS_ERRORS, analysis_status
+from visage.faces.status import ANALYSIS_ERRORS, analysis_failure
 from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
 from visage.store import Store, StoreError
 from visage.store.records import FaceRecord, ImageRecord
@@ -141,7 +141,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except ANALYSIS_ERRORS as error:
             if isinstance(error, WorkerCrashed):
                 log.error("face pipeline crashed on %s", name)
-            raise RpcFailure(analysis_status(error), f"{name}: {error}") from None
+            raise analysis_failure(error, f"{name}: {error}") from None
 
     def _result(self, filename: str, future: Future) -> ingest_pb2.IngestResult:
         try:

@@ -14,7 +14,6 @@ Predictions are many (one per face): lists read them in batches
 """
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -24,13 +23,10 @@ from visage.store.records import FaceRecord, LabelRecord, PersonaRecord, Predict
 from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
+# ListUnknownFaces examines images in batches of this many until its page is
+# full or the images end: a page is always exact (full unless it is the last),
+# however busy the machine. Its cost grows with how rare unknown faces are.
 IMAGE_SCAN_BATCH = 100
-# ListUnknownFaces examines faces until its page is full, or until it has spent
-# this many faces or seconds; then it returns what it found (possibly fewer
-# than page_size, even none) with a token to go on. A call's cost stays bounded
-# on either backend even when unknown faces are rare among tens of thousands.
-UNKNOWN_SCAN_FACES = 10_000
-UNKNOWN_SCAN_SECONDS = 0.3
 
 
 class LabelIndex:
@@ -186,8 +182,6 @@ class Catalogue:
         images at a time: their faces (no crops) and predictions in a few calls."""
         labels, version = LabelIndex.load(self.store), self.active_version()
         found: list[pb.Face] = []
-        scanned = 0
-        give_up_at = time.monotonic() + UNKNOWN_SCAN_SECONDS
         while images := self.store.list_images(image_offset, IMAGE_SCAN_BATCH):
             faces_of = self.store.faces_of_images(image.image_id for image in images if image.face_count)
             predictions = self.store.get_predictions(
@@ -202,10 +196,7 @@ class Catalogue:
                     if len(found) == limit:  # only hand out a token when something follows
                         return found, [image_offset, position]
                     found.append(face_message(face, labels.of_face(face.face_id), prediction, version))
-                scanned += max(0, len(faces) - face_offset)
                 image_offset, face_offset = image_offset + 1, 0
-                if scanned >= UNKNOWN_SCAN_FACES or time.monotonic() > give_up_at:
-                    return found, [image_offset, 0]
         return found, None
 
     @staticmethod

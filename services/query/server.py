@@ -28,17 +28,6 @@ from visage_query.retention import EventCompactor
 
 log = logging.getLogger(__name__)
 
-# Each open WatchEvents stream holds a worker thread for its lifetime, so the
-# pool is larger than usual and streams are capped below it: unary calls
-# always find a free thread.
-MAX_WORKERS = 64
-MAX_WATCHERS = 48
-
-
-class TooManyWatchers(Exception):
-    pass
-
-
 class ShuttingDown(Exception):
     pass
 
@@ -56,8 +45,6 @@ def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(error)
-    if isinstance(error, TooManyWatchers):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(error)
     if _is_store_unavailable(error):
@@ -93,16 +80,16 @@ def streaming(method):
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, store: Store, max_watchers: int = MAX_WATCHERS):
+    def __init__(self, store: Store):
         self.store = store
         self.catalogue = Catalogue(store)
         self._closing = threading.Event()
-        self._watch_slots = threading.BoundedSemaphore(max_watchers)
-        self._max_watchers = max_watchers
+        self._new_events = events.NewEvents(store)
 
     def close(self) -> None:
         """Ends open WatchEvents streams (UNAVAILABLE, so clients reconnect elsewhere)."""
         self._closing.set()
+        self._new_events.stop()
 
     # ---- personas --------------------------------------------------------
     @unary
@@ -208,21 +195,23 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     # ---- events ----------------------------------------------------------
     @streaming
     def WatchEvents(self, request, context):
+        # Open streams are capped for every service alike (visage.guard.StreamGuard).
         types = validation.event_types(list(request.types))
-        if not self._watch_slots.acquire(blocking=False):
-            raise TooManyWatchers(f"too many open WatchEvents streams (limit {self._max_watchers}); retry later")
-        try:
-            cancelled = threading.Event()
-            context.add_callback(cancelled.set)  # client cancel, deadline, or server stop
-            start = request.after_cursor or self.store.latest_cursor()
-            first_batch = events.read_after(self.store, start)  # validates the cursor
-            context.send_initial_metadata(())  # the stream is open even before the first event
-            for record in events.follow(self.store, start, types, cancelled, self._closing.is_set, first_batch):
-                yield convert.event(record)
-            if self._closing.is_set() and context.is_active():
-                raise ShuttingDown("the query service is shutting down; reconnect with the last cursor you saw")
-        finally:
-            self._watch_slots.release()
+        self._new_events.start()
+        cancelled = threading.Event()
+
+        def on_done() -> None:  # client cancel, deadline, or server stop
+            cancelled.set()
+            self._new_events.poke()
+        context.add_callback(on_done)
+        start = request.after_cursor or self.store.latest_cursor()
+        first_batch = events.read_after(self.store, start)  # validates the cursor
+        context.send_initial_metadata(())  # the stream is open even before the first event
+        for record in events.follow(self.store, start, types, cancelled, self._closing.is_set, first_batch,
+                                    self._new_events):
+            yield convert.event(record)
+        if self._closing.is_set() and context.is_active():
+            raise ShuttingDown("the query service is shutting down; reconnect with the last cursor you saw")
 
     # ---- erasure and export (privacy) -------------------------------------
     @unary
@@ -245,14 +234,14 @@ def require_operator_for_embeddings(context) -> None:
 
 
 def start(config: Config, store: Store, address: str,
-          max_workers: int = MAX_WORKERS, max_watchers: int = MAX_WATCHERS) -> RunningService:
+          max_workers: int = 16, max_watchers: int | None = None) -> RunningService:
     """Starts the service on `address` (tests pass "127.0.0.1:0"). Draining
     ends open WatchEvents streams, which would otherwise hold a graceful stop
     for the whole grace period."""
-    servicer = QueryServicer(store, max_watchers)
+    servicer = QueryServicer(store)
     server, port, health_servicer = build_server(
         lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
-        [SERVICE_NAMES["query"]], address, max_workers)
+        [SERVICE_NAMES["query"]], address, max_workers, max_streams=max_watchers)
     compactor = EventCompactor(store, config.event_retention_days)
     compactor.start()
     return RunningService(server, port, health_servicer, drain=servicer.close, close=compactor.stop)

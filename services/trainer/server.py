@@ -36,7 +36,9 @@ CURSOR_META_KEY = "trainer.event_cursor"
 TRIGGER_EVENTS = {pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED, pb.EVENT_TYPE_PERSONA_CREATED,
                   pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED, pb.EVENT_TYPE_ERASED}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
-WATCH_POLL_SECONDS = 0.5  # how often a watch stream checks that its client is still there
+# A watch stream is woken by a job update, its client leaving (a callback) or the
+# board closing; this is only a safety net, so idle watchers cost no CPU.
+WATCH_POLL_SECONDS = 30.0
 
 
 class JobBoard:
@@ -62,6 +64,13 @@ class JobBoard:
         with self._lock:
             self._subscribers.discard(subscriber)
 
+    def close(self) -> None:
+        """Ends every watch: each subscriber wakes to a None."""
+        self.closed.set()
+        with self._lock:
+            for subscriber in self._subscribers:
+                subscriber.put(None)
+
 
 class Trainer:
     """The job queue, its worker thread and the event follower."""
@@ -85,7 +94,7 @@ class Trainer:
 
     def stop(self) -> None:
         self._stop.set()
-        self.board.closed.set()
+        self.board.close()
         self._jobs.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
@@ -187,16 +196,21 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
 
     def WatchTrainingJobs(self, request, context):
         subscriber = self.trainer.board.subscribe()
+        context.add_callback(lambda: subscriber.put(None))  # the client left: wake the loop below
         try:
             if request.job_id:
                 job = self._job(request.job_id, context)
                 yield convert.training_job(job)
                 if job.phase in TERMINAL_PHASES:
                     return
+            else:
+                context.send_initial_metadata(())  # the stream is open (REST: headers sent) before any update
             while context.is_active() and not self.trainer.board.closed.is_set():
                 try:
                     job = subscriber.get(timeout=WATCH_POLL_SECONDS)
                 except queue.Empty:
+                    continue
+                if job is None:  # a wake-up: the loop condition says whether to go on
                     continue
                 if request.job_id and job.job_id != request.job_id:
                     continue

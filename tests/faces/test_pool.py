@@ -41,7 +41,7 @@ def test_errors_cross_the_process_boundary(pool, faces_dir):
 
 def test_pool_is_sized_to_config_and_bounds_in_flight_work(pool):
     assert pool.workers == 2
-    assert pool._slots._value == 2 * IN_FLIGHT_PER_WORKER  # all slots free when idle
+    assert pool._slots.free == 2 * IN_FLIGHT_PER_WORKER  # all slots free when idle
 
 
 def test_zero_workers_means_one_per_core(monkeypatch):

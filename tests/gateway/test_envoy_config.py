@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from visage.config import Config
-from visage_gateway import envoy_config
+from visage_gateway import envoy_config, limits
 from visage_gateway.supervisor import envoy_command
 
 
@@ -24,7 +24,10 @@ def test_streaming_methods_have_no_timeout_and_unary_ones_do():
     settings = envoy_config.GatewaySettings.from_config(Config(), {})
     routes = {r.name: r for r in envoy_config._grpc_routes(settings)}
     watch = routes["/visage.v1.QueryService/WatchEvents"].route
-    assert watch.timeout.total_seconds() == 0 and watch.idle_timeout.total_seconds() == 0
+    # Streams: no overall timeout, but an idle one (silent client streams go sooner), on a cluster of their own.
+    assert watch.timeout.total_seconds() == 0 and watch.idle_timeout == limits.SERVER_STREAM_IDLE
+    assert watch.cluster == "visage_query_streams"
+    assert routes["/visage.v1.IngestService/IngestImages"].route.idle_timeout == limits.CLIENT_STREAM_IDLE
     assert "/visage.v1.ClassifyService/Reclassify" in routes
     assert routes["visage.v1.QueryService"].route.timeout.total_seconds() > 0
 

@@ -114,7 +114,7 @@ def test_watch_events_streams_server_sent_events(gateway):
     reader.start()
     assert opened.wait(15)
     assert received[0] == ("headers", 200, "text/event-stream")
-    time.sleep(0.3)  # the watch starts "from now"
+    # No pause needed: Envoy sends the headers once WatchEvents has fixed its "from now" cursor.
     persona_id = gateway.json("POST", "/v1/personas", {"displayName": "Streamed"})[1]["personaId"]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not any(

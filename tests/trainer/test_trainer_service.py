@@ -125,7 +125,7 @@ def test_watching_all_jobs_follows_jobs_started_later(trainer_service, world):
     world.label_training_faces()
     wait_for_version(world.store, 1)
     stream = stub.WatchTrainingJobs(train_pb2.WatchTrainingJobsRequest(), timeout=30)
-    time.sleep(0.3)  # the stream subscribes before the job starts
+    stream.initial_metadata()  # sent once the stream has subscribed: no job can be missed
     job = stub.StartTraining(train_pb2.StartTrainingRequest())
     for update in stream:
         if update.job_id == job.job_id and update.phase == pb.TRAINING_PHASE_SUCCEEDED:

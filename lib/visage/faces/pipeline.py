@@ -7,6 +7,7 @@ keeps one per worker process."""
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +22,12 @@ from visage.faces.settings import FaceSettings
 CHIP_SIZE = 150  # the ResNet encoder's input size
 CHIP_PADDING = 0.25  # dlib's default: the encoder was trained on chips with this margin
 CROP_JPEG_QUALITY = 90
+# The one list of accepted formats (Pillow's names), enforced when an image is
+# opened: any other format Pillow could parse (TIFF, ICO, PSD, ...) is refused
+# before its pixels are decoded. ICO in particular wraps a PNG whose real size
+# Pillow only learns by decoding it.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+ACCEPTED_FORMAT_NAMES = "JPEG, PNG, WebP, BMP or GIF"
 
 
 class InvalidImage(ValueError):
@@ -56,30 +63,60 @@ def check_size(content: bytes, max_bytes: int) -> None:
         raise ImageTooLarge(f"image is {len(content):,} bytes; the limit is {max_bytes:,} bytes")
 
 
-def decode_image(content: bytes, max_bytes: int, max_pixels: int) -> tuple[Image.Image, str]:
-    """Decodes to an upright RGB image; returns it with its MIME type."""
+def open_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int = 1) -> Image.Image:
+    """Parses only the header (Pillow opens lazily) and refuses, before any
+    pixel is decoded: other formats than ACCEPTED_FORMATS, more pixels than
+    `max_pixels`, a side shorter than `min_side`. Cheap enough to run in the
+    service process before an image is queued for a worker."""
     check_size(content, max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(content))
-            # Dimensions come from the header: refuse bombs before allocating pixels.
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidImage(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
-                                   f"{max_pixels:,} (decompression bomb protection)")
-            content_type = Image.MIME.get(image.format or "", "application/octet-stream")
-            image.load()
-    except InvalidImage:
-        raise
+            image = Image.open(io.BytesIO(content), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise InvalidImage("not an image: the bytes match no supported image format "
-                           "(JPEG, PNG, WebP, BMP, GIF)") from None
+        raise InvalidImage(_unaccepted_format_message(content)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InvalidImage(f"decompression bomb refused: {error}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise InvalidImage(f"image header is corrupt or truncated: {error}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidImage(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
+                           f"{max_pixels:,} pixels (VISAGE_MAX_IMAGE_PIXELS; decompression bomb protection)")
+    if min(width, height) < min_side:
+        raise InvalidImage(f"image is {width}x{height} pixels; each side must be at least {min_side} pixels "
+                           "(the smallest face searched for)")
+    return image
+
+
+def _unaccepted_format_message(content: bytes) -> str:
+    """Names a format Pillow knows but Visage does not accept (header only)."""
+    try:
+        known = Image.open(io.BytesIO(content)).format
+    except Exception:  # noqa: BLE001 - not an image Pillow knows at all
+        known = None
+    if known:
+        return f"{known} images are not accepted; send {ACCEPTED_FORMAT_NAMES}"
+    return f"not an image: the bytes match no accepted image format ({ACCEPTED_FORMAT_NAMES})"
+
+
+def decode_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:
+    """Decodes to an upright RGB image; returns it with its MIME type."""
+    image = open_image(content, max_bytes, max_pixels, min_side)
+    content_type = Image.MIME.get(image.format or "", "application/octet-stream")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InvalidImage(f"decompression bomb refused: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
         raise InvalidImage(f"image data is corrupt or truncated: {error}") from None
-    return _to_rgb(ImageOps.exif_transpose(image)), content_type
+    if upright.size != image.size and upright.size[::-1] != image.size:
+        raise InvalidImage(f"image decoded to {upright.width}x{upright.height}, not the {image.width}x{image.height} "
+                           "its header claims")
+    return _to_rgb(upright), content_type
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -111,7 +148,8 @@ class FacePipeline:
         self._encoder = dlib.face_recognition_model_v1(model_path(RESNET_ENCODER))
 
     def analyze(self, content: bytes) -> AnalyzedImage:
-        image, content_type = decode_image(content, self.config.max_image_bytes, self.settings.max_pixels)
+        image, content_type = decode_image(content, self.config.max_image_bytes, self.settings.max_pixels,
+                                           self.settings.min_face_size)
         rgb = np.asarray(image)
         boxes = [box for box in self._detect(image) if _short_side(box) >= self.settings.min_face_size]
         boxes.sort(key=lambda box: (box[0], box[1]))  # stable, human-friendly face order
@@ -129,7 +167,8 @@ class FacePipeline:
         scale = self._detection_scale(image)
         if scale == 1.0:
             return self.detector.detect(np.asarray(image))
-        small = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+        small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BILINEAR)
         return [tuple(round(v / scale) for v in box) for box in self.detector.detect(np.asarray(small))]
 
     def _detection_scale(self, image: Image.Image) -> float:

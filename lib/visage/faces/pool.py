@@ -5,22 +5,27 @@ they run (measured: 2 threads on 2 cores run the bare pipeline at ~1.0x the
 images/s of one thread, 2 processes at ~1.9x; see bench/bench_ingest.py), so
 threads would serialise. Each worker loads the dlib models once, in its
 initializer. Workers are spawned, not forked: the parent runs gRPC threads,
-which must not be forked.
+which must not be forked. Workers die with their service (visage.lifeline):
+every worker is started by the thread that builds or replaces the pool, a
+thread that lives until the service stops.
 
-Back-pressure: a semaphore admits at most two images per worker (one running,
-one queued); further callers block in analyze() instead of piling image bytes
-into an unbounded queue."""
+Back-pressure: at most two images per worker are admitted (one running, one
+queued); further callers block in analyze() instead of piling image bytes
+into an unbounded queue, and are admitted fairly across callers (faces.fair)."""
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from visage import lifeline
 from visage.config import Config
-from visage.faces.pipeline import AnalyzedImage, FacePipeline, check_size
+from visage.faces.fair import FairSlots
+from visage.faces.pipeline import AnalyzedImage, FacePipeline, open_image
 from visage.faces.settings import FaceSettings
 
 log = logging.getLogger(__name__)
@@ -35,8 +40,10 @@ class WorkerCrashed(RuntimeError):
 _pipeline: FacePipeline | None = None  # the worker process's own pipeline
 
 
-def _load_pipeline(config: Config, settings: FaceSettings) -> None:
+def _load_pipeline(config: Config, settings: FaceSettings, parent_pid: int) -> None:
     global _pipeline
+    # A worker holds nothing worth saving: if its service dies (even by SIGKILL), so does it.
+    lifeline.die_with_parent(signal.SIGKILL, parent_pid)
     _pipeline = FacePipeline(config, settings)
 
 
@@ -59,15 +66,18 @@ class PipelinePool:
         self.config = config
         self.settings = settings or FaceSettings.from_env()
         self.workers = worker_count(config)
-        self._slots = threading.BoundedSemaphore(self.workers * IN_FLIGHT_PER_WORKER)
+        self._slots = FairSlots(self.workers * IN_FLIGHT_PER_WORKER)
         self._restart_lock = threading.Lock()
         self._executor = self._start_executor()
 
     def analyze(self, content: bytes) -> AnalyzedImage:
         """Blocking and thread-safe. Raises InvalidImage / ImageTooLarge from the
         pipeline, DetectorUnavailable from a remote detector, WorkerCrashed."""
-        check_size(content, self.config.max_image_bytes)  # before shipping bytes to a worker
-        with self._slots:
+        # Size, format and header dimensions are checked here, before the bytes
+        # take a worker slot: a decompression bomb costs its sender microseconds
+        # and never delays another caller's image.
+        open_image(content, self.config.max_image_bytes, self.settings.max_pixels, self.settings.min_face_size)
+        with self._slots.slot():
             try:
                 return self._run(content)
             except BrokenProcessPool:
@@ -100,7 +110,7 @@ class PipelinePool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_load_pipeline,
-            initargs=(self.config, self.settings),
+            initargs=(self.config, self.settings, os.getpid()),
         )
         # Start every worker and load its models now, so the first images do not pay for it.
         pids = {future.result() for future in [executor.submit(_ready) for _ in range(self.workers)]}

@@ -1,0 +1,205 @@
+"""Robustness benchmarks (issue #13), each against its baseline in the same run:
+1. Idle streams: unary p50 (and health p50) of a service with 0 vs 500 idle
+   WatchEvents watchers (query) and 0 vs 100 idle ClassifyStream client
+   streams (classifier). Target: within 10 % (ratio <= 1.10).
+2. Decompression bombs: a victim's Classify p50 (REST through Envoy, its own
+   caller address) idle vs while two other callers send bombs as fast as they
+   are answered - a PNG whose header says 8000x8000 (over the pixel limit:
+   refused from the header) and a JPEG whose header claims 6000x6000 (under
+   the limit: decoded until its data runs out). Side by side: the gateway's
+   per-caller image rate limit on (the default) and off.
+Sizes: BENCH_ROBUSTNESS_CALLS unary calls per side (default 400),
+BENCH_ROBUSTNESS_VICTIM_CALLS victim calls per side (default 15)."""
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from visage.config import Config
+from visage.mesh import start_in_process
+from visage.store.sqlite import SqliteStore
+from visage.v1 import classify_pb2, classify_pb2_grpc, query_pb2, query_pb2_grpc, resources_pb2
+
+REPO = Path(__file__).resolve().parents[1]
+FACES_DIR = Path(os.environ.get("VISAGE_FACES_DIR", REPO.parent / "shared/data/faces"))
+if not (FACES_DIR / "bbt").is_dir():
+    FACES_DIR = Path("/work/shared/data/faces")
+CALLS = int(os.environ.get("BENCH_ROBUSTNESS_CALLS", "400"))
+VICTIM_CALLS = int(os.environ.get("BENCH_ROBUSTNESS_VICTIM_CALLS", "15"))
+IDLE_WATCHERS, IDLE_CLIENT_STREAMS = 500, 100
+BOMBERS = ("127.0.0.11", "127.0.0.12")
+VICTIM = "127.0.0.10"
+
+
+def p50_ms(call, count: int) -> float:
+    for _ in range(min(20, count)):  # warm-up
+        call()
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000
+
+
+def row(name: str, base: float, loaded: float) -> None:
+    print(f"| {name:<58} | {base:8.2f} | {loaded:8.2f} | {loaded / base:6.2f}x |", flush=True)
+
+
+def header(left: str, right: str) -> None:
+    print(f"| {'measure (p50, ms)':<58} | {left:>8} | {right:>8} | {'ratio':>7} |")
+    print(f"|{'-' * 60}|{'-' * 10}|{'-' * 10}|{'-' * 9}|", flush=True)
+
+
+# ---- 1. idle streams ------------------------------------------------------------
+def idle_streams(mesh) -> None:
+    header("0 idle", "idle")
+    query_channel = grpc.insecure_channel(f"127.0.0.1:{mesh.ports['query']}")
+    query = query_pb2_grpc.QueryServiceStub(query_channel)
+    persona = query.CreatePersona(query_pb2.CreatePersonaRequest(persona=resources_pb2.Persona(display_name="Bench")))
+    get = lambda: query.GetPersona(query_pb2.GetPersonaRequest(persona_id=persona.persona_id), timeout=60)  # noqa: E731
+    health = health_pb2_grpc.HealthStub(query_channel)
+    check = lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=60)  # noqa: E731
+    base_get, base_health = p50_ms(get, CALLS), p50_ms(check, CALLS)
+    watchers = [query.WatchEvents(query_pb2.WatchEventsRequest()) for _ in range(IDLE_WATCHERS)]
+    for watcher in watchers:
+        watcher.initial_metadata()
+    row(f"query GetPersona, {IDLE_WATCHERS} idle WatchEvents", base_get, p50_ms(get, CALLS))
+    row(f"query health Check, {IDLE_WATCHERS} idle WatchEvents", base_health, p50_ms(check, CALLS))
+    for watcher in watchers:
+        watcher.cancel()
+    query_channel.close()
+
+    stop = threading.Event()
+
+    def silent():
+        stop.wait()
+        return
+        yield
+
+    with grpc.insecure_channel(f"127.0.0.1:{mesh.ports['classifier']}") as channel:
+        stub = classify_pb2_grpc.ClassifyServiceStub(channel)
+        embedding = classify_pb2.ClassifyEmbeddingsRequest(embeddings=[classify_pb2.Embedding(values=[0.01] * 128)])
+
+        def classify_embeddings():
+            try:
+                stub.ClassifyEmbeddings(embedding, timeout=60)
+            except grpc.RpcError as error:  # no model yet: FAILED_PRECONDITION is still a served call
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+        base = p50_ms(classify_embeddings, CALLS)
+        streams = [stub.ClassifyStream(silent()) for _ in range(IDLE_CLIENT_STREAMS)]
+        loaded = p50_ms(classify_embeddings, CALLS)
+        stop.set()
+        for stream in streams:
+            stream.cancel()
+    row(f"classifier ClassifyEmbeddings, {IDLE_CLIENT_STREAMS} idle ClassifyStream", base, loaded)
+
+
+# ---- 2. decompression bombs ---------------------------------------------------------
+def png_bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buffer, format="PNG")  # 64 Mpx in a few KB
+    return buffer.getvalue()
+
+
+def forged_jpeg(width: int = 6000, height: int = 6000) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((256, 256), 64).convert("RGB").save(buffer, format="JPEG", quality=95)
+    data = bytearray(buffer.getvalue())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def classify_rest(port: int, source: str, body: bytes) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300, source_address=(source, 0))
+    try:
+        connection.request("POST", "/v1/images:classify", body=body, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def body_of(content: bytes) -> bytes:
+    return json.dumps({"content": base64.b64encode(content).decode()}).encode()
+
+
+def victim_under_bombs(port: int, victim: bytes, bomb: bytes | None) -> tuple[float, dict[int, int]]:
+    """The victim's p50 while each bomber sends `bomb` from 2 connections at a time."""
+    stop = threading.Event()
+    statuses: dict[int, int] = {}
+
+    def bomber(source: str) -> None:
+        while not stop.is_set():
+            status = classify_rest(port, source, bomb)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    threads = [threading.Thread(target=bomber, args=(source,), daemon=True)
+               for source in BOMBERS for _ in range(2)] if bomb else []
+    for thread in threads:
+        thread.start()
+    try:
+        p50 = p50_ms(lambda: classify_rest(port, VICTIM, victim), VICTIM_CALLS)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return p50, statuses
+
+
+def bombs(mesh, work_dir: Path) -> None:
+    sys.path.insert(0, str(REPO / "tests" / "gateway"))
+    from gateway_stack import start_gateway
+
+    victim = body_of((FACES_DIR / "presidents" / "obama" / sorted(os.listdir(FACES_DIR / "presidents" / "obama"))[0])
+                     .read_bytes())
+    gateways = {"rate limit on": start_gateway(mesh.ports, work_dir / "limited", {"VISAGE_GATEWAY_ACCESS_LOG": "0"}),
+                "rate limit off": start_gateway(mesh.ports, work_dir / "open", {
+                    "VISAGE_GATEWAY_ACCESS_LOG": "0", "VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND": "0"})}
+    try:
+        header("idle", "bombed")
+        for bomb_name, bomb in (("PNG header 8000x8000 (over the limit)", png_bomb()),
+                                ("JPEG header claims 6000x6000 (under the limit)", forged_jpeg())):
+            for setting, gateway in gateways.items():
+                idle, _ = victim_under_bombs(gateway.port, victim, None)
+                loaded, statuses = victim_under_bombs(gateway.port, victim, body_of(bomb))
+                row(f"victim Classify; {bomb_name}, {setting}", idle, loaded)
+                print(f"|   bomb answers: {statuses}", flush=True)
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config(data_dir=Path(tmp) / "data")
+        config.data_dir.mkdir(parents=True)
+        store = SqliteStore(config.sqlite_path)
+        store.migrate()
+        with start_in_process(config, store) as mesh:
+            print(f"\n1. Idle streams ({CALLS} calls per side, direct gRPC; target ratio <= 1.10)")
+            idle_streams(mesh)
+            print(f"\n2. Decompression bombs ({VICTIM_CALLS} victim calls per side; REST through Envoy; "
+                  f"two bombing callers, 2 connections each)")
+            bombs(mesh, Path(tmp))
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
