@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from visage.auth import client as auth_client
+from visage.auth.local import LocalIssuer
+from visage.auth.roles import Role
+from visage.auth.tokens import AuthConfig
 from visage.config import Config
 from visage.server import RunningService, setup_logging
 from visage.store import Store
@@ -37,6 +41,7 @@ SERVICES = [
     ("classifier", "visage_classifier"),
 ]
 READY_TIMEOUT_SECONDS = 120
+LOGIN_LINK_SECONDS = 12 * 3600
 
 
 def wait_serving(address: str, timeout: float) -> None:
@@ -92,6 +97,11 @@ class InProcessMesh:
     def ports(self) -> dict[str, int]:
         return {name: service.port for name, service in self.services.items()}
 
+    def channel(self, name: str, role: Role = Role.ADMIN, subject: str = "in-process") -> grpc.Channel:
+        """A channel to one service with a fresh token of `role` from the local issuer."""
+        token = LocalIssuer(AuthConfig.from_env()).ensure().mint(role, subject, ttl_seconds=3600)
+        return auth_client.channel(f"127.0.0.1:{self.ports[name]}", token=token)
+
     def stop(self, grace: float | None = 0) -> None:
         while self.services:
             _name, service = self.services.popitem()  # the last started first
@@ -129,14 +139,32 @@ def start_in_process(config: Config, store: Store, pool: PipelinePool | None = N
     return mesh
 
 
+def login_link(config: Config, auth: AuthConfig) -> str | None:
+    """The UI's address with an admin token for whoever started the mesh (in the
+    URL fragment, which browsers never send to a server; the UI moves it into
+    sessionStorage and out of the address bar)."""
+    if not auth.is_local:
+        return None
+    token = LocalIssuer(auth).mint(Role.ADMIN, ttl_seconds=LOGIN_LINK_SECONDS)
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    return f"http://{host}:{config.ports.gateway}/#token={token}"
+
+
 def main() -> int:
     setup_logging("mesh")
     config = Config.from_env()
+    auth = AuthConfig.from_env()
+    if auth.is_local:
+        LocalIssuer(auth).ensure()  # before any service or Envoy reads the keys
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     children: list[tuple[str, subprocess.Popen]] = []
     try:
         children = start_all(config)
         log.info("Visage is up: open http://%s:%d/", config.host, config.ports.gateway)
+        link = login_link(config, auth)
+        if link:
+            print(f"\nVisage is up. Sign in to the UI as admin with this link (valid 12 h; "
+                  f"`visage token create` makes more):\n\n    {link}\n", flush=True)
         while all(proc.poll() is None for _, proc in children):
             time.sleep(0.5)
         failed = [name for name, proc in children if proc.poll() is not None]

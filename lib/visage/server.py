@@ -15,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from visage import placement
+from visage.auth.interceptor import AuthInterceptor
+from visage.auth.tokens import TokenVerifier
 from visage.config import Config
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
@@ -43,10 +45,15 @@ def build_server(
     service_names: list[str],
     address: str,
     max_workers: int = 16,
+    verifier: TokenVerifier | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Creates and starts a server; returns it, its bound port and its health servicer."""
+    """Creates and starts a server; returns it, its bound port and its health servicer.
+    Every RPC but reflection and health needs a token (visage.auth); `verifier`
+    defaults to the issuer VISAGE_AUTH_* configures (the local one by default)."""
+    interceptor = AuthInterceptor(verifier or TokenVerifier.from_env())
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=SERVER_OPTIONS)
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[interceptor], options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

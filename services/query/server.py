@@ -16,6 +16,7 @@ from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
 
 from visage import convert, paging
+from visage.auth import identity
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
@@ -150,7 +151,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return LabelRecord(face_id=validation.required_id(request.face_id, "face_id"),
                            persona_id=validation.required_id(request.persona_id, "persona_id"),
                            verdict=validation.verdict(request.verdict),
-                           labelled_by=validation.labelled_by(request.labelled_by))
+                           labelled_by=identity.current_subject())
 
     @unary
     def UnlabelFace(self, request, context):

@@ -120,7 +120,7 @@ const personaName = (list, id) => (list.find((p) => p.personaId === id) || {}).d
 
 function label(faceId, personaId, verdict) {
   return api("POST", `/v1/faces/${encodeURIComponent(faceId)}:label`,
-    { personaId, verdict, labelledBy: "web-ui" });
+    { personaId, verdict });
 }
 
 // ---- Face tiles ------------------------------------------------------------
