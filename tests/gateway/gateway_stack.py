@@ -53,8 +53,13 @@ class Gateway:
     log_path: Path
 
     def request(self, method: str, path: str, body: bytes | dict | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+                headers: dict[str, str] | None = None, timeout: float = 60,
+                anonymous: bool = False) -> tuple[int, dict, bytes]:
+        """Sends the test session's admin token (VISAGE_TOKEN) unless `headers`
+        carry an authorization of their own or the caller is `anonymous`."""
         headers = dict(headers or {})
+        if not anonymous and "authorization" not in {k.lower() for k in headers}:
+            headers["authorization"] = f"Bearer {os.environ['VISAGE_TOKEN']}"
         if isinstance(body, dict):
             body = json.dumps(body).encode()
             headers.setdefault("content-type", "application/json")

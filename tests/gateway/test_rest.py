@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import subprocess
 import threading
 import time
@@ -92,7 +93,8 @@ def test_corrupt_upload_is_a_readable_400(gateway):
 
 def read_sse_events(port: int, path: str, into: list, stop: threading.Event, opened: threading.Event) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("GET", path, headers={"accept": "text/event-stream"})
+    connection.request("GET", path, headers={"accept": "text/event-stream",
+                                             "authorization": f"Bearer {os.environ['VISAGE_TOKEN']}"})
     response = connection.getresponse()
     into.append(("headers", response.status, response.getheader("content-type")))
     opened.set()

@@ -65,9 +65,9 @@ class AuthConfig:
         return Path(self.jwks_file) if self.jwks_file else self.local_dir / "jwks.json"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "AuthConfig":
+    def from_env(cls, env: dict[str, str] | None = None, data_dir: Path | None = None) -> "AuthConfig":
         env = os.environ if env is None else env
-        data_dir = Path(env.get("VISAGE_DATA_DIR", "data"))
+        data_dir = data_dir or Path(env.get("VISAGE_DATA_DIR", "data"))
         return cls(
             issuer=env.get("VISAGE_AUTH_ISSUER", LOCAL_ISSUER),
             audience=env.get("VISAGE_AUTH_AUDIENCE", DEFAULT_AUDIENCE),
