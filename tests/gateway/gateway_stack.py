@@ -80,6 +80,13 @@ class Gateway:
         return self.process.wait(timeout=20)
 
 
+def sign_in(context, token: str | None = None) -> None:
+    """Every page of a Playwright browser context starts signed in to the UI
+    (the session's admin token, VISAGE_TOKEN, unless `token` is given)."""
+    token = token or os.environ["VISAGE_TOKEN"]
+    context.add_init_script(f"sessionStorage.setItem('visage.token', {json.dumps(token)});")
+
+
 def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, str] | None = None) -> Gateway:
     """`python -m visage_gateway` on a free port, waiting until Envoy answers."""
     work_dir.mkdir(parents=True, exist_ok=True)
