@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -51,6 +52,7 @@ class Gateway:
     port: int
     process: subprocess.Popen
     log_path: Path
+    ssl_context: ssl.SSLContext | None = None  # https: trusts the gateway's certificate
 
     def request(self, method: str, path: str, body: bytes | dict | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 60,
@@ -65,7 +67,7 @@ class Gateway:
             headers.setdefault("content-type", "application/json")
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as response:
                 return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
         except urllib.error.HTTPError as error:
             return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
@@ -98,7 +100,9 @@ def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, st
         with log_path.open("wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "visage_gateway"], env=env, cwd=REPO,
                                        stdout=log, stderr=subprocess.STDOUT)
-        gateway = Gateway(f"http://127.0.0.1:{port}", port, process, log_path)
+        cert = env.get("VISAGE_GATEWAY_TLS_CERT")
+        context = ssl.create_default_context(cafile=cert) if cert else None
+        gateway = Gateway(f"{'https' if cert else 'http'}://127.0.0.1:{port}", port, process, log_path, context)
         deadline = time.monotonic() + READY_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
             try:

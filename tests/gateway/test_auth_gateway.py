@@ -134,3 +134,74 @@ def test_anonymous_grpc_through_envoy_is_unauthenticated(gateway, plain_channel)
         with pytest.raises(grpc.RpcError) as refused:
             query_pb2_grpc.QueryServiceStub(channel).ListPersonas(query_pb2.ListPersonasRequest(), timeout=30)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_with_a_certificate_the_gateway_speaks_tls_and_sends_hsts(mesh, tmp_path):
+    from gateway_stack import start_gateway
+    cert, key = self_signed_certificate(tmp_path)
+    tls_gateway = start_gateway(mesh.ports, tmp_path / "tls", {"VISAGE_GATEWAY_TLS_CERT": str(cert),
+                                                                 "VISAGE_GATEWAY_TLS_KEY": str(key)})
+    try:
+        assert tls_gateway.url.startswith("https://")
+        status, headers, _ = tls_gateway.request("GET", "/v1/personas")
+        assert status == 200 and headers["strict-transport-security"].startswith("max-age=")
+        assert tls_gateway.request("GET", "/v1/personas", anonymous=True)[0] == 401
+    finally:
+        tls_gateway.stop()
+
+
+def test_without_a_certificate_there_is_no_hsts(gateway):
+    status, headers, _ = gateway.request("GET", "/v1/personas")
+    assert status == 200 and "strict-transport-security" not in headers
+
+
+def test_envoy_accepts_the_config_for_an_external_issuer(tmp_path):
+    """Microsoft Entra ID: keys fetched from its JWKS URL (over TLS), roles from the `roles` claim."""
+    import subprocess
+
+    from visage.config import Config
+    from visage_gateway import envoy_config
+    from visage_gateway.supervisor import envoy_command
+
+    tenant = "00000000-0000-0000-0000-000000000001"
+    env = {"VISAGE_AUTH_ISSUER": f"https://login.microsoftonline.com/{tenant}/v2.0",
+           "VISAGE_AUTH_AUDIENCE": "api://visage",
+           "VISAGE_AUTH_JWKS_URL": f"https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys",
+           "VISAGE_GATEWAY_HOSTNAMES": "visage.example.org"}
+    settings = envoy_config.GatewaySettings.from_config(Config(data_dir=tmp_path), env)
+    bootstrap = envoy_config.build_bootstrap(settings)
+    assert "visage_jwks" in [c["name"] for c in bootstrap["staticResources"]["clusters"]]
+    hcm = bootstrap["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]["typedConfig"]
+    jwt_filter = next(f for f in hcm["httpFilters"] if f["name"] == "envoy.filters.http.jwt_authn")
+    provider = jwt_filter["typedConfig"]["providers"]["visage"]
+    assert provider["remoteJwks"]["httpUri"]["uri"] == env["VISAGE_AUTH_JWKS_URL"]
+    assert provider["issuer"] == env["VISAGE_AUTH_ISSUER"] and provider["audiences"] == ["api://visage"]
+    assert hcm["routeConfig"]["virtualHosts"][0]["domains"] == ["visage.example.org", "visage.example.org:*"]
+    path = envoy_config.write_bootstrap(settings, tmp_path / "envoy.json")
+    result = subprocess.run(envoy_command(path, "validate"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
