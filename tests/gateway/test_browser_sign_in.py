@@ -82,3 +82,25 @@ def test_a_token_refused_mid_session_leads_back_to_sign_in(new_page, issue_token
     page.evaluate("sessionStorage.setItem('visage.token', sessionStorage.getItem('visage.token') + 'x')")
     page.goto("/#/images")
     page.locator("#sign-in-message").wait_for()
+
+
+def test_a_signed_in_labeller_sees_their_name_on_the_label(new_page, issue_token, mesh, faces_dir, test_output_dir):
+    """The README's first steps: open the link, label a face, see your name on the label."""
+    photo = sorted((faces_dir / "bbt/howard").iterdir())[0]
+    [face_id] = mesh.ingest_files([photo])[photo]
+    page = new_page()
+    page.goto(f"/#token={issue_token('labeller', 'leonard')}")
+    page.fill("#create-persona input", "Howard")
+    page.click("#create-persona button[type=submit]")
+    page.locator(".persona-card .name", has_text="Howard").wait_for()
+    page.goto("/#/unknown")
+    card = page.locator(f'.face-card[data-face-id="{face_id}"]')
+    card.locator("select").select_option(label="Howard")
+    card.locator("button", has_text="Assign").click()
+    card.wait_for(state="detached")
+    page.goto("/#/")
+    page.locator(".persona-card", has_text="Howard").click()
+    labelled = page.locator(f'#labelled .face-card[data-face-id="{face_id}"] .meta')
+    labelled.wait_for()
+    assert labelled.inner_text() == "labelled by leonard"
+    page.screenshot(path=str(test_output_dir / "gateway-labelled-by.png"), full_page=True)
