@@ -31,15 +31,19 @@ REPO = Path(__file__).resolve().parent.parent
 # carries its own `authorization`. Tests of auth itself use `plain_channel`
 # (sends nothing) and `issue_token` (any role or claims).
 TEST_SUBJECT = "test-admin"
-_plain_insecure_channel = grpc.insecure_channel
+_SESSION_AUTH_DIR = "VISAGE_TEST_SESSION_AUTH_DIR"  # this module may be imported twice (tests.conftest)
+# The original, even when this module is imported a second time after the patch below.
+_plain_insecure_channel = getattr(grpc.insecure_channel, "unpatched", grpc.insecure_channel)
 
 
 def _start_test_issuer() -> LocalIssuer:
+    if os.environ.get(_SESSION_AUTH_DIR):
+        return LocalIssuer(AuthConfig.from_env())
     auth_dir = Path(tempfile.mkdtemp(prefix="visage-test-auth-"))
     atexit.register(shutil.rmtree, auth_dir, True)
     for name in ("ISSUER", "AUDIENCE", "JWKS_URL", "JWKS_FILE", "ROLE_CLAIM", "SUBJECT_CLAIM"):
         os.environ.pop(f"VISAGE_AUTH_{name}", None)
-    os.environ["VISAGE_AUTH_DIR"] = str(auth_dir)
+    os.environ["VISAGE_AUTH_DIR"] = os.environ[_SESSION_AUTH_DIR] = str(auth_dir)
     issuer = LocalIssuer(AuthConfig.from_env()).ensure()
     os.environ[auth_client.TOKEN_ENV] = issuer.mint(Role.ADMIN, TEST_SUBJECT, ttl_seconds=7 * 86400)
     return issuer
@@ -53,6 +57,7 @@ def _insecure_channel_with_test_token(target, options=None, compression=None):
                                   os.environ.get(auth_client.TOKEN_ENV))
 
 
+_insecure_channel_with_test_token.unpatched = _plain_insecure_channel
 grpc.insecure_channel = _insecure_channel_with_test_token
 
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from visage.auth import client as auth_client
 from visage.auth.local import LocalIssuer
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig
@@ -96,11 +95,6 @@ class InProcessMesh:
     @property
     def ports(self) -> dict[str, int]:
         return {name: service.port for name, service in self.services.items()}
-
-    def channel(self, name: str, role: Role = Role.ADMIN, subject: str = "in-process") -> grpc.Channel:
-        """A channel to one service with a fresh token of `role` from the local issuer."""
-        token = LocalIssuer(AuthConfig.from_env()).ensure().mint(role, subject, ttl_seconds=3600)
-        return auth_client.channel(f"127.0.0.1:{self.ports[name]}", token=token)
 
     def stop(self, grace: float | None = 0) -> None:
         while self.services:

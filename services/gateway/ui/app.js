@@ -76,6 +76,7 @@ const can = (role) => { const s = session(); return !!s && s.rank >= ROLES.index
 
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
+  blobUrls.clear();  // the next user fetches what they may see with their own token
   stopEvents();
   showSignIn(message);
 }
