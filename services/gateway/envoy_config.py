@@ -73,6 +73,7 @@ from envoy_data_plane.envoy.config.rbac.v3 import RbacAction
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3 import (
     JwksAsyncFetch,
     JwtAuthentication,
+    JwtCacheConfig,
     JwtProvider,
     JwtRequirement,
     RemoteJwks,
@@ -148,6 +149,7 @@ SERVICE_HEADER = "x-visage-service"
 JWT_PROVIDER = "visage"
 JWT_PAYLOAD_METADATA = "jwt_payload"  # where jwt_authn leaves the verified claims for rbac
 JWKS_CLUSTER = "visage_jwks"
+JWT_CACHE_SIZE = 1000
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 LOCAL_HOSTNAMES = ("127.0.0.1", "localhost", "[::1]")
 HSTS = "max-age=31536000; includeSubDomains"
@@ -425,7 +427,9 @@ def _jwt_authn(settings: GatewaySettings) -> JwtAuthentication:
     provider = JwtProvider(
         issuer=auth.issuer, audiences=[auth.audience], require_expiration=True, clock_skew_seconds=30,
         forward=True,  # the services check the same token again
-        payload_in_metadata=JWT_PAYLOAD_METADATA, **keys)
+        payload_in_metadata=JWT_PAYLOAD_METADATA,
+        # A client's repeated token skips the signature check (each worker keeps its own cache).
+        jwt_cache_config=JwtCacheConfig(jwt_cache_size=JWT_CACHE_SIZE), **keys)
     required = JwtRequirement(provider_name=JWT_PROVIDER)
     return JwtAuthentication(
         providers={JWT_PROVIDER: provider},
