@@ -366,7 +366,7 @@ def _cors_policy(settings: GatewaySettings) -> dict[str, Any]:
     policy = CorsPolicy(
         allow_origin_string_match=[StringMatcher(exact=o) for o in settings.cors_origins],
         allow_methods="GET, POST, PATCH, DELETE, OPTIONS",
-        allow_headers="content-type, x-grpc-web, grpc-timeout",
+        allow_headers="authorization, content-type, x-grpc-web, grpc-timeout",
         expose_headers="grpc-status, grpc-message",
         max_age="600",
         forward_not_matching_preflights=False,

@@ -160,8 +160,9 @@ def test_cors_allows_only_configured_origins_and_missing_backends_are_503(tmp_pa
     gateway = start_gateway(dead, tmp_path, {"VISAGE_CORS_ORIGINS": "http://app.example"})
     try:
         preflight = {"origin": "http://app.example", "access-control-request-method": "POST"}
-        status, headers, _ = gateway.request("OPTIONS", "/v1/personas", headers=preflight)
+        status, headers, _ = gateway.request("OPTIONS", "/v1/personas", headers=preflight, anonymous=True)
         assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
+        assert "authorization" in headers["access-control-allow-headers"]  # the other origin's page sends its token
         status, headers, _ = gateway.request("OPTIONS", "/v1/personas",
                                              headers={**preflight, "origin": "http://other.example"})
         assert "access-control-allow-origin" not in headers
