@@ -205,3 +205,13 @@ def test_envoy_accepts_the_config_for_an_external_issuer(tmp_path):
     path = envoy_config.write_bootstrap(settings, tmp_path / "envoy.json")
     result = subprocess.run(envoy_command(path, "validate"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_the_openapi_document_says_every_route_needs_a_bearer_token_and_which_role(gateway):
+    status, document = gateway.json("GET", "/openapi.json", anonymous=True)
+    assert status == 200 and document["security"] == [{"bearer": []}]
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    roles = {(verb.upper(), path): op["x-visage-role"] for path, ops in document["paths"].items()
+             for verb, op in ops.items()}
+    assert roles[("GET", "/v1/personas")] == "viewer" and roles[("POST", "/v1/faces/{faceId}:label")] == "labeller"
+    assert roles[("POST", "/v1/images:ingest")] == "operator"
