@@ -99,8 +99,9 @@ def test_a_token_without_a_visage_role_is_permission_denied(verifier, test_issue
     assert refusal(verifier, signed(test_issuer, roles=None)).status == "permission_denied"
 
 
-def test_missing_token_is_unauthenticated(verifier):
-    assert refusal(verifier, None).status == "unauthenticated"
+def test_missing_or_garbage_token_is_unauthenticated(verifier):
+    for token in (None, "", "not-a-jwt", "a.b.c", "Basic dXNlcjpwdw=="):
+        assert refusal(verifier, token).status == "unauthenticated", token
 
 
 def test_the_role_and_subject_claims_are_configurable(test_issuer):
