@@ -17,6 +17,7 @@ from google.protobuf import empty_pb2
 
 from visage import convert, paging
 from visage.auth import identity
+from visage.auth.roles import Role
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
@@ -24,6 +25,8 @@ from visage.store.records import LabelRecord
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage_query import events, validation
 from visage_query.catalogue import Catalogue
+from visage_query.export import export_persona
+from visage_query.retention import EventCompactor
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, identity.RoleRequired):
+        return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, TooManyWatchers):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, ShuttingDown):
@@ -127,7 +132,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def DeletePersona(self, request, context):
-        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"))
+        if request.erase_faces:  # erasure: more than deleting a persona (labeller)
+            identity.require_role(Role.ADMIN, "erase_faces (erasure)")
+        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"), request.erase_faces)
         return empty_pb2.Empty()
 
     @unary
@@ -164,7 +171,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def GetFace(self, request, context):
-        return self.catalogue.face(validation.required_id(request.face_id, "face_id"), request.include_embedding)
+        face_id = validation.required_id(request.face_id, "face_id")
+        if request.include_embedding:
+            require_operator_for_embeddings(context)
+        return self.catalogue.face(face_id, request.include_embedding)
 
     @unary
     def ListUnknownFaces(self, request, context):
@@ -220,6 +230,25 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         finally:
             self._watch_slots.release()
 
+    # ---- erasure and export (privacy) -------------------------------------
+    @unary
+    def DeleteImage(self, request, context):
+        return convert.erasure(self.store.delete_image(validation.required_id(request.image_id, "image_id")))
+
+    @unary
+    def DeleteFace(self, request, context):
+        return convert.erasure(self.store.delete_face(validation.required_id(request.face_id, "face_id")))
+
+    @streaming
+    def ExportPersona(self, request, context):
+        yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
+
+
+def require_operator_for_embeddings(context) -> None:
+    """GetFace's include_embedding (biometric data) needs the operator role,
+    more than GetFace's own least role (viewer)."""
+    identity.require_role(Role.OPERATOR, "include_embedding (biometric data)")
+
 
 def start(config: Config, store: Store, address: str,
           max_workers: int = MAX_WORKERS, max_watchers: int = MAX_WATCHERS) -> RunningService:
@@ -230,4 +259,6 @@ def start(config: Config, store: Store, address: str,
     server, port, health_servicer = build_server(
         lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["query"]], address, max_workers)
-    return RunningService(server, port, health_servicer, drain=servicer.close)
+    compactor = EventCompactor(store, config.event_retention_days)
+    compactor.start()
+    return RunningService(server, port, health_servicer, drain=servicer.close, close=compactor.stop)

@@ -38,6 +38,20 @@ def reset_current(token: contextvars.Token) -> None:
     _current.reset(token)
 
 
+class RoleRequired(Exception):
+    """A request asks for more than its RPC's least role grants (e.g. an erasure
+    option): the servicer answers PERMISSION_DENIED."""
+
+
+def require_role(least: Role, what: str) -> None:
+    """For the few request options that need more than their RPC's least role.
+    No identity (a servicer mounted without build_server's interceptor) is refused."""
+    caller = _current.get()
+    if caller is None or caller.role < least:
+        who = f"{caller.subject} is {caller.role.label}" if caller else "the caller has no token"
+        raise RoleRequired(f"{what} needs the {least.label} role; {who}")
+
+
 def with_actor(attributes: dict[str, str] | None) -> dict[str, str]:
     """An event's attributes plus who caused it, when a request did."""
     identity = _current.get()

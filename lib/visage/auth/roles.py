@@ -9,7 +9,7 @@ import enum
 class Role(enum.IntEnum):
     """Each role may do everything the roles below it may."""
     VIEWER = 1    # read faces, personas, images, models, events; classify
-    LABELLER = 2  # + label / unlabel faces, create / rename / delete personas
+    LABELLER = 2  # + label / unlabel faces, create / rename / delete personas (erasing their faces: admin)
     OPERATOR = 3  # + ingest, train, activate / pin model versions, reclassify
     ADMIN = 4     # everything, including erasure
 
@@ -46,6 +46,9 @@ RPC_ROLES: dict[str, Role] = {
     _Q + "GetImage": Role.VIEWER,
     _Q + "GetImageContent": Role.VIEWER,
     _Q + "WatchEvents": Role.VIEWER,
+    _Q + "DeleteImage": Role.ADMIN,    # erasure
+    _Q + "DeleteFace": Role.ADMIN,     # erasure
+    _Q + "ExportPersona": Role.ADMIN,  # everything held about a person, embeddings included
     _C + "Classify": Role.VIEWER,
     _C + "ClassifyEmbeddings": Role.VIEWER,
     _C + "ClassifyStream": Role.VIEWER,
@@ -60,6 +63,7 @@ RPC_ROLES: dict[str, Role] = {
     _T + "GetModelVersion": Role.VIEWER,
     _T + "GetActiveModelVersion": Role.VIEWER,
     _T + "ActivateModelVersion": Role.OPERATOR,
+    _T + "ReleaseModelPin": Role.OPERATOR,
 }
 
 
