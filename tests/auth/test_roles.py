@@ -56,3 +56,34 @@ def test_a_refusal_says_which_role_is_needed(services, plain_channel, issue_toke
                 metadata=[("authorization", f"Bearer {issue_token('labeller', 'lena')}")])
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "operator" in refused.value.details() and "lena" in refused.value.details()
+
+
+def test_options_that_need_more_than_their_rpcs_role_are_refused_below_it(services, plain_channel, issue_token):
+    """Erasing a persona's faces with it is erasure (admin), though deleting a persona is a labeller's;
+    a face's embedding is biometric data (operator), though reading a face is a viewer's."""
+    from visage.v1 import query_pb2, query_pb2_grpc
+    from visage.v1 import resources_pb2 as pb
+
+    def as_(role):
+        return [("authorization", f"Bearer {issue_token(role, f'opt-{role}')}")]
+
+    with plain_channel(f"127.0.0.1:{services.ports['query']}") as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        persona = stub.CreatePersona(query_pb2.CreatePersonaRequest(persona=pb.Persona(display_name="Opt")),
+                                     timeout=30, metadata=as_("labeller"))
+        erase = query_pb2.DeletePersonaRequest(persona_id=persona.persona_id, erase_faces=True)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.DeletePersona(erase, timeout=30, metadata=as_("operator"))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and "admin" in refused.value.details()
+        stub.GetPersona(query_pb2.GetPersonaRequest(persona_id=persona.persona_id), timeout=30,
+                        metadata=as_("viewer"))  # nothing was deleted
+        stub.DeletePersona(erase, timeout=30, metadata=as_("admin"))
+
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetFace(query_pb2.GetFaceRequest(face_id="any", include_embedding=True), timeout=30,
+                         metadata=as_("labeller"))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and "operator" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as missing:  # an operator gets past the check to the lookup
+            stub.GetFace(query_pb2.GetFaceRequest(face_id="any", include_embedding=True), timeout=30,
+                         metadata=as_("operator"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
