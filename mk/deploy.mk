@@ -7,7 +7,7 @@ KUSTOMIZE         := $(TOOLS)/bin/kustomize
 CHECKOV_VENV      := $(TOOLS)/checkov-venv
 OVERLAY           ?= dev
 
-.PHONY: deploy deploy-plan undeploy deploy-tools kustomize checkov
+.PHONY: deploy deploy-plan undeploy deploy-tools kustomize checkov kube-apiserver deploy-push
 
 $(KUSTOMIZE):
 	mkdir -p $(TOOLS)/bin
@@ -19,15 +19,26 @@ $(CHECKOV_VENV)/bin/checkov:
 
 kustomize: $(KUSTOMIZE)
 checkov: $(CHECKOV_VENV)/bin/checkov
-deploy-tools: kustomize checkov
+deploy-tools: kustomize checkov kube-apiserver
 
 # Needs AZURE_SUBSCRIPTION_ID and credentials DefaultAzureCredential accepts (az login, env, managed identity).
-deploy: gen $(KUSTOMIZE)
+deploy: gen openapi $(KUSTOMIZE)
 	$(PY) -m visage_deploy apply --overlay $(OVERLAY)
 
 # Works without credentials: then it prints the full desired state.
-deploy-plan: gen $(KUSTOMIZE)
+deploy-plan: gen openapi $(KUSTOMIZE)
 	$(PY) -m visage_deploy plan --overlay $(OVERLAY)
 
 undeploy: $(STAMP)
 	$(PY) -m visage_deploy destroy
+
+# A real kube-apiserver + etcd for tests/deploy, compiled from the Go module proxy
+# (scripts/kube/*/go.mod pin the versions). Cached in ~/.cache/visage/kube, outside
+# the clone: built once per machine, then every clone and test run reuses it.
+kube-apiserver:
+	python3 scripts/kube_apiserver.py build
+
+# Where ACR Tasks are not allowed: build and push with the local Docker, then
+# VISAGE_AZ_SKIP_IMAGE_BUILD=1 make deploy (deploy/aks/README.md).
+deploy-push: gen openapi
+	$(PY) -m visage_deploy push --overlay $(OVERLAY)

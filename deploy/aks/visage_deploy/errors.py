@@ -29,6 +29,11 @@ def explain(error: Exception, action: str, location: str) -> DeployError:
         return DeployError(f"{action}: {error}")
     code = error_code(error)
     detail = getattr(getattr(error, "error", None), "message", "") or error.message
+    if code == "TasksOperationsNotAllowed":
+        return DeployError(f"{action}: ACR Tasks (builds in Azure) are not allowed on this subscription "
+                           "(TasksOperationsNotAllowed: free-trial and some sponsored subscriptions). Build and push "
+                           "the images with your local Docker instead: `make deploy-push`, then "
+                           f"`VISAGE_AZ_SKIP_IMAGE_BUILD=1 make deploy` (deploy/aks/README.md). Azure said: {detail}")
     if code in PERMISSION_CODES or error.status_code == 403:
         return DeployError(f"{action}: permission denied ({code or 403}). The signed-in identity needs the "
                            "Contributor role on the subscription or resource group (and User Access "

@@ -2,8 +2,9 @@
 deploy knows (image tags, database endpoint, secrets), diff against the
 cluster and server-side-apply only what differs.
 
-Objects are addressed by plain REST paths (no discovery round-trips), so the
-same code runs against a real API server and the tests' local one."""
+Objects are addressed by plain REST paths (no discovery round-trips); the tests
+run this code against a real kube-apiserver + etcd on loopback
+(scripts/kube_apiserver.py)."""
 from __future__ import annotations
 
 import base64
@@ -14,15 +15,21 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import requests
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from tqdm import tqdm
 
 from visage_deploy.diff import Change, change_for
 from visage_deploy.errors import DeployError
-from visage_deploy.settings import AKS_DIR, DeploySettings
+from visage_deploy.settings import AKS_DIR, CASSANDRA_PORT, DeploySettings
 
 FIELD_MANAGER = "visage-deploy"
+# Every object the deploy writes carries this label: pruning and undeploy touch
+# only objects that have it, never something a person or another tool made.
+OWNER_LABEL = "app.kubernetes.io/managed-by"
+OWNER = "visage-deploy"
 # kind → (API group path, plural). Every kind the overlays use is listed; a new
 # kind fails loudly in tests (see tests/deploy/test_manifests.py).
 KINDS = {
@@ -33,12 +40,18 @@ KINDS = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "SecretProviderClass": ("/apis/secrets-store.csi.x-k8s.io/v1", "secretproviderclasses"),
+    "Pod": ("/api/v1", "pods"),  # never applied: only dry-run admission checks (admit_pods)
 }
 # Namespaces and configuration first, workloads next, the data loader last.
-APPLY_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "Secret", "NetworkPolicy", "Service", "StatefulSet",
+APPLY_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "Secret", "SecretProviderClass", "NetworkPolicy",
+               "Service", "StatefulSet",
                "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job"]
 CONFIG_HASH = "visage.io/config-hash"
 SECRET_NAME = "visage-secrets"
+STORE_SECRET = "visage-store-secrets"        # mirrored from Key Vault by the Secrets Store CSI driver
+IN_CLUSTER_CASSANDRA = "visage-cassandra"    # the dev overlay's StatefulSet and Service
+CA_DIR = "/etc/visage/cassandra-ca"
 GATEWAY_SERVICE = "visage-gateway"
 
 Step = Callable[[str], None]
@@ -60,16 +73,33 @@ def name_of(obj: dict) -> str:
     return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
 
 
-def customize(objects: list[dict], settings: DeploySettings, images: dict[str, str]) -> list[dict]:
-    """The rendered overlay plus this deploy's images, endpoint and secrets."""
+def customize(objects: list[dict], settings: DeploySettings, images: dict[str, str],
+              store: dict | None = None) -> list[dict]:
+    """The rendered overlay plus this deploy's images, store endpoint and secrets. `store` is what
+    azure_resources.provision_store_secrets returned (Cosmos DB); None for the other stores."""
     objects = copy.deepcopy(objects)
+    for obj in objects:  # VISAGE_AZ_NAMESPACE: the overlays say "visage"
+        if obj["kind"] == "Namespace":
+            obj["metadata"]["name"] = settings.namespace
+        elif obj["metadata"].get("namespace"):
+            obj["metadata"]["namespace"] = settings.namespace
+    if settings.store_kind != "in-cluster":  # the dev overlay's own Cassandra is not wanted then
+        objects = [obj for obj in objects if not (obj["kind"] in ("StatefulSet", "Service")
+                                                  and obj["metadata"]["name"] == IN_CLUSTER_CASSANDRA)]
     by_name = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
+    cassandra = by_name[("ConfigMap", "visage-cassandra")]["data"]
     for key, value in settings.cassandra_env.items():
-        target = "visage-cassandra" if key.startswith("VISAGE_CASSANDRA_") else "visage-config"
-        by_name[("ConfigMap", target)]["data"][key] = value
-    if settings.overlay == "prod" and "VISAGE_CASSANDRA_HOSTS" not in settings.cassandra_env:
-        raise DeployError("the prod overlay needs the managed Cassandra's address: set VISAGE_CASSANDRA_HOSTS "
-                          "(and VISAGE_CASSANDRA_USERNAME / VISAGE_CASSANDRA_PASSWORD)")
+        target = cassandra if key.startswith("VISAGE_CASSANDRA_") else by_name[("ConfigMap", "visage-config")]["data"]
+        target[key] = value
+    if settings.store_kind == "external":
+        cassandra["VISAGE_CASSANDRA_PORT"] = settings.cassandra_env.get("VISAGE_CASSANDRA_PORT", str(CASSANDRA_PORT))
+    if store is not None:
+        cassandra.update(VISAGE_CASSANDRA_HOSTS=store["hosts"], VISAGE_CASSANDRA_PORT=store["port"],
+                         VISAGE_CASSANDRA_TLS="true")
+        objects += _key_vault_wiring(objects, settings, store)
+    if settings.cassandra_ca_file is not None:
+        objects.append(_ca_config_map(objects, settings))
+        cassandra.update(VISAGE_CASSANDRA_TLS="true", VISAGE_CASSANDRA_TLS_CA_FILE=f"{CA_DIR}/ca.pem")
     if settings.secret_env:
         objects.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                         "metadata": {"name": SECRET_NAME, "namespace": settings.namespace},
@@ -77,6 +107,7 @@ def customize(objects: list[dict], settings: DeploySettings, images: dict[str, s
                                  for key, value in sorted(settings.secret_env.items())}})
     config_hash = _config_hash(objects)
     for obj in objects:
+        obj["metadata"].setdefault("labels", {})[OWNER_LABEL] = OWNER
         template = obj.get("spec", {}).get("template")
         if not template:
             continue
@@ -89,96 +120,357 @@ def customize(objects: list[dict], settings: DeploySettings, images: dict[str, s
     return sorted(objects, key=lambda obj: APPLY_ORDER.index(obj["kind"]))
 
 
+def _store_clients(objects: list[dict]) -> list[dict]:
+    """Pod templates of the services that talk to Cassandra (they read the visage-cassandra ConfigMap)."""
+    return [obj for obj in objects if obj["kind"] == "Deployment" and any(
+        source.get("configMapRef", {}).get("name") == "visage-cassandra"
+        for container in obj["spec"]["template"]["spec"]["containers"] for source in container.get("envFrom", []))]
+
+
+def _key_vault_wiring(objects: list[dict], settings: DeploySettings, store: dict) -> list[dict]:
+    """Cosmos credentials from Key Vault: a SecretProviderClass (Secrets Store CSI driver, AKS add-on)
+    that the services mount with their workload identity; the driver mirrors the values into the
+    STORE_SECRET Secret the containers read as environment variables."""
+    objects_by_name = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
+    account = objects_by_name[("ServiceAccount", "visage")]
+    account["metadata"].setdefault("annotations", {})["azure.workload.identity/client-id"] = store["client_id"]
+    for deployment in _store_clients(objects):
+        pod = deployment["spec"]["template"]
+        pod["metadata"]["labels"]["azure.workload.identity/use"] = "true"
+        pod["spec"].setdefault("volumes", []).append({"name": "store-secrets", "csi": {
+            "driver": "secrets-store.csi.k8s.io", "readOnly": True,
+            "volumeAttributes": {"secretProviderClass": STORE_SECRET}}})
+        container = pod["spec"]["containers"][0]
+        container.setdefault("volumeMounts", []).append(
+            {"name": "store-secrets", "mountPath": "/mnt/store-secrets", "readOnly": True})
+        container["envFrom"].append({"secretRef": {"name": STORE_SECRET}})
+    keys = [{"objectName": name, "key": variable} for name, variable in sorted(store["secrets"].items())]
+    return [{"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
+             "metadata": {"name": STORE_SECRET, "namespace": settings.namespace},
+             "spec": {"provider": "azure",
+                      "secretObjects": [{"secretName": STORE_SECRET, "type": "Opaque", "data": keys}],
+                      "parameters": {
+                          "usePodIdentity": "false", "clientID": store["client_id"],
+                          "keyvaultName": store["key_vault"], "tenantId": store["tenant_id"],
+                          "objects": yaml.safe_dump({"array": [
+                              yaml.safe_dump({"objectName": name, "objectType": "secret"})
+                              for name in sorted(store["secrets"])]})}}}]
+
+
+def _ca_config_map(objects: list[dict], settings: DeploySettings) -> dict:
+    """The CA of a TLS Cassandra with a private CA (Managed Instance), mounted where the services look."""
+    for deployment in _store_clients(objects):
+        pod = deployment["spec"]["template"]["spec"]
+        pod.setdefault("volumes", []).append({"name": "cassandra-ca", "configMap": {"name": "visage-cassandra-ca"}})
+        pod["containers"][0].setdefault("volumeMounts", []).append(
+            {"name": "cassandra-ca", "mountPath": CA_DIR, "readOnly": True})
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "visage-cassandra-ca", "namespace": settings.namespace},
+            "data": {"ca.pem": settings.cassandra_ca_file.read_text()}}
+
+
 def _config_hash(objects: list[dict]) -> str:
     config = [obj.get("data") for obj in objects if obj["kind"] in ("ConfigMap", "Secret")]
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class KubernetesRefused(DeployError):
+    """The API server answered an error status (kept, so callers can tell 403 from 422)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class Cluster:
-    """Just enough of the Kubernetes API: get, server-side apply, delete."""
+    """Just enough of the Kubernetes API: get, list, server-side apply, delete."""
 
     def __init__(self, api: k8s.ApiClient):
         self.api = api
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: bytes) -> "Cluster":
-        return cls(k8s_config.new_client_from_config_dict(yaml.safe_load(kubeconfig)))
+    def from_kubeconfig(cls, kubeconfig: bytes | dict) -> "Cluster":
+        config = yaml.safe_load(kubeconfig) if isinstance(kubeconfig, bytes | str) else kubeconfig
+        return cls(k8s_config.new_client_from_config_dict(config))
+
+    @classmethod
+    def with_token(cls, kubeconfig: bytes, token: str) -> "Cluster":
+        """The user kubeconfig's server and CA, authenticated with an Entra ID token: what
+        kubelogin does for a cluster with local accounts disabled (no admin kubeconfig)."""
+        config = yaml.safe_load(kubeconfig)
+        config["users"] = [{"name": "visage-deploy", "user": {"token": token}}]
+        for context in config["contexts"]:
+            context["context"]["user"] = "visage-deploy"
+        return cls.from_kubeconfig(config)
 
     def _path(self, obj: dict) -> str:
-        if obj["kind"] not in KINDS:
-            raise DeployError(f"no API path known for kind {obj['kind']}")
-        prefix, plural = KINDS[obj["kind"]]
-        namespace = obj["metadata"].get("namespace")
-        scope = f"/namespaces/{namespace}" if namespace else ""
-        return f"{prefix}{scope}/{plural}/{obj['metadata']['name']}"
+        return self._collection(obj["kind"], obj["metadata"].get("namespace")) + f"/{obj['metadata']['name']}"
 
-    def _request(self, method: str, path: str, body: str | None = None, query: list | None = None,
+    @staticmethod
+    def _collection(kind: str, namespace: str | None) -> str:
+        if kind not in KINDS:
+            raise DeployError(f"no API path known for kind {kind}")
+        prefix, plural = KINDS[kind]
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        return f"{prefix}{scope}/{plural}"
+
+    def _request(self, method: str, path: str, body: dict | None = None, query: list | None = None,
                  content_type: str = "application/json") -> tuple[int, dict]:
+        # `body` is a dict: the client serialises it (a pre-encoded string would be encoded twice).
         request = self.api.param_serialize(method, path, query_params=query or [], body=body,
                                            header_params={"Content-Type": content_type, "Accept": "application/json"},
                                            auth_settings=["BearerToken"])
         response = self.api.call_api(*request)
         response.read()
-        data = json.loads(response.data or b"{}")
+        try:
+            data = json.loads(response.data or b"{}")
+        except ValueError:  # e.g. "404 page not found" for an API group not served (yet)
+            data = {"message": response.data.decode(errors="replace").strip()}
         if response.status >= 400 and response.status != 404:
-            raise DeployError(f"Kubernetes refused {method} {path}: {response.status} {data.get('message', data)}")
+            raise KubernetesRefused(f"Kubernetes refused {method} {path}: {response.status} "
+                                    f"{data.get('message', data)}", response.status)
         return response.status, data
 
     def get(self, obj: dict) -> dict | None:
         status, data = self._request("GET", self._path(obj))
         return None if status == 404 else data
 
-    def apply(self, obj: dict) -> dict:
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
-        return self._request("PATCH", self._path(obj), json.dumps(obj), query, "application/apply-patch+yaml")[1]
+    def list(self, kind: str, namespace: str | None, label_selector: str = "") -> list[dict]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        status, data = self._request("GET", self._collection(kind, namespace), query=query)
+        return [{**item, "kind": kind} for item in ([] if status == 404 else data.get("items", []))]
 
-    def delete(self, obj: dict) -> None:
-        body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+    def owned(self, kind: str, namespace: str | None) -> list[dict]:
+        """Every object of `kind` in `namespace` that this deploy wrote (OWNER_LABEL)."""
+        return self.list(kind, namespace, f"{OWNER_LABEL}={OWNER}")
+
+    def apply(self, obj: dict, dry_run: bool = False) -> dict:
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")] + ([("dryRun", "All")] if dry_run else [])
+        return self._request("PATCH", self._path(obj), obj, query, "application/apply-patch+yaml")[1]
+
+    def create(self, obj: dict, dry_run: bool = False) -> dict:
+        query = [("dryRun", "All")] if dry_run else []
+        return self._request("POST", self._collection(obj["kind"], obj["metadata"].get("namespace")), obj, query)[1]
+
+    def delete(self, obj: dict, wait_seconds: float = 60) -> None:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         self._request("DELETE", self._path(obj), body)
-        for _ in range(60):  # wait until it is really gone, so the re-create does not collide
-            if self.get(obj) is None:
-                return
-            time.sleep(1)
-        raise DeployError(f"{obj['kind']} {name_of(obj)} was not deleted within a minute")
+        if wait_seconds <= 0:
+            return
+        deadline = time.monotonic() + wait_seconds
+        while self.get(obj) is not None:  # really gone, so a re-create does not collide
+            if time.monotonic() > deadline:
+                raise DeployError(f"{obj['kind']} {name_of(obj)} was not deleted within {wait_seconds:.0f}s")
+            time.sleep(0.2)
+
+
+def wait_for_access(cluster: Cluster, timeout: float, poll: float, step: Step) -> None:
+    """A new Azure RBAC grant takes a few minutes to reach the API server: 403 until then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cluster.list("Namespace", None)
+            return
+        except KubernetesRefused as error:
+            if error.status != 403 or time.monotonic() > deadline:
+                raise
+        step("  waiting for the new cluster role assignment to reach the API server ...")
+        time.sleep(poll)
 
 
 def plan(cluster: Cluster | None, objects: list[dict]) -> list[tuple[dict, Change]]:
-    """Each object with its change; with no cluster (no credentials) all are creates."""
+    """Each object with its change; with no cluster (no credentials) all are creates.
+    What an apply would store is asked of the apiserver (server-side dry run), so values it
+    normalises (`cpu: 1` → "1", defaults) are not mistaken for drift."""
     planned = []
     for obj in objects:
         live = cluster.get(obj) if cluster else None
-        planned.append((obj, change_for(obj["kind"], name_of(obj), _comparable(obj), live)))
+        if live is None:
+            planned.append((obj, change_for(obj["kind"], name_of(obj), _comparable(obj), None)))
+            continue
+        try:
+            would_be = _comparable(cluster.apply(obj, dry_run=True))
+        except DeployError:  # an immutable field changed (Job template, Service clusterIP): compare ours
+            would_be = _comparable(obj)
+        planned.append((obj, change_for(obj["kind"], name_of(obj), would_be, _comparable(live))))
     return planned
 
 
+SERVER_BOOKKEEPING = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid")
+
+
 def _comparable(obj: dict) -> dict:
-    """apiVersion/kind are not echoed the same way by every API version; compare the rest."""
-    return {key: value for key, value in obj.items() if key not in ("apiVersion", "kind")}
+    """apiVersion/kind are not echoed the same way by every API version, and the server's own
+    bookkeeping and status are not ours to compare: the rest is."""
+    meta = {key: value for key, value in obj.get("metadata", {}).items() if key not in SERVER_BOOKKEEPING}
+    return {**{key: value for key, value in obj.items() if key not in ("apiVersion", "kind", "status")},
+            "metadata": meta}
 
 
 def apply(cluster: Cluster, objects: list[dict], step: Step) -> list[Change]:
+    """Applies what differs, then prunes what this deploy made earlier and the overlay no longer has."""
     changes = []
     for obj, change in plan(cluster, objects):
         step(change.line() if obj["kind"] != "Secret" else change.line().split(" (")[0])  # never print secret keys
-        if change.action == "update" and obj["kind"] == "Job":
-            cluster.delete(obj)  # a Job's pod template cannot change in place
+        if change.action == "update" and _immutable_field_changed(obj, change):
+            cluster.delete(obj)  # replaced: these fields cannot change in place
         if change.action != "unchanged":
             cluster.apply(obj)
         changes.append(change)
-    return changes
+    return changes + prune(cluster, objects, step)
 
 
-def gateway_address(cluster: Cluster, namespace: str, timeout: float, poll: float, step: Step) -> str:
-    """Waits for Azure to give the gateway's LoadBalancer a public IP."""
+def _immutable_field_changed(obj: dict, change: Change) -> bool:
+    """A Job's pod template, and a Service's clusterIP (e.g. becoming headless), cannot be updated."""
+    if obj["kind"] == "Job":
+        return True
+    return obj["kind"] == "Service" and "spec.clusterIP" in change.fields
+
+
+def _namespaces(objects: list[dict]) -> list[str]:
+    return sorted({obj["metadata"]["namespace"] for obj in objects if obj["metadata"].get("namespace")})
+
+
+def prune(cluster: Cluster, objects: list[dict], step: Step) -> list[Change]:
+    """Deletes objects labelled as ours in our namespaces that are not in `objects`."""
+    wanted = {(obj["kind"], name_of(obj)) for obj in objects}
+    return [change for namespace in _namespaces(objects) for change in _delete_owned(cluster, namespace, wanted, step)]
+
+
+def _delete_owned(cluster: Cluster, namespace: str, keep: set[tuple[str, str]], step: Step) -> list[Change]:
+    """Deletes every object with OWNER_LABEL in `namespace` except those in `keep`, workloads first."""
+    removed = []
+    for kind in reversed(APPLY_ORDER):
+        if kind == "Namespace":
+            continue
+        for live in cluster.owned(kind, namespace):
+            if (kind, name_of(live)) not in keep:
+                removed.append(Change(kind, name_of(live), "delete"))
+                step(removed[-1].line())
+                cluster.delete(live)
+    return removed
+
+
+def undeploy(cluster: Cluster, namespace: str, step: Step) -> list[Change]:
+    """Removes every object this deploy made in `namespace`, then the namespace if it is ours.
+    Objects without OWNER_LABEL (someone else's) stay, and so does a namespace that holds them."""
+    removed = _delete_owned(cluster, namespace, set(), step)
+    namespace_obj = cluster.get({"kind": "Namespace", "metadata": {"name": namespace}})
+    others = foreign_objects(cluster, namespace)
+    if others:
+        step(f"  namespace {namespace} kept: it holds objects this deploy did not make ({', '.join(others[:5])})")
+    elif namespace_obj and namespace_obj["metadata"].get("labels", {}).get(OWNER_LABEL) == OWNER:
+        removed.append(Change("Namespace", namespace, "delete"))
+        step(removed[-1].line())
+        # The namespace controller empties it in the background; nothing waits on that.
+        cluster.delete({**namespace_obj, "kind": "Namespace"}, wait_seconds=0)
+    return removed
+
+
+def admit_pods(cluster: Cluster, objects: list[dict]) -> None:
+    """Dry-run creates a pod from every workload template: admission (Pod Security "restricted"
+    on the namespace) judges pods, not Deployments, so a refusal would otherwise only show up as a
+    rollout that never starts. Refused → DeployError naming the workload and the reason."""
+    for obj in objects:
+        template = obj.get("spec", {}).get("template")
+        if not template:
+            continue
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {**copy.deepcopy(template.get("metadata", {})), "name": f"{obj['metadata']['name']}-admission",
+                            "namespace": obj["metadata"]["namespace"]},
+               "spec": copy.deepcopy(template["spec"])}
+        for claim in obj["spec"].get("volumeClaimTemplates", []):  # what the StatefulSet controller adds
+            name = claim["metadata"]["name"]
+            pod["spec"].setdefault("volumes", []).append(
+                {"name": name, "persistentVolumeClaim": {"claimName": f"{name}-{obj['metadata']['name']}-0"}})
+        try:
+            cluster.create(pod, dry_run=True)
+        except DeployError as error:
+            raise DeployError(f"the pods of {obj['kind']} {name_of(obj)} would be refused: {error}") from error
+
+
+# Made in every namespace by Kubernetes itself, not by anyone's deploy.
+AUTOMATIC = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
+
+
+def foreign_objects(cluster: Cluster, namespace: str) -> list[str]:
+    """Objects in `namespace` without OWNER_LABEL (someone else's), as "Kind/name"."""
+    found = []
+    for kind in APPLY_ORDER:
+        if kind == "Namespace":
+            continue
+        for item in cluster.list(kind, namespace):
+            labels = item["metadata"].get("labels") or {}
+            if labels.get(OWNER_LABEL) != OWNER and (kind, item["metadata"]["name"]) not in AUTOMATIC:
+                found.append(f"{kind}/{item['metadata']['name']}")
+    return found
+
+
+def rollout_problem(live: dict) -> str | None:
+    """None when a Deployment's current generation is fully rolled out and ready; else what is missing."""
+    spec, status = live.get("spec", {}), live.get("status", {})
+    want = spec.get("replicas", 1)
+    if status.get("observedGeneration", 0) < live["metadata"].get("generation", 1):
+        return "the new version is not picked up yet"
+    for field in ("updatedReplicas", "readyReplicas", "availableReplicas"):
+        if status.get(field, 0) < want:
+            detail = "; ".join(f"{c.get('type')}: {c.get('message')}" for c in status.get("conditions", [])
+                               if c.get("status") != "True" or c.get("reason") == "ProgressDeadlineExceeded")
+            return f"{status.get(field, 0)}/{want} {field}" + (f" ({detail})" if detail else "")
+    return None
+
+
+def wait_for_rollouts(cluster: Cluster, objects: list[dict], timeout: float, poll: float, step: Step) -> None:
+    """Waits until every Deployment is rolled out; on timeout says which are not, and why."""
+    deployments = [obj for obj in objects if obj["kind"] == "Deployment"]
+    deadline = time.monotonic() + timeout
+    with tqdm(total=len(deployments), desc="rolling out", unit="deployment") as bar:
+        while True:
+            problems = {name_of(obj): rollout_problem(cluster.get(obj) or {"metadata": {}, "status": {}})
+                        for obj in deployments}
+            pending = {name: problem for name, problem in problems.items() if problem}
+            bar.n = len(deployments) - len(pending)
+            bar.refresh()
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                lines = "\n".join(f"  {name}: {problem}" for name, problem in sorted(pending.items()))
+                namespace = deployments[0]["metadata"]["namespace"]
+                raise DeployError(f"not rolled out within {timeout:.0f}s:\n{lines}\nsee `kubectl -n {namespace} "
+                                  "describe deployment NAME` and `kubectl -n {namespace} logs deploy/NAME`")
+            time.sleep(poll)
+
+
+def gateway_address(cluster: Cluster, namespace: str, timeout: float, poll: float, step: Step) -> tuple[str, int]:
+    """Waits for Azure to give the gateway's LoadBalancer a public IP; returns it with the Service's port."""
     service = {"kind": "Service", "metadata": {"name": GATEWAY_SERVICE, "namespace": namespace}}
     deadline = time.monotonic() + timeout
     while True:
         live = cluster.get(service) or {}
         ingress = live.get("status", {}).get("loadBalancer", {}).get("ingress") or []
         if ingress:
-            return ingress[0].get("ip") or ingress[0].get("hostname")
+            return ingress[0].get("ip") or ingress[0].get("hostname"), live["spec"]["ports"][0]["port"]
         if time.monotonic() > deadline:
             raise DeployError(f"the gateway got no public address within {timeout:.0f}s; check "
                               f"`kubectl -n {namespace} describe service {GATEWAY_SERVICE}`")
         step("  waiting for the gateway's public IP ...")
+        time.sleep(poll)
+
+
+def wait_for_gateway_health(url: str, timeout: float, poll: float, step: Step) -> None:
+    """GET {url}/healthz through the load balancer until Envoy answers 200."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            response = requests.get(f"{url}/healthz", timeout=10)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code} {response.text[:200]}"
+        except requests.RequestException as error:
+            last = str(error)
+        if time.monotonic() > deadline:
+            raise DeployError(f"the gateway at {url} is not healthy after {timeout:.0f}s (last: {last}); the pods "
+                              "are rolled out, so check the load balancer and `kubectl -n visage logs deploy/visage-gateway`")
+        step(f"  waiting for {url}/healthz ({last}) ...")
         time.sleep(poll)
