@@ -3,13 +3,35 @@ prints its own table (candidate vs the baseline its issue names, as ratios).
 `python -m bench store ingest` runs only those."""
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import pkgutil
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+from visage.auth import client as auth_client
+from visage.auth.local import LocalIssuer
+from visage.auth.roles import Role
+from visage.auth.tokens import AuthConfig
+
+
+def use_a_bench_issuer() -> None:
+    """Every service a bench starts checks tokens: one local issuer for the run
+    (VISAGE_AUTH_DIR, inherited by subprocesses) and an admin token for its clients."""
+    if os.environ.get(auth_client.TOKEN_ENV):
+        return
+    auth_dir = tempfile.mkdtemp(prefix="visage-bench-auth-")
+    atexit.register(shutil.rmtree, auth_dir, True)
+    os.environ["VISAGE_AUTH_DIR"] = auth_dir
+    issuer = LocalIssuer(AuthConfig.from_env()).ensure()
+    os.environ[auth_client.TOKEN_ENV] = issuer.mint(Role.ADMIN, "bench", ttl_seconds=86400)
 
 
 def main(selected: list[str]) -> int:
+    use_a_bench_issuer()
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
     for name in names:
         if selected and name.removeprefix("bench_") not in selected:

@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
 from visage.faces.pipeline import FacePipeline
 from visage.faces.pool import PipelinePool
@@ -194,7 +195,7 @@ def print_latency_and_stream(data_dir: Path) -> None:
     pool = PipelinePool(config)
     pooled = time_analyze_and_predict(pool.analyze, predictor, images)
     running = start(config, store, "127.0.0.1:0", pool=pool, watch_events=False)
-    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    with auth_client.channel(f"127.0.0.1:{running.port}") as channel:
         stub = classify_pb2_grpc.ClassifyServiceStub(channel)
         for content in images:  # warm-up
             stub.Classify(classify_pb2.ClassifyRequest(content=content))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
 from visage.faces.pipeline import FacePipeline
 from visage.faces.settings import FaceSettings
@@ -48,7 +49,7 @@ def through_service(images: list[tuple[str, bytes]], config: Config) -> tuple[fl
     store = open_store(config)
     service = start_service(config, store, "127.0.0.1:0")  # its own pool, started (warm) here
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        with auth_client.channel(f"127.0.0.1:{service.port}") as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             begin = time.perf_counter()
             faces = failures = 0

@@ -2,18 +2,82 @@
 area's own conftest.py (tests/<area>/conftest.py)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 
+from visage.auth import client as auth_client
+from visage.auth.local import LocalIssuer
+from visage.auth.roles import Role
+from visage.auth.tokens import AuthConfig
 from visage.config import Config
 from visage.server import SERVER_OPTIONS
 from visage.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- identity (issue 12) ------------------------------------------------------
+# Every service needs a token. One local issuer serves the whole test session:
+# VISAGE_AUTH_DIR points every service (in-process or a subprocess: Envoy, the
+# mesh, the CLI) at its keys, VISAGE_TOKEN gives every client an admin token,
+# and gRPC channels made with grpc.insecure_channel send it unless the call
+# carries its own `authorization`. Tests of auth itself use `plain_channel`
+# (sends nothing) and `issue_token` (any role or claims).
+TEST_SUBJECT = "test-admin"
+_SESSION_AUTH_DIR = "VISAGE_TEST_SESSION_AUTH_DIR"  # this module may be imported twice (tests.conftest)
+# The original, even when this module is imported a second time after the patch below.
+_plain_insecure_channel = getattr(grpc.insecure_channel, "unpatched", grpc.insecure_channel)
+
+
+def _start_test_issuer() -> LocalIssuer:
+    if os.environ.get(_SESSION_AUTH_DIR):
+        return LocalIssuer(AuthConfig.from_env())
+    auth_dir = Path(tempfile.mkdtemp(prefix="visage-test-auth-"))
+    atexit.register(shutil.rmtree, auth_dir, True)
+    for name in ("ISSUER", "AUDIENCE", "JWKS_URL", "JWKS_FILE", "ROLE_CLAIM", "SUBJECT_CLAIM"):
+        os.environ.pop(f"VISAGE_AUTH_{name}", None)
+    os.environ["VISAGE_AUTH_DIR"] = os.environ[_SESSION_AUTH_DIR] = str(auth_dir)
+    issuer = LocalIssuer(AuthConfig.from_env()).ensure()
+    os.environ[auth_client.TOKEN_ENV] = issuer.mint(Role.ADMIN, TEST_SUBJECT, ttl_seconds=7 * 86400)
+    return issuer
+
+
+TEST_ISSUER = _start_test_issuer()
+
+
+def _insecure_channel_with_test_token(target, options=None, compression=None):
+    return auth_client.with_token(_plain_insecure_channel(target, options, compression),
+                                  os.environ.get(auth_client.TOKEN_ENV))
+
+
+_insecure_channel_with_test_token.unpatched = _plain_insecure_channel
+grpc.insecure_channel = _insecure_channel_with_test_token
+
+
+@pytest.fixture(scope="session")
+def issue_token():
+    """issue_token(role, subject="someone", ttl_seconds=600) -> a token the services accept."""
+    def issue(role: Role | str, subject: str = "someone", ttl_seconds: int = 600) -> str:
+        return TEST_ISSUER.mint(Role.parse(role) if isinstance(role, str) else role, subject, ttl_seconds)
+    return issue
+
+
+@pytest.fixture(scope="session")
+def test_issuer() -> LocalIssuer:
+    return TEST_ISSUER
+
+
+@pytest.fixture(scope="session")
+def plain_channel():
+    """plain_channel(target) -> a channel that sends no token (an anonymous caller)."""
+    return _plain_insecure_channel
 
 
 def find_faces_dir() -> Path:

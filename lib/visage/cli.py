@@ -8,7 +8,8 @@ import importlib
 import sys
 
 # Packages whose `cli` module registers subcommands, in help order.
-COMMAND_MODULES = ["visage_ingest.cli", "visage_trainer.cli", "visage_classifier.cli", "visage_query.cli"]
+COMMAND_MODULES = ["visage_ingest.cli", "visage_trainer.cli", "visage_classifier.cli", "visage_query.cli",
+                   "visage.auth.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

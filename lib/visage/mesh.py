@@ -23,6 +23,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage import lifeline
+from visage.auth.local import LocalIssuer
+from visage.auth.roles import Role
+from visage.auth.tokens import AuthConfig
 from visage.config import Config
 from visage.server import RunningService, setup_logging
 from visage.store import Store
@@ -46,6 +49,7 @@ READY_TIMEOUT_SECONDS = 120
 RESTART_DELAYS_SECONDS = (1, 2, 4, 8, 16, 30)
 HEALTHY_RUN_SECONDS = 60
 SUPERVISE_INTERVAL_SECONDS = 0.5
+LOGIN_LINK_SECONDS = 12 * 3600
 
 
 class ChildExited(RuntimeError):
@@ -216,6 +220,17 @@ def start_in_process(config: Config, store: Store, pool: PipelinePool | None = N
     return mesh
 
 
+def login_link(config: Config, auth: AuthConfig) -> str | None:
+    """The UI's address with an admin token for whoever started the mesh (in the
+    URL fragment, which browsers never send to a server; the UI moves it into
+    sessionStorage and out of the address bar)."""
+    if not auth.is_local:
+        return None
+    token = LocalIssuer(auth).mint(Role.ADMIN, ttl_seconds=LOGIN_LINK_SECONDS)
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    return f"http://{host}:{config.ports.gateway}/#token={token}"
+
+
 def main() -> int:
     setup_logging("mesh")
     config = Config.from_env()
@@ -224,11 +239,18 @@ def main() -> int:
         log.error("cannot start: another process already listens on %s (host %s). Stop it (an earlier "
                   "`make run`?) or choose other ports with VISAGE_<NAME>_PORT", ", ".join(taken), config.host)
         return 2
+    auth = AuthConfig.from_env()
+    if auth.is_local:
+        LocalIssuer(auth).ensure()  # before any service or Envoy reads the keys
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     children: list[Child] = []
     try:
         children = start_all(config)
         log.info("Visage is up: open http://%s:%d/", config.host, config.ports.gateway)
+        link = login_link(config, auth)
+        if link:
+            print(f"\nVisage is up. Sign in to the UI as admin with this link (valid 12 h; "
+                  f"`visage token create` makes more):\n\n    {link}\n", flush=True)
         supervise(children)
     except KeyboardInterrupt:
         return 0

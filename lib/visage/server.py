@@ -15,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from visage import guard, placement
+from visage.auth.interceptor import AuthInterceptor
+from visage.auth.tokens import TokenVerifier
 from visage.config import Config
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
@@ -48,12 +50,15 @@ def build_server(
     address: str,
     max_workers: int = 16,
     max_streams: int | None = None,
+    verifier: TokenVerifier | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Creates and starts a server; returns it, its bound port and its health servicer.
     `max_workers` threads serve unary calls; up to `max_streams` (VISAGE_MAX_STREAMS)
-    streaming calls get threads of their own on top (visage.guard)."""
-    server = grpc.server(_executor(max_workers, max_streams), options=SERVER_OPTIONS,
-                         interceptors=_guard_interceptors(max_streams))
+    streaming calls get threads of their own on top (visage.guard). Every RPC but
+    reflection and health needs a token (visage.auth); `verifier` defaults to the
+    issuer VISAGE_AUTH_* configures (the local one by default)."""
+    interceptors = [*_guard_interceptors(max_streams), AuthInterceptor(verifier or TokenVerifier.from_env())]
+    server = grpc.server(_executor(max_workers, max_streams), options=SERVER_OPTIONS, interceptors=interceptors)
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

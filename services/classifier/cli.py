@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from visage.auth import client as auth_client
 from visage.config import Config
 from visage.v1 import classify_pb2, classify_pb2_grpc
 
@@ -50,7 +51,7 @@ def run_classify(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"cannot read {args.image}: {error.strerror}", file=sys.stderr)
         return 2
-    with grpc.insecure_channel(args.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+    with auth_client.channel(args.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         try:
             response = classify_pb2_grpc.ClassifyServiceStub(channel).Classify(
                 classify_pb2.ClassifyRequest(content=content), timeout=args.timeout)
@@ -62,7 +63,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def run_reclassify(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.address) as channel:
+    with auth_client.channel(args.address) as channel:
         stub = classify_pb2_grpc.ClassifyServiceStub(channel)
         last = None
         try:

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from visage import placement
+from visage.auth.local import LocalIssuer
 from visage.config import Config
 from visage.server import setup_logging
 from visage_gateway import envoy_config
@@ -21,6 +22,8 @@ def main() -> int:
     cpus = placement.cpus_from_env(placement.GATEWAY_CPUS_ENV)
     config = Config.from_env()
     settings = envoy_config.GatewaySettings.from_config(config)
+    if settings.auth.is_local:
+        LocalIssuer(settings.auth).ensure()  # Envoy reads its JWKS when it starts
     if not settings.descriptor_set.is_file():
         log.error("descriptor set %s is missing: run `make gen`", settings.descriptor_set)
         return 2

@@ -5,7 +5,13 @@ One listener: REST/JSON is transcoded to gRPC by one grpc_json_transcoder for
 all four services; routes then match the *post-transcoding* gRPC path
 (`/visage.v1.QueryService/...`) and send it to that service's HTTP/2 cluster.
 Native gRPC (grpcurl, other systems) takes the same routes. The web UI and
-/openapi.json are direct responses read from files when Envoy starts."""
+/openapi.json are direct responses read from files when Envoy starts.
+
+Identity (visage.auth): jwt_authn verifies the bearer token of every /v1 and
+gRPC request against the issuer's JWKS; rbac, after the transcoder, allows each
+gRPC path to the roles of visage.auth.roles.RPC_ROLES. Only the configured host
+names are served (anything else gets 421: DNS rebinding); with a certificate the
+listener speaks TLS and sends HSTS."""
 from __future__ import annotations
 
 import datetime
@@ -13,6 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from google.protobuf import descriptor_pb2
 
@@ -27,8 +34,10 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValueOptionHeaderAppendAction,
     Http2ProtocolOptions,
     RuntimeFractionalPercent,
+    HttpUri,
     SocketAddress,
     SubstitutionFormatString,
+    TransportSocket,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
@@ -51,6 +60,19 @@ from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 impo
     GrpcJsonTranscoder,
     GrpcJsonTranscoderPrintOptions,
 )
+from envoy_data_plane.envoy.config.rbac.v3 import Permission, PermissionSet, Policy, Principal, PrincipalSet
+from envoy_data_plane.envoy.config.rbac.v3 import Rbac as RbacRules
+from envoy_data_plane.envoy.config.rbac.v3 import RbacAction
+from envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3 import (
+    JwksAsyncFetch,
+    JwtAuthentication,
+    JwtCacheConfig,
+    JwtProvider,
+    JwtRequirement,
+    RemoteJwks,
+    RequirementRule,
+)
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -61,10 +83,26 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
-from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    DownstreamTlsContext,
+    TlsCertificate,
+    UpstreamTlsContext,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import (
+    ListMatcher,
+    MetadataMatcher,
+    MetadataMatcherPathSegment,
+    PathMatcher,
+    StringMatcher,
+    ValueMatcher,
+)
 from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType
 from envoy_data_plane.google.protobuf import Any, Struct
 
+from visage.auth.roles import RPC_ROLES, Role
+from visage.auth.tokens import AuthConfig
 from visage.config import Config
 from visage.server import SERVICE_NAMES
 from visage_gateway import limits
@@ -101,6 +139,13 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # gRPC reflection and health have one path for every service: this header
 # (grpcurl -reflect-header / -H) picks which service answers; query by default.
 SERVICE_HEADER = "x-visage-service"
+JWT_PROVIDER = "visage"
+JWT_PAYLOAD_METADATA = "jwt_payload"  # where jwt_authn leaves the verified claims for rbac
+JWKS_CLUSTER = "visage_jwks"
+JWT_CACHE_SIZE = 1000
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+LOCAL_HOSTNAMES = ("127.0.0.1", "localhost", "[::1]")
+HSTS = "max-age=31536000; includeSubDomains"
 
 
 def cluster_name(service: str) -> str:
@@ -132,14 +177,29 @@ class GatewaySettings:
     max_request_body_bytes: int = MAX_REQUEST_BODY_BYTES
     access_log: bool = True
     image_calls: limits.CallerRate = field(default_factory=limits.CallerRate)
+    auth: AuthConfig = AuthConfig()
+    hostnames: tuple[str, ...] = LOCAL_HOSTNAMES
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @classmethod
     def from_config(cls, config: Config, env: dict[str, str] | None = None) -> "GatewaySettings":
         """Ports come from Config; VISAGE_<NAME>_HOST lets a deployment put a
         service on another host (Kubernetes service names), VISAGE_CORS_ORIGINS
         is a comma-separated list of extra origins allowed to call /v1, and
-        VISAGE_GATEWAY_ACCESS_LOG=0 turns the per-request JSON log line off."""
+        VISAGE_GATEWAY_ACCESS_LOG=0 turns the per-request JSON log line off.
+        VISAGE_GATEWAY_HOSTNAMES lists the host names clients use (default:
+        loopback names); VISAGE_GATEWAY_TLS_CERT / _KEY (PEM files) turn TLS on.
+        Tokens are checked against the issuer VISAGE_AUTH_* configures."""
         env = os.environ if env is None else env
+        hostnames = tuple(h.strip().lower() for h in env.get("VISAGE_GATEWAY_HOSTNAMES", "").split(",") if h.strip())
+        cert, key = env.get("VISAGE_GATEWAY_TLS_CERT", ""), env.get("VISAGE_GATEWAY_TLS_KEY", "")
+        if bool(cert) != bool(key):
+            raise ValueError("set both VISAGE_GATEWAY_TLS_CERT and VISAGE_GATEWAY_TLS_KEY, or neither")
         upstreams = tuple(
             Upstream(name, grpc_service, env.get(f"VISAGE_{name.upper()}_HOST", config.host),
                      getattr(config.ports, name))
@@ -155,6 +215,12 @@ class GatewaySettings:
             cors_origins=origins,
             access_log=env.get("VISAGE_GATEWAY_ACCESS_LOG", "1") != "0",
             image_calls=limits.CallerRate.from_env(env),
+            # Unlike the rest, read from the process environment too: a caller's
+            # partial `env` (tests) still gets the issuer everything else uses.
+            auth=AuthConfig.from_env({**os.environ, **env}, config.data_dir),
+            hostnames=hostnames or LOCAL_HOSTNAMES,
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
         )
 
 
@@ -306,7 +372,7 @@ def _cors_policy(settings: GatewaySettings) -> dict[str, Any]:
     policy = CorsPolicy(
         allow_origin_string_match=[StringMatcher(exact=o) for o in settings.cors_origins],
         allow_methods="GET, POST, PATCH, DELETE, OPTIONS",
-        allow_headers="content-type, x-grpc-web, grpc-timeout",
+        allow_headers="authorization, content-type, x-grpc-web, grpc-timeout",
         expose_headers="grpc-status, grpc-message",
         max_age="600",
         forward_not_matching_preflights=False,
@@ -338,18 +404,82 @@ def _http_filters(settings: GatewaySettings) -> list[HttpFilter]:
                       additional_origins=[StringMatcher(exact=o) for o in settings.cors_origins])
     return [
         HttpFilter(name="envoy.filters.http.csrf", typed_config=_any(csrf)),
+        # Before the buffer: a request without a valid token is refused before its body is read.
+        HttpFilter(name="envoy.filters.http.jwt_authn", typed_config=_any(_jwt_authn(settings))),
         # Whole REST bodies, so an oversized upload is a 413 here, before any service sees it.
         HttpFilter(name="envoy.filters.http.buffer",
                    typed_config=_any(Buffer(max_request_bytes=settings.max_request_body_bytes))),
         # Before the transcoder, so it sees (and may re-status) the transcoded response.
         limits.status_hint_filter(),
         HttpFilter(name="envoy.filters.http.grpc_json_transcoder", typed_config=_any(transcoder)),
+        # After the transcoder: REST requests carry their RPC's gRPC path by now.
+        HttpFilter(name="envoy.filters.http.rbac", typed_config=_any(Rbac(rules=_rbac_rules(settings)))),
         # After the transcoder: it must see the route of the gRPC path (REST paths
         # only match direct responses, which the CORS filter ignores).
         HttpFilter(name="envoy.filters.http.cors", typed_config=_any(Cors())),
         limits.rate_limit_filter(),  # likewise: per-route config on the gRPC path's route
         HttpFilter(name="envoy.filters.http.router", typed_config=_any(Router())),
     ]
+
+
+def _jwt_authn(settings: GatewaySettings) -> JwtAuthentication:
+    """Every /v1 REST call and every Visage gRPC call needs a valid token; the UI's
+    files, /openapi.json, /healthz, reflection, health and CORS preflights do not."""
+    auth = settings.auth
+    if auth.jwks_url:
+        keys = {"remote_jwks": RemoteJwks(
+            http_uri=HttpUri(uri=auth.jwks_url, cluster=JWKS_CLUSTER, timeout=datetime.timedelta(seconds=5)),
+            cache_duration=datetime.timedelta(hours=1),
+            async_fetch=JwksAsyncFetch(failed_refetch_duration=datetime.timedelta(seconds=30)))}
+    else:
+        keys = {"local_jwks": DataSource(filename=str(auth.jwks_path.resolve()))}
+    provider = JwtProvider(
+        issuer=auth.issuer, audiences=[auth.audience], require_expiration=True, clock_skew_seconds=30,
+        forward=True,  # the services check the same token again
+        payload_in_metadata=JWT_PAYLOAD_METADATA,
+        # A client's repeated token skips the signature check (each worker keeps its own cache).
+        jwt_cache_config=JwtCacheConfig(jwt_cache_size=JWT_CACHE_SIZE), **keys)
+    required = JwtRequirement(provider_name=JWT_PROVIDER)
+    return JwtAuthentication(
+        providers={JWT_PROVIDER: provider},
+        bypass_cors_preflight=True,
+        rules=[RequirementRule(match=RouteMatch(prefix="/v1/"), requires=required)]
+              + [RequirementRule(match=RouteMatch(prefix=f"/{service}/"), requires=required)
+                 for service in sorted(SERVICE_NAMES.values())])
+
+
+def _has_role_at_least(settings: GatewaySettings, least: Role) -> Principal:
+    """A token whose role claim (a list, or one string) names `least` or a higher role."""
+    def claim_is(value_matcher: ValueMatcher) -> Principal:
+        return Principal(metadata=MetadataMatcher(
+            filter="envoy.filters.http.jwt_authn",
+            path=[MetadataMatcherPathSegment(key=JWT_PAYLOAD_METADATA),
+                  MetadataMatcherPathSegment(key=settings.auth.role_claim)],
+            value=value_matcher))
+    ids = []
+    for role in (r for r in Role if r >= least):
+        exact = ValueMatcher(string_match=StringMatcher(exact=role.label, ignore_case=True))
+        ids += [claim_is(ValueMatcher(list_match=ListMatcher(one_of=exact))), claim_is(exact)]
+    return Principal(or_ids=PrincipalSet(ids=ids))
+
+
+def _rbac_rules(settings: GatewaySettings) -> RbacRules:
+    """Allow-list: each RPC to the roles at or above its least role (visage.auth.roles);
+    an RPC missing from the table to admins; everything that is not a Visage RPC
+    (UI, reflection, health, unmapped REST paths that end in a 404) to anyone."""
+    rpc_prefixes = [f"/{service}/" for service in sorted(SERVICE_NAMES.values())]
+    not_an_rpc = Permission(not_rule=Permission(or_rules=PermissionSet(
+        rules=[Permission(url_path=PathMatcher(path=StringMatcher(prefix=p))) for p in rpc_prefixes])))
+    policies = {"not-an-rpc": Policy(permissions=[not_an_rpc], principals=[Principal(any=True)])}
+    for role in Role:
+        methods = sorted(m for m, least in RPC_ROLES.items() if least == role)
+        permissions = [Permission(url_path=PathMatcher(path=StringMatcher(exact=m))) for m in methods]
+        if role == Role.ADMIN:
+            permissions += [Permission(url_path=PathMatcher(path=StringMatcher(prefix=p))) for p in rpc_prefixes]
+        if permissions:
+            policies[f"{role.label}-rpcs"] = Policy(permissions=permissions,
+                                                   principals=[_has_role_at_least(settings, role)])
+    return RbacRules(action=RbacAction.ALLOW, policies=policies)
 
 
 def _access_logs(settings: GatewaySettings) -> list[AccessLog]:
@@ -366,11 +496,25 @@ def _access_logs(settings: GatewaySettings) -> list[AccessLog]:
 
 def _listener(settings: GatewaySettings) -> Listener:
     routes = _grpc_routes(settings) + _static_routes(settings) + _fallback_routes()
+    # A page on another origin that rebinds its DNS name to this machine reaches
+    # Envoy with its own name as Host: only the configured names are served.
+    other_hosts = VirtualHost(name="other-hosts", domains=["*"], routes=[
+        # Kubernetes probes address the pod by IP.
+        Route(name="/healthz-any-host", match=RouteMatch(path="/healthz"),
+              direct_response=DirectResponseAction(status=200, body=DataSource(inline_string="ok\n"))),
+        Route(name="misdirected", match=RouteMatch(prefix="/"), direct_response=_error(
+            421, "this gateway does not serve that host name; add it to VISAGE_GATEWAY_HOSTNAMES")),
+    ])
     route_config = RouteConfiguration(
         name="visage",
         max_direct_response_body_size_bytes=MAX_STATIC_FILE_BYTES,
-        virtual_hosts=[VirtualHost(name="visage", domains=["*"], routes=routes,
-                                   typed_per_filter_config=_cors_policy(settings))],
+        # Each name with any port (the Host header keeps it: the CSRF filter compares it with Origin).
+        virtual_hosts=[VirtualHost(name="visage", domains=[d for h in settings.hostnames for d in (h, f"{h}:*")],
+                                   routes=routes,
+                                   typed_per_filter_config=_cors_policy(settings),
+                                   response_headers_to_add=_headers({"strict-transport-security": HSTS})
+                                   if settings.tls else []),
+                       other_hosts],
     )
     hcm = limits.harden(HttpConnectionManager(
         stat_prefix="visage_gateway",
@@ -386,7 +530,36 @@ def _listener(settings: GatewaySettings) -> Listener:
         # The transcoder buffers a whole request body; uploads are up to 30 MB.
         per_connection_buffer_limit_bytes=settings.max_request_body_bytes,
         filter_chains=[FilterChain(filters=[Filter(
-            name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))])],
+            name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))],
+            transport_socket=_downstream_tls(settings))],
+    )
+
+
+def _downstream_tls(settings: GatewaySettings) -> TransportSocket | None:
+    if not settings.tls:
+        return None
+    context = DownstreamTlsContext(common_tls_context=CommonTlsContext(
+        tls_certificates=[TlsCertificate(certificate_chain=DataSource(filename=str(settings.tls_cert)),
+                                         private_key=DataSource(filename=str(settings.tls_key)))],
+        alpn_protocols=["h2", "http/1.1"]))
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(context))
+
+
+def _jwks_cluster(jwks_url: str) -> Cluster:
+    """The external issuer's key endpoint (e.g. login.microsoftonline.com), over TLS."""
+    url = urlsplit(jwks_url)
+    tls = UpstreamTlsContext(sni=url.hostname, common_tls_context=CommonTlsContext(
+        validation_context=CertificateValidationContext(trusted_ca=DataSource(filename=SYSTEM_CA_BUNDLE))))
+    endpoint = LbEndpoint(endpoint=Endpoint(address=Address(socket_address=SocketAddress(
+        address=url.hostname, port_value=url.port or 443))))
+    return Cluster(
+        name=JWKS_CLUSTER,
+        type=ClusterDiscoveryType.STRICT_DNS,
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=datetime.timedelta(seconds=5),
+        transport_socket=TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(tls)),
+        load_assignment=ClusterLoadAssignment(cluster_name=JWKS_CLUSTER,
+                                              endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]),
     )
 
 
@@ -422,7 +595,8 @@ def build_bootstrap(settings: GatewaySettings) -> dict:
     bootstrap = Bootstrap(
         static_resources=BootstrapStaticResources(
             listeners=[_listener(settings)],
-            clusters=[_cluster(u, streams) for u in settings.upstreams for streams in (False, True)],
+            clusters=[_cluster(u, streams) for u in settings.upstreams for streams in (False, True)]
+            + ([_jwks_cluster(settings.auth.jwks_url)] if settings.auth.jwks_url else []),
         ),
         overload_manager=_overload_manager(),
     )

@@ -51,6 +51,7 @@ def generate(out: Path = DEFAULT_OUT, plugin: Path = PLUGIN) -> Path:
             raise RuntimeError(f"protoc-gen-openapi failed: {result.stderr.strip()}")
         document = yaml.safe_load((Path(tmp) / "openapi.yaml").read_text())
     mark_server_streams(document)
+    mark_security(document)
     document["info"]["description"] = (
         "REST/JSON view of the Visage gRPC services, transcoded by the Envoy gateway. "
         "Streaming methods (e.g. GET /v1/events:watch) answer as server-sent events.")
@@ -64,6 +65,23 @@ def server_streaming_operations() -> set[str]:
     files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
     return {f"{service.name}_{method.name}" for file in files.file for service in file.service
             for method in service.method if method.server_streaming}
+
+
+def mark_security(document: dict) -> None:
+    """Every operation needs a bearer JWT; each says the least role it needs
+    (visage.auth.roles, the table the gateway and the services enforce)."""
+    from visage.auth.roles import least_role
+
+    document.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "`visage token create --role ROLE` (local issuer) or your OIDC issuer's access token"}
+    document["security"] = [{"bearer": []}]
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            service, _, method = operation.get("operationId", "").partition("_")
+            role = least_role(f"/visage.v1.{service}/{method}").label
+            operation["x-visage-role"] = role
+            operation["description"] = f"{operation.get('description', '')}\n\nNeeds the `{role}` role.".strip()
 
 
 def mark_server_streams(document: dict) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from visage.auth import client as auth_client
 from visage.config import Config
 from visage.server import MAX_MESSAGE_BYTES
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     address = args.address or f"{config.host}:{config.ports.ingest}"
     files = find_images(args.paths)
     summary = Summary()
-    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]) as channel:
+    with auth_client.channel(address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         with tqdm(total=len(files), unit="img", desc="ingest", file=sys.stderr) as progress:
             for batch in batches(files, max(1, args.batch_size)):

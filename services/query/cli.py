@@ -9,6 +9,7 @@ import sys
 
 import grpc
 
+from visage.auth import client as auth_client
 from visage.config import Config
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
@@ -43,7 +44,6 @@ def register(subparsers) -> None:
     verdict = label.add_mutually_exclusive_group()
     verdict.add_argument("--not", dest="not_belongs", action="store_true", help="the face is NOT this persona")
     verdict.add_argument("--remove", action="store_true", help="remove the face's label for this persona")
-    label.add_argument("--by", default="", help="who labels (default: anonymous)")
     label.set_defaults(run=label_face)
     privacy_cli.register(subparsers, _address_option, _call)
 
@@ -57,7 +57,7 @@ def _call(args: argparse.Namespace, work) -> int:
     """Runs work(stub) and turns a refused or failed call into a message and an exit code."""
     config = Config.from_env()
     address = args.address or f"{config.host}:{config.ports.query}"
-    with grpc.insecure_channel(address) as channel:
+    with auth_client.channel(address) as channel:
         try:
             work(query_pb2_grpc.QueryServiceStub(channel))
         except grpc.RpcError as error:
@@ -121,7 +121,7 @@ def label_face(args: argparse.Namespace) -> int:
             return
         verdict = pb.VERDICT_NOT_BELONGS if args.not_belongs else pb.VERDICT_BELONGS
         stub.LabelFace(query_pb2.LabelFaceRequest(face_id=args.face_id, persona_id=args.persona_id,
-                                                  verdict=verdict, labelled_by=args.by),
+                                                  verdict=verdict),
                        timeout=CALL_TIMEOUT_SECONDS)
         print(f"face {args.face_id} {'is not' if args.not_belongs else 'is'} {args.persona_id}")
     return _call(args, work)

@@ -16,6 +16,8 @@ from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
 
 from visage import convert, paging
+from visage.auth import identity
+from visage.auth.roles import Role
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
@@ -45,6 +47,8 @@ def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, identity.RoleRequired):
+        return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(error)
     if _is_store_unavailable(error):
@@ -115,6 +119,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def DeletePersona(self, request, context):
+        if request.erase_faces:  # erasure: more than deleting a persona (labeller)
+            identity.require_role(Role.ADMIN, "erase_faces (erasure)")
         self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"), request.erase_faces)
         return empty_pb2.Empty()
 
@@ -139,7 +145,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return LabelRecord(face_id=validation.required_id(request.face_id, "face_id"),
                            persona_id=validation.required_id(request.persona_id, "persona_id"),
                            verdict=validation.verdict(request.verdict),
-                           labelled_by=validation.labelled_by(request.labelled_by))
+                           labelled_by=identity.current_subject())
 
     @unary
     def UnlabelFace(self, request, context):
@@ -228,9 +234,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
 
 def require_operator_for_embeddings(context) -> None:
-    """Hook: GetFace's include_embedding (biometric data) needs the operator role. Visage
-    has no identities yet, so every caller passes; the identity work (issue 12) makes this
-    abort with PERMISSION_DENIED unless the caller's token carries the operator role."""
+    """GetFace's include_embedding (biometric data) needs the operator role,
+    more than GetFace's own least role (viewer)."""
+    identity.require_role(Role.OPERATOR, "include_embedding (biometric data)")
 
 
 def start(config: Config, store: Store, address: str,

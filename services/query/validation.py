@@ -8,7 +8,6 @@ from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
 MAX_DISPLAY_NAME_CHARS = 200
-MAX_LABELLED_BY_CHARS = 200
 MAX_ID_CHARS = 256
 # Control characters and line/paragraph separators break every one-line display.
 FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
@@ -46,10 +45,6 @@ def display_name(value: str) -> str:
     if not name:
         raise InvalidArgument("display_name is required (1-200 characters, not only spaces)")
     return name
-
-
-def labelled_by(value: str) -> str:
-    return _one_line_text(value, "labelled_by", MAX_LABELLED_BY_CHARS) or "anonymous"
 
 
 def verdict(value: int) -> int:

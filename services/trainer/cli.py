@@ -7,6 +7,7 @@ import sys
 import grpc
 from tqdm import tqdm
 
+from visage.auth import client as auth_client
 from visage.config import Config
 from visage.v1 import resources_pb2 as pb
 from visage.v1 import train_pb2, train_pb2_grpc
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
 
 
 def _stub(address: str) -> train_pb2_grpc.TrainServiceStub:
-    return train_pb2_grpc.TrainServiceStub(grpc.insecure_channel(address))
+    return train_pb2_grpc.TrainServiceStub(auth_client.channel(address))
 
 
 def _fail(error: grpc.RpcError) -> int:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -51,16 +52,22 @@ class Gateway:
     port: int
     process: subprocess.Popen
     log_path: Path
+    ssl_context: ssl.SSLContext | None = None  # https: trusts the gateway's certificate
 
     def request(self, method: str, path: str, body: bytes | dict | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+                headers: dict[str, str] | None = None, timeout: float = 60,
+                anonymous: bool = False) -> tuple[int, dict, bytes]:
+        """Sends the test session's admin token (VISAGE_TOKEN) unless `headers`
+        carry an authorization of their own or the caller is `anonymous`."""
         headers = dict(headers or {})
+        if not anonymous and "authorization" not in {k.lower() for k in headers}:
+            headers["authorization"] = f"Bearer {os.environ['VISAGE_TOKEN']}"
         if isinstance(body, dict):
             body = json.dumps(body).encode()
             headers.setdefault("content-type", "application/json")
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as response:
                 return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
         except urllib.error.HTTPError as error:
             return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
@@ -75,6 +82,13 @@ class Gateway:
         return self.process.wait(timeout=20)
 
 
+def sign_in(context, token: str | None = None) -> None:
+    """Every page of a Playwright browser context starts signed in to the UI
+    (the session's admin token, VISAGE_TOKEN, unless `token` is given)."""
+    token = token or os.environ["VISAGE_TOKEN"]
+    context.add_init_script(f"sessionStorage.setItem('visage.token', {json.dumps(token)});")
+
+
 def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, str] | None = None) -> Gateway:
     """`python -m visage_gateway` on a free port, waiting until Envoy answers."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +100,9 @@ def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, st
         with log_path.open("wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "visage_gateway"], env=env, cwd=REPO,
                                        stdout=log, stderr=subprocess.STDOUT)
-        gateway = Gateway(f"http://127.0.0.1:{port}", port, process, log_path)
+        cert = env.get("VISAGE_GATEWAY_TLS_CERT")
+        context = ssl.create_default_context(cafile=cert) if cert else None
+        gateway = Gateway(f"{'https' if cert else 'http'}://127.0.0.1:{port}", port, process, log_path, context)
         deadline = time.monotonic() + READY_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
             try:

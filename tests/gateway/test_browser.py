@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from gateway_stack import sign_in
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,6 +34,7 @@ def browser():
 @pytest.fixture
 def page(browser, gateway):
     context = browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900})
+    sign_in(context)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -24,7 +25,8 @@ CALLS = {
 
 
 def grpcurl(*args: str, stdin: str | None = None) -> str:
-    result = subprocess.run([str(GRPCURL), "-plaintext", "-emit-defaults", "-max-time", "60", *args], input=stdin,
+    token = ["-rpc-header", f"authorization: Bearer {os.environ['VISAGE_TOKEN']}"]
+    result = subprocess.run([str(GRPCURL), "-plaintext", "-emit-defaults", "-max-time", "60", *token, *args], input=stdin,
                             capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, f"grpcurl {' '.join(args)[:200]}: {result.stderr}"
     return result.stdout
@@ -64,7 +66,8 @@ def test_grpcurl_reflects_and_calls_each_service_through_envoy(service, gateway,
 
 
 def test_grpc_errors_pass_through_envoy_unchanged(gateway):
-    result = subprocess.run([str(GRPCURL), "-plaintext", "-d", '{"persona_id": "nobody"}', f"127.0.0.1:{gateway.port}",
+    result = subprocess.run([str(GRPCURL), "-plaintext", "-H", f"authorization: Bearer {os.environ['VISAGE_TOKEN']}",
+                             "-d", '{"persona_id": "nobody"}', f"127.0.0.1:{gateway.port}",
                              "visage.v1.QueryService/GetPersona"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "NotFound" in result.stderr and "nobody" in result.stderr

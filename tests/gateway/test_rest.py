@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import subprocess
 import threading
 import time
@@ -93,7 +94,8 @@ def test_corrupt_upload_is_a_readable_400(gateway):
 
 def read_sse_events(port: int, path: str, into: list, stop: threading.Event, opened: threading.Event) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("GET", path, headers={"accept": "text/event-stream"})
+    connection.request("GET", path, headers={"accept": "text/event-stream",
+                                             "authorization": f"Bearer {os.environ['VISAGE_TOKEN']}"})
     response = connection.getresponse()
     into.append(("headers", response.status, response.getheader("content-type")))
     opened.set()
@@ -159,8 +161,9 @@ def test_cors_allows_only_configured_origins_and_missing_backends_are_503(tmp_pa
     gateway = start_gateway(dead, tmp_path, {"VISAGE_CORS_ORIGINS": "http://app.example"})
     try:
         preflight = {"origin": "http://app.example", "access-control-request-method": "POST"}
-        status, headers, _ = gateway.request("OPTIONS", "/v1/personas", headers=preflight)
+        status, headers, _ = gateway.request("OPTIONS", "/v1/personas", headers=preflight, anonymous=True)
         assert status == 200 and headers["access-control-allow-origin"] == "http://app.example"
+        assert "authorization" in headers["access-control-allow-headers"]  # the other origin's page sends its token
         status, headers, _ = gateway.request("OPTIONS", "/v1/personas",
                                              headers={**preflight, "origin": "http://other.example"})
         assert "access-control-allow-origin" not in headers

@@ -23,6 +23,10 @@ COSMOS_CASSANDRA_PORT = 10350
 CASSANDRA_PORT = 9042     # Apache Cassandra and Managed Instance
 
 
+AUTH_ENV_NAMES = ("VISAGE_AUTH_ISSUER", "VISAGE_AUTH_AUDIENCE", "VISAGE_AUTH_JWKS_URL", "VISAGE_AUTH_ROLE_CLAIM",
+                  "VISAGE_AUTH_SUBJECT_CLAIM", "VISAGE_GATEWAY_HOSTNAMES")
+
+
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
@@ -127,7 +131,10 @@ class DeploySettings:
         secret_names = ("VISAGE_CASSANDRA_USERNAME", "VISAGE_CASSANDRA_PASSWORD", "VISAGE_AZURE_FACE_KEY")
         cassandra_names = ("VISAGE_CASSANDRA_HOSTS", "VISAGE_CASSANDRA_PORT", "VISAGE_CASSANDRA_TLS",
                            "VISAGE_CASSANDRA_KEYSPACE", "VISAGE_CASSANDRA_REPLICATION",
-                           "VISAGE_CASSANDRA_LOCAL_DC", "VISAGE_AZURE_FACE_ENDPOINT")
+                           "VISAGE_CASSANDRA_LOCAL_DC", "VISAGE_AZURE_FACE_ENDPOINT",
+                           # Identity (README "Roles and sign-in"): the Entra ID app the tokens are for, and
+                           # the gateway's public host names; they go to the visage-config ConfigMap.
+                           *AUTH_ENV_NAMES)
         return cls(
             subscription_id=_env("AZURE_SUBSCRIPTION_ID"),
             location=_env("VISAGE_AZ_LOCATION", cls.location),

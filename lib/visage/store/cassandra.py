@@ -53,6 +53,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenA
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 from cassandra.util import min_uuid_from_time, unix_time_from_uuid1, uuid_from_time
 
+from visage.auth.identity import with_actor
 from visage.config import CassandraConfig
 from visage.store.base import (
     ACTIVE_VERSION_KEY,
@@ -920,7 +921,7 @@ class CassandraStore(Store):
 
     # ---- event log -------------------------------------------------------
     def append_event(self, type: int, subject: str, attributes: dict[str, str] | None = None) -> EventRecord:
-        attributes = {str(k): str(v) for k, v in (attributes or {}).items()}
+        attributes = {str(k): str(v) for k, v in with_actor(attributes).items()}
         for attempt in range(3):
             event_id = uuid_from_time(time.time())  # random node + clock sequence: unique across writers
             bucket = _bucket(event_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visage.auth.identity import with_actor
 from visage.store.base import (
     ACTIVE_VERSION_KEY,
     WITHDRAWN_REASON,
@@ -169,7 +170,7 @@ class SqliteStore(Store):
 
     @staticmethod
     def _append(conn: sqlite3.Connection, type: int, subject: str, attributes: dict | None = None) -> EventRecord:
-        attributes = {k: str(v) for k, v in (attributes or {}).items()}
+        attributes = {k: str(v) for k, v in with_actor(attributes).items()}
         created = now()
         cur = conn.execute(
             "INSERT INTO events (type, subject, attributes, create_time) VALUES (?, ?, ?, ?)",

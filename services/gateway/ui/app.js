@@ -1,5 +1,8 @@
 // Visage web UI: plain JS over the REST API of the Envoy gateway (/v1, see
 // /openapi.json) and its server-sent event stream (/v1/events:watch).
+// Every call sends the signed-in user's token (kept in sessionStorage: it
+// ends with the tab and is never a cookie); images and the event stream are
+// fetched with it too, since <img> and EventSource cannot send headers.
 // Every user-supplied string reaches the page through textContent (via el()),
 // never innerHTML.
 "use strict";
@@ -40,6 +43,80 @@ function toast(message, kind = "") {
   setTimeout(() => node.remove(), kind === "error" ? 8000 : 3500);
 }
 
+// ---- Identity --------------------------------------------------------------
+const TOKEN_KEY = "visage.token";
+const ROLES = ["viewer", "labeller", "operator", "admin"];
+
+// A login link (`make run` prints one) carries the token in the fragment, which
+// browsers never send to a server: keep it in this tab and drop it from the address bar.
+(function takeTokenFromLink() {
+  const match = location.hash.match(/^#token=([A-Za-z0-9._-]+)$/);
+  if (!match) return;
+  sessionStorage.setItem(TOKEN_KEY, match[1]);
+  history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+})();
+
+function claimsOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+  } catch { return null; }
+}
+
+// Who is signed in, as the token says (the gateway and services check it; this only shapes the page).
+function session() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const claims = token && claimsOf(token);
+  if (!claims || (claims.exp && claims.exp * 1000 < Date.now())) return null;
+  const values = [].concat(claims.roles || []).flatMap((r) => String(r).split(/[ ,]+/)).map((r) => r.toLowerCase());
+  const rank = Math.max(-1, ...values.map((r) => ROLES.indexOf(r)));
+  return { token, name: claims.preferred_username || claims.name || claims.sub || "?", role: ROLES[rank] || "none", rank };
+}
+const can = (role) => { const s = session(); return !!s && s.rank >= ROLES.indexOf(role); };
+
+function signOut(message = "") {
+  sessionStorage.removeItem(TOKEN_KEY);
+  blobUrls.clear();  // the next user fetches what they may see with their own token
+  stopEvents();
+  showSignIn(message);
+}
+
+function showWho() {
+  const s = session();
+  const box = document.getElementById("whoami");
+  box.replaceChildren(...(s ? [el("span", { id: "whoami-name", title: `role: ${s.role}` }, s.name),
+    el("span", { class: "tag", id: "whoami-role" }, s.role),
+    el("button", { type: "button", id: "sign-out", onclick: () => signOut("Signed out.") }, "Sign out")] : []));
+}
+
+function showSignIn(message = "") {
+  showWho();
+  const input = el("input", { type: "password", id: "token-input", autocomplete: "off", required: true,
+    placeholder: "eyJ…", "aria-label": "token" });
+  const form = el("form", { id: "sign-in", class: "sign-in" },
+    el("h1", {}, "Sign in to Visage"),
+    message ? el("p", { class: "state error", id: "sign-in-message" }, message) : null,
+    el("p", { class: "muted" }, "Open the sign-in link that `make run` printed, or paste a token: ",
+      el("code", {}, "visage token create --role labeller"), " prints one; with Microsoft Entra ID, an access token for the Visage API."),
+    input, el("button", { class: "primary", type: "submit" }, "Sign in"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const token = input.value.trim();
+    if (!claimsOf(token)) { showSignIn("That is not a token (three base64url parts separated by dots)."); return; }
+    sessionStorage.setItem(TOKEN_KEY, token);
+    if (!session()) { signOut("That token has expired."); return; }
+    try {
+      await api("GET", "/v1/personas?pageSize=1");
+    } catch (error) {
+      if (!(error instanceof SignedOut)) signOut(error.message);
+      return;
+    }
+    start();
+  });
+  main.replaceChildren(form);
+  input.focus();
+}
+
 const percent = (x) => `${Math.round(Number(x) * 100)}%`;
 // What a prediction's confidence is (Prediction.confidence in the API docs).
 const CONFIDENCE_MEANING = "similarity to the persona: 1 − distance/1.2 between face embeddings "
@@ -52,11 +129,26 @@ const imageUrl = (imageId) => `/v1/images/${encodeURIComponent(imageId)}/content
 
 // ---- API -------------------------------------------------------------------
 class ApiError extends Error {}
+class SignedOut extends ApiError {}
+
+function authorization() {
+  const s = session();
+  if (!s) { signOut("Your session has ended: sign in again."); throw new SignedOut("signed out"); }
+  return { authorization: `Bearer ${s.token}` };
+}
+
+// A 401 means the token is no longer accepted: back to the sign-in page.
+function checkSignedIn(response) {
+  if (response.status === 401) {
+    signOut("The gateway did not accept your token (expired or revoked): sign in again.");
+    throw new SignedOut("signed out");
+  }
+}
 
 // Errors come as JSON with a `message` (gRPC status via the transcoder, or
 // Envoy's own local replies); anything else is shown as text.
 async function api(method, path, body) {
-  const options = { method, headers: {} };
+  const options = { method, headers: authorization() };
   if (body !== undefined) {
     options.headers["content-type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -67,6 +159,7 @@ async function api(method, path, body) {
   } catch (error) {
     throw new ApiError(`The gateway cannot be reached (${error.message}).`);
   }
+  checkSignedIn(response);
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : {}; } catch { data = null; }
@@ -84,7 +177,7 @@ async function attempt(action, success) {
     if (success) toast(success);
     return result;
   } catch (error) {
-    toast(error.message, "error");
+    if (!(error instanceof SignedOut)) toast(error.message, "error");
     return undefined;
   }
 }
@@ -125,12 +218,30 @@ const personaName = (list, id) => (list.find((p) => p.personaId === id) || {}).d
 
 function label(faceId, personaId, verdict) {
   return api("POST", `/v1/faces/${encodeURIComponent(faceId)}:label`,
-    { personaId, verdict, labelledBy: "web-ui" });
+    { personaId, verdict });
+}
+
+// ---- Images ----------------------------------------------------------------
+// Crops and photos need the token too: fetched, then shown from blob: URLs
+// (kept per URL: crops and photos never change).
+const blobUrls = new Map();
+function authImage(url, attrs) {
+  const img = el("img", attrs);
+  if (!blobUrls.has(url)) {
+    blobUrls.set(url, fetch(url, { headers: authorization() }).then((response) => {
+      checkSignedIn(response);
+      if (!response.ok) throw new ApiError(`${url}: HTTP ${response.status}`);
+      return response.blob();
+    }).then((blob) => URL.createObjectURL(blob)));
+    blobUrls.get(url).catch(() => blobUrls.delete(url));  // retried by the next render
+  }
+  blobUrls.get(url).then((src) => { img.src = src; }, () => { img.classList.add("broken"); });
+  return img;
 }
 
 // ---- Face tiles ------------------------------------------------------------
 function faceImage(faceId, alt) {
-  return el("img", { class: "face", src: cropUrl(faceId), alt, loading: "lazy" });
+  return authImage(cropUrl(faceId), { class: "face", alt });
 }
 
 function faceCard(face, { caption = "", meta = "", confidence = null, actions = [], href = null } = {}) {
@@ -144,6 +255,12 @@ function faceCard(face, { caption = "", meta = "", confidence = null, actions = 
       caption ? el("span", { class: "name" }, caption) : null,
       meta ? el("span", { class: "meta" }, meta) : null,
       actions.length ? el("div", { class: "actions" }, actions) : null));
+}
+
+// Who made a face's "belongs" label (the token subject the services recorded).
+function labelledBy(face) {
+  const belongs = (face.labels || []).find((l) => l.verdict === "VERDICT_BELONGS");
+  return belongs && belongs.labelledBy ? `labelled by ${belongs.labelledBy}` : "";
 }
 
 function personaSelect(list, placeholder = "Assign to…") {
@@ -172,7 +289,7 @@ async function viewPersonas() {
   el("div", { class: "body" },
     el("span", { class: "name" }, p.displayName),
     el("span", { class: "meta" }, `${count(p.labelledFaceCount)} labelled · ${count(p.predictedFaceCount)} predicted`))));
-  return [el("h1", {}, "Personas"), form,
+  return [el("h1", {}, "Personas"), can("labeller") ? form : null,
     cards.length ? [el("div", { class: "grid", id: "personas" }, cards), showMore(page)]
       : stateBox("No personas yet. Create one, then label faces from Unknown faces or an image.")];
 }
@@ -206,25 +323,26 @@ async function viewPersona(personaId) {
     if (await attempt(() => label(face.faceId, persona.personaId, value), message)) rerender();
     else event.target.closest(".card").querySelectorAll("button").forEach((b) => { b.disabled = false; });
   };
-  const labelledCards = labelled.items.map((face) => faceCard(face, {
-    actions: [el("button", { type: "button", onclick: unlabel(face) }, "Remove")] }));
+  const labeller = can("labeller");
+  const labelledCards = labelled.items.map((face) => faceCard(face, { meta: labelledBy(face),
+    actions: labeller ? [el("button", { type: "button", onclick: unlabel(face) }, "Remove")] : [] }));
   const predictedCards = predicted.items.map((face) => faceCard(face, {
     meta: `${similarMeta(face.prediction.confidence)} · model v${face.prediction.modelVersion}`,
     confidence: face.prediction.confidence,
-    actions: [
+    actions: labeller ? [
       el("button", { type: "button", class: "ok confirm", title: "This face is this persona",
         onclick: verdict(face, "VERDICT_BELONGS", "Confirmed") }, "✓ Belongs"),
       el("button", { type: "button", class: "danger reject", title: "This face is not this persona",
         onclick: verdict(face, "VERDICT_NOT_BELONGS", "Rejected") }, "✗ Not"),
-    ] }));
+    ] : [] }));
   const rejectedCards = rejected.items.map((face) => faceCard(face, {
-    actions: [el("button", { type: "button", onclick: unlabel(face) }, "Undo")] }));
+    actions: labeller ? [el("button", { type: "button", onclick: unlabel(face) }, "Undo")] : [] }));
   return [
     el("p", { class: "muted" }, el("a", { href: "#/" }, "← Personas")),
     rejectionBanner(persona),
     el("h1", { id: "persona-name" }, persona.displayName),
     el("p", { class: "muted" }, `${count(persona.labelledFaceCount)} labelled · ${count(persona.predictedFaceCount)} predicted`),
-    rename,
+    labeller ? rename : null,
     el("h2", {}, "Labelled faces"),
     labelledCards.length ? [el("div", { class: "grid", id: "labelled" }, labelledCards), showMore(labelled)]
       : stateBox("No labelled faces yet: assign faces from Unknown faces or an image."),
@@ -247,10 +365,10 @@ async function viewUnknown() {
     } }, "Assign");
     const meta = face.prediction && face.prediction.modelVersion !== "0"
       ? unknownMeta(face.prediction.confidence) : "not classified yet";
-    return faceCard(face, { meta, actions: list.length ? [select, assign] : [] });
+    return faceCard(face, { meta, actions: list.length && can("labeller") ? [select, assign] : [] });
   });
   return [el("h1", {}, "Unknown faces"),
-    list.length ? null : el("p", { class: "muted" }, "Create a persona first to assign faces to it."),
+    list.length || !can("labeller") ? null : el("p", { class: "muted" }, "Create a persona first to assign faces to it."),
     cards.length ? [el("div", { class: "grid", id: "unknown" }, cards), showMore(unknown)]
       : stateBox("No unknown faces. Upload images to find more.")];
 }
@@ -293,11 +411,11 @@ async function viewImages() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); start(e.dataTransfer.files); });
   const cards = images.items.map((image) => el("a", { class: "card image-card", href: `#/image/${encodeURIComponent(image.imageId)}` },
-    el("img", { class: "face", src: imageUrl(image.imageId), alt: image.filename || "image", loading: "lazy" }),
+    authImage(imageUrl(image.imageId), { class: "face", alt: image.filename || "image" }),
     el("div", { class: "body" },
       el("span", { class: "name" }, image.filename || image.imageId.slice(0, 12)),
       el("span", { class: "meta" }, `${image.faceCount} face${image.faceCount === 1 ? "" : "s"} · ${image.width}×${image.height}`))));
-  return [el("h1", {}, "Images"), drop, log,
+  return [el("h1", {}, "Images"), can("operator") ? [drop, log] : null,
     cards.length ? [el("div", { class: "grid", id: "images" }, cards), showMore(images)]
       : stateBox("No images yet. Upload some above.")];
 }
@@ -328,15 +446,15 @@ async function viewImage(imageId) {
       if (!select.value) { toast("Choose a persona first", "error"); return; }
       if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
     } }, "Assign");
-    return faceCard(face, { caption: faceName(face, list).text, href: cropUrl(face.faceId),
-      actions: [...(list.length ? [select, assign] : []), eraseFaceButton(face)] });
+    return faceCard(face, { caption: faceName(face, list).text, meta: labelledBy(face),
+      actions: [...(list.length && can("labeller") ? [select, assign] : []), ...(can("admin") ? [eraseFaceButton(face)] : [])] });
   });
   return [
     el("p", { class: "muted" }, el("a", { href: "#/images" }, "← Images")),
     el("h1", {}, image.filename || image.imageId),
     el("p", { class: "muted" }, `${image.width}×${image.height} · ${image.contentType} · ${faces.length} face${faces.length === 1 ? "" : "s"}`),
-    el("div", { class: "toolbar" }, eraseImageButton(image, faces)),
-    el("div", { class: "photo", id: "photo" }, el("img", { src: imageUrl(image.imageId), alt: image.filename || "image" }), boxes),
+    can("admin") ? el("div", { class: "toolbar" }, eraseImageButton(image, faces)) : null,
+    el("div", { class: "photo", id: "photo" }, authImage(imageUrl(image.imageId), { alt: image.filename || "image" }), boxes),
     faces.length ? [el("h2", {}, "Faces"), el("div", { class: "grid" }, cards)] : stateBox("No face was found in this image."),
   ];
 }
@@ -373,8 +491,8 @@ function choosePersonaDeletion(persona) {
       el("p", {}, "Either way the persona, its labels and predictions go, and every model version naming it is withdrawn."),
       el("form", { method: "dialog", class: "choices" },
         el("button", { value: "keep", id: "delete-keep-faces" }, `Delete, keep the ${faceWord(n)} as unknown`),
-        el("button", { value: "erase", class: "danger", id: "delete-erase-faces" },
-          `Delete and erase the ${faceWord(n)} labelled as this person, with their whole photos`),
+        can("admin") ? el("button", { value: "erase", class: "danger", id: "delete-erase-faces" },
+          `Delete and erase the ${faceWord(n)} labelled as this person, with their whole photos`) : null,
         el("button", { value: "", id: "delete-cancel" }, "Cancel")));
     dialog.addEventListener("close", () => { dialog.remove(); resolve(dialog.returnValue || null); });
     document.body.append(dialog);
@@ -402,7 +520,7 @@ async function viewModels() {
       el("td", {}, `${count(m.labelledFaces)} / ${count(m.personas)}`),
       el("td", {}, v.createTime ? new Date(v.createTime).toLocaleString() : "–"),
       el("td", { class: "muted" }, v.gateReason || ""),
-      el("td", {}, ["active", "withdrawn"].includes(state) ? null : activate));
+      el("td", {}, ["active", "withdrawn"].includes(state) || !can("operator") ? null : activate));
   });
   const jobRows = (jobs.trainingJobs || []).map((j) => el("tr", {},
     el("td", {}, j.jobId), el("td", {}, j.phase.replace("TRAINING_PHASE_", "").toLowerCase()),
@@ -415,7 +533,7 @@ async function viewModels() {
   const release = pinned ? el("button", { type: "button", id: "release-pin", onclick: async () => {
     if (await attempt(() => api("POST", "/v1/modelVersions:releasePin", {}), "Pin released")) rerender();
   } }, `Release pin on v${pinned.version}`) : null;
-  return [el("h1", {}, "Models"), el("div", { class: "toolbar" }, train, release),
+  return [el("h1", {}, "Models"), can("operator") ? el("div", { class: "toolbar" }, train, release) : null,
     pinned ? el("p", { class: "muted", id: "pin-note" }, `v${pinned.version} was activated by hand and is pinned: `
       + "new versions are trained and listed here but not activated until the pin is released.") : null,
     el("p", { class: "muted" }, `Confidence is the ${CONFIDENCE_MEANING}. Accuracy and unknown rejection are `
@@ -446,6 +564,7 @@ let renderSeq = 0;
 // nodes (an upload log, a file input) into the new content.
 async function render({ refresh = false, keep = [] } = {}) {
   const seq = ++renderSeq;
+  if (!session()) { showSignIn(); return; }
   const match = routes.map(([re, view, nav]) => [location.hash.match(re), view, nav]).find(([m]) => m);
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", !!match && a.dataset.nav === match[2]));
   if (!match) { main.replaceChildren(stateBox("Page not found.", "error")); return; }
@@ -462,7 +581,7 @@ async function render({ refresh = false, keep = [] } = {}) {
     main.replaceChildren(fragment);
     main.dataset.ready = String(seq);
   } catch (error) {
-    if (seq !== renderSeq) return;
+    if (seq !== renderSeq || error instanceof SignedOut) return;
     if (refresh) { toast(error.message, "error"); return; }
     main.replaceChildren(stateBox(error.message, "error"),
       el("p", { class: "muted" }, el("a", { href: location.hash || "#/", onclick: () => render() }, "Try again")));
@@ -562,32 +681,68 @@ async function loadGateStatus() {
   } catch { /* the trainer may not be up yet: live events will tell */ }
 }
 
-// EventSource reconnects by itself, but to the same URL; reconnecting by hand
-// resumes after the last cursor seen so no event is lost.
+// The event stream is read with fetch (EventSource cannot send the token);
+// reconnecting resumes after the last cursor seen so no event is lost.
 let lastCursor = "";
-let source = null;
+let events = null;  // the AbortController of the open stream
 let retryDelay = 1000;
-function connectEvents() {
+let retryTimer = null;
+
+function stopEvents() {
+  clearTimeout(retryTimer);
+  if (events) events.abort();
+  events = null;
   const dot = document.getElementById("live-dot");
+  dot.className = "dot";
+}
+
+async function connectEvents() {
+  const dot = document.getElementById("live-dot");
+  const controller = new AbortController();
+  events = controller;
   const url = `/v1/events:watch${lastCursor ? `?afterCursor=${encodeURIComponent(lastCursor)}` : ""}`;
-  source = new EventSource(url);
-  source.onopen = () => { dot.className = "dot on"; dot.title = "live updates: connected"; retryDelay = 1000; };
-  source.onmessage = (message) => {
-    let event;
-    try { event = JSON.parse(message.data); } catch { return; }
-    if (event.cursor) lastCursor = event.cursor;
-    onEvent(event);
-  };
-  source.onerror = () => {
-    source.close();
-    dot.className = "dot off";
-    dot.title = "live updates: reconnecting";
-    setTimeout(connectEvents, retryDelay);
-    retryDelay = Math.min(retryDelay * 2, 15000);
-  };
+  try {
+    const response = await fetch(url, { headers: { ...authorization(), accept: "text/event-stream" },
+      signal: controller.signal });
+    checkSignedIn(response);
+    if (!response.ok) throw new ApiError(`HTTP ${response.status}`);
+    dot.className = "dot on"; dot.title = "live updates: connected"; retryDelay = 1000;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const data = buffer.slice(0, end).split("\n").filter((l) => l.startsWith("data:"))
+          .map((l) => l.slice(5).trim()).join("\n");
+        buffer = buffer.slice(end + 2);
+        let event;
+        try { event = JSON.parse(data); } catch { continue; }
+        if (event.cursor) lastCursor = event.cursor;
+        onEvent(event);
+      }
+    }
+  } catch (error) {
+    if (error instanceof SignedOut || controller.signal.aborted) return;
+  }
+  if (controller.signal.aborted || events !== controller) return;
+  dot.className = "dot off";
+  dot.title = "live updates: reconnecting";
+  retryTimer = setTimeout(connectEvents, retryDelay);
+  retryDelay = Math.min(retryDelay * 2, 15000);
+}
+
+// Signed in (or on a sign-in page that leads here): the page and its live updates.
+function start() {
+  showWho();
+  if (!session()) { showSignIn(); return; }
+  if (location.hash.startsWith("#token=")) location.hash = "#/";
+  render();
+  if (!events) connectEvents();
+  loadGateStatus();
 }
 
 window.addEventListener("hashchange", () => render());
-render();
-connectEvents();
-loadGateStatus();
+start();
