@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import urllib.parse
 from collections import Counter
@@ -51,7 +52,8 @@ def build_request(method: str, path: str, operation: dict, components: dict, rng
 def send(port: int, method: str, url: str, body: bytes | None) -> tuple[int, bytes] | str:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=READ_TIMEOUT)
     try:
-        headers = {"content-type": "application/json"} if body is not None else {}
+        headers = {"authorization": f"Bearer {os.environ['VISAGE_TOKEN']}",  # the session's admin (tests/conftest.py)
+                   **({"content-type": "application/json"} if body is not None else {})}
         connection.request(method, url, body=body, headers=headers)
         response = connection.getresponse()
         if response.getheader("content-type", "").startswith("text/event-stream"):

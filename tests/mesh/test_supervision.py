@@ -15,7 +15,7 @@ from pathlib import Path
 from visage.mesh import wait_serving
 from visage.store.sqlite import SqliteStore
 
-from test_mesh import MESH_READY_SECONDS, free_ports, wait_for_gateway
+from test_mesh import MESH_READY_SECONDS, free_ports, wait_for_login_link
 
 GONE_SECONDS = 60  # generous: processes told to stop may first finish a graceful shutdown
 NAMES = ["ingest", "classifier", "trainer", "query", "gateway"]
@@ -88,7 +88,7 @@ def test_a_killed_service_is_restarted_and_a_killed_supervisor_leaves_nothing_ru
     mesh = subprocess.Popen([sys.executable, "-m", "visage.mesh"], env=mesh_env(tmp_path, ports),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_gateway(f"http://127.0.0.1:{ports['gateway']}", mesh)
+        wait_for_login_link(f"http://127.0.0.1:{ports['gateway']}", mesh, tmp_path / "mesh.log")
         query_pid = next(pid for pid in children(mesh.pid) if "visage_query" in command_line(pid))
         os.kill(query_pid, signal.SIGKILL)
         wait_until(lambda: not alive(query_pid), GONE_SECONDS, "the killed query service is gone")

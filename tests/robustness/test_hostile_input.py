@@ -7,6 +7,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -80,7 +81,9 @@ def rest(gateway, method: str, path: str, body: bytes | None = None, source: str
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=ANSWER_SECONDS,
                                             source_address=(source, 0))
     try:
-        connection.request(method, path, body=body, headers={"content-type": "application/json"} if body else {})
+        headers = {"authorization": f"Bearer {os.environ['VISAGE_TOKEN']}",  # the session's admin (tests/conftest.py)
+                   **({"content-type": "application/json"} if body else {})}
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, json.loads(response.read() or b"null")
     finally:

@@ -434,6 +434,15 @@ def test_events_order_cursors_and_limits(store):
     assert store.read_events(latest, 10)[0].attributes == {}
 
 
+@pytest.mark.parametrize("cursor", ["9" * 40, "-1", "x", "1e5", "\u0661"])
+def test_a_cursor_no_store_made_is_a_value_error(store, cursor):
+    """The query service answers INVALID_ARGUMENT for ValueError; found by the REST fuzzer
+    (a 40-digit afterCursor overflowed SQLite and answered 500)."""
+    store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "job", {})
+    with pytest.raises(ValueError):
+        store.read_events(cursor, 10)
+
+
 def test_meta_round_trip(store):
     assert store.get_meta("k") is None
     store.set_meta("k", "v1")

@@ -102,6 +102,13 @@ CURSOR_WIDTH = 20  # zero-padded so cursors compare as strings too
 MAX_VARIABLES = 500  # ids per `IN (...)`: stays under SQLite's bound-variable limit
 
 
+def _parse_cursor(cursor: str) -> int:
+    """A cursor _cursor made; ValueError for anything else (SQLite would overflow on a longer number)."""
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= CURSOR_WIDTH and int(cursor) < 2**63):
+        raise ValueError(f"not an event cursor: {cursor[:40]!r}")
+    return int(cursor)
+
+
 def _cursor(seq: int) -> str:
     return str(seq).zfill(CURSOR_WIDTH)
 
@@ -538,7 +545,7 @@ class SqliteStore(Store):
             return self._append(conn, type, subject, attributes)
 
     def read_events(self, after_cursor: str, limit: int = 1000) -> list[EventRecord]:
-        after = int(after_cursor) if after_cursor else 0
+        after = _parse_cursor(after_cursor) if after_cursor else 0
         rows = self._query("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
         return [EventRecord(_cursor(seq), type, subject, json.loads(attrs), created)
                 for seq, type, subject, attrs, created in rows]
