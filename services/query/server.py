@@ -21,8 +21,11 @@ from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
 from visage.store.records import LabelRecord
 from visage.v1 import query_pb2, query_pb2_grpc
+from visage.v1 import resources_pb2 as pb
 from visage_query import events, validation
-from visage_query.catalogue import Catalogue
+from visage_query.catalogue import Catalogue, LabelIndex
+from visage_query.clusters import SuggestedPeople
+from visage_query.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ class ShuttingDown(Exception):
     pass
 
 
+class AlreadyExists(Exception):
+    pass
+
+
 def _is_store_unavailable(error: Exception) -> bool:
     """Errors of an unreachable or busy store (SQLite locked, Cassandra down):
     worth a retry, unlike a bug."""
@@ -54,6 +61,8 @@ def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, AlreadyExists):
+        return grpc.StatusCode.ALREADY_EXISTS, str(error)
     if isinstance(error, TooManyWatchers):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, ShuttingDown):
@@ -91,9 +100,12 @@ def streaming(method):
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, store: Store, max_watchers: int = MAX_WATCHERS):
+    def __init__(self, store: Store, max_watchers: int = MAX_WATCHERS,
+                 suggested: SuggestedPeople | None = None):
         self.store = store
         self.catalogue = Catalogue(store)
+        self.suggested = suggested or SuggestedPeople(store)
+        self.thumbnails = ThumbnailCache()
         self._closing = threading.Event()
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self._max_watchers = max_watchers
@@ -101,11 +113,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def close(self) -> None:
         """Ends open WatchEvents streams (UNAVAILABLE, so clients reconnect elsewhere)."""
         self._closing.set()
+        self.suggested.stop()
 
     # ---- personas --------------------------------------------------------
     @unary
     def CreatePersona(self, request, context):
         name = validation.display_name(request.persona.display_name)
+        self._refuse_duplicate_name(name, request.force)
         return convert.persona(self.store.create_persona(name))
 
     @unary
@@ -114,13 +128,17 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def ListPersonas(self, request, context):
-        personas, token = paging.offset_list("personas", request, self.catalogue.personas)
+        query = validation.search_query(request.query)
+        scope = f"personas/{request.include_hidden:d}/{query}" if query or request.include_hidden else "personas"
+        personas, token = paging.offset_list(scope, request, lambda offset, size: self.catalogue.personas(
+            offset, size, query, request.include_hidden))
         return query_pb2.ListPersonasResponse(personas=personas, next_page_token=token)
 
     @unary
     def UpdatePersona(self, request, context):
         persona_id = validation.required_id(request.persona.persona_id, "persona.persona_id")
         name = validation.display_name(request.persona.display_name)
+        self._refuse_duplicate_name(name, request.force, persona_id)
         self.store.rename_persona(persona_id, name)
         return self.catalogue.persona(persona_id)
 
@@ -194,8 +212,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     @unary
     def GetImageContent(self, request, context):
         image_id = validation.required_id(request.image_id, "image_id")
+        size = validation.thumbnail_size(request.size)
         record = self.store.get_image(image_id)
-        content = self.store.get_image_content(image_id) if record else None
+        content = self.store.get_image_content(image_id) if record and not size else None
+        if size and record:
+            thumbnail = self.thumbnails.get(image_id, size, lambda: self.store.get_image_content(image_id))
+            return httpbody_pb2.HttpBody(content_type="image/jpeg", data=thumbnail)
         if content is None:
             raise NotFound(f"image {image_id!r} not found")
         return httpbody_pb2.HttpBody(content_type=record.content_type or "application/octet-stream", data=content)
@@ -219,13 +241,97 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         finally:
             self._watch_slots.release()
 
+    # ---- organising many faces (suggested people, batches, merge, hide) ----
+    def _refuse_duplicate_name(self, name: str, force: bool, persona_id: str = "") -> None:
+        """Two personas of one name (ignoring case) are refused unless forced: usually a slip."""
+        if force:
+            return
+        key = name.casefold()
+        for record in self.store.list_personas():
+            if record.display_name.casefold() == key and record.persona_id != persona_id:
+                raise AlreadyExists(f"a persona named {record.display_name!r} already exists "
+                                    f"({record.persona_id}); pick it, or set force to create another")
+
+    @unary
+    def ListFaceClusters(self, request, context):
+        size = paging.page_size(request.page_size, default=20)
+        samples = validation.sample_size(request.sample_size)
+        result = self.suggested.result
+        offset, = paging.decode_token(request.page_token, "face-clusters", 1)
+        clusters = self._current_clusters(result)
+        page = clusters[offset:offset + size]
+        sample_ids = [face_id for _cluster, face_ids in page for face_id in face_ids[:samples]]
+        faces = {face.face_id: face for face in self.catalogue.faces(sample_ids)}
+        messages = [query_pb2.FaceCluster(cluster_id=cluster.cluster_id, face_ids=face_ids, quality=cluster.quality,
+                                          sample_faces=[faces[i] for i in face_ids[:samples] if i in faces])
+                    for cluster, face_ids in page]
+        token = paging.encode_token("face-clusters", [offset + size]) if offset + size < len(clusters) else ""
+        return query_pb2.ListFaceClustersResponse(
+            clusters=messages, next_page_token=token, unknown_faces=result.unknown_faces,
+            clustered_faces=sum(len(face_ids) for _cluster, face_ids in clusters), stale=self.suggested.stale)
+
+    def _current_clusters(self, result) -> list[tuple]:
+        """The last computation's groups less faces labelled or hidden since (the
+        next computation catches up within a second; the UI must not offer them)."""
+        labels = LabelIndex.load(self.store)
+        hidden = self.store.hidden_ids("face")
+        current = []
+        for cluster in result.clusters:
+            face_ids = [result.face_ids[row] for row in cluster.members]
+            face_ids = [face_id for face_id in face_ids if face_id not in hidden and not labels.has_belongs(face_id)]
+            if len(face_ids) >= 2:
+                current.append((cluster, face_ids))
+        current.sort(key=lambda pair: -len(pair[1]))
+        return current
+
+    @unary
+    def BatchLabelFaces(self, request, context):
+        persona_id = validation.required_id(request.persona_id, "persona_id")
+        pairs = validation.batch_labels(request.labels)
+        self.catalogue.require_persona(persona_id)
+        face_ids = [face_id for face_id, _verdict in pairs]
+        found = {record.face_id for record in self.store.get_faces(face_ids)}
+        missing = [face_id for face_id in face_ids if face_id not in found]
+        if missing:
+            raise NotFound(f"{len(missing)} of the faces were not found (first: {missing[0]!r}); nothing was labelled")
+        self.store.put_labels([LabelRecord(face_id, persona_id, verdict) for face_id, verdict in pairs])
+        return query_pb2.BatchLabelFacesResponse(faces=self.catalogue.faces(face_ids))
+
+    @unary
+    def MergePersonas(self, request, context):
+        target = validation.required_id(request.persona_id, "persona_id")
+        sources = validation.merge_sources(list(request.source_persona_ids), target)
+        for persona_id in (target, *sources):
+            self.catalogue.require_persona(persona_id)
+        moved = []
+        for source in sources:  # rejections first, so a face a source claims ends up BELONGS
+            for verdict in (pb.VERDICT_NOT_BELONGS, pb.VERDICT_BELONGS):
+                moved += [LabelRecord(label.face_id, target, verdict, label.labelled_by, label.create_time)
+                          for label in self.store.labels_of_persona(source, verdict)]
+        self.store.put_labels(moved)  # labels first: a failure before the deletes loses nothing
+        for source in sources:
+            self.store.delete_persona(source)
+        return self.catalogue.persona(target)
+
+    @unary
+    def SetFaceHidden(self, request, context):
+        face_id = validation.required_id(request.face_id, "face_id")
+        self.store.set_hidden("face", face_id, request.hidden)
+        return self.catalogue.face(face_id)
+
+    @unary
+    def SetPersonaHidden(self, request, context):
+        persona_id = validation.required_id(request.persona_id, "persona_id")
+        self.store.set_hidden("persona", persona_id, request.hidden)
+        return self.catalogue.persona(persona_id)
+
 
 def start(config: Config, store: Store, address: str,
           max_workers: int = MAX_WORKERS, max_watchers: int = MAX_WATCHERS) -> RunningService:
     """Starts the service on `address` (tests pass "127.0.0.1:0"). Draining
     ends open WatchEvents streams, which would otherwise hold a graceful stop
     for the whole grace period."""
-    servicer = QueryServicer(store, max_watchers)
+    servicer = QueryServicer(store, max_watchers, SuggestedPeople(store).start())
     server, port, health_servicer = build_server(
         lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["query"]], address, max_workers)

@@ -134,6 +134,9 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
         confidence double, model_version int, create_time double, PRIMARY KEY ((bucket), face_id))""",
     lambda store: store._move_predictions_to_buckets(),
     """DROP TABLE IF EXISTS {ks}.predictions""",
+], [
+    # Faces and personas a user hid: few rows, one partition per kind.
+    """CREATE TABLE IF NOT EXISTS {ks}.hidden (kind text, item_id text, PRIMARY KEY ((kind), item_id))""",
 ]]
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -584,6 +587,23 @@ class CassandraStore(Store):
         return True
 
     _LABEL_COLUMNS = "face_id, persona_id, verdict, labelled_by, create_time"
+
+    # ---- hidden faces and personas ----------------------------------------
+    def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
+        exists = self.get_face(item_id) is not None if kind == "face" else self.get_persona(item_id) is not None
+        if not exists:
+            raise NotFound(f"{kind} {item_id!r} not found")
+        if (item_id in self.hidden_ids(kind)) == hidden:
+            return
+        if hidden:
+            self._run("INSERT INTO {ks}.hidden (kind, item_id) VALUES (?, ?)", (kind, item_id))
+        else:
+            self._run("DELETE FROM {ks}.hidden WHERE kind = ? AND item_id = ?", (kind, item_id))
+        self.append_event(pb.EVENT_TYPE_HIDDEN_CHANGED, item_id, {"kind": kind, "hidden": str(hidden).lower()})
+
+    def hidden_ids(self, kind: str) -> set[str]:
+        return {row.item_id for row in self._run("SELECT item_id FROM {ks}.hidden WHERE kind = ?", (kind,),
+                                                 fetch_size=5000)}
 
     def labels_of_face(self, face_id: str) -> list[LabelRecord]:
         rows = self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ?", (face_id,))

@@ -74,6 +74,10 @@ MIGRATIONS = [
     ALTER TABLE predictions_by_face RENAME TO predictions;
     CREATE INDEX predictions_by_persona ON predictions (persona_id, model_version);
     """,
+    # 3: faces and personas a user hid (a stranger in the background) - few rows.
+    """
+    CREATE TABLE hidden (kind TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (kind, item_id));
+    """,
 ]
 
 # Updates the row in place (REPLACE deletes the row and its index entry, then inserts both again).
@@ -85,6 +89,9 @@ UPSERT_PREDICTION = (
 ACTIVE_VERSION_KEY = "active_model_version"
 CURSOR_WIDTH = 20  # zero-padded so cursors compare as strings too
 MAX_VARIABLES = 500  # ids per `IN (...)`: stays under SQLite's bound-variable limit
+
+
+_HIDDEN_TABLES = {"face": ("faces", "face_id"), "persona": ("personas", "persona_id")}
 
 
 def _cursor(seq: int) -> str:
@@ -277,17 +284,20 @@ class SqliteStore(Store):
     # ---- labels ----------------------------------------------------------
     def put_label(self, label: LabelRecord) -> None:
         with self._tx() as conn:
-            if not conn.execute("SELECT 1 FROM faces WHERE face_id = ?", (label.face_id,)).fetchone():
-                raise NotFound(f"face {label.face_id!r} not found")
-            if not conn.execute("SELECT 1 FROM personas WHERE persona_id = ?", (label.persona_id,)).fetchone():
-                raise NotFound(f"persona {label.persona_id!r} not found")
-            if label.verdict == pb.VERDICT_BELONGS:
-                conn.execute("DELETE FROM labels WHERE face_id = ? AND verdict = ? AND persona_id != ?",
-                             (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
-            conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
-                         (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
-            self._append(conn, pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
-                         {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
+            self._put_label(conn, label)
+
+    def _put_label(self, conn: sqlite3.Connection, label: LabelRecord) -> None:
+        if not conn.execute("SELECT 1 FROM faces WHERE face_id = ?", (label.face_id,)).fetchone():
+            raise NotFound(f"face {label.face_id!r} not found")
+        if not conn.execute("SELECT 1 FROM personas WHERE persona_id = ?", (label.persona_id,)).fetchone():
+            raise NotFound(f"persona {label.persona_id!r} not found")
+        if label.verdict == pb.VERDICT_BELONGS:
+            conn.execute("DELETE FROM labels WHERE face_id = ? AND verdict = ? AND persona_id != ?",
+                         (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
+        conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
+                     (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+        self._append(conn, pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
+                     {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
 
     def delete_label(self, face_id: str, persona_id: str) -> bool:
         with self._tx() as conn:
@@ -295,6 +305,27 @@ class SqliteStore(Store):
             if cur.rowcount:
                 self._append(conn, pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
             return cur.rowcount > 0
+
+    def put_labels(self, labels: Sequence[LabelRecord]) -> None:
+        """All in one transaction: every label or none."""
+        with self._tx() as conn:
+            for label in labels:
+                self._put_label(conn, label)
+
+    def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
+        table, column = _HIDDEN_TABLES[kind]
+        with self._tx() as conn:
+            if not conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (item_id,)).fetchone():
+                raise NotFound(f"{kind} {item_id!r} not found")
+            if hidden:
+                cur = conn.execute("INSERT OR IGNORE INTO hidden VALUES (?, ?)", (kind, item_id))
+            else:
+                cur = conn.execute("DELETE FROM hidden WHERE kind = ? AND item_id = ?", (kind, item_id))
+            if cur.rowcount:
+                self._append(conn, pb.EVENT_TYPE_HIDDEN_CHANGED, item_id, {"kind": kind, "hidden": str(hidden).lower()})
+
+    def hidden_ids(self, kind: str) -> set[str]:
+        return {row[0] for row in self._query("SELECT item_id FROM hidden WHERE kind = ?", (kind,))}
 
     def labels_of_face(self, face_id: str) -> list[LabelRecord]:
         rows = self._query("SELECT * FROM labels WHERE face_id = ? ORDER BY create_time DESC", (face_id,))
