@@ -3,14 +3,18 @@
 A follower thread reads the event log; events that change who is unknown
 (ingest, labels, hides, re-classification, persona deletion) mark the result
 stale, and once the log has been quiet for QUIET_SECONDS the unknown faces are
-clustered again (visage.clustering) on that thread. ListFaceClusters answers
-from the last result at once, never waiting for a computation. The result
+clustered again (visage.clustering) on that thread, at a lower CPU priority
+than the RPC threads. Nothing is computed until somebody first asks
+(ListFaceClusters), so a mesh nobody organises pays nothing; from then on the
+result is kept fresh. ListFaceClusters answers from the last result at once,
+never waiting for a computation. The result
 lives in this process's memory: each query replica computes its own (the same
 faces give the same groups), so the service stays stateless in the store.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,7 +68,8 @@ class SuggestedPeople:
         self.quiet_seconds = quiet_seconds
         self.result = ClusterResult()
         self._dirty = threading.Event()
-        self._dirty.set()  # compute once at start
+        self._dirty.set()  # compute once when first asked
+        self._wanted = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="suggested-people", daemon=True)
 
@@ -81,7 +86,13 @@ class SuggestedPeople:
     def stale(self) -> bool:
         return self._dirty.is_set()
 
+    def current(self) -> ClusterResult:
+        """The latest result; the first call starts the background computations."""
+        self._wanted.set()
+        return self.result
+
     def _run(self) -> None:
+        _lower_this_threads_priority()
         cursor = self.store.latest_cursor()
         last_change = time.monotonic() - self.quiet_seconds
         while not self._stop.is_set():
@@ -94,7 +105,8 @@ class SuggestedPeople:
                         last_change = time.monotonic()
                     if len(events) == 1000:
                         continue  # catch up before computing
-                if self._dirty.is_set() and time.monotonic() - last_change >= self.quiet_seconds:
+                quiet = time.monotonic() - last_change >= self.quiet_seconds
+                if self._dirty.is_set() and quiet and self._wanted.is_set():
                     self._dirty.clear()  # events arriving during the computation set it again
                     self._compute(cursor)
             except Exception:  # noqa: BLE001 - store briefly unavailable: keep the last result, retry
@@ -111,3 +123,12 @@ class SuggestedPeople:
                  len(found), len(face_ids), time.monotonic() - started)
         self.store.append_event(pb.EVENT_TYPE_FACE_CLUSTERS_UPDATED, cursor,
                                 {"clusters": len(found), "unknown_faces": len(face_ids)})
+
+
+def _lower_this_threads_priority() -> None:
+    """Linux gives each thread its own nice value: clustering yields the CPU to
+    the threads answering RPCs (numpy and HDBSCAN release the GIL while they work)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        pass

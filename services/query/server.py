@@ -256,7 +256,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ListFaceClusters(self, request, context):
         size = paging.page_size(request.page_size, default=20)
         samples = validation.sample_size(request.sample_size)
-        result = self.suggested.result
+        result = self.suggested.current()
         offset, = paging.decode_token(request.page_token, "face-clusters", 1)
         clusters = self._current_clusters(result)
         page = clusters[offset:offset + size]

@@ -37,6 +37,10 @@ def test_cli_walks_folders_and_prints_a_summary(ingest_server, faces_dir, tmp_pa
     assert re.search(r"failed: .*nested/broken\.jpg: INVALID_ARGUMENT: .*corrupt or truncated", first.stdout)
     assert "ingest: 100%" in first.stderr and "8/8" in first.stderr  # the progress bar
     assert (store.count_images(), store.count_faces()) == (7, 15)
+    listed = dict(re.findall(r"^([0-9a-f]{64}-\d+)\s+(\S+)$", first.stdout, re.M))  # face id -> file
+    assert set(listed) == {face_id for ids, _ in store.iter_embeddings() for face_id in ids}
+    happy = [face_id for face_id, name in listed.items() if name.endswith("happy.jpg")]
+    assert len(happy) == 1 and store.get_face(happy[0]) is not None
 
     (photos / "nested" / "broken.jpg").unlink()
     again = run_cli(str(photos), "--address", f"127.0.0.1:{port}")
