@@ -21,8 +21,9 @@ from sklearn.cluster import HDBSCAN
 
 PARTITION_SIZE = 800
 KMEANS_ROUNDS = 4
-# Groups of different partitions whose centres are this close are one person.
-MERGE_DISTANCE = 0.4
+# Groups (e.g. of different partitions) whose centres are this close are one person.
+MERGE_DISTANCE = 0.45
+MAX_DEPTH = 6  # re-clustering a loose group stops after this many levels
 # A group whose faces average this far from its centre scores quality 0.
 LOOSE_DISTANCE = 0.6
 # dlib's rule of thumb: further apart than this, two faces are two people.
@@ -46,7 +47,7 @@ def cluster_embeddings(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     if count < MIN_CLUSTER_SIZE:
         return np.full(count, -1)
     if count <= PARTITION_SIZE:
-        return _hdbscan(embeddings)
+        return _merge_close_groups(embeddings, _hdbscan(embeddings))
     labels = np.full(count, -1)
     next_label = 0
     for rows in _partitions(embeddings, np.arange(count), np.random.default_rng(seed)):
@@ -83,11 +84,36 @@ def _nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def _hdbscan(embeddings: np.ndarray) -> np.ndarray:
-    if len(embeddings) < MIN_CLUSTER_SIZE:
-        return np.full(len(embeddings), -1)
-    labels = HDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE, min_samples=1, copy=True,
-                     cluster_selection_epsilon=0.0, allow_single_cluster=True).fit_predict(embeddings)
-    return _absorb_strays(embeddings, _split_loose_groups(embeddings, labels))
+    """HDBSCAN, then each group loose enough to hold several people clustered again."""
+    return _absorb_strays(embeddings, _hdbscan_tight(embeddings, allow_single_cluster=True, depth=0))
+
+
+def _hdbscan_tight(embeddings: np.ndarray, allow_single_cluster: bool, depth: int) -> np.ndarray:
+    """HDBSCAN labels where no face lies further than MEMBER_DISTANCE from its
+    group's centre. A pile of few people can come back as one group (nothing
+    denser around to tell them apart): such a group is clustered again on its
+    own, and what still does not fit becomes noise."""
+    count = len(embeddings)
+    if count < MIN_CLUSTER_SIZE:
+        return np.full(count, -1)
+    found = HDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE, min_samples=1, copy=True,
+                    allow_single_cluster=allow_single_cluster).fit_predict(embeddings)
+    labels = np.full(count, -1)
+    next_label = 0
+    for group in np.unique(found[found >= 0]):
+        rows = np.flatnonzero(found == group)
+        distances = np.linalg.norm(embeddings[rows] - embeddings[rows].mean(axis=0), axis=1)
+        if distances.max() > MEMBER_DISTANCE and len(rows) > MIN_CLUSTER_SIZE and depth < MAX_DEPTH:
+            inner = _hdbscan_tight(embeddings[rows], allow_single_cluster=False, depth=depth + 1)
+            if (inner >= 0).any():
+                labels[rows[inner >= 0]] = inner[inner >= 0] + next_label
+                next_label += int(inner.max()) + 1
+                continue
+        members = rows[distances <= MEMBER_DISTANCE]
+        if len(members) >= MIN_CLUSTER_SIZE:
+            labels[members] = next_label
+            next_label += 1
+    return labels
 
 
 def _absorb_strays(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -103,21 +129,6 @@ def _absorb_strays(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     close = distances[np.arange(len(strays)), nearest] <= MEMBER_DISTANCE
     labels = labels.copy()
     labels[strays[close]] = groups[nearest[close]]
-    return labels
-
-
-def _split_loose_groups(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """HDBSCAN keeps a group of strangers together when nothing denser is near
-    (allow_single_cluster, tiny piles): faces further than SAME_PERSON_DISTANCE
-    from their group's centre leave it."""
-    labels = labels.copy()
-    for label in np.unique(labels[labels >= 0]):
-        rows = np.flatnonzero(labels == label)
-        centre = embeddings[rows].mean(axis=0)
-        far = np.linalg.norm(embeddings[rows] - centre, axis=1) > MEMBER_DISTANCE
-        labels[rows[far]] = -1
-        if (~far).sum() < MIN_CLUSTER_SIZE:
-            labels[rows] = -1
     return labels
 
 
