@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 # Each open WatchEvents stream holds a worker thread for its lifetime, so the
 # pool is larger than usual and streams are capped below it: unary calls
 # always find a free thread.
+# Image bytes and crops never change under their id (a SHA-256 of the bytes, and
+# that id plus the face's index): browsers may keep them (the gateway passes
+# gRPC metadata on as HTTP headers).
+IMMUTABLE = (("cache-control", "private, max-age=604800, immutable"),)
 MAX_WORKERS = 64
 MAX_WATCHERS = 48
 
@@ -197,6 +201,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         face = self.catalogue.require_face(face_id)
         if not face.crop_jpeg:
             raise NotFound(f"face {face_id!r} has no stored crop")
+        context.send_initial_metadata(IMMUTABLE)
         return httpbody_pb2.HttpBody(content_type="image/jpeg", data=face.crop_jpeg)
 
     # ---- images ----------------------------------------------------------
@@ -215,6 +220,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         size = validation.thumbnail_size(request.size)
         record = self.store.get_image(image_id)
         content = self.store.get_image_content(image_id) if record and not size else None
+        if record:
+            context.send_initial_metadata(IMMUTABLE)
         if size and record:
             thumbnail = self.thumbnails.get(image_id, size, lambda: self.store.get_image_content(image_id))
             return httpbody_pb2.HttpBody(content_type="image/jpeg", data=thumbnail)

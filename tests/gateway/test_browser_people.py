@@ -185,10 +185,11 @@ def test_screenshots_of_every_page_at_desktop_and_phone_widths(browser, gateway,
             view.locator("#main[data-ready] .view").wait_for()
             poll(view, lambda: view.evaluate("[...document.images].every(i => i.complete)"), 60)
             shoot(view, test_output_dir, f"people-{name}-{width}")
-        overflow = view.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            overflow = view.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            if overflow > 0:
+                errors.append(f"{name} scrolls sideways by {overflow} px at {width} px")
         context.close()
         assert not errors, errors
-        assert overflow <= 0, f"the page scrolls sideways at {width} px"
 
 
 def mesh_label(face_id: str, persona_id: str):

@@ -292,6 +292,8 @@ async function viewUnknownPeople() {
   const grid = view.querySelector("#unknown");
   const heading = view.querySelector("h1");
   heading.after(suggested);
+  // The pickers below create personas as they go: no need to create one first.
+  [...view.querySelectorAll("p.muted")].filter((p) => p.textContent.startsWith("Create a persona first")).forEach((p) => p.remove());
   if (!grid) return view;
   const picker = personaPicker(list, "Assign selected to…");
   picker.input.id = "bulk-persona";
