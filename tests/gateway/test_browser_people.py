@@ -6,6 +6,7 @@ page at 1280 px and 390 px go to test-output/."""
 from __future__ import annotations
 
 import pytest
+import base64
 import time
 
 from test_browser import browser, page, poll, shoot  # noqa: F401 - fixtures shared with test_browser
@@ -43,6 +44,41 @@ def cluster_of(gateway, face_ids: list[str]) -> dict:
             return matching[0]
         assert time.monotonic() < deadline, f"no suggested person holds these faces: {body}"
         time.sleep(0.2)
+
+
+def test_reported_defects_stay_fixed(page, mesh, gateway, faces, faces_dir, test_output_dir):
+    """Hidden progress bars hidden; a live update does not slide the face under the
+    pointer away; image cards are small thumbnails titled by file name."""
+    page.goto("/#/unknown")
+    page.locator("#unknown .face-card").first.wait_for()
+    assert page.locator("#progress-training").is_hidden() and page.locator("#progress-reclassify").is_hidden()
+
+    watched = faces["raj"][0]
+    card = page.locator(f'#unknown .face-card[data-face-id="{watched}"]')
+    card.scroll_into_view_if_needed()
+    box = card.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    arrived = mesh.ingest_files([faces_dir / "noise" / "happy.jpg"])  # newest first: lands above
+    new_face = next(iter(arrived.values()))[0]
+    page.locator(f'#unknown .face-card[data-face-id="{new_face}"]').wait_for(timeout=60_000)
+    under = page.evaluate(f"document.elementFromPoint({x}, {y}).closest('.face-card')?.dataset.faceId")
+    assert under == watched
+
+    content = (faces_dir / "scenes" / "bbt1.jpg").read_bytes()
+    status, ingested = gateway.json("POST", "/v1/images:ingest", {
+        "content": base64.b64encode(content).decode(), "filename": "holiday/2024/bbt1.jpg"})
+    assert status == 200, ingested
+    page.goto("/#/images")
+    image_card = page.locator(f'.image-card[href="#/image/{ingested["image"]["imageId"]}"]')
+    image_card.wait_for()
+    assert image_card.locator(".name").inner_text() == "bbt1.jpg"
+    assert image_card.get_attribute("title") == "holiday/2024/bbt1.jpg"
+    image = image_card.locator("img")
+    poll(page, lambda: image.evaluate("i => i.complete && i.naturalWidth > 0"), 30)
+    assert "size=" in image.get_attribute("src")
+    assert max(image.evaluate("i => [i.naturalWidth, i.naturalHeight]")) <= 320
+    assert int(ingested["image"]["width"]) > 320  # the original is larger
 
 
 def test_name_a_suggested_person_leaving_out_a_face_then_undo(page, mesh, gateway, faces, test_output_dir):
@@ -169,10 +205,12 @@ def test_merge_hide_and_search_personas(page, mesh, faces, test_output_dir):
     shoot(page, test_output_dir, "people-search-hidden")
 
 
-def test_screenshots_of_every_page_at_desktop_and_phone_widths(browser, gateway, mesh, faces, test_output_dir):
+def test_screenshots_of_every_page_at_desktop_and_phone_widths(browser, gateway, mesh, faces, faces_dir,
+                                                                test_output_dir):
     """Looked at by a person: every page at 1280 px and 390 px."""
     penny = persona_named(mesh, "Penny")
-    image_id = mesh.store.get_face(faces["penny"][0]).image_id
+    scene = faces_dir / "scenes" / "bbt1.jpg"
+    image_id = mesh.store.get_face(mesh.ingest_files([scene])[scene][0]).image_id
     pages = {"personas": "/#/", "persona": f"/#/persona/{penny.persona_id}", "unknown": "/#/unknown",
              "images": "/#/images", "image": f"/#/image/{image_id}", "models": "/#/models"}
     for width, height in ((1280, 900), (390, 844)):

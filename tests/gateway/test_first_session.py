@@ -116,6 +116,9 @@ def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, tru
         for card in cards:
             card.wait_for(state="detached", timeout=60_000)
     poll(page, lambda: not organised(mesh, truth), LIVE_SECONDS)
+    # Training ran while this page was open: its progress bars went away when done.
+    poll(page, lambda: page.locator("#progress-training").is_hidden()
+         and page.locator("#progress-reclassify").is_hidden(), LIVE_SECONDS)
     page.goto("/#/")
     page.locator(".persona-card").first.wait_for()
     shoot(page, test_output_dir, "first-session-personas")

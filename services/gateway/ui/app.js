@@ -400,10 +400,12 @@ async function render({ refresh = false, keep = [] } = {}) {
     // A live refresh must not move the page under the user: keep the scroll
     // position and the focused face (selections live in people.js's state).
     const scrolled = window.scrollY;
+    const anchor = refresh ? screenAnchor(main) : null;
     const focusedFace = document.activeElement?.closest?.(".face-card")?.dataset.faceId;
     if (focusedFace && !focusAfterRender) focusAfterRender = focusedFace;
     main.replaceChildren(fragment);
     if (refresh) window.scrollTo(0, scrolled);
+    if (anchor) keepAnchor(main, anchor);
     restoreFocus(main);
     main.dataset.ready = String(seq);
   } catch (error) {

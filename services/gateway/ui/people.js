@@ -454,7 +454,8 @@ async function viewImagePeople(imageId) {
     if (!card) continue;
     const p = face.prediction;
     const buttons = [];
-    if (p && p.personaId && !(face.labels || []).some((l) => l.verdict === "VERDICT_BELONGS")) {
+    const labelled = (face.labels || []).some((l) => l.verdict === "VERDICT_BELONGS");
+    if (p && p.personaId && !labelled) {
       const name = personaName(list, p.personaId);
       const decide = (verdict, word) => async () => {
         if (!await attempt(() => batchLabel(p.personaId, [face.faceId], verdict), `${word} ${name}`)) return;
@@ -466,13 +467,37 @@ async function viewImagePeople(imageId) {
       el("button", { type: "button", class: "danger reject", title: `This is not ${name}`,
         onclick: decide("VERDICT_NOT_BELONGS", "Not") }, "✗ Not"));
     }
-    buttons.push(el("button", { type: "button", class: "hide-face", title: "A stranger: hide from Unknown faces", onclick: async () => {
+    const hide = async () => {
       if (face.hidden) {
         if (await attempt(() => hideFaces([face.faceId], false), "Face shown again")) rerender();
       } else if (await hideWithUndo([face.faceId])) rerender();
-    } }, face.hidden ? "Unhide" : "Hide"));
+    };
+    if (!labelled) {
+      buttons.push(el("button", { type: "button", class: "hide-face", title: "A stranger: hide from Unknown faces",
+        onclick: hide }, face.hidden ? "Unhide" : "Hide"));
+    }
+    if (!buttons.length) continue;
     const row = el("div", { class: "actions one-click" }, buttons);
     if (actions) actions.before(row); else card.querySelector(".body").append(row);
   }
   return view;
+}
+
+// ---- Live refreshes keep the face under the pointer where it is ---------------
+// New faces arrive at the top of newest-first lists: without this, a refresh
+// would slide every card down under the user's pointer.
+function screenAnchor(root) {
+  const cards = [...root.querySelectorAll(".face-card, .cluster-card, .image-card")];
+  const card = root.querySelector(".face-card:hover, .cluster-card:hover, .image-card:hover")
+    || cards.find((c) => c.getBoundingClientRect().top >= 0);
+  if (!card) return null;
+  const key = card.dataset.faceId ? `face-card[data-face-id="${CSS.escape(card.dataset.faceId)}"]`
+    : card.dataset.clusterId ? `cluster-card[data-cluster-id="${CSS.escape(card.dataset.clusterId)}"]`
+      : card.getAttribute("href") ? `image-card[href="${CSS.escape(card.getAttribute("href"))}"]` : null;
+  return key ? { selector: `.${key}`, top: card.getBoundingClientRect().top } : null;
+}
+
+function keepAnchor(root, anchor) {
+  const card = root.querySelector(anchor.selector);
+  if (card) window.scrollBy(0, card.getBoundingClientRect().top - anchor.top);
 }
