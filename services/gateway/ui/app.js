@@ -424,7 +424,7 @@ const REFRESH_ON = new Set(["EVENT_TYPE_IMAGE_INGESTED", "EVENT_TYPE_FACE_LABELL
   "EVENT_TYPE_HIDDEN_CHANGED", "EVENT_TYPE_FACE_CLUSTERS_UPDATED"]);
 let refreshTimer = null;
 let refreshDeferrals = 0;
-const MAX_POINTER_DEFERRALS = 10;  // x 500 ms: a live change waits at most ~5 s for the pointer to move on
+const MAX_POINTER_DEFERRALS = 40;  // x 500 ms: a live change waits at most ~20 s for the pointer to move on
 function scheduleRefresh() {
   // Many events arrive in bursts (a re-classification writes in batches): one refresh per burst.
   clearTimeout(refreshTimer);
@@ -434,12 +434,14 @@ function scheduleRefresh() {
       scheduleRefresh();
       return;
     }
-    // Nor the face the pointer is on, about to be clicked (for a while).
+    // Nor the list under the pointer, whose face is about to be clicked (for a while).
     if (main.querySelector(".card:hover, .cluster-card:hover") && refreshDeferrals++ < MAX_POINTER_DEFERRALS) {
+      main.dataset.pending = "pointer";  // tests and styles can see a change is waiting
       scheduleRefresh();
       return;
     }
     refreshDeferrals = 0;
+    delete main.dataset.pending;
     rerender({ keep: [...main.querySelectorAll(".dropzone, .uploads")] });
   }, 500);
 }
