@@ -64,6 +64,7 @@ class Config:
     host: str = "127.0.0.1"  # address services bind to and call each other on
     max_image_bytes: int = 20 * 1024 * 1024
     workers: int = 0  # face-pipeline worker processes; 0 = one per core
+    event_retention_days: float = 30.0  # older events are compacted away (privacy: keep no more than needed)
 
     @property
     def sqlite_path(self) -> Path:
@@ -79,4 +80,5 @@ class Config:
             host=_env("HOST", "127.0.0.1"),
             max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(20 * 1024 * 1024))),
             workers=int(_env("WORKERS", "0")),
+            event_retention_days=float(_env("EVENT_RETENTION_DAYS", "30")),
         )

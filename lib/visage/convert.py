@@ -4,6 +4,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from visage.store.records import (
+    Erasure,
     EventRecord,
     FaceRecord,
     ImageRecord,
@@ -13,6 +14,7 @@ from visage.store.records import (
     PredictionRecord,
     TrainingJobRecord,
 )
+from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
 
@@ -111,3 +113,8 @@ def training_job(record: TrainingJobRecord) -> pb.TrainingJob:
 def event(record: EventRecord) -> pb.Event:
     return pb.Event(cursor=record.cursor, type=record.type, subject=record.subject,
                     attributes=record.attributes, create_time=timestamp(record.create_time))
+
+
+def erasure(record: Erasure) -> query_pb2.Erasure:
+    return query_pb2.Erasure(image_ids=record.image_ids, face_ids=record.face_ids, persona_ids=record.persona_ids,
+                             withdrawn_versions=record.withdrawn_versions)

@@ -7,10 +7,26 @@ Model: an open-set nearest-centroid classifier over the 128-d dlib embeddings.
   the nearest centroid is a strong classifier; it needs no second class (one
   persona works), a single face is a valid centroid, and fitting is a streaming
   sum (1M faces / 10k personas fit in seconds, in bounded memory).
-- Open set: a face farther than a calibrated distance from its nearest
-  centroid is "unknown". The threshold is chosen on leave-one-out distances of
-  the labelled faces (genuine vs impostor) and stored with the version, in
-  confidence units (confidence = 1 - distance / DISTANCE_SCALE).
+- Open set, per persona: a face farther from its nearest persona than that
+  persona's distance threshold is "unknown". A shared threshold comes from
+  the data (the middle of the gap between the 90th percentile of genuine and
+  the 10th percentile of impostor leave-one-out distances on the calibration
+  part of the labels, clamped to [THRESHOLD_FLOOR, THRESHOLD_CEILING]); it is
+  the floor of every persona's threshold, which rises just enough to cover
+  that persona's own labelled faces, by at most PERSONA_STRETCH (0.05) and
+  never beyond the ceiling; a labelled face farther out becomes an exemplar. One unusual face thus
+  moves only its own persona's threshold, never every other's, and a "not P"
+  label moves no threshold at all (it vetoes instead, below). The shared
+  threshold is stored with the version in confidence units.
+- Confidence = 1 - distance / DISTANCE_SCALE: 1 at the persona's centroid,
+  0.5 at distance 0.6 (dlib's "same person" limit), 0 at 1.2. A named face
+  shows this similarity to its persona; an unknown face shows 1 - the
+  similarity to its nearest persona (e.g. "unknown 78%": the nearest persona
+  is at similarity 22%).
+- Labels are facts: a face labelled as belonging to P that the centroid rule
+  would not name P becomes an exemplar of P (an extra centre owned by P,
+  accepting faces within the shared threshold), so every such label is
+  honoured by construction; the trainer asserts it on the exported graph.
 - "Does not belong" labels: each rejected face vetoes its persona for every
   query that is closer to the rejected face than to that persona's centroid
   (the rejected face itself and its near duplicates); the next-nearest
@@ -35,6 +51,10 @@ ALGORITHM = "sklearn-open-set-nearest-centroid+onnx"
 DISTANCE_SCALE = 1.2  # distance at which confidence reaches 0 (twice dlib's 0.6)
 DEFAULT_DISTANCE_THRESHOLD = 0.5  # used when the labels say nothing about it
 THRESHOLD_GRID = np.round(np.arange(0.35, 0.6001, 0.005), 3)  # dlib: same person is usually < 0.6
+THRESHOLD_FLOOR, THRESHOLD_CEILING = 0.4, 0.6  # the shared threshold stays within dlib's same-person range
+COVER_MARGIN = 0.01  # a persona's threshold sits this far beyond its farthest labelled face
+PERSONA_STRETCH = 0.05  # how far beyond the shared threshold a persona's own faces may move its threshold
+OUTPUT_THRESHOLD = "persona_threshold"
 ONNX_OPSET = 17
 INPUT_NAME = "embeddings"
 OUTPUT_INDEX, OUTPUT_DISTANCE = "persona_index", "distance"
@@ -62,9 +82,11 @@ def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 # The scikit-learn estimator
 # ---------------------------------------------------------------------------
 class OpenSetCentroidClassifier(BaseEstimator):
-    """Nearest persona centroid with rejection vetoes and a distance threshold.
+    """Nearest persona centre with rejection vetoes and per-persona distance thresholds.
 
     classes_: persona ids (model output order); centroids_: [K, 128];
+    exemplars_: [e, 128] labelled faces kept as extra centres of
+    classes_[exemplar_owner_[j]]; persona_thresholds_: [K] distances;
     rejected_: [m, 128] embeddings labelled "does not belong" to
     classes_[rejected_owner_[j]]."""
 
@@ -93,6 +115,9 @@ class OpenSetCentroidClassifier(BaseEstimator):
     def _set(self, classes, centroids, rejected_X, rejected_y) -> None:
         self.classes_ = list(classes)
         self.centroids_ = np.asarray(centroids, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
+        self.persona_thresholds_ = None  # None: every persona uses distance_threshold
+        self.exemplars_ = np.zeros((0, EMBEDDING_DIM), np.float32)
+        self.exemplar_owner_ = np.zeros(0, dtype=np.int64)
         index = {persona: i for i, persona in enumerate(self.classes_)}
         keep = [i for i, p in enumerate(rejected_y if rejected_y is not None else []) if p in index]
         # Only rejections of modelled personas can veto anything.
@@ -100,38 +125,82 @@ class OpenSetCentroidClassifier(BaseEstimator):
         self.rejected_ = rejected.reshape(-1, EMBEDDING_DIM)[keep] if keep else np.zeros((0, EMBEDDING_DIM), np.float32)
         self.rejected_owner_ = np.array([index[rejected_y[i]] for i in keep], dtype=np.int64)
 
+    def thresholds(self) -> np.ndarray:
+        """Each persona's distance threshold."""
+        if self.persona_thresholds_ is None:
+            return np.full(len(self.classes_), self.distance_threshold, dtype=np.float32)
+        return np.asarray(self.persona_thresholds_, dtype=np.float32)
+
+    def add_exemplars(self, X: np.ndarray, owner: np.ndarray) -> None:
+        self.exemplars_ = np.concatenate([self.exemplars_, np.asarray(X, np.float32).reshape(-1, EMBEDDING_DIM)])
+        self.exemplar_owner_ = np.concatenate([self.exemplar_owner_, np.asarray(owner, np.int64)])
+
+    def veto_pairs(self, owner_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rejected face j, centre r) for every centre r of the persona face j
+        was rejected for: a face closer to rejected face j than to centre r
+        cannot be named through r. Per centre (not per persona), so a face
+        labelled "belongs" (an exemplar, distance 0) is never vetoed by a
+        nearby "not" label, while the "not" face and its near duplicates
+        (closer to it than to any of the persona's centres) always are."""
+        if not len(self.rejected_):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        pairs = [(j, r) for j, owner in enumerate(self.rejected_owner_) for r in np.flatnonzero(owner_of_row == owner)]
+        pairs_array = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        return pairs_array[:, 0], pairs_array[:, 1]
+
     # -- the graph's centres: a sentinel keeps a persona-less model valid ----
     def graph_centroids(self) -> np.ndarray:
         if len(self.centroids_):
             return self.centroids_
         return np.full((1, EMBEDDING_DIM), SENTINEL_COORDINATE, dtype=np.float32)
 
-    def nearest(self, X: np.ndarray, skip_rejections: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(index of the nearest non-vetoed centroid, its distance) per row;
-        the reference computation the ONNX graph mirrors."""
+    def graph_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(centres, persona index of each centre, distance threshold of each
+        centre): centroids first, then exemplars (which accept within the
+        shared threshold)."""
+        centroids = self.graph_centroids()
+        owner = np.arange(len(centroids), dtype=np.int64)
+        limits = self.thresholds() if len(self.classes_) else np.zeros(1, np.float32)
+        return (np.concatenate([centroids, self.exemplars_]).astype(np.float32),
+                np.concatenate([owner, self.exemplar_owner_]),
+                np.concatenate([limits, np.full(len(self.exemplars_), self.distance_threshold, np.float32)]
+                               ).astype(np.float32))
+
+    def nearest(self, X: np.ndarray, skip_rejections: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(persona index of the nearest non-vetoed centre, its distance, its
+        distance threshold) per row; the reference computation the ONNX graph mirrors."""
         X = np.asarray(X, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
-        d2 = _squared_distances(X, self.graph_centroids())
-        if len(self.rejected_):
-            rejected, owner = self.rejected_, self.rejected_owner_
+        centres, owner_of_row, limit_of_row = self.graph_rows()
+        d2 = _squared_distances(X, centres)
+        pair_rejection, pair_row = self.veto_pairs(owner_of_row)
+        if len(pair_rejection):
             if skip_rejections is not None:
-                rejected, owner = rejected[~skip_rejections], owner[~skip_rejections]
-            d2r = _squared_distances(X, rejected)
-            vetoed = (d2r < d2[:, owner]).astype(np.float32) @ _one_hot(owner, d2.shape[1])
-            d2 = d2 + vetoed * VETO_PENALTY
-        index = d2.argmin(axis=1)
-        return index.astype(np.int64), np.sqrt(np.maximum(d2[np.arange(len(X)), index], 0.0))
+                kept = ~np.asarray(skip_rejections)[pair_rejection]
+                pair_rejection, pair_row = pair_rejection[kept], pair_row[kept]
+            d2r = _squared_distances(X, self.rejected_)
+            closer = (d2r[:, pair_rejection] < d2[:, pair_row]).astype(np.float32)
+            d2 = d2 + (closer @ _one_hot(pair_row, len(centres))) * VETO_PENALTY
+        row = d2.argmin(axis=1)
+        distance = np.sqrt(np.maximum(d2[np.arange(len(X)), row], 0.0))
+        return owner_of_row[row].astype(np.int64), distance, limit_of_row[row]
 
     def predict(self, X) -> np.ndarray:
-        """Persona id per row, "" for unknown."""
-        index, distance = self.nearest(X)
+        """Persona id per row, "" for unknown (in chunks: bounded memory at 10k personas)."""
+        X = np.asarray(X, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
         labels = np.array(self.classes_ + [""], dtype=object)
-        known = (distance <= self.distance_threshold) & (index < len(self.classes_))
-        return labels[np.where(known, index, len(self.classes_))]
+        rows = max(1, CELLS_PER_CHUNK // 4 // max(len(self.centroids_) + len(self.exemplars_) + len(self.rejected_), 1))
+        answers = []
+        for start in range(0, len(X), rows):
+            index, distance, limit = self.nearest(X[start:start + rows])
+            known = (distance <= limit) & (index < len(self.classes_))
+            answers.append(labels[np.where(known, index, len(self.classes_))])
+        return np.concatenate(answers) if answers else labels[:0]
 
 
-def _one_hot(owner: np.ndarray, width: int) -> np.ndarray:
-    matrix = np.zeros((len(owner), width), dtype=np.float32)
-    matrix[np.arange(len(owner)), owner] = 1.0
+def _one_hot(index: np.ndarray, width: int) -> np.ndarray:
+    matrix = np.zeros((len(index), width), dtype=np.float32)
+    matrix[np.arange(len(index)), index] = 1.0
     return matrix
 
 
@@ -152,12 +221,14 @@ def _register_converter() -> None:
         operator.inputs = inputs
         operator.outputs.append(scope.declare_local_variable(OUTPUT_INDEX, Int64TensorType()))
         operator.outputs.append(scope.declare_local_variable(OUTPUT_DISTANCE, FloatTensorType()))
+        operator.outputs.append(scope.declare_local_variable(OUTPUT_THRESHOLD, FloatTensorType()))
         return operator.outputs
 
     def shape_calculator(operator):
         rows = operator.inputs[0].get_first_dimension()
         operator.outputs[0].type = Int64TensorType([rows])
         operator.outputs[1].type = FloatTensorType([rows])
+        operator.outputs[2].type = FloatTensorType([rows])
 
     def squared_distances(x, x_norms, centres, opv):
         cross = OnnxMatMul(x, centres.T.copy(), op_version=opv)
@@ -169,22 +240,27 @@ def _register_converter() -> None:
         model: OpenSetCentroidClassifier = operator.raw_operator
         opv = container.target_opset
         x = operator.inputs[0]
+        centres, owner_of_row, limit_of_row = model.graph_rows()
         x_norms = OnnxReduceSumSquare(x, axes=[1], keepdims=1, op_version=opv)
-        d2 = squared_distances(x, x_norms, model.graph_centroids(), opv)
-        if len(model.rejected_):
+        d2 = squared_distances(x, x_norms, centres, opv)
+        pair_rejection, pair_row = model.veto_pairs(owner_of_row)
+        if len(pair_rejection):
             d2r = squared_distances(x, x_norms, model.rejected_, opv)
-            owner_d2 = OnnxGather(d2, model.rejected_owner_, axis=1, op_version=opv)
-            closer = OnnxCast(OnnxLess(d2r, owner_d2, op_version=opv), to=TensorProto.FLOAT, op_version=opv)
-            vetoes = OnnxMatMul(closer, _one_hot(model.rejected_owner_, len(model.graph_centroids())),
-                                op_version=opv)
+            closer = OnnxCast(OnnxLess(OnnxGather(d2r, pair_rejection, axis=1, op_version=opv),
+                                       OnnxGather(d2, pair_row, axis=1, op_version=opv), op_version=opv),
+                              to=TensorProto.FLOAT, op_version=opv)
+            vetoes = OnnxMatMul(closer, _one_hot(pair_row, len(centres)), op_version=opv)
             d2 = OnnxAdd(d2, OnnxMul(vetoes, np.array([VETO_PENALTY], np.float32), op_version=opv),
                          op_version=opv)
-        index = OnnxArgMin(d2, axis=1, keepdims=0, op_version=opv, output_names=operator.outputs[:1])
+        row = OnnxArgMin(d2, axis=1, keepdims=0, op_version=opv)
+        index = OnnxGather(owner_of_row, row, axis=0, op_version=opv, output_names=operator.outputs[:1])
+        limit = OnnxGather(limit_of_row, row, axis=0, op_version=opv, output_names=operator.outputs[2:])
         nearest = OnnxReduceMin(d2, axes=[1], keepdims=0, op_version=opv)
         distance = OnnxSqrt(OnnxMax(nearest, np.array([0.0], np.float32), op_version=opv),
-                            op_version=opv, output_names=operator.outputs[1:])
+                            op_version=opv, output_names=operator.outputs[1:2])
         index.add_to(scope, container)
         distance.add_to(scope, container)
+        limit.add_to(scope, container)
 
     update_registered_converter(OpenSetCentroidClassifier, "VisageOpenSetCentroidClassifier",
                                 shape_calculator, converter, parser=parser)
@@ -244,11 +320,16 @@ class Predictor:
             return [], np.zeros(0, dtype=np.float32)
         index = np.empty(len(x), dtype=np.int64)
         distance = np.empty(len(x), dtype=np.float32)
+        # Graphs before per-persona thresholds have two outputs: the version's shared one applies.
+        limit = np.full(len(x), confidence_to_distance(self.unknown_threshold), dtype=np.float32)
         for start in range(0, len(x), self._rows_per_call):
             stop = start + self._rows_per_call
-            index[start:stop], distance[start:stop] = self._session.run(None, {INPUT_NAME: x[start:stop]})
+            outputs = self._session.run(None, {INPUT_NAME: x[start:stop]})
+            index[start:stop], distance[start:stop] = outputs[0], outputs[1]
+            if len(outputs) > 2:
+                limit[start:stop] = outputs[2]
         confidence = np.nan_to_num(distance_to_confidence(distance), nan=0.0)
-        known = (confidence >= self.unknown_threshold) & (index < len(self.persona_ids))
+        known = (distance <= limit) & (index < len(self.persona_ids))
         persona_ids = self._labels[np.where(known, index, len(self.persona_ids))].tolist()
         return persona_ids, np.where(known, confidence, 1.0 - confidence).astype(np.float32)
 
@@ -281,8 +362,10 @@ class LabelAccumulator:
         self._counts: list[int] = []
         self._sample_X: list[np.ndarray] = []
         self._sample_y: list[int] = []
+        self.sample_ids: list[str] = []
         self.rejected_X: list[np.ndarray] = []
         self.rejected_y: list[str] = []
+        self.rejected_ids: list[str] = []
 
     def _class(self, persona_id: str) -> int:
         if persona_id not in self._index:
@@ -301,13 +384,15 @@ class LabelAccumulator:
             self._sums[k] += sums[k]
             self._counts[k] += int(counts[k])
         for row, face_id in enumerate(face_ids):
-            if _in_sample(face_id, self.sample_fraction):
+            if in_sample(face_id, self.sample_fraction):
                 self._sample_X.append(np.asarray(embeddings[row], dtype=np.float32))
                 self._sample_y.append(int(classes[row]))
+                self.sample_ids.append(face_id)
 
-    def add_rejected(self, persona_ids: list[str], embeddings: np.ndarray) -> None:
+    def add_rejected(self, persona_ids: list[str], embeddings: np.ndarray, face_ids: list[str] | None = None) -> None:
         self.rejected_X.extend(np.asarray(embeddings, dtype=np.float32))
         self.rejected_y.extend(persona_ids)
+        self.rejected_ids.extend(face_ids if face_ids is not None else [""] * len(persona_ids))
 
     @property
     def sums(self) -> np.ndarray:
@@ -327,7 +412,8 @@ class LabelAccumulator:
         return np.array(self.rejected_X, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
 
 
-def _in_sample(face_id: str, fraction: float) -> bool:
+def in_sample(face_id: str, fraction: float) -> bool:
+    """Deterministic sampling by id hash (the same faces on every run)."""
     if fraction >= 1.0:
         return True
     digest = hashlib.blake2b(face_id.encode(), digest_size=8).digest()
@@ -381,82 +467,161 @@ def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray) -> float:
     return float(THRESHOLD_GRID[best[len(best) // 2]])
 
 
+EXEMPLAR_ROUNDS = 3
+EVAL_REJECTED_FACES = 2000  # each is judged on its own (without its veto): bounded time
+HELD_OUT_FRACTION = 1 / 3  # of a persona's labelled faces (by face id hash): measured, never calibrated on
+
+
+def shared_threshold(genuine: np.ndarray, impostor: np.ndarray) -> float:
+    """The floor of every persona's threshold: the middle of the gap between
+    the 90th percentile of genuine and the 10th percentile of impostor
+    distances (percentiles, so one unusual face barely moves it), clamped to
+    dlib's same-person range; the default when there is no data."""
+    genuine, impostor = genuine[np.isfinite(genuine)], impostor[np.isfinite(impostor)]
+    if len(genuine) and len(impostor):
+        middle = 0.5 * (np.percentile(genuine, 90) + np.percentile(impostor, 10))
+    elif len(genuine):
+        middle = np.percentile(genuine, 90) + COVER_MARGIN
+    elif len(impostor):
+        middle = np.percentile(impostor, 10) - COVER_MARGIN
+    else:
+        middle = DEFAULT_DISTANCE_THRESHOLD
+    return float(np.clip(middle, THRESHOLD_FLOOR, THRESHOLD_CEILING))
+
+
+def persona_thresholds(shared: float, own_distance: np.ndarray, y: np.ndarray, personas: int) -> np.ndarray:
+    """Each persona's threshold: the shared floor, raised just enough to cover
+    the persona's own labelled faces given, by at most PERSONA_STRETCH and
+    never beyond the ceiling. A labelled face farther out does not stretch it
+    (one odd face must not open a persona to strangers): it becomes an exemplar."""
+    upper = max(shared, min(THRESHOLD_CEILING, shared + PERSONA_STRETCH))
+    distance = np.nan_to_num(own_distance, nan=np.inf) + COVER_MARGIN
+    farthest = np.zeros(personas)
+    within = distance <= upper
+    if within.any():
+        np.maximum.at(farthest, y[within], distance[within])
+    return np.maximum(shared, farthest).astype(np.float32)
+
+
+def _held_out(face_ids: list[str], y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Faces kept out of calibration: a hash-chosen third of the faces of
+    personas with 3 or more labelled faces (fewer cannot spare one)."""
+    chosen = np.array([in_sample(f"held-out:{face_id}", HELD_OUT_FRACTION) for face_id in face_ids], dtype=bool)
+    return chosen & (counts[y] >= 3) if len(y) else chosen
+
+
 def evaluate(model: OpenSetCentroidClassifier, counts: np.ndarray, X: np.ndarray, y: np.ndarray,
-             loo: LeaveOneOut) -> dict:
-    """Metrics (mirroring resources_pb2.ModelMetrics) at the model's threshold."""
-    threshold = model.distance_threshold
-    held_out = np.isfinite(loo.own)
-    own_wins = loo.own[held_out] <= loo.other[held_out]
-    nearest = np.where(own_wins, y[held_out], loo.other_index[held_out])
-    distance = np.where(own_wins, loo.own[held_out], loo.other[held_out])
-    predicted = np.where(distance <= threshold, nearest, -1)
-    truth = y[held_out]
+             loo: LeaveOneOut, held: np.ndarray, thresholds: np.ndarray,
+             strangers: np.ndarray | None = None) -> dict:
+    """Metrics (mirroring resources_pb2.ModelMetrics) on the held-out labelled
+    faces, with the thresholds calibrated without them."""
+    own, other, other_index, truth = loo.own[held], loo.other[held], loo.other_index[held], y[held]
+    own_wins = own <= other
+    nearest = np.where(own_wins, truth, other_index)
+    distance = np.where(own_wins, own, other)
+    limit = thresholds[np.maximum(nearest, 0)] if len(thresholds) else np.zeros(len(nearest))
+    predicted = np.where((distance <= limit) & (nearest >= 0), nearest, -1)
     per_persona = []
+    final = model.thresholds()
     for k, persona_id in enumerate(model.classes_):
         support = int((truth == k).sum())
         said = predicted == k
         hits = int((said & (truth == k)).sum())
         per_persona.append({"persona_id": persona_id, "support": support,
                             "precision": hits / said.sum() if said.sum() else 0.0,
-                            "recall": hits / support if support else 0.0})
-    unknown_correct, unknown_total = _unknown_rejections(model, loo)
+                            "recall": hits / support if support else 0.0,
+                            "threshold": float(distance_to_confidence(final[k]))})
+    unknowns = _unknown_outcomes(model, other[np.isfinite(other)], other_index[np.isfinite(other)], thresholds,
+                                 strangers)
+    correct = sum(int(outcome.sum()) for outcome in unknowns.values())
+    total = sum(len(outcome) for outcome in unknowns.values())
     return {
         "accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
-        "unknown_rejection_rate": unknown_correct / unknown_total if unknown_total else 0.0,
+        "unknown_rejection_rate": correct / total if total else 0.0,
         "per_persona": per_persona,
         "labelled_faces": int(counts.sum()),
         "personas": len(model.classes_),
         "evaluated_faces": int(len(truth)),
-        "evaluated_unknowns": int(unknown_total),
-        "evaluation_method": (f"leave-one-out on {len(truth)} of {int(counts.sum())} labelled faces; "
-                              f"{unknown_total} unknowns (leave-one-persona-out and rejected faces); "
-                              "threshold calibrated on the same distances"),
+        "evaluated_unknowns": int(total),
+        "evaluation_method": (
+            f"{len(truth)} held-out labelled faces (a third of each persona with 3+ faces; thresholds "
+            f"calibrated on the other {int(len(y) - held.sum())}), leave-one-out; {total} unknowns: "
+            f"{len(unknowns['left_out'])} held-out faces with their persona left out, "
+            f"{len(unknowns['rejected'])} faces labelled 'does not belong' (judged without their own label), "
+            f"{len(unknowns['strangers'])} unlabelled faces far from every labelled face"),
     }
 
 
-def _unknown_rejections(model: OpenSetCentroidClassifier, loo: LeaveOneOut) -> tuple[int, int]:
-    """Faces whose persona is left out of the model should come back unknown;
-    a rejected face should not come back as the persona it was rejected for
-    (judged without its own veto)."""
-    threshold = model.distance_threshold
-    correct = total = 0
-    if len(model.classes_) > 1:
-        correct += int((loo.other > threshold).sum())
-        total += len(loo.other)
-    rejected = model.rejected_[:EVAL_SAMPLE_FACES]
+def _unknown_outcomes(model: OpenSetCentroidClassifier, other: np.ndarray, other_index: np.ndarray,
+                      thresholds: np.ndarray, strangers: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per impostor group, whether each face came back not-as-the-impostor-persona."""
+    outcomes = {"left_out": other > thresholds[np.maximum(other_index, 0)] if len(thresholds) else
+                np.zeros(0, bool)}
+    rejected = model.rejected_[:EVAL_REJECTED_FACES]
     if len(rejected):
-        d2 = _squared_distances(rejected, model.centroids_)
-        nearest = d2.argmin(axis=1)
-        as_rejected_persona = (nearest == model.rejected_owner_[:EVAL_SAMPLE_FACES]) & (
-            np.sqrt(np.maximum(d2[np.arange(len(rejected)), nearest], 0.0)) <= threshold)
-        correct += int((~as_rejected_persona).sum())
-        total += len(rejected)
-    return correct, total
+        # Each rejected face without its own veto: would the model have named it wrongly unlabelled?
+        wrong = np.zeros(len(rejected), dtype=bool)
+        for j in range(len(rejected)):
+            skip = np.zeros(len(model.rejected_), dtype=bool)
+            skip[j] = True
+            index, distance, limit = model.nearest(rejected[j:j + 1], skip_rejections=skip)
+            wrong[j] = index[0] == model.rejected_owner_[j] and distance[0] <= limit[0]
+        outcomes["rejected"] = ~wrong
+    else:
+        outcomes["rejected"] = np.zeros(0, bool)
+    if strangers is not None and len(strangers) and len(model.classes_):
+        outcomes["strangers"] = model.predict(strangers) == ""
+    else:
+        outcomes["strangers"] = np.zeros(0, bool)
+    return outcomes
+
+
+def far_from_every_face(candidates: np.ndarray, labelled: np.ndarray, distance: float = THRESHOLD_CEILING
+                        ) -> np.ndarray:
+    """The candidates (unlabelled faces) farther than `distance` from every labelled face: strangers."""
+    if not len(candidates) or not len(labelled):
+        return candidates
+    nearest = np.full(len(candidates), np.inf)
+    for start in range(0, len(labelled), 4096):
+        d2 = _squared_distances(candidates, labelled[start:start + 4096])
+        nearest = np.minimum(nearest, d2.min(axis=1))
+    return candidates[np.sqrt(np.maximum(nearest, 0.0)) > distance]
 
 
 @dataclass
 class TrainedModel:
     model: OpenSetCentroidClassifier
     metrics: dict
-    unknown_threshold: float  # in confidence units, as stored with the version
+    unknown_threshold: float  # the shared threshold (every persona's floor), in confidence units
     persona_ids: list[str] = field(default_factory=list)
 
 
-def fit_and_evaluate(labels: LabelAccumulator, on_phase=lambda phase: None) -> TrainedModel:
-    """Fits centroids, calibrates the open-set threshold and evaluates.
-    on_phase("EVALUATING") is called between fitting and evaluation."""
+def fit_and_evaluate(labels: LabelAccumulator, on_phase=lambda phase: None,
+                     strangers: np.ndarray | None = None) -> TrainedModel:
+    """Fits centroids, sets the open-set thresholds, makes exemplars of
+    labelled faces the centroids would not name right, and evaluates on the
+    held-out faces. on_phase("EVALUATING") is called between fitting and evaluation."""
     model = OpenSetCentroidClassifier.from_sums(labels.classes, labels.sums, labels.counts,
                                                 labels.rejected, labels.rejected_y)
     on_phase("EVALUATING")
     X, y = labels.sample
     loo = leave_one_out(model, labels.counts, X, y)
-    impostor = [loo.other]
-    if len(model.rejected_):
-        rejected = model.rejected_[:EVAL_SAMPLE_FACES]
-        d2 = _squared_distances(rejected, model.centroids_)
-        impostor.append(np.sqrt(np.maximum(d2[np.arange(len(rejected)), model.rejected_owner_[:len(rejected)]], 0)))
-    model.distance_threshold = calibrate_threshold(loo.own, np.concatenate(impostor))
-    metrics = evaluate(model, labels.counts, X, y, loo)
+    held = _held_out(labels.sample_ids, y, labels.counts)
+    calibration = ~held
+    model.distance_threshold = shared_threshold(loo.own[calibration], loo.other[calibration])
+    own_in_sample = np.linalg.norm(X - model.centroids_[y], axis=1) if len(X) else np.zeros(0)
+    personas = len(model.classes_)
+    measured_thresholds = persona_thresholds(model.distance_threshold, own_in_sample[calibration], y[calibration],
+                                             personas)
+    model.persona_thresholds_ = persona_thresholds(model.distance_threshold, own_in_sample, y, personas)
+    metrics = evaluate(model, labels.counts, X, y, loo, held, measured_thresholds, strangers)
+    # Labels are facts: a labelled face the centroids would not name right becomes an exemplar.
+    expected = np.array(model.classes_, dtype=object)[y] if len(X) else np.zeros(0, object)
+    for _ in range(EXEMPLAR_ROUNDS):  # a new exemplar may capture a nearby face of another persona
+        misnamed = model.predict(X) != expected if len(X) else np.zeros(0, bool)
+        if not misnamed.any():
+            break
+        model.add_exemplars(X[misnamed], y[misnamed])
     return TrainedModel(model, metrics, float(distance_to_confidence(model.distance_threshold)), model.classes_)
 
 

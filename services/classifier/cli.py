@@ -35,7 +35,8 @@ def face_table(response: classify_pb2.ClassifyResponse) -> str:
     lines = [f"model version {response.model_version or 'none (no model active yet)'}: "
              f"{len(response.faces)} face(s)"]
     if response.faces:
-        lines.append(f"{'#':>2}  {'box (left,top,right,bottom)':<28}  {'name':<24}  {'confidence':>10}")
+        lines.append(f"{'#':>2}  {'box (left,top,right,bottom)':<28}  {'name':<24}  {'confidence':>10}  "
+                     "(similarity to the persona, 1 - distance/1.2; for unknown: 1 - similarity to the nearest)")
     for number, face in enumerate(sorted(response.faces, key=lambda face: face.box.left), start=1):
         box = f"{face.box.left},{face.box.top},{face.box.right},{face.box.bottom}"
         name = face.display_name if face.persona_id else "unknown"

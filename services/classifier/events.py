@@ -15,7 +15,7 @@ import numpy as np
 
 from visage.store.base import Store
 from visage.v1 import resources_pb2 as pb
-from visage_classifier.models import ActiveModel, predict
+from visage_classifier.models import ActiveModel, ModelLoadError, predict
 from visage_classifier.reclassify import Reclassifier, prediction_records
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class EventWatcher:
             pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED: self._on_activated,
             pb.EVENT_TYPE_IMAGE_INGESTED: self._on_image_ingested,
             pb.EVENT_TYPE_FACE_UNLABELLED: self._on_face_unlabelled,
+            pb.EVENT_TYPE_ERASED: self._on_erased,
         }
 
     def start(self) -> None:
@@ -98,6 +99,13 @@ class EventWatcher:
         if face is None or any(label.verdict == pb.VERDICT_BELONGS for label in labels):
             return
         self._predict_faces([face.face_id], [face.embedding])
+
+    def _on_erased(self, _subject: str) -> None:
+        """An erasure may have withdrawn the version served: stop serving it now."""
+        try:
+            self._models.refresh()
+        except ModelLoadError:
+            pass  # logged by refresh; the old model keeps serving until a loadable one is active
 
     def _predict_faces(self, face_ids: list[str], embeddings: list) -> None:
         """Writes predictions of the active version; redone if a new version

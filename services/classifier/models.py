@@ -60,7 +60,10 @@ class ActiveModel:
         with self._load_lock:
             record = self._store.active_model_version()
             held = self._current
-            if record is None or (held is not None and held.version == record.version):
+            if record is None:  # none active, or the active one was withdrawn by an erasure: serve none
+                self._current = None
+                return None
+            if held is not None and held.version == record.version:
                 return held
             artifact = self._store.get_model_artifact(record.version)
             try:

@@ -44,12 +44,14 @@ class Summary:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     stored_faces: list[tuple[str, str]] = field(default_factory=list)  # (face id, file)
 
-    def add(self, response: ingest_pb2.IngestImagesResponse) -> None:
+    def add(self, response: ingest_pb2.IngestImagesResponse, sent: list[str]) -> None:
+        """`sent`: the local paths of the images streamed, in order (results keep that
+        order); failures are reported by local path, as the server only has names."""
         self.images += response.images
         self.faces += response.faces
         self.without_face += response.images_without_face
         self.duplicates += response.duplicates
-        self.failures += [(r.filename, f"{r.error_code}: {r.error_message}") for r in response.results
+        self.failures += [(path, f"{r.error_code}: {r.error_message}") for path, r in zip(sent, response.results)
                           if r.outcome == ingest_pb2.INGEST_OUTCOME_FAILED]
         self.stored_faces += [(face_id, r.filename) for r in response.results for face_id in r.face_ids]
 
@@ -99,15 +101,20 @@ def batches(files: list[Path], size: int) -> Iterator[list[Path]]:
 def send_batch(stub, files: list[Path], summary: Summary) -> None:
     """Streams one batch; files are read lazily so only one is held at a time."""
     unreadable: list[tuple[str, str]] = []
+    sent: list[str] = []
 
     def requests() -> Iterator[ingest_pb2.IngestImagesRequest]:
         for path in files:
             try:
-                yield ingest_pb2.IngestImagesRequest(content=read_image(path), filename=str(path))
+                content = read_image(path)
             except OSError as error:
                 unreadable.append((str(path), f"not sent: {error.strerror or error}"))
+                continue
+            sent.append(str(path))
+            # The name only: the client's directories are nobody's business (data minimisation).
+            yield ingest_pb2.IngestImagesRequest(content=content, filename=path.name)
 
-    summary.add(stub.IngestImages(requests()))
+    summary.add(stub.IngestImages(requests()), sent)
     summary.images += len(unreadable)
     summary.failures += unreadable
 

@@ -18,6 +18,7 @@ import grpc
 
 from visage import convert
 from visage.config import Config
+from visage.faces import metadata
 from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
 from visage.faces.status import ANALYSIS_ERRORS, analysis_status
@@ -48,8 +49,10 @@ def face_id_of(image_id: str, index: int) -> str:
 
 
 def clean_filename(filename: str) -> str:
-    """Display-only name: control characters dropped, length capped."""
-    printable = "".join(ch for ch in filename if unicodedata.category(ch)[0] != "C")
+    """Display-only name: no directory part (a client's path says who and where; either
+    separator), control characters dropped, length capped."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
     return printable[:MAX_FILENAME_CHARS]
 
 
@@ -112,6 +115,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def ingest(self, content: bytes, filename: str) -> Ingested:
         """Analyses and stores one image; raises RpcFailure with the status to answer."""
         filename = clean_filename(filename)
+        if 0 < len(content) <= self.pool.config.max_image_bytes:  # larger ones are refused unread
+            content = metadata.minimise(content)  # what is stored, hashed and served has no metadata
         image_id = image_id_of(content)
         with self.active:
             stored = self.store.get_image(image_id) if content else None

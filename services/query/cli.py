@@ -13,6 +13,7 @@ import grpc
 from visage.config import Config
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
+from visage_query import privacy_cli
 
 CALL_TIMEOUT_SECONDS = 30
 UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -31,8 +32,10 @@ def register(subparsers) -> None:
     rename.add_argument("persona_id")
     rename.add_argument("name")
     rename.set_defaults(run=rename_persona)
-    delete = actions.add_parser("delete", help="delete a persona and its labels")
+    delete = actions.add_parser("delete", help="delete a persona and its labels (its faces stay, as unknown)")
     delete.add_argument("persona_id")
+    delete.add_argument("--erase-faces", action="store_true",
+                        help="also erase the faces labelled as this persona, with their whole images")
     delete.set_defaults(run=delete_persona)
 
     label = subparsers.add_parser("label", help="label a face as (not) belonging to a persona")
@@ -44,6 +47,7 @@ def register(subparsers) -> None:
     verdict.add_argument("--remove", action="store_true", help="remove the face's label for this persona")
     label.add_argument("--by", default="", help="who labels (default: anonymous)")
     label.set_defaults(run=label_face)
+    privacy_cli.register(subparsers, _address_option, _call)
 
     faces = subparsers.add_parser("faces", help="unknown faces, or one face: its file, box and prediction")
     _address_option(faces)
@@ -115,8 +119,9 @@ def rename_persona(args: argparse.Namespace) -> int:
 
 def delete_persona(args: argparse.Namespace) -> int:
     def work(stub):
-        stub.DeletePersona(query_pb2.DeletePersonaRequest(persona_id=args.persona_id), timeout=CALL_TIMEOUT_SECONDS)
-        print(f"deleted {args.persona_id}")
+        stub.DeletePersona(query_pb2.DeletePersonaRequest(persona_id=args.persona_id, erase_faces=args.erase_faces),
+                           timeout=privacy_cli.ERASE_TIMEOUT_SECONDS)
+        print(f"deleted {args.persona_id}{' and erased its faces with their images' if args.erase_faces else ''}")
     return _call(args, work)
 
 

@@ -24,6 +24,8 @@ from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_query import events, validation
 from visage_query.catalogue import Catalogue, LabelIndex
+from visage_query.export import export_persona
+from visage_query.retention import EventCompactor
 from visage_query.clusters import SuggestedPeople
 from visage_query.thumbnails import ThumbnailCache
 
@@ -148,7 +150,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def DeletePersona(self, request, context):
-        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"))
+        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"), request.erase_faces)
         return empty_pb2.Empty()
 
     @unary
@@ -185,7 +187,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def GetFace(self, request, context):
-        return self.catalogue.face(validation.required_id(request.face_id, "face_id"), request.include_embedding)
+        face_id = validation.required_id(request.face_id, "face_id")
+        if request.include_embedding:
+            require_operator_for_embeddings(context)
+        return self.catalogue.face(face_id, request.include_embedding)
 
     @unary
     def ListUnknownFaces(self, request, context):
@@ -248,6 +253,24 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         finally:
             self._watch_slots.release()
 
+    # ---- erasure and export (privacy) -------------------------------------
+    @unary
+    def DeleteImage(self, request, context):
+        return convert.erasure(self.store.delete_image(validation.required_id(request.image_id, "image_id")))
+
+    @unary
+    def DeleteFace(self, request, context):
+        return convert.erasure(self.store.delete_face(validation.required_id(request.face_id, "face_id")))
+
+    @streaming
+    def ExportPersona(self, request, context):
+        yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
+
+
+def require_operator_for_embeddings(context) -> None:
+    """Hook: GetFace's include_embedding (biometric data) needs the operator role. Visage
+    has no identities yet, so every caller passes; the identity work (issue 12) makes this
+    abort with PERMISSION_DENIED unless the caller's token carries the operator role."""
     # ---- organising many faces (suggested people, batches, merge, hide) ----
     def _refuse_duplicate_name(self, name: str, force: bool, persona_id: str = "") -> None:
         """Two personas of one name (ignoring case) are refused unless forced: usually a slip."""
@@ -342,4 +365,6 @@ def start(config: Config, store: Store, address: str,
     server, port, health_servicer = build_server(
         lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["query"]], address, max_workers)
-    return RunningService(server, port, health_servicer, drain=servicer.close)
+    compactor = EventCompactor(store, config.event_retention_days)
+    compactor.start()
+    return RunningService(server, port, health_servicer, drain=servicer.close, close=compactor.stop)

@@ -12,6 +12,9 @@ from visage.v1 import resources_pb2 as pb
 from visage.v1 import train_pb2, train_pb2_grpc
 
 TERMINAL = (pb.TRAINING_PHASE_SUCCEEDED, pb.TRAINING_PHASE_FAILED)
+CONFIDENCE_MEANING = ("similarity to the persona, 1 - distance/1.2 (0.5 = dlib's same-person limit 0.6); "
+                      "a face is named when it reaches the persona's threshold; for 'unknown', 1 - the "
+                      "similarity to the nearest persona")
 
 
 def register(subparsers) -> None:
@@ -25,9 +28,13 @@ def register(subparsers) -> None:
     models.add_argument("--address", default=default_address, help="trainer address (host:port)")
     actions = models.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="every version, newest first").set_defaults(run=run_models_list)
-    activate = actions.add_parser("activate", help="make a stored version the active one")
+    activate = actions.add_parser("activate", help="make a stored version the active one and pin it "
+                                                   "(later versions wait until `models release`)")
     activate.add_argument("version", type=int)
     activate.set_defaults(run=run_models_activate)
+    release = actions.add_parser("release", help="release the pin: the newest version held back by it goes live, "
+                                                 "later ones are activated by the gate again")
+    release.set_defaults(run=run_models_release)
 
 
 def _stub(address: str) -> train_pb2_grpc.TrainServiceStub:
@@ -54,8 +61,19 @@ def run_train(args: argparse.Namespace) -> int:
     if job.phase != pb.TRAINING_PHASE_SUCCEEDED:
         return 1
     if job.model_version:
+        print(f"version {job.model_version} is {'ACTIVE' if job.activated else 'NOT ACTIVE'}: {_decision(job)}")
         _print_metrics(job.metrics)
     return 0
+
+
+def _decision(job: pb.TrainingJob) -> str:
+    """The gate's decision in plain words (the job message is "version N: <reason>")."""
+    reason = job.message.split(": ", 1)[-1]
+    if job.activated:
+        return "it passed the gate and now names faces"
+    if reason.startswith("rejected"):
+        return f"the gate REJECTED it ({reason}); the active version keeps naming faces"
+    return f"held back ({reason})"
 
 
 def _rate(value: float, evaluated_on: int) -> str:
@@ -64,13 +82,14 @@ def _rate(value: float, evaluated_on: int) -> str:
 
 
 def _print_metrics(metrics: pb.ModelMetrics) -> None:
-    print(f"accuracy {_rate(metrics.accuracy, metrics.evaluated_faces)}  "
-          f"unknown rejection {_rate(metrics.unknown_rejection_rate, metrics.evaluated_unknowns)}  "
-          f"faces {metrics.labelled_faces}  personas {metrics.personas}")
+    print(f"accuracy {_rate(metrics.accuracy, metrics.evaluated_faces)} on {metrics.evaluated_faces} held-out faces  "
+          f"unknown rejection {_rate(metrics.unknown_rejection_rate, metrics.evaluated_unknowns)} on "
+          f"{metrics.evaluated_unknowns} unknowns  faces {metrics.labelled_faces}  personas {metrics.personas}")
     print(f"evaluation: {metrics.evaluation_method}")
+    print(f"confidence: {CONFIDENCE_MEANING}")
     for item in metrics.per_persona:
         print(f"  {item.persona_id:<36} precision {item.precision:.3f}  recall {item.recall:.3f}  "
-              f"support {item.support}")
+              f"support {item.support}  named at confidence >= {item.threshold:.2f}")
 
 
 def run_models_list(args: argparse.Namespace) -> int:
@@ -80,12 +99,13 @@ def run_models_list(args: argparse.Namespace) -> int:
         while True:
             page = stub.ListModelVersions(train_pb2.ListModelVersionsRequest(page_size=100, page_token=token))
             for v in page.model_versions:
-                state = pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_").lower()
+                state = pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_").lower() + ("*" if v.pinned else "")
                 m = v.metrics
                 print(f"{v.version:>7}  {state:<9} {_rate(m.accuracy, m.evaluated_faces):>8} "
                       f"{_rate(m.unknown_rejection_rate, m.evaluated_unknowns):>8} "
                       f"{v.metrics.labelled_faces:>7} {v.metrics.personas:>8}  {v.gate_reason}")
             if not (token := page.next_page_token):
+                print("* pinned: activated by hand; new versions wait until `visage models release`")
                 return 0
     except grpc.RpcError as error:
         return _fail(error)
@@ -96,5 +116,17 @@ def run_models_activate(args: argparse.Namespace) -> int:
         version = _stub(args.address).ActivateModelVersion(train_pb2.ActivateModelVersionRequest(version=args.version))
     except grpc.RpcError as error:
         return _fail(error)
-    print(f"version {version.version} is active")
+    print(f"version {version.version} is active and pinned: new versions are trained and listed but not "
+          "activated until `visage models release`")
+    if "rejected" in version.gate_reason:
+        print(f"note: the gate had rejected it ({version.gate_reason})")
+    return 0
+
+
+def run_models_release(args: argparse.Namespace) -> int:
+    try:
+        version = _stub(args.address).ReleaseModelPin(train_pb2.ReleaseModelPinRequest())
+    except grpc.RpcError as error:
+        return _fail(error)
+    print(f"pin released; version {version.version} is active: {version.gate_reason}")
     return 0

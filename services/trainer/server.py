@@ -23,17 +23,18 @@ import grpc
 from visage import convert, paging
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
-from visage.store.base import NotFound, Store
+from visage.store.base import NotFound, Store, Withdrawn
 from visage.store.records import TrainingJobRecord
 from visage.v1 import resources_pb2 as pb
 from visage.v1 import train_pb2, train_pb2_grpc
-from visage_trainer.training import TERMINAL_PHASES, JobReporter, TrainerSettings, run_job
+from visage_trainer import decisions
+from visage_trainer.training import TERMINAL_PHASES, JobReporter, TrainerSettings, decide_undecided, run_job
 
 log = logging.getLogger(__name__)
 
 CURSOR_META_KEY = "trainer.event_cursor"
 TRIGGER_EVENTS = {pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED, pb.EVENT_TYPE_PERSONA_CREATED,
-                  pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED}
+                  pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED, pb.EVENT_TYPE_ERASED}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 WATCH_POLL_SECONDS = 0.5  # how often a watch stream checks that its client is still there
 
@@ -106,6 +107,7 @@ class Trainer:
 
     # ---- worker ----------------------------------------------------------
     def _work(self) -> None:
+        self._decide_undecided()
         while (job := self._jobs.get()) is not None:
             if job.trigger == pb.TRAINING_TRIGGER_EVENTS:
                 self._event_job_queued.clear()
@@ -121,6 +123,14 @@ class Trainer:
         if cursor and cursor != self._saved_cursor:
             self.store.set_meta(CURSOR_META_KEY, cursor)
             self._saved_cursor = cursor
+
+    def _decide_undecided(self) -> None:
+        """A version stored just before a crash is decided before any new job."""
+        try:
+            for decided in decide_undecided(self.store, self.settings):
+                log.info("after restart: %s", decided)
+        except Exception:  # the store may be briefly unavailable: the next start tries again
+            log.exception("deciding versions left undecided by a crash failed")
 
     def _fail_interrupted_jobs(self) -> None:
         """Jobs a killed trainer left unfinished are marked FAILED (their
@@ -198,8 +208,8 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
 
     def ListModelVersions(self, request, context):
         def fetch(offset: int, size: int) -> tuple[list, bool]:
-            versions = self.store.list_model_versions()
-            return [convert.model_version(v) for v in versions[offset:offset + size]], offset + size < len(versions)
+            versions, pinned = self.store.list_model_versions(), decisions.pinned_version(self.store)
+            return [self._version(v, pinned) for v in versions[offset:offset + size]], offset + size < len(versions)
 
         versions, token = self._list(request, context, "versions", fetch)
         return train_pb2.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
@@ -208,23 +218,39 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         record = self.store.get_model_version(request.version) if request.version > 0 else None
         if record is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"model version {request.version} not found")
-        return convert.model_version(record)
+        return self._version(record)
 
     def GetActiveModelVersion(self, request, context):
         record = self.store.active_model_version()
         if record is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no model version is active yet: label some faces first")
-        return convert.model_version(record)
+        return self._version(record)
 
     def ActivateModelVersion(self, request, context):
         try:
             if request.version <= 0:
                 raise NotFound(f"model version {request.version} not found")
-            return convert.model_version(self.store.activate_model_version(request.version))
+            return self._version(decisions.activate_by_hand(self.store, request.version))
         except NotFound as error:
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except Withdrawn as error:  # trained on erased labels: never again
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except decisions.ModelGone as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+
+    def ReleaseModelPin(self, request, context):
+        record = decisions.release_pin(self.store)
+        if record is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no model version is active yet: label some faces first")
+        return self._version(record)
 
     # ---- helpers ---------------------------------------------------------
+    def _version(self, record, pinned: int | None = None):
+        """The wire version, with whether it is the pinned one."""
+        message = convert.model_version(record)
+        message.pinned = record.version == (decisions.pinned_version(self.store) if pinned is None else pinned)
+        return message
+
     def _job(self, job_id: str, context) -> TrainingJobRecord:
         if not job_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")

@@ -1,11 +1,14 @@
-"""One training job: read every label, fit, evaluate, export to ONNX, store
-the version and activate it if it passes the gate.
+"""One training job: read every label, fit, evaluate, export to ONNX, assert
+that the model honours every label, store the version and let the gate decide
+(decisions.py): activate it, hold it (a version is pinned) or reject it.
 
 Crash safety: a version row is written (with its artifact, in one store call)
-only after the model is complete, as a CANDIDATE; activation is a separate,
-last step. A kill -9 anywhere leaves the previous version active and at worst
-an unactivated candidate; the event cursor is advanced only after a job ends,
-so a restarted trainer sees the same label events again and retrains."""
+only after the model is complete and checked, as an undecided CANDIDATE;
+the decision is a separate, last step. A kill -9 anywhere leaves the previous
+version active and at worst an undecided candidate, which the restarted
+trainer decides before any new job (`decide_undecided`); the event cursor is
+advanced only after a job ends, so a restarted trainer sees the same label
+events again and retrains."""
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +24,7 @@ from visage import model as modelling
 from visage.store.base import Store
 from visage.store.records import ModelVersionRecord, TrainingJobRecord, now
 from visage.v1 import resources_pb2 as pb
+from visage_trainer import decisions
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +38,14 @@ class TrainerSettings:
     debounce_seconds: float = 1.0  # quiet period after a label event before training
     gate_margin: float = 0.05  # a candidate may be this much worse than the active version
     poll_seconds: float = 0.1  # how often the event log is read
+    retention: int = 20  # models kept: the newest N versions' (plus the active and pinned ones)
 
     @classmethod
     def from_env(cls) -> "TrainerSettings":
         return cls(debounce_seconds=float(os.environ.get("VISAGE_TRAIN_DEBOUNCE_SECONDS", "1")),
                    gate_margin=float(os.environ.get("VISAGE_GATE_MARGIN", "0.05")),
-                   poll_seconds=float(os.environ.get("VISAGE_TRAIN_POLL_SECONDS", "0.1")))
+                   poll_seconds=float(os.environ.get("VISAGE_TRAIN_POLL_SECONDS", "0.1")),
+                   retention=int(os.environ.get("VISAGE_MODEL_RETENTION", "20")))
 
 
 class JobReporter:
@@ -57,9 +63,12 @@ class JobReporter:
             return
         self._last_write = time.monotonic()
         self.store.put_training_job(self.job)
-        self.store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, self.job.job_id, {
-            "job_id": self.job.job_id, "phase": pb.TrainingPhase.Name(self.job.phase),
-            "done": str(self.job.done), "total": str(self.job.total)})
+        attributes = {"job_id": self.job.job_id, "phase": pb.TrainingPhase.Name(self.job.phase),
+                      "done": str(self.job.done), "total": str(self.job.total)}
+        if self.job.phase in TERMINAL_PHASES:  # what came of it, so a watcher never guesses "it went live"
+            attributes.update(model_version=str(self.job.model_version), activated=str(self.job.activated).lower(),
+                              message=self.job.message[:500])
+        self.store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, self.job.job_id, attributes)
         self._publish(self.job)
 
 
@@ -68,6 +77,7 @@ class LabelSet:
     belonging: list[tuple[str, str]]  # (face id, persona id)
     rejected: list[tuple[str, str]]
     sha256: str
+    times: dict[tuple[str, str], float]  # (face id, persona id) -> when the label was given
 
     @property
     def count(self) -> int:
@@ -76,13 +86,15 @@ class LabelSet:
 
 def read_label_set(store: Store) -> LabelSet:
     """Every label, and a SHA-256 over the sorted (face, persona, verdict) triples."""
-    labels = sorted((label.face_id, label.persona_id, label.verdict) for label in store.iter_labels())
+    records = sorted((label.face_id, label.persona_id, label.verdict, label.create_time)
+                     for label in store.iter_labels())
     digest = hashlib.sha256()
-    belonging, rejected = [], []
-    for face_id, persona_id, verdict in labels:
+    belonging, rejected, times = [], [], {}
+    for face_id, persona_id, verdict, created in records:
         digest.update(f"{face_id}\t{persona_id}\t{verdict}\n".encode())
         (belonging if verdict == pb.VERDICT_BELONGS else rejected).append((face_id, persona_id))
-    return LabelSet(belonging, rejected, digest.hexdigest())
+        times[face_id, persona_id] = created
+    return LabelSet(belonging, rejected, digest.hexdigest(), times)
 
 
 def stream_faces(store: Store, pairs: list[tuple[str, str]], on_chunk: Callable[[list[str], list[str], np.ndarray], None],
@@ -98,31 +110,6 @@ def stream_faces(store: Store, pairs: list[tuple[str, str]], on_chunk: Callable[
         read += len(faces)
         on_progress(min(start + READ_CHUNK_FACES, len(pairs)))
     return read
-
-
-def gate(metrics: dict, active: ModelVersionRecord | None, live_persona_ids: set[str],
-         margin: float) -> tuple[bool, str]:
-    """Whether a candidate may replace the active version, and why."""
-    if active is None:
-        return True, "first version: activated without comparison"
-    deleted = set(active.persona_ids) - live_persona_ids
-    if deleted:
-        return True, (f"active version {active.version} names {len(deleted)} deleted persona(s); "
-                      "replaced regardless of metrics")
-    comparisons, worse = [], []
-    for key, evaluated_on in (("accuracy", "evaluated_faces"), ("unknown_rejection_rate", "evaluated_unknowns")):
-        # A rate measured on no face says nothing: it cannot make a version worse or better.
-        if not metrics.get(evaluated_on, 1) or not active.metrics.get(evaluated_on, 1):
-            comparisons.append(f"{key} not measured on both")
-            continue
-        new, old = float(metrics.get(key, 0.0)), float(active.metrics.get(key, 0.0))
-        comparisons.append(f"{key} {new:.3f} vs {old:.3f}")
-        if new < old - margin:
-            worse.append(key)
-    verdict = f"{'; '.join(comparisons)} (active version {active.version}, margin {margin})"
-    if worse:
-        return False, f"rejected: {' and '.join(worse)} worse beyond the margin: {verdict}"
-    return True, f"not worse beyond the margin: {verdict}"
 
 
 class NothingToTrain(Exception):
@@ -151,39 +138,64 @@ def _train(store: Store, reporter: JobReporter, settings: TrainerSettings, force
     labels = read_label_set(store)
     active = store.active_model_version()
     _check_worth_training(store, labels, active, force)
-    accumulator = modelling.LabelAccumulator(len(labels.belonging))
-    total = len(labels.belonging) + len(labels.rejected)
-    faces_read = stream_faces(store, labels.belonging, lambda ids, personas, x: accumulator.add_belonging(
-        ids, personas, x), lambda done: reporter.update(done=done, total=total, faces_read=done))
-    faces_read += stream_faces(store, labels.rejected, lambda ids, personas, x: accumulator.add_rejected(
-        personas, x), lambda done: reporter.update(done=len(labels.belonging) + done, total=total))
-    reporter.update(faces_read=faces_read, done=total, total=total)
+    accumulator = accumulate(store, labels, reporter)
+    checks = decisions.check_set(store, labels, accumulator, active.create_time if active else 0.0)
 
     reporter.update(phase=pb.TRAINING_PHASE_FITTING, done=0, total=1)
     trained = modelling.fit_and_evaluate(accumulator, on_phase=lambda _: reporter.update(
-        phase=pb.TRAINING_PHASE_EVALUATING, done=0, total=1))
+        phase=pb.TRAINING_PHASE_EVALUATING, done=0, total=1), strangers=checks.strangers)
     reporter.update(phase=pb.TRAINING_PHASE_EXPORTING, done=0, total=1, metrics=trained.metrics)
     artifact = modelling.export_onnx(trained.model)
-
-    reporter.update(phase=pb.TRAINING_PHASE_STORING, done=0, total=1)
-    lineage = {"event_cursor": cursor, "label_count": labels.count, "label_set_sha256": labels.sha256,
-               "training_seconds": round(time.perf_counter() - started, 3),
-               "library_versions": modelling.library_versions(),
-               "parent_version": active.version if active else 0}
     record = ModelVersionRecord(version=0, state=pb.MODEL_STATE_CANDIDATE, algorithm=modelling.ALGORITHM,
                                 unknown_threshold=trained.unknown_threshold, persona_ids=trained.persona_ids,
-                                metrics=trained.metrics, lineage=lineage)
-    passed, reason = gate(trained.metrics, active, {p.persona_id for p in store.list_personas()},
-                          settings.gate_margin)
-    record.gate_reason = reason
-    record = store.put_model_version(record, artifact)
-    if passed:
-        store.activate_model_version(record.version)
-    else:
-        record.state = pb.MODEL_STATE_REJECTED
-        store.update_model_version(record)
+                                metrics=trained.metrics, lineage={}, gate_reason=decisions.PENDING)
+    # Labels are facts: a version that contradicts one is never stored.
+    problems = decisions.unhonoured_labels(modelling.Predictor.load(record, artifact), checks,
+                                           decisions.persona_names(store))
+    if problems:
+        raise LabelsNotHonoured(f"{len(problems)} label(s) would not be honoured; no version stored: "
+                                + "; ".join(problems[:5]))
+
+    reporter.update(phase=pb.TRAINING_PHASE_STORING, done=0, total=1)
+    record.lineage = {"event_cursor": cursor, "label_count": labels.count, "label_set_sha256": labels.sha256,
+                      "training_seconds": round(time.perf_counter() - started, 3),
+                      "library_versions": modelling.library_versions(),
+                      "parent_version": active.version if active else 0}
+    record = store.put_model_version(record, artifact)  # a crash from here on is recovered at start
+    activated, reason = decisions.decide(store, record, checks, settings.gate_margin, labels_asserted=True)
+    decisions.apply_retention(store, settings.retention)
     reporter.update(force=True, phase=pb.TRAINING_PHASE_SUCCEEDED, done=1, total=1, model_version=record.version,
-                    activated=passed, message=f"version {record.version}: {reason}")
+                    activated=activated, message=f"version {record.version}: {reason}")
+
+
+def accumulate(store: Store, labels: LabelSet, reporter: JobReporter | None = None) -> modelling.LabelAccumulator:
+    """Streams every labelled face into the training input (progress on the reporter)."""
+    report = reporter.update if reporter else lambda **_: None
+    accumulator = modelling.LabelAccumulator(len(labels.belonging))
+    total = len(labels.belonging) + len(labels.rejected)
+    faces_read = stream_faces(store, labels.belonging, accumulator.add_belonging,
+                              lambda done: report(done=done, total=total, faces_read=done))
+    faces_read += stream_faces(store, labels.rejected, lambda ids, personas, x: accumulator.add_rejected(
+        personas, x, ids), lambda done: report(done=len(labels.belonging) + done, total=total))
+    report(faces_read=faces_read, done=total, total=total)
+    return accumulator
+
+
+class LabelsNotHonoured(Exception):
+    """The fitted model contradicts a label (e.g. two labels contradict each other)."""
+
+
+def decide_undecided(store: Store, settings: TrainerSettings) -> list[str]:
+    """Decides candidates a crash left between storing and activation (at
+    start, before any job); returns what was decided, in words."""
+    decided = []
+    for record in decisions.undecided_candidates(store):
+        active = store.active_model_version()
+        labels = read_label_set(store)
+        checks = decisions.check_set(store, labels, accumulate(store, labels), active.create_time if active else 0.0)
+        activated, reason = decisions.decide(store, record, checks, settings.gate_margin)
+        decided.append(f"version {record.version} {'activated' if activated else 'not activated'}: {reason}")
+    return decided
 
 
 def _check_worth_training(store: Store, labels: LabelSet, active: ModelVersionRecord | None, force: bool) -> None:

@@ -132,7 +132,12 @@ def test_label_faces_and_watch_predictions_arrive_live(page, gateway, mesh, face
     page.locator(f'#models tr[data-version="{was_active}"] button', has_text="Activate").click()
     page.locator(f'#models tr[data-version="{was_active}"] .tag.active').wait_for()
     assert page.locator("#models .tag.active").count() == 1
+    # A version activated by hand is pinned until the pin is released.
+    page.locator(f'#models tr[data-version="{was_active}"] .tag.pinned').wait_for()
+    assert page.locator("#models .tag.pinned").count() == 1 and "pinned" in page.locator("#pin-note").inner_text()
     shoot(page, test_output_dir, "models-rolled-back")
+    page.click("#release-pin")
+    page.locator("#models .tag.pinned").wait_for(state="detached")
 
 
 def test_upload_an_image_and_see_its_faces_boxed(page, gateway, faces_dir, test_output_dir):
@@ -183,3 +188,27 @@ def test_long_lists_page_with_show_more(page, mesh, faces_dir, test_output_dir):
         page.wait_for_timeout(300)
     poll(page, lambda: cards.count() == mesh.store.count_images(), 30)
     shoot(page, test_output_dir, "images-all-pages")
+
+
+def test_a_gate_rejection_shows_live_in_the_header_and_on_the_persona_it_affects(page, mesh, test_output_dir):
+    """The trainer's outcome events (their production is tested in tests/trainer) reach the header
+    and the affected persona's page live, and the header never says a version succeeded when it
+    did not go live."""
+    from visage.v1 import resources_pb2 as pb
+    create_persona(page, "Gated")
+    gated = next(p for p in mesh.store.list_personas() if p.display_name == "Gated")
+    page.locator(".persona-card", has_text="Gated").click()
+    page.locator("#persona-name").wait_for()
+    page.evaluate("window.__noReload = true")
+    mesh.store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "job-x", {
+        "job_id": "job-x", "phase": "TRAINING_PHASE_SUCCEEDED", "done": "1", "total": "1",
+        "model_version": "97", "activated": "false", "message": "version 97: rejected: …"})
+    training = page.locator("#progress-training .progress-label")
+    poll(page, lambda: training.inner_text() == "Training: v97 not activated", 30)
+    mesh.store.append_event(pb.EVENT_TYPE_MODEL_VERSION_REJECTED, "97", {
+        "reason": "rejected: 3 of 40 faces the new labels did not touch would be named worse; affected: Gated",
+        "persona_ids": gated.persona_id, "active_version": "1"})
+    page.locator("#gate-status", has_text="v97 rejected").wait_for(timeout=30_000)
+    page.locator("#rejection", has_text="Model v97 was not activated").wait_for(timeout=30_000)
+    assert page.evaluate("window.__noReload") is True
+    shoot(page, test_output_dir, "gate-rejection")

@@ -37,6 +37,9 @@ def test_cli_walks_folders_and_prints_a_summary(ingest_server, faces_dir, tmp_pa
     assert re.search(r"failed: .*nested/broken\.jpg: INVALID_ARGUMENT: .*corrupt or truncated", first.stdout)
     assert "ingest: 100%" in first.stderr and "8/8" in first.stderr  # the progress bar
     assert (store.count_images(), store.count_faces()) == (7, 15)
+    stored_names = sorted(image.filename for image in store.list_images(0, 100))
+    assert stored_names == sorted(["bbt1.jpg", "bbt2.jpg", "bbt3.jpg", "two_people.jpg", "happy.jpg", "sky.png",
+                                   "obama_small.jpg"])  # names only: no client directory is stored
     listed = dict(re.findall(r"^([0-9a-f]{64}-\d+)\s+(\S+)$", first.stdout, re.M))  # face id -> file
     assert set(listed) == {face_id for ids, _ in store.iter_embeddings() for face_id in ids}
     happy = [face_id for face_id, name in listed.items() if name.endswith("happy.jpg")]

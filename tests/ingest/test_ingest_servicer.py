@@ -110,7 +110,7 @@ def test_bad_input_gets_a_clear_status_and_stores_nothing(grpc_stub, store, face
 def test_hostile_filename_is_stored_cleaned_and_capped(grpc_stub, store):
     response = ingest(grpc_stub, png_without_face(colour=(1, 2, 3)), "../../etc/passwd\x00\x1b[31m" + "x" * 5000)
     stored = store.get_image(response.image.image_id).filename
-    assert stored.startswith("../../etc/passwd[31mxxx") and len(stored) == 255
+    assert stored.startswith("passwd[31mxxx") and len(stored) == 255  # no directory part
     assert "\x00" not in stored and "\x1b" not in stored
 
 

@@ -27,3 +27,10 @@ def world(sqlite_store, photos) -> LabelledWorld:
     personas = {name: sqlite_store.create_persona(name.title()).persona_id
                 for name in sorted({p.person for p in photos if p.person})}
     return LabelledWorld(sqlite_store, photos, face_ids, personas)
+
+
+@pytest.fixture(scope="session")
+def edge_photos(faces_dir: Path) -> list[Photo]:
+    """The three Obama faces of edge/ (a 32-bit PNG, a partial face, a tiny image)."""
+    models = dlib_models()
+    return [Photo("edge", "", path, embed(path, models)) for path in sorted((faces_dir / "edge").iterdir())]

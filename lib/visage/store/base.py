@@ -8,6 +8,16 @@ Rules both backends keep:
 - An image becomes visible only after its faces are written: the image row is
   the commit point of an ingest.
 - Every change that matters appends an event, after the change itself.
+- Events carry ids and counts, never names or file names.
+
+Erasure (privacy): delete_image, delete_face and delete_persona remove the data
+everywhere the store keeps it (rows, crops, embeddings, bytes, labels,
+predictions, and earlier events naming the erased ids), withdraw every model
+version trained on an erased label (see withdraw_candidates) and append one
+ERASED event naming only ids. They are idempotent in effect; a second call
+raises NotFound (the RPCs answer NOT_FOUND / 404) and changes nothing. A crash
+midway leaves the commit row (image, face or persona) in place, so a retry
+finishes the erasure.
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from visage.store.records import (
+    Erasure,
     EventRecord,
     FaceRecord,
     ImageRecord,
@@ -26,6 +37,7 @@ from visage.store.records import (
     PredictionRecord,
     TrainingJobRecord,
 )
+from visage.v1 import resources_pb2 as pb
 
 
 class StoreError(Exception):
@@ -34,6 +46,24 @@ class StoreError(Exception):
 
 class NotFound(StoreError):
     """The id names nothing stored."""
+
+
+class Withdrawn(StoreError):
+    """The model version was trained on labels since erased: it can never be activated again."""
+
+
+ACTIVE_VERSION_KEY = "active_model_version"  # meta key of the active version ("" or absent: none)
+WITHDRAWN_REASON = "withdrawn: trained on labels that were since erased"
+
+
+def withdraw_candidates(versions: Iterable[ModelVersionRecord], persona_ids: Iterable[str]) -> list[ModelVersionRecord]:
+    """The versions an erasure of labels of these personas must withdraw: every one not yet
+    withdrawn that names one of them. Conservative on purpose: whether a version read a given
+    label is not recorded per version (a label may have come and gone between trainings),
+    but a version that does not name a persona holds nothing of its labels (the centroid
+    model keeps only the centroids and rejections of the personas it names)."""
+    personas = set(persona_ids)
+    return [v for v in versions if v.state != pb.MODEL_STATE_WITHDRAWN and personas & set(v.persona_ids)]
 
 
 HIDDEN_KINDS = ("face", "persona")
@@ -72,9 +102,22 @@ class Store(abc.ABC):
         """Raises NotFound; appends PERSONA_RENAMED."""
 
     @abc.abstractmethod
-    def delete_persona(self, persona_id: str) -> None:
-        """Removes the persona, its labels and predictions naming it.
-        Raises NotFound; appends PERSONA_DELETED."""
+    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
+        """Removes the persona, its labels, predictions naming it and earlier events naming
+        it, and withdraws the versions that name it. With erase_faces, first erases the
+        images of the faces labelled as belonging to it (as delete_image). Raises NotFound;
+        appends PERSONA_DELETED, then ERASED."""
+
+    @abc.abstractmethod
+    def delete_image(self, image_id: str) -> Erasure:
+        """Erases the image: bytes, faces (crops, embeddings), their labels and predictions,
+        earlier events naming the image or its faces; withdraws versions naming a persona
+        of a removed label. Raises NotFound (also on a second call); appends ERASED."""
+
+    @abc.abstractmethod
+    def delete_face(self, face_id: str) -> Erasure:
+        """Erases one face like delete_image erases each of its faces; the image stays
+        with face_count lowered. Raises NotFound; appends ERASED."""
 
     # ---- images and faces -----------------------------------------------
     @abc.abstractmethod
@@ -224,13 +267,45 @@ class Store(abc.ABC):
     def get_model_artifact(self, version: int) -> bytes | None: ...
 
     @abc.abstractmethod
+    def delete_model_artifact(self, version: int) -> bool:
+        """Deletes a version's ONNX artifact (retention), keeping its row; True if one was deleted."""
+
+    @abc.abstractmethod
     def list_model_versions(self) -> list[ModelVersionRecord]:
         """Newest first."""
 
     @abc.abstractmethod
     def activate_model_version(self, version: int) -> ModelVersionRecord:
         """Makes it the one active version (the previous one becomes RETIRED).
-        Raises NotFound. Appends MODEL_VERSION_ACTIVATED."""
+        Raises NotFound, or Withdrawn for a version trained on erased labels (see
+        check_activatable). Appends MODEL_VERSION_ACTIVATED."""
+
+    @abc.abstractmethod
+    def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:
+        """Marks them WITHDRAWN, deletes their artifacts and, if one is active, leaves no
+        version active (the classifier then answers unknown until a retrained version is
+        activated). Returns their numbers."""
+
+    def check_activatable(self, record: ModelVersionRecord) -> None:
+        """Raises Withdrawn when the version may not serve: it was withdrawn, or it was
+        trained from labels read before an erasure of labels of a persona it names (a
+        training that raced the erasure); such a version is withdrawn here."""
+        if record.state == pb.MODEL_STATE_WITHDRAWN:
+            raise Withdrawn(f"model version {record.version} was {WITHDRAWN_REASON}; it cannot be activated")
+        if withdraw_candidates([record], self.personas_erased_since(record.lineage.get("event_cursor", ""))):
+            self.withdraw_model_versions([record])
+            raise Withdrawn(f"model version {record.version} was trained before an erasure of labels it "
+                            "was trained on; it is withdrawn and cannot be activated")
+
+    def personas_erased_since(self, cursor: str) -> set[str]:
+        """Personas whose labels an ERASED event after the cursor removed."""
+        erased: set[str] = set()
+        while events := self.read_events(cursor, 1000):
+            for event in events:
+                if event.type == pb.EVENT_TYPE_ERASED:
+                    erased.update(filter(None, event.attributes.get("persona_ids", "").split(",")))
+            cursor = events[-1].cursor
+        return erased
 
     @abc.abstractmethod
     def active_model_version(self) -> ModelVersionRecord | None: ...
@@ -261,6 +336,12 @@ class Store(abc.ABC):
     def latest_cursor(self) -> str:
         """Cursor of the newest event ("" if none): read_events after it
         returns only events appended later."""
+
+    @abc.abstractmethod
+    def compact_events(self, before: float) -> int:
+        """Removes events appended before this time (the retention limit); returns how many
+        (Cassandra: by whole minute partitions, so events up to a minute newer may stay
+        until the next compaction)."""
 
     # ---- consumer state --------------------------------------------------
     @abc.abstractmethod

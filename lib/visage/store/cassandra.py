@@ -54,8 +54,16 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statem
 from cassandra.util import min_uuid_from_time, unix_time_from_uuid1, uuid_from_time
 
 from visage.config import CassandraConfig
-from visage.store.base import NotFound, Store, StoreError
+from visage.store.base import (
+    ACTIVE_VERSION_KEY,
+    WITHDRAWN_REASON,
+    NotFound,
+    Store,
+    StoreError,
+    withdraw_candidates,
+)
 from visage.store.records import (
+    Erasure,
     EventRecord,
     FaceRecord,
     ImageRecord,
@@ -80,8 +88,8 @@ PREDICTION_BUCKETS = 128    # face_predictions partitions (50M faces: ~30 MB eac
 DAY_S = 86400
 EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
+FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
 REMEMBERED_CURSORS = 50_000
-ACTIVE_VERSION_KEY = "active_model_version"
 SCHEMA_COMPONENT = "visage"
 
 # Append-only list of migrations; index + 1 is the schema version. `{ks}` is the keyspace.
@@ -134,6 +142,9 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
         confidence double, model_version int, create_time double, PRIMARY KEY ((bucket), face_id))""",
     lambda store: store._move_predictions_to_buckets(),
     """DROP TABLE IF EXISTS {ks}.predictions""",
+], [
+    # Events carry ids only: the display names PERSONA_RENAMED used to carry go.
+    lambda store: store._scrub_rename_events(),
 ], [
     # Faces and personas a user hid: few rows, one partition per kind.
     """CREATE TABLE IF NOT EXISTS {ks}.hidden (kind text, item_id text, PRIMARY KEY ((kind), item_id))""",
@@ -372,13 +383,29 @@ class CassandraStore(Store):
             raise NotFound(f"persona {persona_id!r} not found")
         self._run("UPDATE {ks}.personas SET display_name = ?, update_time = ? WHERE persona_id = ?",
                   (display_name, now(), persona_id))
-        self.append_event(pb.EVENT_TYPE_PERSONA_RENAMED, persona_id, {"display_name": display_name})
+        self.append_event(pb.EVENT_TYPE_PERSONA_RENAMED, persona_id)  # ids only: no name in the log
         return self.get_persona(persona_id)
 
-    def delete_persona(self, persona_id: str) -> None:
-        if self.get_persona(persona_id) is None:
+    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
+        persona = self.get_persona(persona_id)
+        if persona is None:
             raise NotFound(f"persona {persona_id!r} not found")
         # Dependents first, the persona row last: a crash midway leaves the persona, so a retry finishes.
+        erasure = Erasure(persona_ids=[persona_id])
+        if erase_faces:
+            labelled = [row.face_id for row in self._run(
+                "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ?",
+                (persona_id, pb.VERDICT_BELONGS), fetch_size=5000)]
+            image_ids = list(dict.fromkeys(row.image_id for row in self._select_in(
+                "SELECT image_id FROM {ks}.faces WHERE face_id IN ?", labelled)))
+            erasure = erasure.merge(self._erase_images(image_ids))
+        # Before the image rows go (a retry would no longer find these images through their
+        # labels); one scan of the log for the persona, its images and their faces.
+        self._forget_events({*erasure.image_ids, *erasure.face_ids, persona_id}, {persona_id},
+                            since=0.0 if erasure.image_ids else persona.create_time)
+        self._drop_image_rows(erasure.image_ids)
+        erasure = erasure.merge(Erasure(withdrawn_versions=self.withdraw_model_versions(
+            withdraw_candidates(self.list_model_versions(), [persona_id]))))
         labelled = [row.face_id for row in self._run(
             "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,), fetch_size=5000)]
         self._run_many("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?",
@@ -394,8 +421,110 @@ class CassandraStore(Store):
             self._run("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
                       (_persona_key(persona_id), version))
         self._run("DELETE FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))
-        self._run("DELETE FROM {ks}.personas WHERE persona_id = ?", (persona_id,))
+        self._run("DELETE FROM {ks}.hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
         self.append_event(pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
+        self.append_event(pb.EVENT_TYPE_ERASED, persona_id, erasure.event_attributes())
+        self._run("DELETE FROM {ks}.personas WHERE persona_id = ?", (persona_id,))
+        return erasure
+
+    # ---- erasure -----------------------------------------------------------
+    # Each erasure deletes everything its commit row (image, face or persona) makes
+    # visible, appends ERASED, and deletes the commit row last: a retry after a crash
+    # finds the row and finishes the erasure (appending ERASED again: at-least-once).
+    def delete_image(self, image_id: str) -> Erasure:
+        image = self.get_image(image_id)
+        if image is None:
+            raise NotFound(f"image {image_id!r} not found")
+        erasure = self._erase_images([image_id])
+        self._forget_events({*erasure.image_ids, *erasure.face_ids}, since=image.create_time)
+        self.append_event(pb.EVENT_TYPE_ERASED, image_id, erasure.event_attributes())
+        self._drop_image_rows([image_id])
+        return erasure
+
+    def delete_face(self, face_id: str) -> Erasure:
+        rows = list(self._run("SELECT image_id, idx, create_time FROM {ks}.faces WHERE face_id = ?", (face_id,)))
+        if not rows:
+            raise NotFound(f"face {face_id!r} not found")
+        image_id, idx, created = rows[0]
+        erasure = self._erase_faces([face_id])
+        self._forget_events({face_id}, since=created)
+        self._run("DELETE FROM {ks}.faces_by_image WHERE image_id = ? AND idx = ?", (image_id, idx))
+        if self.get_image(image_id) is not None:  # an UPDATE of a missing row would create it
+            remaining = self._run("SELECT COUNT(*) FROM {ks}.faces_by_image WHERE image_id = ?", (image_id,)).one()[0]
+            self._run("UPDATE {ks}.images SET face_count = ? WHERE image_id = ?", (remaining, image_id))
+        self.append_event(pb.EVENT_TYPE_ERASED, face_id, erasure.event_attributes())
+        self._run("DELETE FROM {ks}.faces WHERE face_id = ?", (face_id,))
+        return erasure
+
+    def _erase_images(self, image_ids: list[str]) -> Erasure:
+        """Everything of these images but their image rows (the commit points)."""
+        images = self._select_in("SELECT image_id, create_time FROM {ks}.images WHERE image_id IN ?", image_ids)
+        face_ids = [row.face_id for row in self._select_in(
+            "SELECT face_id FROM {ks}.faces_by_image WHERE image_id IN ?", image_ids)]
+        erasure = self._erase_faces(face_ids)
+        self._execute_all([
+            *self._bound("DELETE FROM {ks}.faces WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
+            *self._bound("DELETE FROM {ks}.image_chunks WHERE image_id = ?", [(i,) for i in image_ids]),
+            *self._bound("DELETE FROM {ks}.images_by_day WHERE day = ? AND create_time = ? AND image_id = ?",
+                         [(_day(row.create_time), row.create_time, row.image_id) for row in images]),
+        ])
+        self._execute_all(self._bound("DELETE FROM {ks}.faces_by_image WHERE image_id = ?", [(i,) for i in image_ids]))
+        erasure.image_ids = list(image_ids)
+        return erasure
+
+    def _drop_image_rows(self, image_ids: list[str]) -> None:
+        self._execute_all(self._bound("DELETE FROM {ks}.images WHERE image_id = ?", [(i,) for i in image_ids]))
+
+    def _erase_faces(self, face_ids: list[str]) -> Erasure:
+        """Labels, predictions and crops of these faces (not the face rows), after withdrawing
+        the versions their labels may have trained."""
+        labels = [LabelRecord(*row) for row in self._select_in(
+            f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", face_ids)]
+        persona_ids = sorted({label.persona_id for label in labels})
+        withdrawn = (self.withdraw_model_versions(withdraw_candidates(self.list_model_versions(), persona_ids))
+                     if persona_ids else [])
+        predictions = self.get_predictions(face_ids).values()
+        self._execute_all([
+            *self._bound("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
+                         [(l.persona_id, l.verdict, l.face_id) for l in labels]),
+            *self._bound("DELETE FROM {ks}.labels WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
+            *self._bound("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ? "
+                         "AND face_id = ?", [(_persona_key(p.persona_id), p.model_version, p.face_id)
+                                             for p in predictions]),
+            *self._bound("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
+                         [(_prediction_bucket(p.face_id), p.face_id) for p in predictions]),
+            *self._bound("DELETE FROM {ks}.face_crops WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
+            *self._bound("DELETE FROM {ks}.hidden WHERE kind = 'face' AND item_id = ?", [(f,) for f in face_ids]),
+        ])
+        return Erasure(face_ids=list(face_ids), persona_ids=persona_ids, withdrawn_versions=withdrawn)
+
+    def _forget_events(self, subjects: set[str], persona_ids: set[str] = frozenset(), since: float = 0.0) -> None:
+        """Deletes every event whose subject is one of these ids or that names one of these
+        personas: one scan of the log (which retention keeps bounded) from `since`, the
+        creation of the oldest thing erased (nothing names it before), less a margin for
+        writers' clocks."""
+        start = min_uuid_from_time(since - FORGET_CLOCK_MARGIN_S) if since > FORGET_CLOCK_MARGIN_S else None
+        doomed = [(_bucket(event_id), event_id) for event_id, row in self._scan_events(start)
+                  if row.subject in subjects or (row.attributes or {}).get("persona_id") in persona_ids]
+        self._execute_all(self._batches("DELETE FROM {ks}.events_by_minute WHERE bucket = ? AND id = ?", doomed,
+                                        partition=lambda row: row[0]))
+
+    def _scrub_rename_events(self) -> None:
+        """Migration 3: PERSONA_RENAMED events lose the display names they carried."""
+        named = [(_bucket(event_id), event_id) for event_id, row in self._scan_events(None)
+                 if row.type == pb.EVENT_TYPE_PERSONA_RENAMED and row.attributes]
+        self._execute_all(self._bound("UPDATE {ks}.events_by_minute SET attributes = {{}} WHERE bucket = ? AND id = ?",
+                                      named))
+
+    def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:
+        active = self.get_meta(ACTIVE_VERSION_KEY)
+        for record in versions:
+            if active == str(record.version):  # nothing serves it from here on
+                self.set_meta(ACTIVE_VERSION_KEY, "")
+            self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ?",
+                      (pb.MODEL_STATE_WITHDRAWN, WITHDRAWN_REASON, record.version))
+            self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
+        return [record.version for record in versions]
 
     # ---- images and faces -----------------------------------------------
     def put_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> bool:
@@ -750,19 +879,31 @@ class CassandraStore(Store):
         return self._version(rows[0]) if rows else None
 
     def get_model_artifact(self, version: int) -> bytes | None:
-        rows = list(self._run("SELECT chunk_count FROM {ks}.model_versions WHERE version = ?", (version,)))
-        if not rows:
+        rows = list(self._run("SELECT chunk_count, state FROM {ks}.model_versions WHERE version = ?", (version,)))
+        # WITHDRAWN: trained on erased labels; chunk_count 0: deleted by retention.
+        if not rows or rows[0].state == pb.MODEL_STATE_WITHDRAWN or not rows[0].chunk_count:
             return None
         return self._read_chunks("SELECT chunk, data FROM {ks}.model_artifact_chunks WHERE version = ?",
                                  version, rows[0].chunk_count)
+
+    def delete_model_artifact(self, version: int) -> bool:
+        rows = list(self._run("SELECT chunk_count FROM {ks}.model_versions WHERE version = ?", (version,)))
+        if not rows or not rows[0].chunk_count:
+            return False
+        self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (version,))
+        # chunk_count 0 marks the artifact gone (get_model_artifact then answers None).
+        self._run("UPDATE {ks}.model_versions SET chunk_count = ? WHERE version = ?", (0, version))
+        return True
 
     def list_model_versions(self) -> list[ModelVersionRecord]:
         rows = self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions", fetch_size=1000)
         return sorted((self._version(row) for row in rows), key=lambda v: -v.version)
 
     def activate_model_version(self, version: int) -> ModelVersionRecord:
-        if self.get_model_version(version) is None:
+        record = self.get_model_version(version)
+        if record is None:
             raise NotFound(f"model version {version} not found")
+        self.check_activatable(record)
         # New one first, then retire the others: readers never see zero active versions.
         self._run("UPDATE {ks}.model_versions SET state = ?, activate_time = ? WHERE version = ?",
                   (pb.MODEL_STATE_ACTIVE, now(), version))
@@ -862,6 +1003,18 @@ class CassandraStore(Store):
                 self._delivered_at.move_to_end(event.cursor)
             while len(self._delivered_at) > REMEMBERED_CURSORS:
                 self._delivered_at.popitem(last=False)
+
+    def compact_events(self, before: float) -> int:
+        # Whole minute partitions only: one that also holds newer events waits for the next run.
+        buckets = [row.bucket for row in self._run(
+            "SELECT bucket FROM {ks}.event_buckets WHERE shard = 0 AND bucket < ?", (int(before // EVENT_BUCKET_S),))]
+        removed = 0
+        for bucket in buckets:
+            removed += self._run("SELECT COUNT(*) FROM {ks}.events_by_minute WHERE bucket = ?", (bucket,)).one()[0]
+            self._run("DELETE FROM {ks}.events_by_minute WHERE bucket = ?", (bucket,))
+            self._run("DELETE FROM {ks}.event_buckets WHERE shard = 0 AND bucket = ?", (bucket,))
+            self._known_buckets.discard(bucket)
+        return removed
 
     def latest_cursor(self) -> str:
         newest = list(self._run("SELECT bucket FROM {ks}.event_buckets WHERE shard = 0 ORDER BY bucket DESC LIMIT 1"))

@@ -105,6 +105,27 @@ class EventRecord:
     create_time: float
 
 
+@dataclass
+class Erasure:
+    """What one erasure removed, by id only (the ERASED event's content)."""
+    image_ids: list[str] = field(default_factory=list)
+    face_ids: list[str] = field(default_factory=list)
+    persona_ids: list[str] = field(default_factory=list)  # personas whose labels went (or the deleted one)
+    withdrawn_versions: list[int] = field(default_factory=list)
+
+    def merge(self, other: "Erasure") -> "Erasure":
+        def union(a: list, b: list) -> list:
+            return list(dict.fromkeys([*a, *b]))
+        return Erasure(union(self.image_ids, other.image_ids), union(self.face_ids, other.face_ids),
+                       union(self.persona_ids, other.persona_ids),
+                       union(self.withdrawn_versions, other.withdrawn_versions))
+
+    def event_attributes(self) -> dict[str, str]:
+        return {"image_ids": ",".join(self.image_ids), "face_ids": ",".join(self.face_ids),
+                "persona_ids": ",".join(self.persona_ids),
+                "withdrawn_versions": ",".join(str(v) for v in self.withdrawn_versions)}
+
+
 def embedding_to_bytes(embedding: np.ndarray) -> bytes:
     return np.asarray(embedding, dtype="<f4").reshape(EMBEDDING_DIM).tobytes()
 

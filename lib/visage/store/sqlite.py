@@ -14,8 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from visage.store.base import NotFound, Store, check_prediction_columns
+from visage.store.base import (
+    ACTIVE_VERSION_KEY,
+    WITHDRAWN_REASON,
+    NotFound,
+    Store,
+    Withdrawn,
+    check_prediction_columns,
+    withdraw_candidates,
+)
 from visage.store.records import (
+    Erasure,
     EventRecord,
     FaceRecord,
     ImageRecord,
@@ -74,7 +83,13 @@ MIGRATIONS = [
     ALTER TABLE predictions_by_face RENAME TO predictions;
     CREATE INDEX predictions_by_persona ON predictions (persona_id, model_version);
     """,
-    # 3: faces and personas a user hid (a stranger in the background) - few rows.
+    # 3: an erasure finds the events naming an id without reading the whole log; events
+    # carry ids only, so the display names PERSONA_RENAMED (type 5) used to carry go.
+    """
+    CREATE INDEX events_by_subject ON events (subject);
+    UPDATE events SET attributes = '{}' WHERE type = 5;
+    """,
+    # 4: faces and personas a user hid (a stranger in the background) - few rows.
     """
     CREATE TABLE hidden (kind TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (kind, item_id));
     """,
@@ -86,7 +101,6 @@ UPSERT_PREDICTION = (
     "persona_id = excluded.persona_id, confidence = excluded.confidence, "
     "model_version = excluded.model_version, create_time = excluded.create_time")
 
-ACTIVE_VERSION_KEY = "active_model_version"
 CURSOR_WIDTH = 20  # zero-padded so cursors compare as strings too
 MAX_VARIABLES = 500  # ids per `IN (...)`: stays under SQLite's bound-variable limit
 
@@ -193,17 +207,99 @@ class SqliteStore(Store):
                                (display_name, now(), persona_id))
             if cur.rowcount == 0:
                 raise NotFound(f"persona {persona_id!r} not found")
-            self._append(conn, pb.EVENT_TYPE_PERSONA_RENAMED, persona_id, {"display_name": display_name})
+            self._append(conn, pb.EVENT_TYPE_PERSONA_RENAMED, persona_id)  # ids only: no name in the log
         return self.get_persona(persona_id)
 
-    def delete_persona(self, persona_id: str) -> None:
-        with self._tx() as conn:
+    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
+        with self._tx() as conn:  # one transaction: all of it or nothing
             cur = conn.execute("DELETE FROM personas WHERE persona_id = ?", (persona_id,))
             if cur.rowcount == 0:
                 raise NotFound(f"persona {persona_id!r} not found")
+            erasure = Erasure(persona_ids=[persona_id])
+            if erase_faces:
+                image_ids = [row[0] for row in conn.execute(
+                    "SELECT DISTINCT faces.image_id FROM labels JOIN faces ON faces.face_id = labels.face_id "
+                    "WHERE labels.persona_id = ? AND labels.verdict = ?", (persona_id, pb.VERDICT_BELONGS))]
+                erasure = erasure.merge(self._erase_images(conn, image_ids))
             conn.execute("DELETE FROM labels WHERE persona_id = ?", (persona_id,))
             conn.execute("DELETE FROM predictions WHERE persona_id = ?", (persona_id,))
+            conn.execute("DELETE FROM hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
+            erasure.withdrawn_versions += [v for v in self._withdraw_naming(conn, [persona_id])
+                                           if v not in erasure.withdrawn_versions]
+            conn.execute("DELETE FROM events WHERE subject = ? OR json_extract(attributes, '$.persona_id') = ?",
+                         (persona_id, persona_id))
             self._append(conn, pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
+            self._append(conn, pb.EVENT_TYPE_ERASED, persona_id, erasure.event_attributes())
+        return erasure
+
+    # ---- erasure -----------------------------------------------------------
+    def delete_image(self, image_id: str) -> Erasure:
+        with self._tx() as conn:
+            if not conn.execute("SELECT 1 FROM images WHERE image_id = ?", (image_id,)).fetchone():
+                raise NotFound(f"image {image_id!r} not found")
+            erasure = self._erase_images(conn, [image_id])
+            self._append(conn, pb.EVENT_TYPE_ERASED, image_id, erasure.event_attributes())
+        return erasure
+
+    def delete_face(self, face_id: str) -> Erasure:
+        with self._tx() as conn:
+            row = conn.execute("SELECT image_id FROM faces WHERE face_id = ?", (face_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"face {face_id!r} not found")
+            erasure = self._erase_faces(conn, [face_id])
+            conn.execute("UPDATE images SET face_count = (SELECT COUNT(*) FROM faces WHERE image_id = ?) "
+                         "WHERE image_id = ?", (row[0], row[0]))
+            self._append(conn, pb.EVENT_TYPE_ERASED, face_id, erasure.event_attributes())
+        return erasure
+
+    @staticmethod
+    def _execute_in(conn: sqlite3.Connection, sql: str, ids: Sequence[str]) -> list[tuple]:
+        """`sql` (with `{marks}` for an `IN (...)` list) for many ids, MAX_VARIABLES at a time."""
+        rows: list[tuple] = []
+        for start in range(0, len(ids), MAX_VARIABLES):
+            chunk = ids[start:start + MAX_VARIABLES]
+            rows += conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
+
+    def _erase_images(self, conn: sqlite3.Connection, image_ids: list[str]) -> Erasure:
+        face_ids = [row[0] for row in self._execute_in(conn, "SELECT face_id FROM faces WHERE image_id IN ({marks})",
+                                                       image_ids)]
+        erasure = self._erase_faces(conn, face_ids)
+        for table in ("image_content", "images"):
+            self._execute_in(conn, f"DELETE FROM {table} WHERE image_id IN ({{marks}})", image_ids)
+        self._execute_in(conn, "DELETE FROM events WHERE subject IN ({marks})", image_ids)
+        erasure.image_ids = list(image_ids)
+        return erasure
+
+    def _erase_faces(self, conn: sqlite3.Connection, face_ids: list[str]) -> Erasure:
+        persona_ids = sorted({row[0] for row in self._execute_in(
+            conn, "SELECT persona_id FROM labels WHERE face_id IN ({marks})", face_ids)})
+        for table in ("labels", "predictions", "faces"):
+            self._execute_in(conn, f"DELETE FROM {table} WHERE face_id IN ({{marks}})", face_ids)
+        self._execute_in(conn, "DELETE FROM hidden WHERE kind = 'face' AND item_id IN ({marks})", face_ids)
+        self._execute_in(conn, "DELETE FROM events WHERE subject IN ({marks})", face_ids)
+        return Erasure(face_ids=list(face_ids), persona_ids=persona_ids,
+                       withdrawn_versions=self._withdraw_naming(conn, persona_ids))
+
+    def _withdraw_naming(self, conn: sqlite3.Connection, persona_ids: list[str]) -> list[int]:
+        if not persona_ids:
+            return []
+        versions = [self._version(row) for row in conn.execute("SELECT * FROM model_versions")]
+        return self._withdraw(conn, withdraw_candidates(versions, persona_ids))
+
+    @staticmethod
+    def _withdraw(conn: sqlite3.Connection, versions: list[ModelVersionRecord]) -> list[int]:
+        numbers = [v.version for v in versions]
+        for version in numbers:
+            conn.execute("UPDATE model_versions SET state = ?, gate_reason = ? WHERE version = ?",
+                         (pb.MODEL_STATE_WITHDRAWN, WITHDRAWN_REASON, version))
+            conn.execute("DELETE FROM model_artifacts WHERE version = ?", (version,))
+            conn.execute("UPDATE meta SET value = '' WHERE key = ? AND value = ?", (ACTIVE_VERSION_KEY, str(version)))
+        return numbers
+
+    def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:
+        with self._tx() as conn:
+            return self._withdraw(conn, versions)
 
     # ---- images and faces -----------------------------------------------
     def put_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> bool:
@@ -426,13 +522,22 @@ class SqliteStore(Store):
         rows = self._query("SELECT artifact FROM model_artifacts WHERE version = ?", (version,))
         return bytes(rows[0][0]) if rows else None
 
+    def delete_model_artifact(self, version: int) -> bool:
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM model_artifacts WHERE version = ?", (version,)).rowcount > 0
+
     def list_model_versions(self) -> list[ModelVersionRecord]:
         return [self._version(row) for row in self._query("SELECT * FROM model_versions ORDER BY version DESC")]
 
     def activate_model_version(self, version: int) -> ModelVersionRecord:
+        record = self.get_model_version(version)
+        if record is None:
+            raise NotFound(f"model version {version} not found")
+        self.check_activatable(record)
         with self._tx() as conn:
-            if not conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,)).fetchone():
-                raise NotFound(f"model version {version} not found")
+            state = conn.execute("SELECT state FROM model_versions WHERE version = ?", (version,)).fetchone()
+            if state and state[0] == pb.MODEL_STATE_WITHDRAWN:  # an erasure withdrew it meanwhile
+                raise Withdrawn(f"model version {version} was {WITHDRAWN_REASON}; it cannot be activated")
             conn.execute("UPDATE model_versions SET state = ? WHERE state = ? AND version != ?",
                          (pb.MODEL_STATE_RETIRED, pb.MODEL_STATE_ACTIVE, version))
             conn.execute("UPDATE model_versions SET state = ?, activate_time = ? WHERE version = ?",
@@ -473,6 +578,10 @@ class SqliteStore(Store):
     def latest_cursor(self) -> str:
         seq = self._query("SELECT MAX(seq) FROM events")[0][0]
         return _cursor(seq) if seq else ""
+
+    def compact_events(self, before: float) -> int:
+        with self._tx() as conn:  # AUTOINCREMENT: removed sequence numbers are never reused
+            return conn.execute("DELETE FROM events WHERE create_time < ?", (before,)).rowcount
 
     # ---- meta --------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

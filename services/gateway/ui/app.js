@@ -41,6 +41,11 @@ function toast(message, kind = "") {
 }
 
 const percent = (x) => `${Math.round(Number(x) * 100)}%`;
+// What a prediction's confidence is (Prediction.confidence in the API docs).
+const CONFIDENCE_MEANING = "similarity to the persona: 1 − distance/1.2 between face embeddings "
+  + "(50% = dlib's same-person limit); a face is named when it reaches the persona's threshold";
+const similarMeta = (c) => `${percent(c)} similar`;
+const unknownMeta = (c) => `unknown · nearest persona ${percent(1 - Number(c))} similar`;
 const count = (x) => Number(x || 0);
 const cropUrl = (faceId) => `/v1/faces/${encodeURIComponent(faceId)}/crop`;
 const imageUrl = (imageId) => `/v1/images/${encodeURIComponent(imageId)}/content`;
@@ -182,10 +187,12 @@ async function viewPersona(personaId) {
     "aria-label": "persona name", required: true });
   const rename = el("form", { class: "toolbar", id: "rename-persona" }, nameInput,
     el("button", { type: "submit" }, "Rename"),
-    el("button", { type: "button", class: "danger", onclick: async () => {
-      if (!confirm(`Delete “${persona.displayName}”? Its faces become unlabelled.`)) return;
-      if (await attempt(() => api("DELETE", `/v1/personas/${id}`), "Persona deleted")) location.hash = "#/";
-    } }, "Delete"));
+    el("button", { type: "button", class: "danger", id: "delete-persona", onclick: async () => {
+      const choice = await choosePersonaDeletion(persona);
+      if (!choice) return;
+      const done = choice === "erase" ? "Persona and its faces erased" : "Persona deleted";
+      if (await attempt(() => api("DELETE", `/v1/personas/${id}?eraseFaces=${choice === "erase"}`), done)) location.hash = "#/";
+    } }, "Delete…"));
   rename.addEventListener("submit", async (event) => {
     event.preventDefault();
     const body = { personaId: persona.personaId, displayName: nameInput.value.trim() };
@@ -203,7 +210,7 @@ async function viewPersona(personaId) {
   const labelledCards = labelled.items.map((face) => faceCard(face, {
     actions: [el("button", { type: "button", onclick: unlabel(face) }, "Remove")] }));
   const predictedCards = predicted.items.map((face) => faceCard(face, {
-    meta: `${percent(face.prediction.confidence)} · model v${face.prediction.modelVersion}`,
+    meta: `${similarMeta(face.prediction.confidence)} · model v${face.prediction.modelVersion}`,
     confidence: face.prediction.confidence,
     actions: [
       el("button", { type: "button", class: "ok confirm", title: "This face is this persona",
@@ -215,6 +222,7 @@ async function viewPersona(personaId) {
     actions: [el("button", { type: "button", onclick: unlabel(face) }, "Undo")] }));
   return [
     el("p", { class: "muted" }, el("a", { href: "#/" }, "← Personas")),
+    rejectionBanner(persona),
     el("h1", { id: "persona-name" }, persona.displayName),
     el("p", { class: "muted" }, `${count(persona.labelledFaceCount)} labelled · ${count(persona.predictedFaceCount)} predicted`),
     rename,
@@ -239,7 +247,7 @@ async function viewUnknown() {
       if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
     } }, "Assign");
     const meta = face.prediction && face.prediction.modelVersion !== "0"
-      ? `unknown · ${percent(face.prediction.confidence)}` : "not classified yet";
+      ? unknownMeta(face.prediction.confidence) : "not classified yet";
     return faceCard(face, { meta, actions: list.length ? [select, assign] : [] });
   });
   return [el("h1", {}, "Unknown faces"),
@@ -318,15 +326,57 @@ async function viewImage(imageId) {
       if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
     } }, "Assign");
     return faceCard(face, { caption: faceName(face, list).text, href: cropUrl(face.faceId),
-      actions: list.length ? [select, assign] : [] });
+      actions: [...(list.length ? [select, assign] : []), eraseFaceButton(face)] });
   });
   return [
     el("p", { class: "muted" }, el("a", { href: "#/images" }, "← Images")),
     el("h1", {}, image.filename || image.imageId),
     el("p", { class: "muted" }, `${image.width}×${image.height} · ${image.contentType} · ${faces.length} face${faces.length === 1 ? "" : "s"}`),
+    el("div", { class: "toolbar" }, eraseImageButton(image, faces)),
     el("div", { class: "photo", id: "photo" }, el("img", { src: imageUrl(image.imageId), alt: image.filename || "image" }), boxes),
     faces.length ? [el("h2", {}, "Faces"), el("div", { class: "grid" }, cards)] : stateBox("No face was found in this image."),
   ];
+}
+
+// ---- Erasure (privacy) -------------------------------------------------------
+// Each confirm says exactly what goes; erasure cannot be undone.
+const faceWord = (n) => `${n} face${n === 1 ? "" : "s"}`;
+
+function eraseImageButton(image, faces) {
+  return el("button", { type: "button", class: "danger", id: "erase-image", onclick: async () => {
+    const labelled = faces.filter((f) => (f.labels || []).length).length;
+    if (!confirm(`Erase this image for good?\n\nGoes: the photo, its ${faceWord(faces.length)} with their crops and `
+      + `embeddings, ${labelled ? `the labels of ${faceWord(labelled)}, ` : ""}all predictions, and every model version `
+      + "trained on those labels (a new one is trained from what remains).")) return;
+    if (await attempt(() => api("DELETE", `/v1/images/${encodeURIComponent(image.imageId)}`), "Image erased")) location.hash = "#/images";
+  } }, "Erase image");
+}
+
+function eraseFaceButton(face) {
+  return el("button", { type: "button", class: "danger erase-face", onclick: async () => {
+    const labels = (face.labels || []).length;
+    if (!confirm(`Erase this face for good?\n\nGoes: its crop and embedding, ${labels ? `its ${labels} label${labels === 1 ? "" : "s"}, ` : ""}`
+      + "its prediction, and every model version trained on its labels. The photo itself stays.")) return;
+    if (await attempt(() => api("DELETE", `/v1/faces/${encodeURIComponent(face.faceId)}`), "Face erased")) rerender();
+  } }, "Erase");
+}
+
+// Resolves "keep" (faces stay, as unknown), "erase" (faces and their photos go) or null.
+function choosePersonaDeletion(persona) {
+  return new Promise((resolve) => {
+    const n = count(persona.labelledFaceCount);
+    const dialog = el("dialog", { id: "delete-persona-dialog" },
+      el("h2", {}, `Delete “${persona.displayName}”?`),
+      el("p", {}, "Either way the persona, its labels and predictions go, and every model version naming it is withdrawn."),
+      el("form", { method: "dialog", class: "choices" },
+        el("button", { value: "keep", id: "delete-keep-faces" }, `Delete, keep the ${faceWord(n)} as unknown`),
+        el("button", { value: "erase", class: "danger", id: "delete-erase-faces" },
+          `Delete and erase the ${faceWord(n)} labelled as this person, with their whole photos`),
+        el("button", { value: "", id: "delete-cancel" }, "Cancel")));
+    dialog.addEventListener("close", () => { dialog.remove(); resolve(dialog.returnValue || null); });
+    document.body.append(dialog);
+    dialog.showModal();
+  });
 }
 
 // A rate and how many faces it was measured on: "–" when none could be held out.
@@ -343,12 +393,13 @@ async function viewModels() {
     } }, "Activate");
     return el("tr", { dataset: { version: v.version } },
       el("td", {}, `v${v.version}`),
-      el("td", {}, el("span", { class: `tag ${state}` }, state)),
+      el("td", {}, el("span", { class: `tag ${state}` }, state),
+        v.pinned ? el("span", { class: "tag pinned", title: "activated by hand: new versions wait until the pin is released" }, "pinned") : null),
       el("td", {}, rate(m.accuracy, m.evaluatedFaces)), el("td", {}, rate(m.unknownRejectionRate, m.evaluatedUnknowns)),
       el("td", {}, `${count(m.labelledFaces)} / ${count(m.personas)}`),
       el("td", {}, v.createTime ? new Date(v.createTime).toLocaleString() : "–"),
       el("td", { class: "muted" }, v.gateReason || ""),
-      el("td", {}, state === "active" ? null : activate));
+      el("td", {}, ["active", "withdrawn"].includes(state) ? null : activate));
   });
   const jobRows = (jobs.trainingJobs || []).map((j) => el("tr", {},
     el("td", {}, j.jobId), el("td", {}, j.phase.replace("TRAINING_PHASE_", "").toLowerCase()),
@@ -357,7 +408,15 @@ async function viewModels() {
   const train = el("button", { type: "button", class: "primary", onclick: async () => {
     if (await attempt(() => api("POST", "/v1/trainingJobs", { reason: "web UI" }), "Training started")) rerender();
   } }, "Train now");
-  return [el("h1", {}, "Models"), el("div", { class: "toolbar" }, train),
+  const pinned = versions.items.find((v) => v.pinned);
+  const release = pinned ? el("button", { type: "button", id: "release-pin", onclick: async () => {
+    if (await attempt(() => api("POST", "/v1/modelVersions:releasePin", {}), "Pin released")) rerender();
+  } }, `Release pin on v${pinned.version}`) : null;
+  return [el("h1", {}, "Models"), el("div", { class: "toolbar" }, train, release),
+    pinned ? el("p", { class: "muted", id: "pin-note" }, `v${pinned.version} was activated by hand and is pinned: `
+      + "new versions are trained and listed here but not activated until the pin is released.") : null,
+    el("p", { class: "muted" }, `Confidence is the ${CONFIDENCE_MEANING}. Accuracy and unknown rejection are `
+      + "measured on held-out labelled faces; hover a version's gate text for the full reason."),
     rows.length ? [el("table", { id: "models" }, el("thead", {}, el("tr", {},
       ["Version", "State", "Accuracy", "Unknown rejection", "Faces / personas", "Created", "Gate", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows)), showMore(versions)]
@@ -420,7 +479,7 @@ const rerender = (options = {}) => render({ refresh: true, ...options });
 // ---- Live updates (server-sent events) ---------------------------------------
 const REFRESH_ON = new Set(["EVENT_TYPE_IMAGE_INGESTED", "EVENT_TYPE_FACE_LABELLED", "EVENT_TYPE_FACE_UNLABELLED",
   "EVENT_TYPE_PERSONA_CREATED", "EVENT_TYPE_PERSONA_RENAMED", "EVENT_TYPE_PERSONA_DELETED",
-  "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN",
+  "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN", "EVENT_TYPE_ERASED",
   "EVENT_TYPE_HIDDEN_CHANGED", "EVENT_TYPE_FACE_CLUSTERS_UPDATED"]);
 let refreshTimer = null;
 let refreshDeferrals = 0;
@@ -462,9 +521,13 @@ function onEvent(event) {
   const a = event.attributes || {};
   if (event.type === "EVENT_TYPE_TRAINING_PROGRESS") {
     const phase = (a.phase || "").replace("TRAINING_PHASE_", "").toLowerCase();
-    showProgress("progress-training", `Training: ${phase}`, count(a.done), count(a.total),
+    showProgress("progress-training", trainingText(phase, a), count(a.done), count(a.total),
       ["succeeded", "failed"].includes(phase));
     if (phase === "failed") toast(`Training failed${a.message ? `: ${a.message}` : ""}`, "error");
+  } else if (event.type === "EVENT_TYPE_MODEL_VERSION_REJECTED") {
+    showRejection({ version: event.subject, reason: a.reason || "", personaIds: (a.persona_ids || "").split(",").filter(Boolean) });
+    toast(`Model v${event.subject} was not activated: ${a.reason || "the gate rejected it"}`, "error");
+    scheduleRefresh();
   } else if (event.type === "EVENT_TYPE_RECLASSIFY_PROGRESS") {
     const state = (a.state || "").replace("RECLASSIFY_STATE_", "").toLowerCase();
     const rate = a.faces_per_second ? ` · ${Math.round(Number(a.faces_per_second))} faces/s` : "";
@@ -472,7 +535,48 @@ function onEvent(event) {
       count(a.done), count(a.total), state !== "running");
     if (state !== "running") scheduleRefresh();
   }
+  if (event.type === "EVENT_TYPE_MODEL_VERSION_ACTIVATED" && latestRejection
+      && Number(event.subject) > Number(latestRejection.version)) {
+    latestRejection = null;  // a newer version went live: the rejection is history
+    document.getElementById("gate-status")?.remove();
+  }
   if (REFRESH_ON.has(event.type)) scheduleRefresh();
+}
+
+// The header never says "succeeded" for a version that did not go live.
+function trainingText(phase, a) {
+  if (phase !== "succeeded") return `Training: ${phase}`;
+  const version = a.model_version && a.model_version !== "0" ? a.model_version : "";
+  if (!version) return "Training: nothing new to train";
+  return a.activated === "true" ? `Training: v${version} is live` : `Training: v${version} not activated`;
+}
+
+// The newest gate rejection: shown in the header and on the persona pages it affects.
+let latestRejection = null;
+function showRejection(rejection) {
+  latestRejection = rejection;
+  let status = document.getElementById("gate-status");
+  if (!status) {
+    status = el("a", { id: "gate-status", class: "tag rejected", href: "#/models" });
+    document.getElementById("live").append(status);
+  }
+  status.textContent = `v${rejection.version} rejected`;
+  status.title = rejection.reason;
+}
+function rejectionBanner(persona) {
+  const r = latestRejection;
+  if (!r || !(r.personaIds.includes(persona.personaId) || r.reason.includes(persona.displayName))) return null;
+  return el("p", { class: "state error", id: "rejection" },
+    `Model v${r.version} was not activated, because of faces of this persona: ${r.reason}`);
+}
+// On load: the newest version, if the gate rejected it and nothing newer went live.
+async function loadGateStatus() {
+  try {
+    const newest = (await api("GET", "/v1/modelVersions?pageSize=1")).modelVersions || [];
+    if (newest.length && newest[0].state === "MODEL_STATE_REJECTED") {
+      showRejection({ version: newest[0].version, reason: newest[0].gateReason || "", personaIds: [] });
+    }
+  } catch { /* the trainer may not be up yet: live events will tell */ }
 }
 
 // EventSource reconnects by itself, but to the same URL; reconnecting by hand
@@ -503,3 +607,4 @@ function connectEvents() {
 window.addEventListener("hashchange", () => render());
 render();
 connectEvents();
+loadGateStatus();
