@@ -49,9 +49,8 @@ def register(subparsers) -> None:
     label.set_defaults(run=label_face)
     privacy_cli.register(subparsers, _address_option, _call)
 
-    faces = subparsers.add_parser("faces", help="unknown faces, or one face: its file, box and prediction")
-    _address_option(faces)
-    face_actions = faces.add_subparsers(dest="action", required=True)
+    face_actions = privacy_cli.resource_actions(
+        subparsers, "faces", _address_option, "unknown faces, one face (file, box, prediction), or erase one")
     unknown = face_actions.add_parser("unknown", help="faces nobody is known for, newest first")
     unknown.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     unknown.set_defaults(run=unknown_faces)

@@ -93,6 +93,9 @@ class SuggestedPeople:
 
     def _run(self) -> None:
         _lower_this_threads_priority()
+        while not self._wanted.wait(POLL_SECONDS):  # idle (not even reading events) until asked
+            if self._stop.is_set():
+                return
         cursor = self.store.latest_cursor()
         last_change = time.monotonic() - self.quiet_seconds
         while not self._stop.is_set():
@@ -106,7 +109,7 @@ class SuggestedPeople:
                     if len(events) == 1000:
                         continue  # catch up before computing
                 quiet = time.monotonic() - last_change >= self.quiet_seconds
-                if self._dirty.is_set() and quiet and self._wanted.is_set():
+                if self._dirty.is_set() and quiet:
                     self._dirty.clear()  # events arriving during the computation set it again
                     self._compute(cursor)
             except Exception:  # noqa: BLE001 - store briefly unavailable: keep the last result, retry

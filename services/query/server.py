@@ -266,11 +266,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ExportPersona(self, request, context):
         yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
 
-
-def require_operator_for_embeddings(context) -> None:
-    """Hook: GetFace's include_embedding (biometric data) needs the operator role. Visage
-    has no identities yet, so every caller passes; the identity work (issue 12) makes this
-    abort with PERMISSION_DENIED unless the caller's token carries the operator role."""
     # ---- organising many faces (suggested people, batches, merge, hide) ----
     def _refuse_duplicate_name(self, name: str, force: bool, persona_id: str = "") -> None:
         """Two personas of one name (ignoring case) are refused unless forced: usually a slip."""
@@ -354,6 +349,12 @@ def require_operator_for_embeddings(context) -> None:
         persona_id = validation.required_id(request.persona_id, "persona_id")
         self.store.set_hidden("persona", persona_id, request.hidden)
         return self.catalogue.persona(persona_id)
+
+
+def require_operator_for_embeddings(context) -> None:
+    """Hook: GetFace's include_embedding (biometric data) needs the operator role. Visage
+    has no identities yet, so every caller passes; the identity work (issue 12) makes this
+    abort with PERMISSION_DENIED unless the caller's token carries the operator role."""
 
 
 def start(config: Config, store: Store, address: str,
