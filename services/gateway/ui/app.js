@@ -125,7 +125,11 @@ const personaName = (list, id) => (list.find((p) => p.personaId === id) || {}).d
 
 function label(faceId, personaId, verdict) {
   return api("POST", `/v1/faces/${encodeURIComponent(faceId)}:label`,
-    { personaId, verdict, labelledBy: "web-ui" });
+    { personaId, verdict, labelledBy: "web-ui" }).then((face) => {
+    offerUndo(verdict === "VERDICT_BELONGS" ? "face labelled" : "face rejected",
+      () => api("POST", `/v1/faces/${encodeURIComponent(faceId)}:unlabel`, { personaId }));
+    return face;
+  });
 }
 
 // ---- Face tiles ------------------------------------------------------------
