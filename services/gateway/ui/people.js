@@ -22,6 +22,8 @@ const hideFaces = (faceIds, hidden) => Promise.all(faceIds.map((faceId) =>
 
 // ---- Undo of the last action -------------------------------------------------
 let lastAction = null;
+let undoBarTimer = null;
+const UNDO_BAR_MS = 12000;
 function offerUndo(text, undo) {
   lastAction = { text, undo };
   let bar = document.getElementById("undo-bar");
@@ -32,6 +34,8 @@ function offerUndo(text, undo) {
   bar.replaceChildren(el("span", {}, text),
     el("button", { type: "button", id: "undo-button", title: "Undo (U)", onclick: undoLast }, "Undo"));
   bar.hidden = false;
+  clearTimeout(undoBarTimer);  // the bar steps aside after a while; U still undoes
+  undoBarTimer = setTimeout(() => { bar.hidden = true; }, UNDO_BAR_MS);
 }
 
 async function undoLast() {
