@@ -75,8 +75,7 @@ def test_reported_defects_stay_fixed(page, mesh, gateway, faces, faces_dir, test
     page.goto("/#/images")
     image_card = page.locator(f'.image-card[href="#/image/{ingested["image"]["imageId"]}"]')
     image_card.wait_for()
-    assert image_card.locator(".name").inner_text() == "bbt1.jpg"
-    assert image_card.get_attribute("title") == "holiday/2024/bbt1.jpg"
+    assert image_card.locator(".name").inner_text() == "bbt1.jpg"  # the file name, not a path
     image = image_card.locator("img")
     poll(page, lambda: image.evaluate("i => i.complete && i.naturalWidth > 0"), 30)
     assert "size=" in image.get_attribute("src")
