@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                         help="ingest service host:port (default: VISAGE_HOST:VISAGE_INGEST_PORT)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                         help=f"images per IngestImages stream (default {DEFAULT_BATCH})")
+    parser.add_argument("--no-face-ids", dest="face_ids", action="store_false",
+                        help="do not list the stored face ids before the summary")
     parser.set_defaults(run=run)
 
 
@@ -41,6 +43,7 @@ class Summary:
     without_face: int = 0
     duplicates: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    stored_faces: list[tuple[str, str]] = field(default_factory=list)  # (face id, file)
 
     def add(self, response: ingest_pb2.IngestImagesResponse, sent: list[str]) -> None:
         """`sent`: the local paths of the images streamed, in order (results keep that
@@ -51,6 +54,15 @@ class Summary:
         self.duplicates += response.duplicates
         self.failures += [(path, f"{r.error_code}: {r.error_message}") for path, r in zip(sent, response.results)
                           if r.outcome == ingest_pb2.INGEST_OUTCOME_FAILED]
+        self.stored_faces += [(face_id, r.filename) for r in response.results for face_id in r.face_ids]
+
+    def face_listing(self) -> str:
+        """Every face id with its file: what `visage label` and `visage faces show` take."""
+        if not self.stored_faces:
+            return ""
+        width = max(len(face_id) for face_id, _ in self.stored_faces)
+        return "\n".join([f"{'FACE ID':<{width}}  FILE"] +
+                         [f"{face_id:<{width}}  {name}" for face_id, name in self.stored_faces])
 
     def table(self) -> str:
         rows = [("images", self.images), ("faces found", self.faces),
@@ -127,5 +139,7 @@ def run(args: argparse.Namespace) -> int:
                     return 2
                 progress.update(len(batch))
                 progress.set_postfix(faces=summary.faces, failed=len(summary.failures))
+    if args.face_ids and summary.stored_faces:
+        print(summary.face_listing() + "\n")
     print(summary.table())
     return 1 if summary.failures else 0

@@ -155,7 +155,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                                            error_code=grpc.StatusCode.INTERNAL.name,
                                            error_message=f"internal error: {error}")
         return ingest_pb2.IngestResult(filename=filename, image_id=done.image.image_id,
-                                       outcome=outcome_of(done), face_count=len(done.faces))
+                                       outcome=outcome_of(done), face_count=len(done.faces),
+                                       face_ids=[face.face_id for face in done.faces])
 
     def close(self, timeout: float = 30.0) -> None:
         self._threads.shutdown(wait=True, cancel_futures=True)

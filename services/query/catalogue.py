@@ -14,6 +14,7 @@ Predictions are many (one per face): lists read them in batches
 """
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -27,6 +28,12 @@ from visage.v1 import resources_pb2 as pb
 # full or the images end: a page is always exact (full unless it is the last),
 # however busy the machine. Its cost grows with how rare unknown faces are.
 IMAGE_SCAN_BATCH = 100
+
+
+def search_key(text: str) -> str:
+    """Text as persona search compares it: case-folded, accents dropped."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
 
 
 class LabelIndex:
@@ -92,9 +99,17 @@ class Catalogue:
     def persona(self, persona_id: str) -> pb.Persona:
         return self.persona_messages([self.require_persona(persona_id)])[0]
 
-    def personas(self, offset: int, limit: int) -> tuple[list[pb.Persona], bool]:
-        """A page of personas by name, and whether more follow."""
+    def personas(self, offset: int, limit: int, query: str = "",
+                 include_hidden: bool = False) -> tuple[list[pb.Persona], bool]:
+        """A page of personas by name (those whose name contains `query`, ignoring
+        case and accents; hidden ones only when asked), and whether more follow."""
         records = self.store.list_personas()
+        if query:
+            wanted = search_key(query)
+            records = [record for record in records if wanted in search_key(record.display_name)]
+        if not include_hidden:
+            hidden = self.store.hidden_ids("persona")
+            records = [record for record in records if record.persona_id not in hidden]
         page = records[offset:offset + limit]
         if not page:
             return [], False
@@ -106,12 +121,14 @@ class Catalogue:
         labels = LabelIndex.load(self.store)
         labelled = self.store.count_labels(persona_ids, pb.VERDICT_BELONGS)
         predicted = self.predicted_counts(persona_ids, labels, self.active_version())
+        hidden = self.store.hidden_ids("persona")
         messages = []
         for record in records:
             belonging = labels.belonging_to(record.persona_id)
             messages.append(convert.persona(record, labelled=labelled[record.persona_id],
                                             predicted=predicted[record.persona_id],
                                             cover_face_id=belonging[0].face_id if belonging else ""))
+            messages[-1].hidden = record.persona_id in hidden
         return messages
 
     def predicted_counts(self, persona_ids: list[str], labels: LabelIndex, active_version: int) -> dict[str, int]:
@@ -144,8 +161,21 @@ class Catalogue:
     # ---- faces -----------------------------------------------------------
     def face(self, face_id: str, include_embedding: bool = False) -> pb.Face:
         record = self.require_face(face_id)
-        return face_message(record, self.store.labels_of_face(face_id), self.store.get_prediction(face_id),
-                            self.active_version(), include_embedding)
+        message = face_message(record, self.store.labels_of_face(face_id), self.store.get_prediction(face_id),
+                               self.active_version(), include_embedding)
+        message.hidden = face_id in self.store.hidden_ids("face")
+        return message
+
+    def faces(self, face_ids: list[str]) -> list[pb.Face]:
+        """Many faces in the order given (those that exist), from a few store reads."""
+        labels, version, hidden = LabelIndex.load(self.store), self.active_version(), self.store.hidden_ids("face")
+        records = self.store.get_faces(face_ids)
+        predictions = self.store.get_predictions(record.face_id for record in records)
+        messages = [face_message(record, labels.of_face(record.face_id), predictions.get(record.face_id), version)
+                    for record in records]
+        for message in messages:
+            message.hidden = message.face_id in hidden
+        return messages
 
     def require_face(self, face_id: str) -> FaceRecord:
         record = self.store.get_face(face_id)
@@ -181,6 +211,7 @@ class Catalogue:
         and the scan position to go on from (None at the end). Reads a batch of
         images at a time: their faces (no crops) and predictions in a few calls."""
         labels, version = LabelIndex.load(self.store), self.active_version()
+        hidden = self.store.hidden_ids("face")
         found: list[pb.Face] = []
         while images := self.store.list_images(image_offset, IMAGE_SCAN_BATCH):
             faces_of = self.store.faces_of_images(image.image_id for image in images if image.face_count)
@@ -191,7 +222,7 @@ class Catalogue:
                 for position in range(face_offset, len(faces)):
                     face = faces[position]
                     prediction = predictions.get(face.face_id)
-                    if not self._unknown(face.face_id, prediction, labels, version):
+                    if face.face_id in hidden or not self._unknown(face.face_id, prediction, labels, version):
                         continue
                     if len(found) == limit:  # only hand out a token when something follows
                         return found, [image_offset, position]
@@ -210,6 +241,8 @@ class Catalogue:
             return True
         return labels.rejects(face_id, prediction.persona_id)
 
+    is_unknown = _unknown  # the rule suggested people cluster by (visage_query.clusters)
+
     # ---- images ----------------------------------------------------------
     def images(self, offset: int, limit: int) -> tuple[list[pb.Image], bool]:
         records = self.store.list_images(offset, limit + 1)
@@ -224,4 +257,7 @@ class Catalogue:
         predictions = self.store.get_predictions(face.face_id for face in records)
         faces = [face_message(face, self.store.labels_of_face(face.face_id), predictions.get(face.face_id), version)
                  for face in records]
+        hidden = self.store.hidden_ids("face")
+        for face in faces:
+            face.hidden = face.face_id in hidden
         return query_pb2.GetImageResponse(image=convert.image(record), faces=faces)

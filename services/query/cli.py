@@ -1,5 +1,6 @@
-"""`visage personas list|create NAME|rename ID NAME|delete ID` and
-`visage label FACE_ID PERSONA_ID [--not] [--remove]`: the catalogue from a
+"""`visage personas list|create NAME|rename ID NAME|delete ID`,
+`visage label FACE_ID PERSONA_ID [--not] [--remove]` and
+`visage faces unknown|show FACE_ID`: the catalogue from a
 terminal, through the query service (so its checks apply). Exit code 1 when
 the service refuses the request, 2 when it cannot be reached."""
 from __future__ import annotations
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     actions.add_parser("list", help="every persona with its face counts").set_defaults(run=list_personas)
     create = actions.add_parser("create", help="create a persona")
     create.add_argument("name")
+    create.add_argument("--force", action="store_true", help="create it even if a persona has this name")
     create.set_defaults(run=create_persona)
     rename = actions.add_parser("rename", help="rename a persona")
     rename.add_argument("persona_id")
@@ -46,6 +48,15 @@ def register(subparsers) -> None:
     verdict.add_argument("--remove", action="store_true", help="remove the face's label for this persona")
     label.set_defaults(run=label_face)
     privacy_cli.register(subparsers, _address_option, _call)
+
+    face_actions = privacy_cli.resource_actions(
+        subparsers, "faces", _address_option, "unknown faces, one face (file, box, prediction), or erase one")
+    unknown = face_actions.add_parser("unknown", help="faces nobody is known for, newest first")
+    unknown.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    unknown.set_defaults(run=unknown_faces)
+    show = face_actions.add_parser("show", help="one face: file, box, labels and prediction")
+    show.add_argument("face_id")
+    show.set_defaults(run=show_face)
 
 
 def _address_option(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +100,8 @@ def list_personas(args: argparse.Namespace) -> int:
 
 def create_persona(args: argparse.Namespace) -> int:
     def work(stub):
-        persona = stub.CreatePersona(query_pb2.CreatePersonaRequest(persona=pb.Persona(display_name=args.name)),
+        persona = stub.CreatePersona(query_pb2.CreatePersonaRequest(persona=pb.Persona(display_name=args.name),
+                                                                    force=args.force),
                                      timeout=CALL_TIMEOUT_SECONDS)
         print(f"created {persona.persona_id} {persona.display_name}")
     return _call(args, work)
@@ -124,4 +136,81 @@ def label_face(args: argparse.Namespace) -> int:
                                                   verdict=verdict),
                        timeout=CALL_TIMEOUT_SECONDS)
         print(f"face {args.face_id} {'is not' if args.not_belongs else 'is'} {args.persona_id}")
+    return _call(args, work)
+
+
+class FaceDescriber:
+    """Face messages as one line of text, with image file and persona names
+    looked up once each."""
+
+    def __init__(self, stub):
+        self.stub = stub
+        self._files: dict[str, str] = {}
+        self._names: dict[str, str] = {}
+
+    def file_of(self, image_id: str) -> str:
+        if image_id not in self._files:
+            image = self.stub.GetImage(query_pb2.GetImageRequest(image_id=image_id), timeout=CALL_TIMEOUT_SECONDS)
+            self._files[image_id] = image.image.filename or image_id
+        return self._files[image_id]
+
+    def name_of(self, persona_id: str) -> str:
+        if persona_id not in self._names:
+            try:
+                persona = self.stub.GetPersona(query_pb2.GetPersonaRequest(persona_id=persona_id),
+                                               timeout=CALL_TIMEOUT_SECONDS)
+                self._names[persona_id] = persona.display_name
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                self._names[persona_id] = f"(deleted {persona_id})"
+        return self._names[persona_id]
+
+    @staticmethod
+    def box(face: pb.Face) -> str:
+        return f"{face.box.left},{face.box.top},{face.box.right},{face.box.bottom}"
+
+    def prediction(self, face: pb.Face) -> str:
+        if not face.HasField("prediction"):
+            return "no prediction yet"
+        if not face.prediction.persona_id:
+            return f"unknown ({face.prediction.confidence:.0%})"
+        return f"{self.name_of(face.prediction.persona_id)} ({face.prediction.confidence:.0%})"
+
+    def labels(self, face: pb.Face) -> str:
+        verdicts = {pb.VERDICT_BELONGS: "is", pb.VERDICT_NOT_BELONGS: "is not"}
+        return "; ".join(f"{verdicts.get(label.verdict, '?')} {self.name_of(label.persona_id)} ({label.persona_id})"
+                         for label in face.labels) or "none"
+
+
+def unknown_faces(args: argparse.Namespace) -> int:
+    def work(stub):
+        describe, faces, token = FaceDescriber(stub), [], ""
+        while len(faces) < args.limit:
+            response = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(
+                page_size=min(500, args.limit - len(faces)), page_token=token), timeout=CALL_TIMEOUT_SECONDS)
+            faces += response.faces
+            if not (token := response.next_page_token):
+                break
+        if not faces:
+            print("no unknown faces")
+            return
+        rows = [("FACE ID", "FILE", "BOX", "PREDICTION")] + [
+            (face.face_id, describe.file_of(face.image_id), describe.box(face), describe.prediction(face))
+            for face in faces]
+        widths = [max(len(row[column]) for row in rows) for column in range(3)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    return _call(args, work)
+
+
+def show_face(args: argparse.Namespace) -> int:
+    def work(stub):
+        describe = FaceDescriber(stub)
+        face = stub.GetFace(query_pb2.GetFaceRequest(face_id=args.face_id), timeout=CALL_TIMEOUT_SECONDS)
+        for name, value in [("face", face.face_id), ("file", describe.file_of(face.image_id)),
+                            ("image", face.image_id), ("box", describe.box(face) + " (left,top,right,bottom)"),
+                            ("labels", describe.labels(face)), ("prediction", describe.prediction(face)),
+                            ("hidden", "yes" if face.hidden else "no")]:
+            print(f"{name:<11}{value}")
     return _call(args, work)

@@ -14,11 +14,20 @@ from visage.v1 import query_pb2
 ERASE_TIMEOUT_SECONDS = 300  # a persona with thousands of faces erases in seconds; leave room on Cassandra
 
 
+def resource_actions(subparsers, resource: str, address_option, help: str):
+    """The actions of `visage RESOURCE ...`, made once: `visage faces` has both
+    `delete` (here) and `unknown|show` (visage_query.cli)."""
+    parser = subparsers.choices.get(resource)
+    if parser is None:
+        parser = subparsers.add_parser(resource, help=help)
+        address_option(parser)
+        parser.set_defaults(resource_actions=parser.add_subparsers(dest="action", required=True))
+    return parser.get_default("resource_actions")
+
+
 def register(subparsers, address_option, call) -> None:
     for resource, field, rpc in (("images", "image_id", "DeleteImage"), ("faces", "face_id", "DeleteFace")):
-        parser = subparsers.add_parser(resource, help=f"erase {resource} completely (privacy)")
-        address_option(parser)
-        actions = parser.add_subparsers(dest="action", required=True)
+        actions = resource_actions(subparsers, resource, address_option, f"erase {resource} completely (privacy)")
         delete = actions.add_parser("delete", help=f"erase one {resource[:-1]}: bytes, crops, embeddings, "
                                                    "labels, predictions; retires models trained on its labels")
         delete.add_argument(field)

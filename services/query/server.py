@@ -23,14 +23,27 @@ from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
 from visage.store.records import LabelRecord
 from visage.v1 import query_pb2, query_pb2_grpc
+from visage.v1 import resources_pb2 as pb
 from visage_query import events, validation
-from visage_query.catalogue import Catalogue
+from visage_query.catalogue import Catalogue, LabelIndex
 from visage_query.export import export_persona
 from visage_query.retention import EventCompactor
+from visage_query.clusters import SuggestedPeople
+from visage_query.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
+# Image bytes and crops never change under their id (a SHA-256 of the bytes, and
+# that id plus the face's index): browsers may keep them (the gateway passes
+# gRPC metadata on as HTTP headers).
+IMMUTABLE = (("cache-control", "private, max-age=604800, immutable"),)
+
+
 class ShuttingDown(Exception):
+    pass
+
+
+class AlreadyExists(Exception):
     pass
 
 
@@ -49,6 +62,8 @@ def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, identity.RoleRequired):
         return grpc.StatusCode.PERMISSION_DENIED, str(error)
+    if isinstance(error, AlreadyExists):
+        return grpc.StatusCode.ALREADY_EXISTS, str(error)
     if isinstance(error, ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(error)
     if _is_store_unavailable(error):
@@ -84,9 +99,11 @@ def streaming(method):
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, suggested: SuggestedPeople | None = None):
         self.store = store
         self.catalogue = Catalogue(store)
+        self.suggested = suggested or SuggestedPeople(store)
+        self.thumbnails = ThumbnailCache()
         self._closing = threading.Event()
         self._new_events = events.NewEvents(store)
 
@@ -94,11 +111,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         """Ends open WatchEvents streams (UNAVAILABLE, so clients reconnect elsewhere)."""
         self._closing.set()
         self._new_events.stop()
+        self.suggested.stop()
 
     # ---- personas --------------------------------------------------------
     @unary
     def CreatePersona(self, request, context):
         name = validation.display_name(request.persona.display_name)
+        self._refuse_duplicate_name(name, request.force)
         return convert.persona(self.store.create_persona(name))
 
     @unary
@@ -107,13 +126,17 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @unary
     def ListPersonas(self, request, context):
-        personas, token = paging.offset_list("personas", request, self.catalogue.personas)
+        query = validation.search_query(request.query)
+        scope = f"personas/{request.include_hidden:d}/{query}" if query or request.include_hidden else "personas"
+        personas, token = paging.offset_list(scope, request, lambda offset, size: self.catalogue.personas(
+            offset, size, query, request.include_hidden))
         return query_pb2.ListPersonasResponse(personas=personas, next_page_token=token)
 
     @unary
     def UpdatePersona(self, request, context):
         persona_id = validation.required_id(request.persona.persona_id, "persona.persona_id")
         name = validation.display_name(request.persona.display_name)
+        self._refuse_duplicate_name(name, request.force, persona_id)
         self.store.rename_persona(persona_id, name)
         return self.catalogue.persona(persona_id)
 
@@ -177,6 +200,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         face = self.catalogue.require_face(face_id)
         if not face.crop_jpeg:
             raise NotFound(f"face {face_id!r} has no stored crop")
+        context.send_initial_metadata(IMMUTABLE)
         return httpbody_pb2.HttpBody(content_type="image/jpeg", data=face.crop_jpeg)
 
     # ---- images ----------------------------------------------------------
@@ -192,8 +216,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     @unary
     def GetImageContent(self, request, context):
         image_id = validation.required_id(request.image_id, "image_id")
+        size = validation.thumbnail_size(request.size)
         record = self.store.get_image(image_id)
-        content = self.store.get_image_content(image_id) if record else None
+        content = self.store.get_image_content(image_id) if record and not size else None
+        if record:
+            context.send_initial_metadata(IMMUTABLE)
+        if size and record:
+            thumbnail = self.thumbnails.get(image_id, size, lambda: self.store.get_image_content(image_id))
+            return httpbody_pb2.HttpBody(content_type="image/jpeg", data=thumbnail)
         if content is None:
             raise NotFound(f"image {image_id!r} not found")
         return httpbody_pb2.HttpBody(content_type=record.content_type or "application/octet-stream", data=content)
@@ -232,6 +262,91 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ExportPersona(self, request, context):
         yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
 
+    # ---- organising many faces (suggested people, batches, merge, hide) ----
+    def _refuse_duplicate_name(self, name: str, force: bool, persona_id: str = "") -> None:
+        """Two personas of one name (ignoring case) are refused unless forced: usually a slip."""
+        if force:
+            return
+        key = name.casefold()
+        for record in self.store.list_personas():
+            if record.display_name.casefold() == key and record.persona_id != persona_id:
+                raise AlreadyExists(f"a persona named {record.display_name!r} already exists "
+                                    f"({record.persona_id}); pick it, or set force to create another")
+
+    @unary
+    def ListFaceClusters(self, request, context):
+        size = paging.page_size(request.page_size, default=20)
+        samples = validation.sample_size(request.sample_size)
+        result = self.suggested.current()
+        offset, = paging.decode_token(request.page_token, "face-clusters", 1)
+        clusters = self._current_clusters(result)
+        page = clusters[offset:offset + size]
+        sample_ids = [face_id for _cluster, face_ids in page for face_id in face_ids[:samples]]
+        faces = {face.face_id: face for face in self.catalogue.faces(sample_ids)}
+        messages = [query_pb2.FaceCluster(cluster_id=cluster.cluster_id, face_ids=face_ids, quality=cluster.quality,
+                                          sample_faces=[faces[i] for i in face_ids[:samples] if i in faces])
+                    for cluster, face_ids in page]
+        token = paging.encode_token("face-clusters", [offset + size]) if offset + size < len(clusters) else ""
+        return query_pb2.ListFaceClustersResponse(
+            clusters=messages, next_page_token=token, unknown_faces=result.unknown_faces,
+            clustered_faces=sum(len(face_ids) for _cluster, face_ids in clusters), stale=self.suggested.stale)
+
+    def _current_clusters(self, result) -> list[tuple]:
+        """The last computation's groups less faces labelled or hidden since (the
+        next computation catches up within a second; the UI must not offer them)."""
+        labels = LabelIndex.load(self.store)
+        hidden = self.store.hidden_ids("face")
+        current = []
+        for cluster in result.clusters:
+            face_ids = [result.face_ids[row] for row in cluster.members]
+            face_ids = [face_id for face_id in face_ids if face_id not in hidden and not labels.has_belongs(face_id)]
+            if len(face_ids) >= 2:
+                current.append((cluster, face_ids))
+        current.sort(key=lambda pair: -len(pair[1]))
+        return current
+
+    @unary
+    def BatchLabelFaces(self, request, context):
+        persona_id = validation.required_id(request.persona_id, "persona_id")
+        pairs = validation.batch_labels(request.labels)
+        self.catalogue.require_persona(persona_id)
+        face_ids = [face_id for face_id, _verdict in pairs]
+        found = {record.face_id for record in self.store.get_faces(face_ids)}
+        missing = [face_id for face_id in face_ids if face_id not in found]
+        if missing:
+            raise NotFound(f"{len(missing)} of the faces were not found (first: {missing[0]!r}); nothing was labelled")
+        labeller = identity.current_subject()
+        self.store.put_labels([LabelRecord(face_id, persona_id, verdict, labeller) for face_id, verdict in pairs])
+        return query_pb2.BatchLabelFacesResponse(faces=self.catalogue.faces(face_ids))
+
+    @unary
+    def MergePersonas(self, request, context):
+        target = validation.required_id(request.persona_id, "persona_id")
+        sources = validation.merge_sources(list(request.source_persona_ids), target)
+        for persona_id in (target, *sources):
+            self.catalogue.require_persona(persona_id)
+        moved = []
+        for source in sources:  # rejections first, so a face a source claims ends up BELONGS
+            for verdict in (pb.VERDICT_NOT_BELONGS, pb.VERDICT_BELONGS):
+                moved += [LabelRecord(label.face_id, target, verdict, label.labelled_by, label.create_time)
+                          for label in self.store.labels_of_persona(source, verdict)]
+        self.store.put_labels(moved)  # labels first: a failure before the deletes loses nothing
+        for source in sources:
+            self.store.delete_persona(source)
+        return self.catalogue.persona(target)
+
+    @unary
+    def SetFaceHidden(self, request, context):
+        face_id = validation.required_id(request.face_id, "face_id")
+        self.store.set_hidden("face", face_id, request.hidden)
+        return self.catalogue.face(face_id)
+
+    @unary
+    def SetPersonaHidden(self, request, context):
+        persona_id = validation.required_id(request.persona_id, "persona_id")
+        self.store.set_hidden("persona", persona_id, request.hidden)
+        return self.catalogue.persona(persona_id)
+
 
 def require_operator_for_embeddings(context) -> None:
     """GetFace's include_embedding (biometric data) needs the operator role,
@@ -244,7 +359,7 @@ def start(config: Config, store: Store, address: str,
     """Starts the service on `address` (tests pass "127.0.0.1:0"). Draining
     ends open WatchEvents streams, which would otherwise hold a graceful stop
     for the whole grace period."""
-    servicer = QueryServicer(store)
+    servicer = QueryServicer(store, SuggestedPeople(store).start())
     server, port, health_servicer = build_server(
         lambda grpc_server: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["query"]], address, max_workers, max_streams=max_watchers)

@@ -50,6 +50,9 @@ def test_sign_in_with_a_pasted_token_then_sign_out(new_page, issue_token, test_o
     page.goto("/#/models")
     page.locator("#main h1", has_text="Models").wait_for()
     assert page.locator("button", has_text="Train now").count() == 0
+    page.goto("/#/unknown")  # the people tools (naming, bulk select, hide) are for labellers
+    page.locator("#main h1", has_text="Unknown").wait_for()
+    assert page.locator("#assign-selected, #hide-selected, .cluster-card input").count() == 0
     page.click("#sign-out")
     page.locator("#sign-in").wait_for()
     assert page.evaluate("sessionStorage.getItem('visage.token')") is None

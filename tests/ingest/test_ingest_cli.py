@@ -40,6 +40,10 @@ def test_cli_walks_folders_and_prints_a_summary(ingest_server, faces_dir, tmp_pa
     stored_names = sorted(image.filename for image in store.list_images(0, 100))
     assert stored_names == sorted(["bbt1.jpg", "bbt2.jpg", "bbt3.jpg", "two_people.jpg", "happy.jpg", "sky.png",
                                    "obama_small.jpg"])  # names only: no client directory is stored
+    listed = dict(re.findall(r"^([0-9a-f]{64}-\d+)\s+(\S+)$", first.stdout, re.M))  # face id -> file
+    assert set(listed) == {face_id for ids, _ in store.iter_embeddings() for face_id in ids}
+    happy = [face_id for face_id, name in listed.items() if name.endswith("happy.jpg")]
+    assert len(happy) == 1 and store.get_face(happy[0]) is not None
 
     (photos / "nested" / "broken.jpg").unlink()
     again = run_cli(str(photos), "--address", f"127.0.0.1:{port}")

@@ -40,3 +40,36 @@ def test_unreachable_service_exit_code(capsys):
         port = sock.getsockname()[1]
     assert main(["personas", "--address", f"127.0.0.1:{port}", "list"]) == 2
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_faces_unknown_and_show_name_the_file_box_and_prediction(query_service, stub, store, add_image,
+                                                                activate_model, predict, capsys):
+    address = ["--address", f"127.0.0.1:{query_service.port}"]
+    first, second = add_image(store, 2)
+    penny = stub.CreatePersona(query_pb2.CreatePersonaRequest(persona=pb.Persona(display_name="Penny")))
+    version = activate_model(store, [penny.persona_id])
+    predict(store, version, (first.face_id, "", 0.7), (second.face_id, penny.persona_id, 0.91))
+    filename = store.get_image(first.image_id).filename
+
+    assert main(["faces", *address, "unknown"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == ["FACE", "ID", "FILE", "BOX", "PREDICTION"]
+    assert rows[1].split() == [first.face_id, filename, "0,20,50,70", "unknown", "(70%)"]
+    assert len(rows) == 2  # the face predicted as Penny is not unknown
+
+    assert main(["faces", *address, "show", second.face_id]) == 0
+    shown = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert shown["file"] == filename and shown["box"].startswith("10,20,60,70")
+    assert shown["prediction"] == "Penny (91%)" and shown["labels"] == "none"
+
+    assert main(["label", *address, second.face_id, penny.persona_id]) == 0
+    capsys.readouterr()
+    assert main(["faces", *address, "show", second.face_id]) == 0
+    shown = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert shown["labels"] == f"is Penny ({penny.persona_id})" and shown["prediction"] == "no prediction yet"
+
+    assert main(["faces", *address, "show", "no-such-face"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["personas", *address, "create", "penny"]) == 1
+    assert "ALREADY_EXISTS" in capsys.readouterr().err
+    assert main(["personas", *address, "create", "--force", "penny"]) == 0

@@ -49,6 +49,11 @@ RPC_ROLES: dict[str, Role] = {
     _Q + "DeleteImage": Role.ADMIN,    # erasure
     _Q + "DeleteFace": Role.ADMIN,     # erasure
     _Q + "ExportPersona": Role.ADMIN,  # everything held about a person, embeddings included
+    _Q + "ListFaceClusters": Role.VIEWER,
+    _Q + "BatchLabelFaces": Role.LABELLER,
+    _Q + "MergePersonas": Role.LABELLER,
+    _Q + "SetFaceHidden": Role.LABELLER,
+    _Q + "SetPersonaHidden": Role.LABELLER,
     _C + "Classify": Role.VIEWER,
     _C + "ClassifyEmbeddings": Role.VIEWER,
     _C + "ClassifyStream": Role.VIEWER,

@@ -66,6 +66,9 @@ def withdraw_candidates(versions: Iterable[ModelVersionRecord], persona_ids: Ite
     return [v for v in versions if v.state != pb.MODEL_STATE_WITHDRAWN and personas & set(v.persona_ids)]
 
 
+HIDDEN_KINDS = ("face", "persona")
+
+
 def check_prediction_columns(face_ids: Sequence, persona_ids: Sequence, confidences: Sequence) -> None:
     """put_prediction_columns' columns must line up (zip would silently drop the tail)."""
     if not len(face_ids) == len(persona_ids) == len(confidences):
@@ -187,6 +190,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def iter_labels(self) -> Iterator[LabelRecord]:
         """Every label (training input)."""
+
+    def put_labels(self, labels: Sequence[LabelRecord]) -> None:
+        """put_label for many labels (BatchLabelFaces, MergePersonas). Callers check
+        faces and personas first; a backend with transactions writes all or none.
+        Idempotent, so a batch cut short by a store failure is completed by a retry."""
+        for label in labels:
+            self.put_label(label)
+
+    # ---- hidden faces and personas ----------------------------------------
+    @abc.abstractmethod
+    def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
+        """Hides (or shows again) a "face" or a "persona". Raises NotFound for an
+        unknown one. Appends HIDDEN_CHANGED when the state changes."""
+
+    @abc.abstractmethod
+    def hidden_ids(self, kind: str) -> set[str]:
+        """Every hidden item of this kind ("face" or "persona"): users hide few."""
 
     # ---- predictions -----------------------------------------------------
     @abc.abstractmethod

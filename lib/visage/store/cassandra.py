@@ -146,6 +146,9 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
 ], [
     # Events carry ids only: the display names PERSONA_RENAMED used to carry go.
     lambda store: store._scrub_rename_events(),
+], [
+    # Faces and personas a user hid: few rows, one partition per kind.
+    """CREATE TABLE IF NOT EXISTS {ks}.hidden (kind text, item_id text, PRIMARY KEY ((kind), item_id))""",
 ]]
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -419,6 +422,7 @@ class CassandraStore(Store):
             self._run("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
                       (_persona_key(persona_id), version))
         self._run("DELETE FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))
+        self._run("DELETE FROM {ks}.hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
         self.append_event(pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
         self.append_event(pb.EVENT_TYPE_ERASED, persona_id, erasure.event_attributes())
         self._run("DELETE FROM {ks}.personas WHERE persona_id = ?", (persona_id,))
@@ -491,6 +495,7 @@ class CassandraStore(Store):
             *self._bound("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
                          [(_prediction_bucket(p.face_id), p.face_id) for p in predictions]),
             *self._bound("DELETE FROM {ks}.face_crops WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
+            *self._bound("DELETE FROM {ks}.hidden WHERE kind = 'face' AND item_id = ?", [(f,) for f in face_ids]),
         ])
         return Erasure(face_ids=list(face_ids), persona_ids=persona_ids, withdrawn_versions=withdrawn)
 
@@ -712,6 +717,23 @@ class CassandraStore(Store):
         return True
 
     _LABEL_COLUMNS = "face_id, persona_id, verdict, labelled_by, create_time"
+
+    # ---- hidden faces and personas ----------------------------------------
+    def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
+        exists = self.get_face(item_id) is not None if kind == "face" else self.get_persona(item_id) is not None
+        if not exists:
+            raise NotFound(f"{kind} {item_id!r} not found")
+        if (item_id in self.hidden_ids(kind)) == hidden:
+            return
+        if hidden:
+            self._run("INSERT INTO {ks}.hidden (kind, item_id) VALUES (?, ?)", (kind, item_id))
+        else:
+            self._run("DELETE FROM {ks}.hidden WHERE kind = ? AND item_id = ?", (kind, item_id))
+        self.append_event(pb.EVENT_TYPE_HIDDEN_CHANGED, item_id, {"kind": kind, "hidden": str(hidden).lower()})
+
+    def hidden_ids(self, kind: str) -> set[str]:
+        return {row.item_id for row in self._run("SELECT item_id FROM {ks}.hidden WHERE kind = ?", (kind,),
+                                                 fetch_size=5000)}
 
     def labels_of_face(self, face_id: str) -> list[LabelRecord]:
         rows = self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ?", (face_id,))

@@ -90,6 +90,10 @@ MIGRATIONS = [
     CREATE INDEX events_by_subject ON events (subject);
     UPDATE events SET attributes = '{}' WHERE type = 5;
     """,
+    # 4: faces and personas a user hid (a stranger in the background) - few rows.
+    """
+    CREATE TABLE hidden (kind TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (kind, item_id));
+    """,
 ]
 
 # Updates the row in place (REPLACE deletes the row and its index entry, then inserts both again).
@@ -107,6 +111,9 @@ def _parse_cursor(cursor: str) -> int:
     if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= CURSOR_WIDTH and int(cursor) < 2**63):
         raise ValueError(f"not an event cursor: {cursor[:40]!r}")
     return int(cursor)
+
+
+_HIDDEN_TABLES = {"face": ("faces", "face_id"), "persona": ("personas", "persona_id")}
 
 
 def _cursor(seq: int) -> str:
@@ -224,6 +231,7 @@ class SqliteStore(Store):
                 erasure = erasure.merge(self._erase_images(conn, image_ids))
             conn.execute("DELETE FROM labels WHERE persona_id = ?", (persona_id,))
             conn.execute("DELETE FROM predictions WHERE persona_id = ?", (persona_id,))
+            conn.execute("DELETE FROM hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
             erasure.withdrawn_versions += [v for v in self._withdraw_naming(conn, [persona_id])
                                            if v not in erasure.withdrawn_versions]
             conn.execute("DELETE FROM events WHERE subject = ? OR json_extract(attributes, '$.persona_id') = ?",
@@ -276,6 +284,7 @@ class SqliteStore(Store):
             conn, "SELECT persona_id FROM labels WHERE face_id IN ({marks})", face_ids)})
         for table in ("labels", "predictions", "faces"):
             self._execute_in(conn, f"DELETE FROM {table} WHERE face_id IN ({{marks}})", face_ids)
+        self._execute_in(conn, "DELETE FROM hidden WHERE kind = 'face' AND item_id IN ({marks})", face_ids)
         self._execute_in(conn, "DELETE FROM events WHERE subject IN ({marks})", face_ids)
         return Erasure(face_ids=list(face_ids), persona_ids=persona_ids,
                        withdrawn_versions=self._withdraw_naming(conn, persona_ids))
@@ -379,17 +388,20 @@ class SqliteStore(Store):
     # ---- labels ----------------------------------------------------------
     def put_label(self, label: LabelRecord) -> None:
         with self._tx() as conn:
-            if not conn.execute("SELECT 1 FROM faces WHERE face_id = ?", (label.face_id,)).fetchone():
-                raise NotFound(f"face {label.face_id!r} not found")
-            if not conn.execute("SELECT 1 FROM personas WHERE persona_id = ?", (label.persona_id,)).fetchone():
-                raise NotFound(f"persona {label.persona_id!r} not found")
-            if label.verdict == pb.VERDICT_BELONGS:
-                conn.execute("DELETE FROM labels WHERE face_id = ? AND verdict = ? AND persona_id != ?",
-                             (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
-            conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
-                         (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
-            self._append(conn, pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
-                         {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
+            self._put_label(conn, label)
+
+    def _put_label(self, conn: sqlite3.Connection, label: LabelRecord) -> None:
+        if not conn.execute("SELECT 1 FROM faces WHERE face_id = ?", (label.face_id,)).fetchone():
+            raise NotFound(f"face {label.face_id!r} not found")
+        if not conn.execute("SELECT 1 FROM personas WHERE persona_id = ?", (label.persona_id,)).fetchone():
+            raise NotFound(f"persona {label.persona_id!r} not found")
+        if label.verdict == pb.VERDICT_BELONGS:
+            conn.execute("DELETE FROM labels WHERE face_id = ? AND verdict = ? AND persona_id != ?",
+                         (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
+        conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
+                     (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+        self._append(conn, pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
+                     {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
 
     def delete_label(self, face_id: str, persona_id: str) -> bool:
         with self._tx() as conn:
@@ -397,6 +409,27 @@ class SqliteStore(Store):
             if cur.rowcount:
                 self._append(conn, pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
             return cur.rowcount > 0
+
+    def put_labels(self, labels: Sequence[LabelRecord]) -> None:
+        """All in one transaction: every label or none."""
+        with self._tx() as conn:
+            for label in labels:
+                self._put_label(conn, label)
+
+    def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
+        table, column = _HIDDEN_TABLES[kind]
+        with self._tx() as conn:
+            if not conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (item_id,)).fetchone():
+                raise NotFound(f"{kind} {item_id!r} not found")
+            if hidden:
+                cur = conn.execute("INSERT OR IGNORE INTO hidden VALUES (?, ?)", (kind, item_id))
+            else:
+                cur = conn.execute("DELETE FROM hidden WHERE kind = ? AND item_id = ?", (kind, item_id))
+            if cur.rowcount:
+                self._append(conn, pb.EVENT_TYPE_HIDDEN_CHANGED, item_id, {"kind": kind, "hidden": str(hidden).lower()})
+
+    def hidden_ids(self, kind: str) -> set[str]:
+        return {row[0] for row in self._query("SELECT item_id FROM hidden WHERE kind = ?", (kind,))}
 
     def labels_of_face(self, face_id: str) -> list[LabelRecord]:
         rows = self._query("SELECT * FROM labels WHERE face_id = ? ORDER BY create_time DESC", (face_id,))

@@ -218,7 +218,11 @@ const personaName = (list, id) => (list.find((p) => p.personaId === id) || {}).d
 
 function label(faceId, personaId, verdict) {
   return api("POST", `/v1/faces/${encodeURIComponent(faceId)}:label`,
-    { personaId, verdict });
+    { personaId, verdict }).then((face) => {
+    offerUndo(verdict === "VERDICT_BELONGS" ? "face labelled" : "face rejected",
+      () => api("POST", `/v1/faces/${encodeURIComponent(faceId)}:unlabel`, { personaId }));
+    return face;
+  });
 }
 
 // ---- Images ----------------------------------------------------------------
@@ -245,7 +249,8 @@ function faceImage(faceId, alt) {
 }
 
 function faceCard(face, { caption = "", meta = "", confidence = null, actions = [], href = null } = {}) {
-  return el("div", { class: "card face-card", dataset: { faceId: face.faceId } },
+  const dataset = confidence === null ? { faceId: face.faceId } : { faceId: face.faceId, confidence: String(confidence) };
+  return el("div", { class: "card face-card", dataset },
     el("a", { href: href || `#/image/${encodeURIComponent(face.imageId)}`, title: "Open the image" },
       faceImage(face.faceId, caption || "face")),
     confidence === null ? null
@@ -410,11 +415,7 @@ async function viewImages() {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); start(e.dataTransfer.files); });
-  const cards = images.items.map((image) => el("a", { class: "card image-card", href: `#/image/${encodeURIComponent(image.imageId)}` },
-    authImage(imageUrl(image.imageId), { class: "face", alt: image.filename || "image" }),
-    el("div", { class: "body" },
-      el("span", { class: "name" }, image.filename || image.imageId.slice(0, 12)),
-      el("span", { class: "meta" }, `${image.faceCount} face${image.faceCount === 1 ? "" : "s"} · ${image.width}×${image.height}`))));
+  const cards = images.items.map(imageCard);  // small thumbnails, titled by file name (people.js)
   return [el("h1", {}, "Images"), can("operator") ? [drop, log] : null,
     cards.length ? [el("div", { class: "grid", id: "images" }, cards), showMore(images)]
       : stateBox("No images yet. Upload some above.")];
@@ -550,11 +551,11 @@ async function viewModels() {
 
 // ---- Router ----------------------------------------------------------------
 const routes = [
-  [/^#?\/?$/, viewPersonas, "personas"],
-  [/^#\/persona\/([^/]+)$/, viewPersona, "personas"],
-  [/^#\/unknown$/, viewUnknown, "unknown"],
+  [/^#?\/?$/, viewPersonasPeople, "personas"],
+  [/^#\/persona\/([^/]+)$/, viewPersonaPeople, "personas"],
+  [/^#\/unknown$/, viewUnknownPeople, "unknown"],
   [/^#\/images$/, viewImages, "images"],
-  [/^#\/image\/([^/]+)$/, viewImage, "images"],
+  [/^#\/image\/([^/]+)$/, viewImagePeople, "images"],
   [/^#\/models$/, viewModels, "models"],
 ];
 
@@ -569,7 +570,7 @@ async function render({ refresh = false, keep = [] } = {}) {
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", !!match && a.dataset.nav === match[2]));
   if (!match) { main.replaceChildren(stateBox("Page not found.", "error")); return; }
   const [m, view] = match;
-  if (!refresh) main.replaceChildren(stateBox("Loading…", "loading"));
+  if (!refresh) { main.replaceChildren(stateBox("Loading…", "loading")); keyHandlers = null; }
   try {
     const content = await view(...m.slice(1).map(decodeURIComponent));
     if (seq !== renderSeq) return;  // a newer render started meanwhile
@@ -578,7 +579,16 @@ async function render({ refresh = false, keep = [] } = {}) {
       const placeholder = fragment.querySelector(`.${node.className.split(" ")[0]}`);
       if (placeholder) placeholder.replaceWith(node);
     }
+    // A live refresh must not move the page under the user: keep the scroll
+    // position and the focused face (selections live in people.js's state).
+    const scrolled = window.scrollY;
+    const anchor = refresh ? screenAnchor(main) : null;
+    const focusedFace = document.activeElement?.closest?.(".face-card")?.dataset.faceId;
+    if (focusedFace && !focusAfterRender) focusAfterRender = focusedFace;
     main.replaceChildren(fragment);
+    if (refresh) window.scrollTo(0, scrolled);
+    if (anchor) keepAnchor(main, anchor);
+    restoreFocus(main);
     main.dataset.ready = String(seq);
   } catch (error) {
     if (seq !== renderSeq || error instanceof SignedOut) return;
@@ -592,17 +602,28 @@ const rerender = (options = {}) => render({ refresh: true, ...options });
 // ---- Live updates (server-sent events) ---------------------------------------
 const REFRESH_ON = new Set(["EVENT_TYPE_IMAGE_INGESTED", "EVENT_TYPE_FACE_LABELLED", "EVENT_TYPE_FACE_UNLABELLED",
   "EVENT_TYPE_PERSONA_CREATED", "EVENT_TYPE_PERSONA_RENAMED", "EVENT_TYPE_PERSONA_DELETED",
-  "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN", "EVENT_TYPE_ERASED"]);
+  "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN", "EVENT_TYPE_ERASED",
+  "EVENT_TYPE_HIDDEN_CHANGED", "EVENT_TYPE_FACE_CLUSTERS_UPDATED"]);
 let refreshTimer = null;
+let refreshDeferrals = 0;
+const MAX_POINTER_DEFERRALS = 40;  // x 500 ms: a live change waits at most ~20 s for the pointer to move on
 function scheduleRefresh() {
   // Many events arrive in bursts (a re-classification writes in batches): one refresh per burst.
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(() => {
     // Do not replace a form the user is typing in.
-    if (main.contains(document.activeElement) && document.activeElement.matches("input[type=text], select")) {
+    if (main.contains(document.activeElement) && document.activeElement.matches("input[type=text], input[type=search], select")) {
       scheduleRefresh();
       return;
     }
+    // Nor the list under the pointer, whose face is about to be clicked (for a while).
+    if (main.querySelector(".card:hover, .cluster-card:hover") && refreshDeferrals++ < MAX_POINTER_DEFERRALS) {
+      main.dataset.pending = "pointer";  // tests and styles can see a change is waiting
+      scheduleRefresh();
+      return;
+    }
+    refreshDeferrals = 0;
+    delete main.dataset.pending;
     rerender({ keep: [...main.querySelectorAll(".dropzone, .uploads")] });
   }, 500);
 }
