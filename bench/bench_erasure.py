@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from bench.bench_store import FACES_PER_IMAGE, WRITER_THREADS, synthetic_images
-from visage.config import CassandraConfig
+from bench.bench_store import FACES_PER_IMAGE, WRITER_THREADS, on_cassandra, on_sqlite, synthetic_images
 from visage.store.base import Store
 from visage.store.records import LabelRecord, ModelVersionRecord
 from visage.v1 import resources_pb2 as pb
@@ -25,7 +22,6 @@ from visage.v1 import resources_pb2 as pb
 FACES = int(os.environ.get("VISAGE_BENCH_ERASE_FACES", "100000"))
 PERSONA_FACES = int(os.environ.get("VISAGE_BENCH_ERASE_PERSONA_FACES", "1000"))
 IMAGE_ERASURES = 5  # single-image erasures timed (median reported)
-CASSANDRA_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))
 TARGETS_S = {"image": 1.0, "persona": 10.0}
 
 
@@ -75,37 +71,8 @@ def measure(name: str, store: Store) -> dict:
             "persona_faces": len(erasure.face_ids)}
 
 
-def run_sqlite() -> dict:
-    from visage.store.sqlite import SqliteStore
-    with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(Path(tmp) / "bench.db")
-        store.migrate()
-        try:
-            return measure("sqlite", store)
-        finally:
-            store.close()
-
-
-def run_cassandra() -> dict | None:
-    from visage.store.base import StoreError
-    from visage.store.cassandra import CassandraStore
-    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace="visage_bench_erasure")
-    try:
-        store = CassandraStore(config)
-    except StoreError as e:
-        print(f"cassandra: not measured ({e}); run `make cassandra-start`")
-        return None
-    store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-    store.migrate()
-    try:
-        return measure("cassandra", store)
-    finally:
-        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-        store.close()
-
-
 def main() -> None:
-    sqlite, cassandra = run_sqlite(), run_cassandra()
+    sqlite, cassandra = on_sqlite(measure), on_cassandra(measure, "visage_bench_erasure")
     print(f"\nerasure with {FACES} faces stored ({FACES_PER_IMAGE}/image, all predicted), {os.cpu_count()} cores")
     print(f"{'operation':<64}{'target s':>9}{'sqlite s':>10}{'/target':>9}{'cassandra s':>13}{'/target':>9}")
     rows = [(f"erase one image (median of {IMAGE_ERASURES})", "image"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def write_predictions(name: str, store: Store, face_ids: list[str], version: int
     return written / seconds
 
 
-def run_sqlite() -> dict:
+def on_sqlite(measure: Callable[[str, Store], dict]) -> dict:
+    """measure("sqlite", store) on a fresh SQLite store in a temporary directory."""
     from visage.store.sqlite import SqliteStore
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "bench.db")
@@ -122,10 +124,12 @@ def run_sqlite() -> dict:
             store.close()
 
 
-def run_cassandra() -> dict | None:
+def on_cassandra(measure: Callable[[str, Store], dict], keyspace: str) -> dict | None:
+    """measure("cassandra", store) on a fresh keyspace of the project's Cassandra
+    (dropped afterwards); None, saying why, when no node answers."""
     from visage.store.base import StoreError
     from visage.store.cassandra import CassandraStore
-    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace="visage_bench_store")
+    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace=keyspace)
     try:
         store = CassandraStore(config)
     except StoreError as e:
@@ -141,7 +145,7 @@ def run_cassandra() -> dict | None:
 
 
 def main() -> None:
-    sqlite, cassandra = run_sqlite(), run_cassandra()
+    sqlite, cassandra = on_sqlite(measure), on_cassandra(measure, "visage_bench_store")
     print(f"\nstore backends, {FACES} faces x 128 float32, {FACES_PER_IMAGE} faces/image, "
           f"{WRITER_THREADS} writer threads, {os.cpu_count()} cores")
     print(f"{'metric':<36}{'sqlite':>12}{'cassandra':>12}{'sqlite/cassandra':>18}")
