@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from visage import placement
 from visage.config import Config
+from visage.errors import StoreErrorInterceptor
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
 
@@ -46,7 +47,8 @@ def build_server(
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Creates and starts a server; returns it, its bound port and its health servicer."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=SERVER_OPTIONS)
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=SERVER_OPTIONS,
+        interceptors=[StoreErrorInterceptor()])  # store errors -> one status per kind, in every service
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -22,7 +22,8 @@ from visage.faces.pool import PipelinePool
 from visage.faces.status import ANALYSIS_ERRORS, analysis_status
 from visage.model import Predictor
 from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
-from visage.store.base import Store
+from visage.errors import store_status
+from visage.store.base import Store, StoreError
 from visage.store.records import EMBEDDING_DIM
 from visage.v1 import classify_pb2, classify_pb2_grpc
 from visage.v1 import resources_pb2 as pb
@@ -161,6 +162,10 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
             except RpcFailure as error:
                 return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, error_code=error.code.name,
                                                            error_message=error.message)
+            except StoreError as error:  # e.g. UNAVAILABLE for this item; the stream goes on
+                code, message = store_status(error, "ClassifyStream")
+                return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, error_code=code.name,
+                                                           error_message=message)
             except Exception as error:  # one item's bug must not end the caller's stream
                 log.exception("stream item %r failed", item.request_id)
                 return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, error_code="INTERNAL",

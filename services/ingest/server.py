@@ -23,6 +23,7 @@ from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
 from visage.faces.status import ANALYSIS_ERRORS, analysis_status
 from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
+from visage.errors import store_status
 from visage.store import Store, StoreError
 from visage.store.records import FaceRecord, ImageRecord
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
@@ -127,8 +128,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             try:
                 created = self.store.put_image(image, content, faces)
             except StoreError as error:
-                log.exception("store refused image %s", image_id)
-                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, f"the store failed: {error}") from None
+                raise RpcFailure(*store_status(error, f"storing image {image_id}")) from None
         if not created:  # a concurrent call stored the same bytes first
             return Ingested(self.store.get_image(image_id), self.store.faces_of_image(image_id), duplicate=True)
         log.info("ingested image %s (%s): %d faces", image_id, filename or "unnamed", len(faces))

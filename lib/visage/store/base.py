@@ -22,7 +22,9 @@ finishes the erasure.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -41,7 +43,9 @@ from visage.v1 import resources_pb2 as pb
 
 
 class StoreError(Exception):
-    """Base of the store's own errors."""
+    """Base of the store's own errors. Both backends raise only these (and ValueError for a
+    malformed argument): driver and sqlite3 errors are translated at the backend's boundary
+    (translate_errors), and visage.errors maps each kind to one gRPC status for every service."""
 
 
 class NotFound(StoreError):
@@ -50,6 +54,60 @@ class NotFound(StoreError):
 
 class Withdrawn(StoreError):
     """The model version was trained on labels since erased: it can never be activated again."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot answer now (unreachable, timed out, overloaded, locked): worth a retry."""
+
+
+class StoreConflict(StoreError):
+    """A conditional write lost to a concurrent one and could not be settled here."""
+
+
+class StoreCorrupt(StoreError):
+    """Stored data is inconsistent (e.g. chunks of a stored blob are missing)."""
+
+
+def translate_errors(translate: Callable[[Exception], StoreError | None]):
+    """Class decorator for a backend: every public Store method re-raises the errors
+    `translate` recognises (the driver's, sqlite3's) as the StoreError it returns, so no
+    caller ever sees a backend's own exception types. StoreErrors pass through untouched
+    (a method calling another is translated once); what `translate` does not recognise
+    (None: a bug) propagates unchanged."""
+    def translated(error: Exception) -> Exception:
+        mapped = None if isinstance(error, StoreError) else translate(error)
+        return error if mapped is None else mapped
+
+    def wrap(method):
+        if inspect.isgeneratorfunction(method):
+            @functools.wraps(method)
+            def generator(*args, **kwargs):
+                try:
+                    yield from method(*args, **kwargs)
+                except Exception as error:
+                    mapped = translated(error)
+                    if mapped is error:
+                        raise
+                    raise mapped from error
+            return generator
+
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as error:
+                mapped = translated(error)
+                if mapped is error:
+                    raise
+                raise mapped from error
+        return call
+
+    def decorate(cls):
+        for name in dir(Store):
+            if not name.startswith("_") and callable(getattr(Store, name)):
+                setattr(cls, name, wrap(getattr(cls, name)))
+        return cls
+    return decorate
 
 
 ACTIVE_VERSION_KEY = "active_model_version"  # meta key of the active version ("" or absent: none)

@@ -45,9 +45,18 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
-from cassandra import ConsistencyLevel, ProtocolVersion
+from cassandra import (
+    AuthenticationFailed,
+    ConsistencyLevel,
+    OperationTimedOut,
+    ProtocolVersion,
+    RequestExecutionException,
+    Unauthorized,
+)
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
@@ -59,7 +68,10 @@ from visage.store.base import (
     WITHDRAWN_REASON,
     NotFound,
     Store,
+    StoreCorrupt,
     StoreError,
+    StoreUnavailable,
+    translate_errors,
     withdraw_candidates,
 )
 from visage.store.records import (
@@ -254,7 +266,7 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
                 raise
             return open_session(ProtocolVersion.V4)
     except Exception as e:
-        raise StoreError(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
+        raise StoreUnavailable(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
 
 
 def _protocol_refused(error: NoHostAvailable) -> bool:
@@ -262,6 +274,18 @@ def _protocol_refused(error: NoHostAvailable) -> bool:
     return bool(error.errors) and all("protocol" in str(e).lower() for e in error.errors.values())
 
 
+def _store_error(error: Exception) -> StoreError | None:
+    """The driver's errors as the store's own (see translate_errors): no replica reachable,
+    a timeout, an overloaded or failing coordinator, refused credentials are all outages
+    worth a retry; a malformed statement (InvalidRequest, ...) is a bug and stays as it is."""
+    outage = (NoHostAvailable, OperationTimedOut, ConnectionException, RequestExecutionException,
+              Unauthorized, AuthenticationFailed, ServerError, OverloadedErrorMessage, IsBootstrappingErrorMessage)
+    if isinstance(error, outage):
+        return StoreUnavailable(f"Cassandra: {type(error).__name__}: {error}")
+    return None
+
+
+@translate_errors(_store_error)
 class CassandraStore(Store):
     def __init__(self, config: CassandraConfig):
         if not IDENTIFIER.match(config.keyspace):
@@ -582,7 +606,7 @@ class CassandraStore(Store):
     def _read_chunks(self, cql: str, key, count: int) -> bytes:
         chunks = {row.chunk: row.data or b"" for row in self._run(cql, (key,), fetch_size=4)}
         if len(chunks) < count:
-            raise StoreError(f"{key!r}: {count - len(chunks)} of {count} stored chunks are missing")
+            raise StoreCorrupt(f"{key!r}: {count - len(chunks)} of {count} stored chunks are missing")
         return b"".join(chunks[i] for i in range(count))
 
     def _newest_first(self, kind: str, table: str, id_column: str, offset: int, limit: int) -> list[str]:

@@ -19,8 +19,13 @@ from visage.store.base import (
     WITHDRAWN_REASON,
     NotFound,
     Store,
+    StoreConflict,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
     Withdrawn,
     check_prediction_columns,
+    translate_errors,
     withdraw_candidates,
 )
 from visage.store.records import (
@@ -105,6 +110,18 @@ def _cursor(seq: int) -> str:
     return str(seq).zfill(CURSOR_WIDTH)
 
 
+def _store_error(error: Exception) -> StoreError | None:
+    """sqlite3's errors as the store's own (see translate_errors)."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return StoreConflict(f"a concurrent write conflicts: {error}")
+    if isinstance(error, sqlite3.OperationalError):  # locked, busy, disk full, cannot open
+        return StoreUnavailable(f"SQLite: {error}")
+    if isinstance(error, sqlite3.DatabaseError):  # "database disk image is malformed", ...
+        return StoreCorrupt(f"SQLite: {error}")
+    return None
+
+
+@translate_errors(_store_error)
 class SqliteStore(Store):
     def __init__(self, path: str | Path):
         self.path = Path(path)
