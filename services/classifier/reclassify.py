@@ -14,17 +14,20 @@ rely on it and half-written predictions would mix versions.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from visage.model import Predictor
 from visage.store.base import Store
-from visage.store.records import PredictionRecord
+from visage.store.records import PredictionRecord, ShardRecord
 from visage.v1 import classify_pb2
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.models import ActiveModel, ModelLoadError, predict
@@ -32,6 +35,8 @@ from visage_classifier.models import ActiveModel, ModelLoadError, predict
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 8192
+SHARDS = 64          # parts of one version's re-classification that replicas claim (a few per replica)
+LEASE_SECONDS = 60.0  # a shard whose holder has not renewed for this long is taken over
 EVENT_INTERVAL_SECONDS = 0.25  # progress events: at most ~4 per second
 RECLASSIFIED_VERSION_KEY = "classifier.reclassified_version"
 
@@ -146,15 +151,41 @@ class PredictionColumns:
                                      self.create_time)
 
 
+def shared_job(version: int) -> str:
+    """The job all replicas share to re-classify with a newly activated version."""
+    return f"reclassify-v{version}"
+
+
+def replica_owner() -> str:
+    """This process's name as a shard owner: unique among replicas and restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class SharedWork:
+    """How a run shares its version's re-classification with other replicas: the faces
+    split into `shards`, claimed through the store with leases of `lease_seconds` on
+    `clock` (injectable: tests expire leases without sleeping); a replica with nothing
+    left to claim polls the others' progress every `poll_seconds` until all are done."""
+    shards: int = SHARDS
+    lease_seconds: float = LEASE_SECONDS
+    poll_seconds: float = 0.5
+    owner: str = field(default_factory=replica_owner)
+    clock: Callable[[], float] = time.time
+
+
 class Run:
     """One re-classification with one Predictor; its progress is a snapshot
     that watchers wait on (they always get the newest, never a backlog)."""
 
-    def __init__(self, store: Store, predictor: Predictor | None, batch_rows: int = BATCH_ROWS):
+    def __init__(self, store: Store, predictor: Predictor | None, batch_rows: int = BATCH_ROWS,
+                 work: SharedWork | None = None, job: str = ""):
         self.store = store
         self.predictor = predictor
         self.version = predictor.version if predictor else 0
         self.batch_rows = batch_rows
+        self.work = work or SharedWork()
+        self.job = job or shared_job(self.version)
         self.successor: Run | None = None
         self._changed = threading.Condition()
         self._sequence = 0
@@ -211,8 +242,9 @@ class Run:
             if self._stop.is_set():
                 log.info("re-classification with version %d superseded after %d faces", self.version, done)
                 return
-            self.store.append_event(pb.EVENT_TYPE_PREDICTIONS_WRITTEN, str(self.version),
-                                    {"model_version": str(self.version), "count": str(done)})
+            if self.store.complete_job(self.job):  # one replica announces the shared run's end
+                self.store.append_event(pb.EVENT_TYPE_PREDICTIONS_WRITTEN, str(self.version),
+                                        {"model_version": str(self.version), "count": str(done)})
             self.store.set_meta(RECLASSIFIED_VERSION_KEY, str(self.version))
             elapsed = max(time.monotonic() - started, 1e-9)
             self._report(SUCCEEDED, done, done, done / elapsed, 0.0,
@@ -224,21 +256,45 @@ class Run:
                          f"re-classification failed: {error}")
 
     def _classify_all(self, started: float) -> int:
+        """Claims shards of this version's job until every shard is finished (by this replica
+        or others); returns the faces re-classified by all of them."""
         labelled = belonging_face_ids(self.store)
         known_personas = {persona.persona_id for persona in self.store.list_personas()}
-        counts = {"done": 0, "total": max(self.store.count_faces() - len(labelled), 0)}
-        self._report(RUNNING, 0, counts["total"], 0.0, 0.0, f"re-classifying with version {self.version}")
+        total = max(self.store.count_faces() - len(labelled), 0)
+        self._report(RUNNING, 0, total, 0.0, 0.0, f"re-classifying with version {self.version}")
+        work = self.work
+        while not self._stop.is_set():
+            now = work.clock()
+            claim = self.store.claim_shard(self.job, work.shards, work.owner, now + work.lease_seconds, now)
+            if claim is not None:
+                self._classify_shard(claim.shard, labelled, known_personas, total, started)
+                continue
+            shards = self.store.job_shards(self.job)
+            if len(shards) == work.shards and all(shard.done for shard in shards):
+                return sum(shard.faces for shard in shards)
+            self._report_shared(shards, total, started)  # others hold the rest: follow their progress
+            self._stop.wait(work.poll_seconds)
+        return 0
+
+    def _classify_shard(self, shard: int, labelled: set[str], known_personas: set[str], total: int,
+                        started: float) -> None:
+        """Predicts one claimed shard, renewing the lease after each written batch; stops
+        early when the lease was lost (another replica took the shard over) or the run stops."""
+        work = self.work
+        state = {"written": 0, "lost": False}
 
         def written(rows: int) -> None:
-            counts["done"] += rows
-            done, total = counts["done"], max(counts["total"], counts["done"])  # faces ingested meanwhile
-            rate = done / max(time.monotonic() - started, 1e-9)
-            self._report(RUNNING, done, total, rate, (total - done) / rate if rate else 0.0, "")
+            state["written"] += rows
+            renewed = self.store.renew_shard(self.job, shard, work.owner, work.clock() + work.lease_seconds,
+                                             state["written"])
+            state["lost"] = state["lost"] or not renewed
+            self._report_shared(self.store.job_shards(self.job), total, started)
 
         writer = BackgroundWriter(lambda batch: batch.write_to(self.store), written)
         try:
-            for face_ids, matrix in prefetched(self.store.iter_embeddings(self.batch_rows)):
-                if self._stop.is_set():
+            for face_ids, matrix in prefetched(self.store.iter_shard_embeddings(shard, work.shards,
+                                                                                self.batch_rows)):
+                if self._stop.is_set() or state["lost"]:
                     break
                 if not labelled.isdisjoint(face_ids):  # most batches hold no labelled face: one C-level check
                     keep = np.fromiter((face_id not in labelled for face_id in face_ids), dtype=bool,
@@ -250,7 +306,16 @@ class Run:
                                                 answers.confidences, self.version, time.time()), len(face_ids))
         finally:
             writer.close()
-        return counts["done"]
+        if not (self._stop.is_set() or state["lost"]):
+            self.store.finish_shard(self.job, shard, work.owner, state["written"])
+
+    def _report_shared(self, shards: list[ShardRecord], total: int, started: float) -> None:
+        """Progress of all replicas' shards (each records its faces when it renews)."""
+        done = sum(shard.faces for shard in shards)
+        total = max(total, done)  # faces ingested meanwhile
+        rate = done / max(time.monotonic() - started, 1e-9)
+        if done != self._progress.done or total != self._progress.total:
+            self._report(RUNNING, done, total, rate, (total - done) / rate if rate else 0.0, "")
 
     # ---- progress --------------------------------------------------------
     def _report(self, state: int, done: int, total: int, rate: float, eta: float, message: str) -> None:
@@ -283,17 +348,22 @@ class Run:
 class Reclassifier:
     """Starts runs, or hands out the running one to join."""
 
-    def __init__(self, store: Store, models: ActiveModel, batch_rows: int = BATCH_ROWS):
+    def __init__(self, store: Store, models: ActiveModel, batch_rows: int = BATCH_ROWS,
+                 work: SharedWork | None = None):
         self._store = store
         self._models = models
         self._batch_rows = batch_rows
+        self._work = work or SharedWork()
         self._lock = threading.Lock()
         self._run: Run | None = None
 
     def current_run(self) -> Run | None:
         return self._run
 
-    def start_or_join(self) -> Run:
+    def start_or_join(self, shared: bool = False) -> Run:
+        """Joins the running run of the active version, or starts one: `shared`, the
+        version's one job that every replica works on (after an activation); otherwise a
+        job of its own (an operator's request: everything again, even if done before)."""
         with self._lock:
             try:
                 predictor = self._models.refresh()
@@ -306,7 +376,8 @@ class Reclassifier:
             if (running is not None and running.is_alive() and not running.finished
                     and running.version == predictor.version):
                 return running  # join: a finished run is never joined, its answer may be stale
-            run = Run(self._store, predictor, self._batch_rows)
+            job = shared_job(predictor.version) if shared else f"{shared_job(predictor.version)}-{uuid.uuid4().hex[:8]}"
+            run = Run(self._store, predictor, self._batch_rows, self._work, job)
             if running is not None and running.is_alive():
                 running.supersede(run)
             run.start(after=running)

@@ -7,7 +7,9 @@ version is activated.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from visage_classifier.models import ActiveModel, ModelLoadError, predict
 from visage_classifier.reclassify import Reclassifier, follow
 
 log = logging.getLogger(__name__)
+
+REPLICA_ENV = "VISAGE_REPLICA_ID"  # names this replica's event cursor (default: the host name, a pod's name)
 
 STREAM_IN_FLIGHT = 8  # stream items worked on at once per call (back-pressure on the caller)
 
@@ -223,7 +227,7 @@ def start(config: Config, store: Store, address: str, pool: PipelinePool | None 
     server, port, health = build_server(
         lambda grpc_server: classify_pb2_grpc.add_ClassifyServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["classifier"]], address, max_workers=max_workers)
-    watcher = EventWatcher(store, models, reclassifier)
+    watcher = EventWatcher(store, models, reclassifier, replica=os.environ.get(REPLICA_ENV) or socket.gethostname())
     if watch_events:
         watcher.start()
 
