@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from visage import placement
+from visage import metrics, placement
 from visage.config import Config
 from visage.errors import StoreErrorInterceptor
 from visage.store import Store, open_store
@@ -46,9 +46,12 @@ def build_server(
     max_workers: int = 16,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Creates and starts a server; returns it, its bound port and its health servicer."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=SERVER_OPTIONS,
-        interceptors=[StoreErrorInterceptor()])  # store errors -> one status per kind, in every service
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+    # Requests waiting for a worker thread (the executor keeps no public count of them).
+    metrics.watch_queue("grpc_workers", pool._work_queue.qsize)
+    server = grpc.server(pool, options=SERVER_OPTIONS,
+                         # metrics outermost, so they see the status a store error is answered with
+                         interceptors=[metrics.MetricsInterceptor(), StoreErrorInterceptor()])
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -128,8 +131,11 @@ def run_service(name: str, start: Callable[[Config, Store, str], RunningService]
     if cpus:
         log.info("running on CPUs %s", sorted(cpus))
     config = Config.from_env()
+    port = getattr(config.ports, name)
+    if scrape_port := metrics.metrics_port(port):
+        metrics.serve_metrics(scrape_port, config.host)
     store = open_store(config)
-    running = start(config, store, f"{config.host}:{getattr(config.ports, name)}")
+    running = start(config, store, f"{config.host}:{port}")
     serve_until_signalled(running)
     store.close()
     log.info("%s stopped", name)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from visage import metrics
 from visage.model import Predictor
 from visage.store.base import Store
 from visage.store.records import PredictionRecord, ShardRecord
@@ -267,6 +268,7 @@ class Run:
             now = work.clock()
             claim = self.store.claim_shard(self.job, work.shards, work.owner, now + work.lease_seconds, now)
             if claim is not None:
+                metrics.SHARDS_CLAIMED.inc()
                 self._classify_shard(claim.shard, labelled, known_personas, total, started)
                 continue
             shards = self.store.job_shards(self.job)
@@ -285,6 +287,7 @@ class Run:
 
         def written(rows: int) -> None:
             state["written"] += rows
+            metrics.RECLASSIFIED_FACES.inc(rows)
             renewed = self.store.renew_shard(self.job, shard, work.owner, work.clock() + work.lease_seconds,
                                              state["written"])
             state["lost"] = state["lost"] or not renewed
@@ -323,6 +326,7 @@ class Run:
             model_version=self.version, state=state, done=done, total=total,
             faces_per_second=rate, eta_seconds=eta, message=message or self._progress.message)
         self._publish(progress)
+        metrics.RECLASSIFY_RATE.set(rate if state == RUNNING else 0.0)
         self._append_progress_event(progress)
 
     def _publish(self, progress: classify_pb2.ReclassifyProgress) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from visage import convert
+from visage import convert, metrics
 from visage.config import Config
 from visage.faces.pipeline import FoundFace
 from visage.faces.pool import PipelinePool
@@ -114,6 +114,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
         # Shared by every ClassifyStream call; each call bounds its own in-flight items.
         self._stream_executor = futures.ThreadPoolExecutor(max_workers=stream_workers,
                                                            thread_name_prefix="classify-stream")
+        metrics.watch_queue("classify_stream_items", self._stream_executor._work_queue.qsize)  # no public count
 
     def close(self) -> None:
         self._stream_executor.shutdown(wait=False, cancel_futures=True)

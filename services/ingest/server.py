@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from visage import convert
+from visage import convert, metrics
 from visage.config import Config
+from visage.errors import store_status
 from visage.faces import metadata
 from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
 from visage.faces.status import ANALYSIS_ERRORS, analysis_status
 from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
-from visage.errors import store_status
 from visage.store import Store, StoreError
 from visage.store.records import FaceRecord, ImageRecord
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
@@ -87,6 +87,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         # here concurrently so one stream keeps every worker busy.
         self._window = pool.workers * IN_FLIGHT_PER_WORKER
         self._threads = ThreadPoolExecutor(max_workers=self._window * 2, thread_name_prefix="ingest")
+        metrics.watch_queue("ingest_images_in_progress", lambda: self.active._count)
 
     # ---- RPCs --------------------------------------------------------------
     def IngestImage(self, request, context):
