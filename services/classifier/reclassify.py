@@ -174,6 +174,15 @@ class SharedWork:
     owner: str = field(default_factory=replica_owner)
     clock: Callable[[], float] = time.time
 
+    @classmethod
+    def from_env(cls) -> "SharedWork":
+        """VISAGE_RECLASSIFY_SHARDS / _LEASE_SECONDS (every replica must use the same shards)."""
+        shards = int(os.environ.get("VISAGE_RECLASSIFY_SHARDS", str(SHARDS)))
+        lease = float(os.environ.get("VISAGE_RECLASSIFY_LEASE_SECONDS", str(LEASE_SECONDS)))
+        if shards < 1 or lease <= 0:
+            raise ValueError(f"VISAGE_RECLASSIFY_SHARDS ({shards}) and _LEASE_SECONDS ({lease}) must be positive")
+        return cls(shards=shards, lease_seconds=lease)
+
 
 class Run:
     """One re-classification with one Predictor; its progress is a snapshot

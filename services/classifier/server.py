@@ -31,7 +31,7 @@ from visage.v1 import classify_pb2, classify_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.events import EventWatcher
 from visage_classifier.models import ActiveModel, ModelLoadError, predict
-from visage_classifier.reclassify import Reclassifier, follow
+from visage_classifier.reclassify import BATCH_ROWS, Reclassifier, SharedWork, follow
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ def start(config: Config, store: Store, address: str, pool: PipelinePool | None 
         models.refresh()
     except ModelLoadError:
         pass  # logged; classifies as "no model" until a loadable version is activated
-    reclassifier = Reclassifier(store, models)
+    reclassifier = Reclassifier(store, models, int(os.environ.get("VISAGE_RECLASSIFY_BATCH_ROWS", str(BATCH_ROWS))),
+                                SharedWork.from_env())
     classifier = Classifier(store, pool, models, reclassifier)
     servicer = ClassifyServicer(classifier, stream_workers=max_workers)
     server, port, health = build_server(
