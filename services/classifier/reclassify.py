@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 8192
 SHARDS = 64          # parts of one version's re-classification that replicas claim (a few per replica)
 LEASE_SECONDS = 60.0  # a shard whose holder has not renewed for this long is taken over
+PROGRESS_READ_SECONDS = 0.5  # how often a replica re-reads the others' progress while it works
 EVENT_INTERVAL_SECONDS = 0.25  # progress events: at most ~4 per second
 RECLASSIFIED_VERSION_KEY = "classifier.reclassified_version"
 
@@ -184,6 +185,85 @@ class SharedWork:
         return cls(shards=shards, lease_seconds=lease)
 
 
+@dataclass(frozen=True)
+class _ShardBatch(PredictionColumns):
+    """A batch of predictions of one shard."""
+    shard: int = -1
+
+
+@dataclass(frozen=True)
+class _ShardEnd:
+    """Every batch of the shard before this one is written: it can be finished."""
+    shard: int
+
+
+class _ShardProgress:
+    """A run's shards in flight on this replica: faces written per shard, leases renewed
+    (at most every quarter lease, with the faces written so far: other replicas' progress
+    reads them), shards lost to a takeover (their remaining batches are skipped)."""
+
+    def __init__(self, run: "Run", total: int, started: float):
+        self._run, self._total, self._started = run, total, started
+        self._written: dict[int, int] = {}
+        self._renewed: dict[int, float] = {}
+        self._lost: set[int] = set()
+        self._recorded: list[ShardRecord] = []
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def claimed(self, shard: int, now: float) -> None:  # on the reading thread; the rest on the writer's
+        with self._lock:
+            self._written[shard], self._renewed[shard] = 0, now
+
+    def lost(self, shard: int) -> bool:
+        return shard in self._lost
+
+    def written(self, rows: int) -> None:
+        """The writer wrote a batch (or ended a shard, rows 0): renew leases that are due."""
+        run, work = self._run, self._run.work
+        metrics.RECLASSIFIED_FACES.inc(rows)
+        now = work.clock()
+        with self._lock:
+            due = [s for s, renewed in self._renewed.items() if now - renewed >= work.lease_seconds / 4]
+        for shard in due:
+            self._renewed[shard] = now
+            if not run.store.renew_shard(run.job, shard, work.owner, now + work.lease_seconds, self._written[shard]):
+                self._lose(shard)
+        self._refresh_recorded()
+        run._report_shared(self._recorded, self._unrecorded(), self._total, self._started)
+
+    def add(self, shard: int, rows: int) -> None:
+        with self._lock:
+            self._written[shard] = self._written.get(shard, 0) + rows
+
+    def finish(self, end: _ShardEnd) -> None:
+        run = self._run
+        renewed = self._renewed.pop(end.shard, None)
+        if renewed is not None and end.shard not in self._lost and not run._stop.is_set():
+            if not run.store.finish_shard(run.job, end.shard, run.work.owner, self._written[end.shard]):
+                self._lose(end.shard)
+        with self._lock:
+            self._written.pop(end.shard, None)
+        self._refresh_recorded()
+
+    def _refresh_recorded(self) -> None:
+        """Re-reads every replica's recorded progress, at most every PROGRESS_READ_SECONDS."""
+        if time.monotonic() - self._read_at >= PROGRESS_READ_SECONDS:
+            self._recorded = self._run.store.job_shards(self._run.job)
+            self._read_at = time.monotonic()
+
+    def _lose(self, shard: int) -> None:
+        log.warning("re-classification shard %d of %s was taken over by another replica", shard, self._run.job)
+        self._lost.add(shard)
+        self._renewed.pop(shard, None)
+
+    def _unrecorded(self) -> int:
+        """Faces written in shards in flight beyond what their rows record."""
+        recorded = {s.shard: s.faces for s in self._recorded if s.owner == self._run.work.owner and not s.done}
+        with self._lock:
+            return sum(max(0, written - recorded.get(shard, 0)) for shard, written in self._written.items())
+
+
 class Run:
     """One re-classification with one Predictor; its progress is a snapshot
     that watchers wait on (they always get the newest, never a backlog)."""
@@ -266,68 +346,79 @@ class Run:
                          f"re-classification failed: {error}")
 
     def _classify_all(self, started: float) -> int:
-        """Claims shards of this version's job until every shard is finished (by this replica
+        """Works on shards of this version's job until every shard is finished (by this replica
         or others); returns the faces re-classified by all of them."""
         labelled = belonging_face_ids(self.store)
         known_personas = {persona.persona_id for persona in self.store.list_personas()}
         total = max(self.store.count_faces() - len(labelled), 0)
         self._report(RUNNING, 0, total, 0.0, 0.0, f"re-classifying with version {self.version}")
+        while not self._stop.is_set():
+            self._classify_claimed_shards(_ShardProgress(self, total, started), labelled, known_personas)
+            shards = self.store.job_shards(self.job)
+            if len(shards) == self.work.shards and all(shard.done for shard in shards):
+                return sum(shard.faces for shard in shards)
+            self._report_shared(shards, 0, total, started)  # others hold the rest: follow their progress
+            self._stop.wait(self.work.poll_seconds)  # then claim again: a holder's lease may have ended
+        return 0
+
+    def _claimed_batches(self, progress: "_ShardProgress") -> Iterator[tuple[int, list[str], np.ndarray | None]]:
+        """(shard, face_ids, matrix) of every shard this replica can claim, one after another,
+        and (shard, [], None) after each shard's last batch. Runs on the prefetch thread, so
+        the next shard is claimed and read while the last one's batches are written."""
         work = self.work
         while not self._stop.is_set():
             now = work.clock()
             claim = self.store.claim_shard(self.job, work.shards, work.owner, now + work.lease_seconds, now)
-            if claim is not None:
-                metrics.SHARDS_CLAIMED.inc()
-                self._classify_shard(claim.shard, labelled, known_personas, total, started)
-                continue
-            shards = self.store.job_shards(self.job)
-            if len(shards) == work.shards and all(shard.done for shard in shards):
-                return sum(shard.faces for shard in shards)
-            self._report_shared(shards, total, started)  # others hold the rest: follow their progress
-            self._stop.wait(work.poll_seconds)
-        return 0
-
-    def _classify_shard(self, shard: int, labelled: set[str], known_personas: set[str], total: int,
-                        started: float) -> None:
-        """Predicts one claimed shard, renewing the lease after each written batch; stops
-        early when the lease was lost (another replica took the shard over) or the run stops."""
-        work = self.work
-        state = {"written": 0, "lost": False}
-
-        def written(rows: int) -> None:
-            state["written"] += rows
-            metrics.RECLASSIFIED_FACES.inc(rows)
-            renewed = self.store.renew_shard(self.job, shard, work.owner, work.clock() + work.lease_seconds,
-                                             state["written"])
-            state["lost"] = state["lost"] or not renewed
-            self._report_shared(self.store.job_shards(self.job), total, started)
-
-        writer = BackgroundWriter(lambda batch: batch.write_to(self.store), written)
-        try:
-            for face_ids, matrix in prefetched(self.store.iter_shard_embeddings(shard, work.shards,
-                                                                                self.batch_rows)):
-                if self._stop.is_set() or state["lost"]:
+            if claim is None:
+                return
+            metrics.SHARDS_CLAIMED.inc()
+            progress.claimed(claim.shard, now)
+            for face_ids, matrix in self.store.iter_shard_embeddings(claim.shard, work.shards, self.batch_rows):
+                if self._stop.is_set() or progress.lost(claim.shard):
                     break
+                yield claim.shard, face_ids, matrix
+            yield claim.shard, [], None
+
+    def _classify_claimed_shards(self, progress: "_ShardProgress", labelled: set[str],
+                                 known_personas: set[str]) -> None:
+        """Predicts the shards it claims; one writer for all of them, so reading, predicting and
+        writing overlap across shard boundaries. A shard is finished after its last write."""
+        def write(batch) -> None:
+            if isinstance(batch, _ShardBatch):
+                batch.write_to(self.store)
+                progress.add(batch.shard, len(batch.face_ids))
+            else:  # the end of a shard
+                progress.finish(batch)
+
+        writer = BackgroundWriter(write, progress.written)
+        try:
+            for shard, face_ids, matrix in prefetched(self._claimed_batches(progress)):
+                if self._stop.is_set():
+                    break
+                if matrix is None:
+                    writer.submit(_ShardEnd(shard), 0)
+                    continue
                 if not labelled.isdisjoint(face_ids):  # most batches hold no labelled face: one C-level check
                     keep = np.fromiter((face_id not in labelled for face_id in face_ids), dtype=bool,
                                        count=len(face_ids))
                     face_ids = [face_id for face_id, kept in zip(face_ids, keep) if kept]
                     matrix = matrix[keep]
                 answers = predict(self.predictor, matrix)
-                writer.submit(PredictionColumns(face_ids, known_or_unknown(answers.persona_ids, known_personas),
-                                                answers.confidences, self.version, time.time()), len(face_ids))
+                writer.submit(_ShardBatch(face_ids, known_or_unknown(answers.persona_ids, known_personas),
+                                          answers.confidences, self.version, time.time(), shard=shard),
+                              len(face_ids))
         finally:
             writer.close()
-        if not (self._stop.is_set() or state["lost"]):
-            self.store.finish_shard(self.job, shard, work.owner, state["written"])
 
-    def _report_shared(self, shards: list[ShardRecord], total: int, started: float) -> None:
-        """Progress of all replicas' shards (each records its faces when it renews)."""
-        done = sum(shard.faces for shard in shards)
+    def _report_shared(self, shards: list[ShardRecord], own_in_flight: int, total: int, started: float) -> None:
+        """Progress of all replicas: the faces each shard recorded (at renewals and at its end),
+        plus this replica's faces written since it last recorded them."""
+        done = sum(shard.faces for shard in shards) + own_in_flight
         total = max(total, done)  # faces ingested meanwhile
         rate = done / max(time.monotonic() - started, 1e-9)
         if done != self._progress.done or total != self._progress.total:
             self._report(RUNNING, done, total, rate, (total - done) / rate if rate else 0.0, "")
+
 
     # ---- progress --------------------------------------------------------
     def _report(self, state: int, done: int, total: int, rate: float, eta: float, message: str) -> None:
