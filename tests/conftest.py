@@ -196,3 +196,26 @@ def cassandra_store(cassandra_config):
     store.migrate()
     yield store
     store.close()
+
+
+@pytest.fixture
+def cut_off_store(tmp_path: Path):
+    """cut_off_store(store): a real outage of the store under a running service (see _cut_off)."""
+    return lambda store: _cut_off(store, tmp_path)
+
+
+def _cut_off(store, tmp_path: Path) -> None:
+    """A real outage of the store under a running service: Cassandra's driver is shut down
+    (every call finds no host); SQLite's file becomes unopenable (a directory), for every
+    thread's next connection. Either backend then raises its own errors internally."""
+    from visage.store.cassandra import CassandraStore
+
+    if isinstance(store, CassandraStore):
+        store._cluster.shutdown()
+        return
+    import threading
+
+    unopenable = tmp_path / "store-cut-off"
+    unopenable.mkdir(exist_ok=True)
+    store.path = unopenable
+    store._local = threading.local()  # every thread opens the (unopenable) path again

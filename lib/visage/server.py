@@ -14,10 +14,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from visage import guard, placement
+from visage import guard, metrics, placement
 from visage.auth.interceptor import AuthInterceptor
 from visage.auth.tokens import TokenVerifier
 from visage.config import Config
+from visage.errors import StoreErrorInterceptor
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
 
@@ -57,8 +58,14 @@ def build_server(
     streaming calls get threads of their own on top (visage.guard). Every RPC but
     reflection and health needs a token (visage.auth); `verifier` defaults to the
     issuer VISAGE_AUTH_* configures (the local one by default)."""
-    interceptors = [*_guard_interceptors(max_streams), AuthInterceptor(verifier or TokenVerifier.from_env())]
-    server = grpc.server(_executor(max_workers, max_streams), options=SERVER_OPTIONS, interceptors=interceptors)
+    pool = _executor(max_workers, max_streams)
+    # Requests waiting for a worker thread (the executor keeps no public count of them).
+    metrics.watch_queue("grpc_workers", pool._work_queue.qsize)
+    # Metrics outermost, so they see the status every other layer answers with; store
+    # errors innermost, so the guard sees them already mapped (not as unexpected).
+    interceptors = [metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
+                    AuthInterceptor(verifier or TokenVerifier.from_env()), StoreErrorInterceptor()]
+    server = grpc.server(pool, options=SERVER_OPTIONS, interceptors=interceptors)
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -150,8 +157,11 @@ def run_service(name: str, start: Callable[[Config, Store, str], RunningService]
     if cpus:
         log.info("running on CPUs %s", sorted(cpus))
     config = Config.from_env()
+    port = getattr(config.ports, name)
+    if scrape_port := metrics.metrics_port(port):
+        metrics.serve_metrics(scrape_port, config.host)
     store = open_store(config)
-    running = start(config, store, f"{config.host}:{getattr(config.ports, name)}")
+    running = start(config, store, f"{config.host}:{port}")
     serve_until_signalled(running)
     store.close()
     log.info("%s stopped", name)

@@ -27,8 +27,11 @@ PAGE = 1000
 
 class EventWatcher:
     def __init__(self, store: Store, models: ActiveModel, reclassifier: Reclassifier,
-                 poll_seconds: float = POLL_SECONDS):
+                 poll_seconds: float = POLL_SECONDS, replica: str = ""):
         self._store = store
+        # Each replica follows the log with a cursor of its own (a restarted one resumes where
+        # it stopped, not where another replica is); the work an activation starts is shared.
+        self._cursor_key = f"{CURSOR_KEY}.{replica}" if replica else CURSOR_KEY
         self._models = models
         self._reclassifier = reclassifier
         self._poll_seconds = poll_seconds
@@ -51,7 +54,7 @@ class EventWatcher:
     def _loop(self) -> None:
         # A first start begins at the log's end; the catch-up below covers an
         # activation that happened while no classifier was running.
-        cursor = self._store.get_meta(CURSOR_KEY)
+        cursor = self._store.get_meta(self._cursor_key)
         if cursor is None:
             cursor = self._store.latest_cursor()
         self._catch_up()
@@ -65,7 +68,7 @@ class EventWatcher:
     def _catch_up(self) -> None:
         try:
             if self._store.active_model_version() is not None and not self._reclassifier.is_up_to_date():
-                self._reclassifier.start_or_join()
+                self._reclassifier.start_or_join(shared=True)
         except Exception:
             log.exception("start-up re-classification check failed")
 
@@ -79,18 +82,20 @@ class EventWatcher:
             if handler is not None:
                 handler(event.subject)
         cursor = events[-1].cursor
-        self._store.set_meta(CURSOR_KEY, cursor)
+        self._store.set_meta(self._cursor_key, cursor)
         return cursor
 
     # ---- handlers ----------------------------------------------------------
     def _on_activated(self, _version: str) -> None:
         if self._reclassifier.is_up_to_date():
             return
-        run = self._reclassifier.start_or_join()
+        run = self._reclassifier.start_or_join(shared=True)
         log.info("activation seen: re-classifying with version %d", run.version)
 
     def _on_image_ingested(self, image_id: str) -> None:
-        faces = self._store.faces_of_image(image_id)
+        # A face labelled since its ingest (the event may be handled late) keeps its label only.
+        faces = [face for face in self._store.faces_of_image(image_id)
+                 if not any(label.verdict == pb.VERDICT_BELONGS for label in self._store.labels_of_face(face.face_id))]
         self._predict_faces([face.face_id for face in faces], [face.embedding for face in faces])
 
     def _on_face_unlabelled(self, face_id: str) -> None:

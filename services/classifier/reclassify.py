@@ -14,17 +14,21 @@ rely on it and half-written predictions would mix versions.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from visage import metrics
 from visage.model import Predictor
 from visage.store.base import Store
-from visage.store.records import PredictionRecord
+from visage.store.records import PredictionRecord, ShardRecord
 from visage.v1 import classify_pb2
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.models import ActiveModel, ModelLoadError, predict
@@ -32,6 +36,9 @@ from visage_classifier.models import ActiveModel, ModelLoadError, predict
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 8192
+SHARDS = 64          # parts of one version's re-classification that replicas claim (a few per replica)
+LEASE_SECONDS = 60.0  # a shard whose holder has not renewed for this long is taken over
+PROGRESS_READ_SECONDS = 0.5  # how often a replica re-reads the others' progress while it works
 EVENT_INTERVAL_SECONDS = 0.25  # progress events: at most ~4 per second
 RECLASSIFIED_VERSION_KEY = "classifier.reclassified_version"
 
@@ -146,15 +153,129 @@ class PredictionColumns:
                                      self.create_time)
 
 
+def shared_job(version: int) -> str:
+    """The job all replicas share to re-classify with a newly activated version."""
+    return f"reclassify-v{version}"
+
+
+def replica_owner() -> str:
+    """This process's name as a shard owner: unique among replicas and restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class SharedWork:
+    """How a run shares its version's re-classification with other replicas: the faces
+    split into `shards`, claimed through the store with leases of `lease_seconds` on
+    `clock` (injectable: tests expire leases without sleeping); a replica with nothing
+    left to claim polls the others' progress every `poll_seconds` until all are done."""
+    shards: int = SHARDS
+    lease_seconds: float = LEASE_SECONDS
+    poll_seconds: float = 0.5
+    owner: str = field(default_factory=replica_owner)
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def from_env(cls) -> "SharedWork":
+        """VISAGE_RECLASSIFY_SHARDS / _LEASE_SECONDS (every replica must use the same shards)."""
+        shards = int(os.environ.get("VISAGE_RECLASSIFY_SHARDS", str(SHARDS)))
+        lease = float(os.environ.get("VISAGE_RECLASSIFY_LEASE_SECONDS", str(LEASE_SECONDS)))
+        if shards < 1 or lease <= 0:
+            raise ValueError(f"VISAGE_RECLASSIFY_SHARDS ({shards}) and _LEASE_SECONDS ({lease}) must be positive")
+        return cls(shards=shards, lease_seconds=lease)
+
+
+@dataclass(frozen=True)
+class _ShardBatch(PredictionColumns):
+    """A batch of predictions of one shard."""
+    shard: int = -1
+
+
+@dataclass(frozen=True)
+class _ShardEnd:
+    """Every batch of the shard before this one is written: it can be finished."""
+    shard: int
+
+
+class _ShardProgress:
+    """A run's shards in flight on this replica: faces written per shard, leases renewed
+    (at most every quarter lease, with the faces written so far: other replicas' progress
+    reads them), shards lost to a takeover (their remaining batches are skipped)."""
+
+    def __init__(self, run: "Run", total: int, started: float):
+        self._run, self._total, self._started = run, total, started
+        self._written: dict[int, int] = {}
+        self._renewed: dict[int, float] = {}
+        self._lost: set[int] = set()
+        self._recorded: list[ShardRecord] = []
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def claimed(self, shard: int, now: float) -> None:  # on the reading thread; the rest on the writer's
+        with self._lock:
+            self._written[shard], self._renewed[shard] = 0, now
+
+    def lost(self, shard: int) -> bool:
+        return shard in self._lost
+
+    def written(self, rows: int) -> None:
+        """The writer wrote a batch (or ended a shard, rows 0): renew leases that are due."""
+        run, work = self._run, self._run.work
+        metrics.RECLASSIFIED_FACES.inc(rows)
+        now = work.clock()
+        with self._lock:
+            due = [s for s, renewed in self._renewed.items() if now - renewed >= work.lease_seconds / 4]
+        for shard in due:
+            self._renewed[shard] = now
+            if not run.store.renew_shard(run.job, shard, work.owner, now + work.lease_seconds, self._written[shard]):
+                self._lose(shard)
+        self._refresh_recorded()
+        run._report_shared(self._recorded, self._unrecorded(), self._total, self._started)
+
+    def add(self, shard: int, rows: int) -> None:
+        with self._lock:
+            self._written[shard] = self._written.get(shard, 0) + rows
+
+    def finish(self, end: _ShardEnd) -> None:
+        run = self._run
+        renewed = self._renewed.pop(end.shard, None)
+        if renewed is not None and end.shard not in self._lost and not run._stop.is_set():
+            if not run.store.finish_shard(run.job, end.shard, run.work.owner, self._written[end.shard]):
+                self._lose(end.shard)
+        with self._lock:
+            self._written.pop(end.shard, None)
+        self._refresh_recorded()
+
+    def _refresh_recorded(self) -> None:
+        """Re-reads every replica's recorded progress, at most every PROGRESS_READ_SECONDS."""
+        if time.monotonic() - self._read_at >= PROGRESS_READ_SECONDS:
+            self._recorded = self._run.store.job_shards(self._run.job)
+            self._read_at = time.monotonic()
+
+    def _lose(self, shard: int) -> None:
+        log.warning("re-classification shard %d of %s was taken over by another replica", shard, self._run.job)
+        self._lost.add(shard)
+        self._renewed.pop(shard, None)
+
+    def _unrecorded(self) -> int:
+        """Faces written in shards in flight beyond what their rows record."""
+        recorded = {s.shard: s.faces for s in self._recorded if s.owner == self._run.work.owner and not s.done}
+        with self._lock:
+            return sum(max(0, written - recorded.get(shard, 0)) for shard, written in self._written.items())
+
+
 class Run:
     """One re-classification with one Predictor; its progress is a snapshot
     that watchers wait on (they always get the newest, never a backlog)."""
 
-    def __init__(self, store: Store, predictor: Predictor | None, batch_rows: int = BATCH_ROWS):
+    def __init__(self, store: Store, predictor: Predictor | None, batch_rows: int = BATCH_ROWS,
+                 work: SharedWork | None = None, job: str = ""):
         self.store = store
         self.predictor = predictor
         self.version = predictor.version if predictor else 0
         self.batch_rows = batch_rows
+        self.work = work or SharedWork()
+        self.job = job or shared_job(self.version)
         self.successor: Run | None = None
         self._changed = threading.Condition()
         self._sequence = 0
@@ -211,8 +332,9 @@ class Run:
             if self._stop.is_set():
                 log.info("re-classification with version %d superseded after %d faces", self.version, done)
                 return
-            self.store.append_event(pb.EVENT_TYPE_PREDICTIONS_WRITTEN, str(self.version),
-                                    {"model_version": str(self.version), "count": str(done)})
+            if self.store.complete_job(self.job):  # one replica announces the shared run's end
+                self.store.append_event(pb.EVENT_TYPE_PREDICTIONS_WRITTEN, str(self.version),
+                                        {"model_version": str(self.version), "count": str(done)})
             self.store.set_meta(RECLASSIFIED_VERSION_KEY, str(self.version))
             elapsed = max(time.monotonic() - started, 1e-9)
             self._report(SUCCEEDED, done, done, done / elapsed, 0.0,
@@ -224,33 +346,79 @@ class Run:
                          f"re-classification failed: {error}")
 
     def _classify_all(self, started: float) -> int:
+        """Works on shards of this version's job until every shard is finished (by this replica
+        or others); returns the faces re-classified by all of them."""
         labelled = belonging_face_ids(self.store)
         known_personas = {persona.persona_id for persona in self.store.list_personas()}
-        counts = {"done": 0, "total": max(self.store.count_faces() - len(labelled), 0)}
-        self._report(RUNNING, 0, counts["total"], 0.0, 0.0, f"re-classifying with version {self.version}")
+        total = max(self.store.count_faces() - len(labelled), 0)
+        self._report(RUNNING, 0, total, 0.0, 0.0, f"re-classifying with version {self.version}")
+        while not self._stop.is_set():
+            self._classify_claimed_shards(_ShardProgress(self, total, started), labelled, known_personas)
+            shards = self.store.job_shards(self.job)
+            if len(shards) == self.work.shards and all(shard.done for shard in shards):
+                return sum(shard.faces for shard in shards)
+            self._report_shared(shards, 0, total, started)  # others hold the rest: follow their progress
+            self._stop.wait(self.work.poll_seconds)  # then claim again: a holder's lease may have ended
+        return 0
 
-        def written(rows: int) -> None:
-            counts["done"] += rows
-            done, total = counts["done"], max(counts["total"], counts["done"])  # faces ingested meanwhile
-            rate = done / max(time.monotonic() - started, 1e-9)
-            self._report(RUNNING, done, total, rate, (total - done) / rate if rate else 0.0, "")
+    def _claimed_batches(self, progress: "_ShardProgress") -> Iterator[tuple[int, list[str], np.ndarray | None]]:
+        """(shard, face_ids, matrix) of every shard this replica can claim, one after another,
+        and (shard, [], None) after each shard's last batch. Runs on the prefetch thread, so
+        the next shard is claimed and read while the last one's batches are written."""
+        work = self.work
+        while not self._stop.is_set():
+            now = work.clock()
+            claim = self.store.claim_shard(self.job, work.shards, work.owner, now + work.lease_seconds, now)
+            if claim is None:
+                return
+            metrics.SHARDS_CLAIMED.inc()
+            progress.claimed(claim.shard, now)
+            for face_ids, matrix in self.store.iter_shard_embeddings(claim.shard, work.shards, self.batch_rows):
+                if self._stop.is_set() or progress.lost(claim.shard):
+                    break
+                yield claim.shard, face_ids, matrix
+            yield claim.shard, [], None
 
-        writer = BackgroundWriter(lambda batch: batch.write_to(self.store), written)
+    def _classify_claimed_shards(self, progress: "_ShardProgress", labelled: set[str],
+                                 known_personas: set[str]) -> None:
+        """Predicts the shards it claims; one writer for all of them, so reading, predicting and
+        writing overlap across shard boundaries. A shard is finished after its last write."""
+        def write(batch) -> None:
+            if isinstance(batch, _ShardBatch):
+                batch.write_to(self.store)
+                progress.add(batch.shard, len(batch.face_ids))
+            else:  # the end of a shard
+                progress.finish(batch)
+
+        writer = BackgroundWriter(write, progress.written)
         try:
-            for face_ids, matrix in prefetched(self.store.iter_embeddings(self.batch_rows)):
+            for shard, face_ids, matrix in prefetched(self._claimed_batches(progress)):
                 if self._stop.is_set():
                     break
+                if matrix is None:
+                    writer.submit(_ShardEnd(shard), 0)
+                    continue
                 if not labelled.isdisjoint(face_ids):  # most batches hold no labelled face: one C-level check
                     keep = np.fromiter((face_id not in labelled for face_id in face_ids), dtype=bool,
                                        count=len(face_ids))
                     face_ids = [face_id for face_id, kept in zip(face_ids, keep) if kept]
                     matrix = matrix[keep]
                 answers = predict(self.predictor, matrix)
-                writer.submit(PredictionColumns(face_ids, known_or_unknown(answers.persona_ids, known_personas),
-                                                answers.confidences, self.version, time.time()), len(face_ids))
+                writer.submit(_ShardBatch(face_ids, known_or_unknown(answers.persona_ids, known_personas),
+                                          answers.confidences, self.version, time.time(), shard=shard),
+                              len(face_ids))
         finally:
             writer.close()
-        return counts["done"]
+
+    def _report_shared(self, shards: list[ShardRecord], own_in_flight: int, total: int, started: float) -> None:
+        """Progress of all replicas: the faces each shard recorded (at renewals and at its end),
+        plus this replica's faces written since it last recorded them."""
+        done = sum(shard.faces for shard in shards) + own_in_flight
+        total = max(total, done)  # faces ingested meanwhile
+        rate = done / max(time.monotonic() - started, 1e-9)
+        if done != self._progress.done or total != self._progress.total:
+            self._report(RUNNING, done, total, rate, (total - done) / rate if rate else 0.0, "")
+
 
     # ---- progress --------------------------------------------------------
     def _report(self, state: int, done: int, total: int, rate: float, eta: float, message: str) -> None:
@@ -258,6 +426,7 @@ class Run:
             model_version=self.version, state=state, done=done, total=total,
             faces_per_second=rate, eta_seconds=eta, message=message or self._progress.message)
         self._publish(progress)
+        metrics.RECLASSIFY_RATE.set(rate if state == RUNNING else 0.0)
         self._append_progress_event(progress)
 
     def _publish(self, progress: classify_pb2.ReclassifyProgress) -> None:
@@ -283,17 +452,22 @@ class Run:
 class Reclassifier:
     """Starts runs, or hands out the running one to join."""
 
-    def __init__(self, store: Store, models: ActiveModel, batch_rows: int = BATCH_ROWS):
+    def __init__(self, store: Store, models: ActiveModel, batch_rows: int = BATCH_ROWS,
+                 work: SharedWork | None = None):
         self._store = store
         self._models = models
         self._batch_rows = batch_rows
+        self._work = work or SharedWork()
         self._lock = threading.Lock()
         self._run: Run | None = None
 
     def current_run(self) -> Run | None:
         return self._run
 
-    def start_or_join(self) -> Run:
+    def start_or_join(self, shared: bool = False) -> Run:
+        """Joins the running run of the active version, or starts one: `shared`, the
+        version's one job that every replica works on (after an activation); otherwise a
+        job of its own (an operator's request: everything again, even if done before)."""
         with self._lock:
             try:
                 predictor = self._models.refresh()
@@ -306,7 +480,8 @@ class Reclassifier:
             if (running is not None and running.is_alive() and not running.finished
                     and running.version == predictor.version):
                 return running  # join: a finished run is never joined, its answer may be stale
-            run = Run(self._store, predictor, self._batch_rows)
+            job = shared_job(predictor.version) if shared else f"{shared_job(predictor.version)}-{uuid.uuid4().hex[:8]}"
+            run = Run(self._store, predictor, self._batch_rows, self._work, job)
             if running is not None and running.is_alive():
                 running.supersede(run)
             run.start(after=running)

@@ -7,7 +7,9 @@ version is activated.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -15,22 +17,25 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from visage import convert
+from visage import convert, metrics
 from visage.config import Config
 from visage.faces.pipeline import FoundFace
 from visage.faces.pool import PipelinePool
 from visage.faces.status import ANALYSIS_ERRORS, analysis_failure
 from visage.model import Predictor
 from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
-from visage.store.base import Store
+from visage.errors import store_status
+from visage.store.base import Store, StoreError
 from visage.store.records import EMBEDDING_DIM
 from visage.v1 import classify_pb2, classify_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.events import EventWatcher
 from visage_classifier.models import ActiveModel, ModelLoadError, predict
-from visage_classifier.reclassify import Reclassifier, follow
+from visage_classifier.reclassify import BATCH_ROWS, Reclassifier, SharedWork, follow
 
 log = logging.getLogger(__name__)
+
+REPLICA_ENV = "VISAGE_REPLICA_ID"  # names this replica's event cursor (default: the host name, a pod's name)
 
 STREAM_IN_FLIGHT = 8  # stream items worked on at once per call (back-pressure on the caller)
 
@@ -109,6 +114,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
         # Shared by every ClassifyStream call; each call bounds its own in-flight items.
         self._stream_executor = futures.ThreadPoolExecutor(max_workers=stream_workers,
                                                            thread_name_prefix="classify-stream")
+        metrics.watch_queue("classify_stream_items", self._stream_executor._work_queue.qsize)  # no public count
 
     def close(self) -> None:
         self._stream_executor.shutdown(wait=False, cancel_futures=True)
@@ -161,6 +167,10 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
             except RpcFailure as error:
                 return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, error_code=error.code.name,
                                                            error_message=error.message)
+            except StoreError as error:  # e.g. UNAVAILABLE for this item; the stream goes on
+                code, message = store_status(error, "ClassifyStream")
+                return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, error_code=code.name,
+                                                           error_message=message)
             except Exception as error:  # one item's bug must not end the caller's stream
                 log.exception("stream item %r failed", item.request_id)
                 return classify_pb2.ClassifyStreamResponse(request_id=item.request_id, error_code="INTERNAL",
@@ -212,13 +222,14 @@ def start(config: Config, store: Store, address: str, pool: PipelinePool | None 
         models.refresh()
     except ModelLoadError:
         pass  # logged; classifies as "no model" until a loadable version is activated
-    reclassifier = Reclassifier(store, models)
+    reclassifier = Reclassifier(store, models, int(os.environ.get("VISAGE_RECLASSIFY_BATCH_ROWS", str(BATCH_ROWS))),
+                                SharedWork.from_env())
     classifier = Classifier(store, pool, models, reclassifier)
     servicer = ClassifyServicer(classifier, stream_workers=max_workers)
     server, port, health = build_server(
         lambda grpc_server: classify_pb2_grpc.add_ClassifyServiceServicer_to_server(servicer, grpc_server),
         [SERVICE_NAMES["classifier"]], address, max_workers=max_workers)
-    watcher = EventWatcher(store, models, reclassifier)
+    watcher = EventWatcher(store, models, reclassifier, replica=os.environ.get(REPLICA_ENV) or socket.gethostname())
     if watch_events:
         watcher.start()
 

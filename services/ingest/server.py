@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from visage import convert
+from visage import convert, metrics
 from visage.config import Config
+from visage.errors import store_status
 from visage.faces import metadata
 from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
@@ -86,6 +87,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         # here concurrently so one stream keeps every worker busy.
         self._window = pool.workers * IN_FLIGHT_PER_WORKER
         self._threads = ThreadPoolExecutor(max_workers=self._window * 2, thread_name_prefix="ingest")
+        metrics.watch_queue("ingest_images_in_progress", lambda: self.active._count)
 
     # ---- RPCs --------------------------------------------------------------
     def IngestImage(self, request, context):
@@ -124,11 +126,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 return Ingested(stored, self.store.faces_of_image(image_id), duplicate=True)
             analyzed = self._analyze(content, filename)
             image, faces = records_of(image_id, filename, len(content), analyzed)
-            try:
-                created = self.store.put_image(image, content, faces)
-            except StoreError as error:
-                log.exception("store refused image %s", image_id)
-                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, f"the store failed: {error}") from None
+            created = self.store.put_image(image, content, faces)  # a StoreError: see _result / visage.errors
         if not created:  # a concurrent call stored the same bytes first
             return Ingested(self.store.get_image(image_id), self.store.faces_of_image(image_id), duplicate=True)
         log.info("ingested image %s (%s): %d faces", image_id, filename or "unnamed", len(faces))
@@ -149,6 +147,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except RpcFailure as failure:
             return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
                                            error_code=failure.code.name, error_message=failure.message)
+        except StoreError as error:  # e.g. UNAVAILABLE for this image; the stream goes on
+            code, message = store_status(error, "IngestImages")
+            return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
+                                           error_code=code.name, error_message=message)
         except Exception as error:  # a bug must fail this image only, never the stream
             log.exception("unexpected error ingesting %s", filename)
             return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 import threading
 
 import grpc
@@ -19,6 +18,7 @@ from visage import convert, paging
 from visage.auth import identity
 from visage.auth.roles import Role
 from visage.config import Config
+from visage.errors import store_status
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
 from visage.store.records import LabelRecord
@@ -47,28 +47,17 @@ class AlreadyExists(Exception):
     pass
 
 
-def _is_store_unavailable(error: Exception) -> bool:
-    """Errors of an unreachable or busy store (SQLite locked, Cassandra down):
-    worth a retry, unlike a bug."""
-    if isinstance(error, (StoreError, sqlite3.OperationalError)):
-        return True
-    return type(error).__module__.split(".")[0] == "cassandra"
-
-
 def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, (validation.InvalidArgument, paging.InvalidPageRequest, events.InvalidCursor)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, NotFound):
-        return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, identity.RoleRequired):
         return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, AlreadyExists):
         return grpc.StatusCode.ALREADY_EXISTS, str(error)
     if isinstance(error, ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(error)
-    if _is_store_unavailable(error):
-        log.warning("%s: store unavailable: %r", rpc_name, error)
-        return grpc.StatusCode.UNAVAILABLE, f"the store is unavailable ({type(error).__name__}: {error}); retry later"
+    if isinstance(error, StoreError):
+        return store_status(error, rpc_name)
     log.exception("%s failed", rpc_name, exc_info=error)
     return (grpc.StatusCode.INTERNAL,
             f"{rpc_name} failed with an internal error ({type(error).__name__}); see the query service log")

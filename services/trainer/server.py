@@ -23,7 +23,7 @@ import grpc
 from visage import convert, paging
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
-from visage.store.base import NotFound, Store, Withdrawn
+from visage.store.base import NotFound, Store
 from visage.store.records import TrainingJobRecord
 from visage.v1 import resources_pb2 as pb
 from visage.v1 import train_pb2, train_pb2_grpc
@@ -241,14 +241,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         return self._version(record)
 
     def ActivateModelVersion(self, request, context):
+        # NotFound, Withdrawn (trained on erased labels: FAILED_PRECONDITION) and store
+        # outages are answered by visage.errors' one mapping.
+        if request.version <= 0:
+            raise NotFound(f"model version {request.version} not found")
         try:
-            if request.version <= 0:
-                raise NotFound(f"model version {request.version} not found")
             return self._version(decisions.activate_by_hand(self.store, request.version))
-        except NotFound as error:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except Withdrawn as error:  # trained on erased labels: never again
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except decisions.ModelGone as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
 

@@ -4,7 +4,17 @@ same conformance suite (tests/store/).
 
 Rules both backends keep:
 - Writes are idempotent (the same call twice leaves the same data), because
-  event consumers are at-least-once and Cassandra has no transactions here.
+  event consumers are at-least-once and Cassandra has no multi-row transactions.
+- Concurrent writers (threads, processes, replicas; tests/store/test_store_races.py):
+  concurrent put_image of one image stores it once, exactly one call returns True and
+  one IMAGE_INGESTED is appended; concurrent put_model_version(version=0) get distinct
+  numbers; activate_model_version is one conditional transition, so however activations
+  and withdrawals interleave exactly one version (or none) is ACTIVE and it is the one
+  active_model_version returns; of concurrent BELONGS labels of one face exactly one
+  stands. SQLite: one write transaction each. Cassandra: lightweight transactions. A
+  conditional write that keeps losing races raises StoreConflict (retry).
+- Errors: only StoreError kinds (NotFound, Withdrawn, StoreUnavailable, StoreConflict,
+  StoreCorrupt) and ValueError for a malformed argument; visage.errors maps them to gRPC.
 - An image becomes visible only after its faces are written: the image row is
   the commit point of an ingest.
 - Every change that matters appends an event, after the change itself.
@@ -22,7 +32,9 @@ finishes the erasure.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -35,13 +47,16 @@ from visage.store.records import (
     ModelVersionRecord,
     PersonaRecord,
     PredictionRecord,
+    ShardRecord,
     TrainingJobRecord,
 )
 from visage.v1 import resources_pb2 as pb
 
 
 class StoreError(Exception):
-    """Base of the store's own errors."""
+    """Base of the store's own errors. Both backends raise only these (and ValueError for a
+    malformed argument): driver and sqlite3 errors are translated at the backend's boundary
+    (translate_errors), and visage.errors maps each kind to one gRPC status for every service."""
 
 
 class NotFound(StoreError):
@@ -50,6 +65,60 @@ class NotFound(StoreError):
 
 class Withdrawn(StoreError):
     """The model version was trained on labels since erased: it can never be activated again."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot answer now (unreachable, timed out, overloaded, locked): worth a retry."""
+
+
+class StoreConflict(StoreError):
+    """A conditional write lost to a concurrent one and could not be settled here."""
+
+
+class StoreCorrupt(StoreError):
+    """Stored data is inconsistent (e.g. chunks of a stored blob are missing)."""
+
+
+def translate_errors(translate: Callable[[Exception], StoreError | None]):
+    """Class decorator for a backend: every public Store method re-raises the errors
+    `translate` recognises (the driver's, sqlite3's) as the StoreError it returns, so no
+    caller ever sees a backend's own exception types. StoreErrors pass through untouched
+    (a method calling another is translated once); what `translate` does not recognise
+    (None: a bug) propagates unchanged."""
+    def translated(error: Exception) -> Exception:
+        mapped = None if isinstance(error, StoreError) else translate(error)
+        return error if mapped is None else mapped
+
+    def wrap(method):
+        if inspect.isgeneratorfunction(method):
+            @functools.wraps(method)
+            def generator(*args, **kwargs):
+                try:
+                    yield from method(*args, **kwargs)
+                except Exception as error:
+                    mapped = translated(error)
+                    if mapped is error:
+                        raise
+                    raise mapped from error
+            return generator
+
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as error:
+                mapped = translated(error)
+                if mapped is error:
+                    raise
+                raise mapped from error
+        return call
+
+    def decorate(cls):
+        for name in dir(Store):
+            if not name.startswith("_") and callable(getattr(Store, name)):
+                setattr(cls, name, wrap(getattr(cls, name)))
+        return cls
+    return decorate
 
 
 ACTIVE_VERSION_KEY = "active_model_version"  # meta key of the active version ("" or absent: none)
@@ -74,6 +143,18 @@ def check_prediction_columns(face_ids: Sequence, persona_ids: Sequence, confiden
     if not len(face_ids) == len(persona_ids) == len(confidences):
         raise ValueError(f"prediction columns differ in length: {len(face_ids)} face ids, "
                          f"{len(persona_ids)} persona ids, {len(confidences)} confidences")
+
+
+def face_id_bounds(shard: int, shards: int) -> tuple[str, str | None]:
+    """SQLite's shard `shard` of `shards`: face ids in [low, high) (high None: no bound).
+    Face ids start with the hex SHA-256 of their image, so hex ranges split them evenly;
+    other ids still fall in exactly one shard."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of {shards}")
+
+    def bound(k: int) -> str:
+        return format(k * 16 ** 4 // shards, "04x")
+    return ("" if shard == 0 else bound(shard)), (None if shard == shards - 1 else bound(shard + 1))
 
 
 class Store(abc.ABC):
@@ -342,6 +423,40 @@ class Store(abc.ABC):
         """Removes events appended before this time (the retention limit); returns how many
         (Cassandra: by whole minute partitions, so events up to a minute newer may stay
         until the next compaction)."""
+
+    # ---- shared work (re-classification shards) ----------------------------
+    # A job (e.g. "reclassify-v7") is split into `shards` fixed parts of the faces
+    # (shard_of_faces). Replicas claim shards with a lease: a shard is claimed by one
+    # replica at a time; a lease that expires (its holder died) lets another take it over;
+    # a finished shard is never claimed again, so each shard is done once per job. Times
+    # are the caller's clock (tests inject one); replicas' clocks must be in sync (NTP).
+    @abc.abstractmethod
+    def iter_shard_embeddings(self, shard: int, shards: int, batch_size: int = 8192
+                              ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """iter_embeddings restricted to one of `shards` disjoint parts that together hold
+        every face (Cassandra: token ranges; SQLite: face id ranges)."""
+
+    @abc.abstractmethod
+    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float) -> ShardRecord | None:
+        """Claims a shard of the job nobody holds: never claimed, or its lease ended before
+        `now` and it is not finished. None when every shard is finished or held."""
+
+    @abc.abstractmethod
+    def renew_shard(self, job: str, shard: int, owner: str, lease_until: float, faces: int) -> bool:
+        """Extends the owner's lease and records its progress; False when the owner lost the
+        shard (its lease expired and another replica took it over): it must stop."""
+
+    @abc.abstractmethod
+    def finish_shard(self, job: str, shard: int, owner: str, faces: int) -> bool:
+        """Marks the owner's shard finished; False when it had lost the shard."""
+
+    @abc.abstractmethod
+    def job_shards(self, job: str) -> list[ShardRecord]:
+        """The claimed shards of the job (progress of all replicas), by shard number."""
+
+    @abc.abstractmethod
+    def complete_job(self, job: str) -> bool:
+        """True for exactly one caller per job (whoever announces its end)."""
 
     # ---- consumer state --------------------------------------------------
     @abc.abstractmethod

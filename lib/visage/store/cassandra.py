@@ -1,6 +1,7 @@
 """Scale-out store on Apache Cassandra (also Azure Cosmos DB's Cassandra API and
-Azure Managed Instance for Apache Cassandra). Same semantics as sqlite.py, kept
-without transactions or lightweight transactions:
+Azure Managed Instance for Apache Cassandra). Same semantics as sqlite.py, without
+multi-row transactions; lightweight transactions (LWT, compare-and-set) exactly where a
+race would lose or duplicate data (see "Conditional writes" below):
 
 - Commit points: every multi-row write puts its dependent rows first and the row
   that makes them visible last (image chunks + faces, then the image row; artifact
@@ -14,11 +15,16 @@ without transactions or lightweight transactions:
   rows of different partitions are never batched together. Predictions are stored in
   PREDICTION_BUCKETS partitions keyed by a hash of the face id, so the classifier's
   re-classification writes them a few dozen rows per request instead of one.
-- Model version numbers: put_model_version(version=0) takes max(version) + 1.
-  Only the trainer writes versions and there is one trainer writer, so no two
-  writers race for a number (a second writer would need an LWT, which we avoid).
-- Concurrent put_image of the same new image may both return True: the rows are
-  identical, only IMAGE_INGESTED is appended twice (consumers are at-least-once).
+- Conditional writes (LWT; they run at LOCAL_SERIAL, and the cells they guard are never
+  written without one but by erasure, since plain and conditional writes of one cell do not order):
+  the image row (INSERT IF NOT EXISTS: of concurrent ingests of the same bytes one stores
+  it and appends IMAGE_INGESTED; the others wrote identical dependent rows, the ids derive
+  from the bytes); model version numbers (claimed in version_numbers before the artifact is
+  written); the active-version cell in meta (compare-and-set: the one transition an
+  activation or withdrawal makes; a version row's ACTIVE/RETIRED state is a hint read
+  through that cell, so no two versions ever read as ACTIVE); a face's `belongs` static
+  cell in its labels partition (a label and the BELONGS label it replaces change in one
+  conditional batch, so two BELONGS labels never both stand).
 - Event log: partitions of one minute (events_by_minute), clustered by timeuuid;
   cursor = hex timestamp + timeuuid, so cursors order as strings too. Writers in
   different processes can land out of order, so read_events re-reads a short lag
@@ -45,9 +51,18 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
-from cassandra import ConsistencyLevel, ProtocolVersion
+from cassandra import (
+    AuthenticationFailed,
+    ConsistencyLevel,
+    OperationTimedOut,
+    ProtocolVersion,
+    RequestExecutionException,
+    Unauthorized,
+)
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
@@ -60,7 +75,12 @@ from visage.store.base import (
     WITHDRAWN_REASON,
     NotFound,
     Store,
+    StoreConflict,
+    StoreCorrupt,
     StoreError,
+    StoreUnavailable,
+    Withdrawn,
+    translate_errors,
     withdraw_candidates,
 )
 from visage.store.records import (
@@ -72,6 +92,7 @@ from visage.store.records import (
     ModelVersionRecord,
     PersonaRecord,
     PredictionRecord,
+    ShardRecord,
     TrainingJobRecord,
     embedding_from_bytes,
     embedding_to_bytes,
@@ -91,6 +112,7 @@ EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
 FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
 REMEMBERED_CURSORS = 50_000
+LWT_ATTEMPTS = 50           # a conditional write that keeps losing races raises StoreConflict
 SCHEMA_COMPONENT = "visage"
 
 # Append-only list of migrations; index + 1 is the schema version. `{ks}` is the keyspace.
@@ -149,6 +171,15 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
 ], [
     # Faces and personas a user hid: few rows, one partition per kind.
     """CREATE TABLE IF NOT EXISTS {ks}.hidden (kind text, item_id text, PRIMARY KEY ((kind), item_id))""",
+], [
+    # Conditional writes (see the module doc): version numbers are claimed with an LWT, and a
+    # face's one BELONGS persona is a static column of its labels partition, so a label and
+    # the BELONGS label it replaces change in one conditional batch.
+    """CREATE TABLE IF NOT EXISTS {ks}.version_numbers (version int PRIMARY KEY, claimed_at double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.work_shards (job text, shard int, owner text, lease_until double,
+        faces int, done boolean, PRIMARY KEY ((job), shard))""",
+    lambda store: store._add_column("labels", "belongs", "text static"),
+    lambda store: store._fill_belongs(),
 ]]
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -179,6 +210,36 @@ def _by_partition(rows: Iterable[tuple], key: Callable[[tuple], object]) -> dict
     for row in rows:
         groups[key(row)].append(row)
     return groups
+
+
+def _embedding_batches(rows: Iterable, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(face_ids, matrix) batches of (face_id, embedding) rows."""
+    ids: list[str] = []
+    blobs: list[bytes] = []
+    for row in rows:
+        ids.append(row.face_id)
+        blobs.append(row.embedding)
+        if len(ids) == batch_size:
+            yield ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1)
+            ids, blobs = [], []
+    if ids:
+        yield ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1)
+
+
+MIN_TOKEN = -2 ** 63  # Murmur3Partitioner's token range
+
+
+def _token_bounds(shard: int, shards: int) -> tuple[int, int | None]:
+    """Shard `shard` of `shards`: tokens in [low, high) (high None: to the ring's end)."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of {shards}")
+    low = MIN_TOKEN + shard * 2 ** 64 // shards
+    return low, (None if shard == shards - 1 else MIN_TOKEN + (shard + 1) * 2 ** 64 // shards)
+
+
+def _is_label(row) -> bool:
+    """A labels partition that holds only its static `belongs` cell reads as one row without a label."""
+    return row.persona_id is not None
 
 
 def _day(timestamp: float) -> int:
@@ -231,7 +292,7 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
     policy = (TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)) if config.local_dc
               else TokenAwarePolicy(RoundRobinPolicy()))
     profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=ConsistencyLevel.LOCAL_QUORUM,
-                               request_timeout=30)
+                               serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL, request_timeout=30)
     options: dict = {}
     if config.username:
         options["auth_provider"] = PlainTextAuthProvider(config.username, config.password)
@@ -258,7 +319,7 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
                 raise
             return open_session(ProtocolVersion.V4)
     except Exception as e:
-        raise StoreError(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
+        raise StoreUnavailable(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
 
 
 def _protocol_refused(error: NoHostAvailable) -> bool:
@@ -266,6 +327,18 @@ def _protocol_refused(error: NoHostAvailable) -> bool:
     return bool(error.errors) and all("protocol" in str(e).lower() for e in error.errors.values())
 
 
+def _store_error(error: Exception) -> StoreError | None:
+    """The driver's errors as the store's own (see translate_errors): no replica reachable,
+    a timeout, an overloaded or failing coordinator, refused credentials are all outages
+    worth a retry; a malformed statement (InvalidRequest, ...) is a bug and stays as it is."""
+    outage = (NoHostAvailable, OperationTimedOut, ConnectionException, RequestExecutionException,
+              Unauthorized, AuthenticationFailed, ServerError, OverloadedErrorMessage, IsBootstrappingErrorMessage)
+    if isinstance(error, outage):
+        return StoreUnavailable(f"Cassandra: {type(error).__name__}: {error}")
+    return None
+
+
+@translate_errors(_store_error)
 class CassandraStore(Store):
     def __init__(self, config: CassandraConfig):
         if not IDENTIFIER.match(config.keyspace):
@@ -287,10 +360,14 @@ class CassandraStore(Store):
             self._prepared[cql] = stmt
         return stmt
 
-    def _run(self, cql: str, args: tuple = (), fetch_size: int | None = None, timeout: float = 30):
+    def _run(self, cql: str, args: tuple = (), fetch_size: int | None = None, timeout: float = 30,
+             serial: bool = False):
+        """`serial`: a linearizable read, which sees every applied compare-and-set."""
         bound = self._stmt(cql).bind(args)
         if fetch_size:
             bound.fetch_size = fetch_size
+        if serial:
+            bound.consistency_level = ConsistencyLevel.LOCAL_SERIAL
         return self._session.execute(bound, timeout=timeout)
 
     def _run_many(self, cql: str, rows: list[tuple]) -> list:
@@ -474,13 +551,15 @@ class CassandraStore(Store):
         return erasure
 
     def _drop_image_rows(self, image_ids: list[str]) -> None:
-        self._execute_all(self._bound("DELETE FROM {ks}.images WHERE image_id = ?", [(i,) for i in image_ids]))
+        # Conditional like the insert (LWT and plain writes on one row do not order reliably).
+        self._execute_all(self._bound("DELETE FROM {ks}.images WHERE image_id = ? IF EXISTS",
+                                      [(i,) for i in image_ids]))
 
     def _erase_faces(self, face_ids: list[str]) -> Erasure:
         """Labels, predictions and crops of these faces (not the face rows), after withdrawing
         the versions their labels may have trained."""
         labels = [LabelRecord(*row) for row in self._select_in(
-            f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", face_ids)]
+            f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", face_ids) if _is_label(row)]
         persona_ids = sorted({label.persona_id for label in labels})
         withdrawn = (self.withdraw_model_versions(withdraw_candidates(self.list_model_versions(), persona_ids))
                      if persona_ids else [])
@@ -518,13 +597,15 @@ class CassandraStore(Store):
                                       named))
 
     def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:
-        active = self.get_meta(ACTIVE_VERSION_KEY)
         for record in versions:
-            if active == str(record.version):  # nothing serves it from here on
-                self.set_meta(ACTIVE_VERSION_KEY, "")
             self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ?",
                       (pb.MODEL_STATE_WITHDRAWN, WITHDRAWN_REASON, record.version))
             self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
+        # Nothing serves a withdrawn version from here on. Rows are WITHDRAWN first, so an
+        # activation racing this sees the state after its own compare-and-set and undoes it.
+        withdrawn = {str(record.version) for record in versions}
+        if withdrawn:
+            self._swap_active(lambda current: "" if current in withdrawn else current)
         return [record.version for record in versions]
 
     # ---- images and faces -----------------------------------------------
@@ -543,10 +624,16 @@ class CassandraStore(Store):
                 (day, image.create_time, image.image_id)),
         ])
         # The commit point: until this row exists the image and its faces' image are invisible.
-        self._run("INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
-                  "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  (image.image_id, image.filename, image.content_type, image.width, image.height,
-                   image.size_bytes, image.face_count, image.status, image.create_time, len(chunks)))
+        # Conditional, so of concurrent ingests of the same bytes exactly one stores the image
+        # and appends IMAGE_INGESTED (the others wrote identical dependent rows: the ids
+        # derive from the bytes).
+        committed = self._run(
+            "INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
+            "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            (image.image_id, image.filename, image.content_type, image.width, image.height,
+             image.size_bytes, image.face_count, image.status, image.create_time, len(chunks))).was_applied
+        if not committed:
+            return False
         self.append_event(pb.EVENT_TYPE_IMAGE_INGESTED, image.image_id, {"face_count": image.face_count})
         return True
 
@@ -588,7 +675,7 @@ class CassandraStore(Store):
     def _read_chunks(self, cql: str, key, count: int) -> bytes:
         chunks = {row.chunk: row.data or b"" for row in self._run(cql, (key,), fetch_size=4)}
         if len(chunks) < count:
-            raise StoreError(f"{key!r}: {count - len(chunks)} of {count} stored chunks are missing")
+            raise StoreCorrupt(f"{key!r}: {count - len(chunks)} of {count} stored chunks are missing")
         return b"".join(chunks[i] for i in range(count))
 
     def _newest_first(self, kind: str, table: str, id_column: str, offset: int, limit: int) -> list[str]:
@@ -670,16 +757,7 @@ class CassandraStore(Store):
         # One paged scan in token order; the driver fetches the next page while we build this batch.
         rows = self._run("SELECT face_id, embedding FROM {ks}.faces", fetch_size=min(batch_size, 5000),
                          timeout=120)
-        ids: list[str] = []
-        blobs: list[bytes] = []
-        for row in rows:
-            ids.append(row.face_id)
-            blobs.append(row.embedding)
-            if len(ids) == batch_size:
-                yield ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1)
-                ids, blobs = [], []
-        if ids:
-            yield ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1)
+        yield from _embedding_batches(rows, batch_size)
 
     # ---- labels ----------------------------------------------------------
     def put_label(self, label: LabelRecord) -> None:
@@ -687,34 +765,91 @@ class CassandraStore(Store):
             raise NotFound(f"face {label.face_id!r} not found")
         if self.get_persona(label.persona_id) is None:
             raise NotFound(f"persona {label.persona_id!r} not found")
-        for old in self.labels_of_face(label.face_id):
-            other_belongs = (label.verdict == pb.VERDICT_BELONGS and old.verdict == pb.VERDICT_BELONGS
-                             and old.persona_id != label.persona_id)
-            if other_belongs:
-                self._delete_label_rows(old)
-            elif old.persona_id == label.persona_id and old.verdict != label.verdict:
-                self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
-                          (old.persona_id, old.verdict, old.face_id))
+        # Index row first (readers check the base rows), then one conditional batch on the
+        # face's labels partition: the label, the BELONGS label it replaces and the face's
+        # `belongs` cell change together or not at all, so two BELONGS labels never both stand.
         self._run("INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)",
                   (label.persona_id, label.verdict, label.face_id))
-        self._run("INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time) "
-                  "VALUES (?, ?, ?, ?, ?)",
-                  (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+        belongs, old = self._change_labels(label.face_id, lambda belongs: self._label_batch(label, belongs))
+        stale = [(belongs, pb.VERDICT_BELONGS)] if belongs not in (None, label.persona_id) \
+            and label.verdict == pb.VERDICT_BELONGS else []
+        stale += [(label.persona_id, l.verdict) for l in old
+                  if l.persona_id == label.persona_id and l.verdict != label.verdict]
+        self._run_many("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
+                       [(persona_id, verdict, label.face_id) for persona_id, verdict in stale])
         self.append_event(pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
                           {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
 
-    def _delete_label_rows(self, label: LabelRecord) -> None:
-        self._run("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?", (label.face_id, label.persona_id))
-        self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
-                  (label.persona_id, label.verdict, label.face_id))
+    def _label_batch(self, label: LabelRecord, belongs: str | None) -> BatchStatement:
+        """The conditional batch storing `label` when the face's BELONGS persona is `belongs`."""
+        batch = BatchStatement(BatchType.LOGGED)  # a conditional batch: one partition, all or nothing
+        if label.verdict == pb.VERDICT_BELONGS:
+            now_belongs = label.persona_id
+            if belongs not in (None, label.persona_id):
+                batch.add(self._stmt("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?"),
+                          (label.face_id, belongs))
+        else:
+            now_belongs = None if belongs == label.persona_id else belongs
+        batch.add(self._stmt("INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time) "
+                             "VALUES (?, ?, ?, ?, ?)"),
+                  (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+        batch.add(self._stmt("UPDATE {ks}.labels SET belongs = ? WHERE face_id = ? IF belongs = ?"),
+                  (now_belongs, label.face_id, belongs))
+        return batch
+
+    def _change_labels(self, face_id: str, batch_for: Callable[[str | None], Statement | None]
+                       ) -> tuple[str | None, list[LabelRecord]]:
+        """Applies batch_for(belongs) to the face's labels partition, conditional on `belongs`
+        (the face's BELONGS persona) still being what it read; on a lost race reads again and
+        retries. Returns the `belongs` and labels it applied over."""
+        for _attempt in range(LWT_ATTEMPTS):
+            rows = list(self._run(f"SELECT {self._LABEL_COLUMNS}, belongs FROM {{ks}}.labels WHERE face_id = ?",
+                                  (face_id,)))
+            belongs = rows[0].belongs if rows else None
+            old = [LabelRecord(*row[:5]) for row in rows if _is_label(row)]
+            batch = batch_for(belongs)
+            if batch is None or self._session.execute(batch, timeout=30).was_applied:
+                return belongs, old
+        raise StoreConflict(f"labels of face {face_id!r} kept changing under {LWT_ATTEMPTS} attempts; retry")
 
     def delete_label(self, face_id: str, persona_id: str) -> bool:
-        existing = [l for l in self.labels_of_face(face_id) if l.persona_id == persona_id]
-        if not existing:
+        removed: list[LabelRecord] = []
+
+        def batch_for(belongs: str | None) -> Statement | None:
+            existing = [l for l in self.labels_of_face(face_id) if l.persona_id == persona_id]
+            removed[:] = existing
+            if not existing:
+                return None
+            batch = BatchStatement(BatchType.LOGGED)
+            batch.add(self._stmt("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?"),
+                      (face_id, persona_id))
+            batch.add(self._stmt("UPDATE {ks}.labels SET belongs = ? WHERE face_id = ? IF belongs = ?"),
+                      (None if belongs == persona_id else belongs, face_id, belongs))
+            return batch
+
+        self._change_labels(face_id, batch_for)
+        if not removed:
             return False
-        self._delete_label_rows(existing[0])
+        self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
+                  (persona_id, removed[0].verdict, face_id))
         self.append_event(pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
         return True
+
+    def _add_column(self, table: str, column: str, kind: str) -> None:
+        """ALTER TABLE ADD, once (Cassandra 3 / Cosmos DB know no ADD IF NOT EXISTS)."""
+        if not list(self._run("SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? "
+                              "AND table_name = ? AND column_name = ?", (self.keyspace, table, column))):
+            self._session.execute(f"ALTER TABLE {self.keyspace}.{table} ADD {column} {kind}", timeout=120)
+
+    def _fill_belongs(self) -> None:
+        """Migration 4: each face's `belongs` cell names its (newest) BELONGS label's persona."""
+        newest: dict[str, tuple[float, str]] = {}
+        for row in self._session.execute(f"SELECT face_id, persona_id, verdict, create_time "
+                                         f"FROM {self.keyspace}.labels", timeout=120):
+            if row.verdict == pb.VERDICT_BELONGS and row.create_time >= newest.get(row.face_id, (-1.0, ""))[0]:
+                newest[row.face_id] = (row.create_time, row.persona_id)
+        self._run_many("UPDATE {ks}.labels SET belongs = ? WHERE face_id = ?",
+                       [(persona_id, face_id) for face_id, (_t, persona_id) in newest.items()])
 
     _LABEL_COLUMNS = "face_id, persona_id, verdict, labelled_by, create_time"
 
@@ -737,7 +872,7 @@ class CassandraStore(Store):
 
     def labels_of_face(self, face_id: str) -> list[LabelRecord]:
         rows = self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ?", (face_id,))
-        return sorted((LabelRecord(*row) for row in rows), key=lambda l: -l.create_time)
+        return sorted((LabelRecord(*row) for row in rows if _is_label(row)), key=lambda l: -l.create_time)
 
     def labels_of_persona(self, persona_id: str, verdict: int) -> list[LabelRecord]:
         face_ids = [row.face_id for row in self._run(
@@ -758,7 +893,8 @@ class CassandraStore(Store):
 
     def iter_labels(self) -> Iterator[LabelRecord]:
         for row in self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels", fetch_size=5000, timeout=120):
-            yield LabelRecord(*row)
+            if _is_label(row):
+                yield LabelRecord(*row)
 
     # ---- predictions -----------------------------------------------------
     _PREDICTION_COLUMNS = "face_id, persona_id, confidence, model_version, create_time"
@@ -845,16 +981,22 @@ class CassandraStore(Store):
                         "create_time, activate_time")
 
     @staticmethod
-    def _version(row) -> ModelVersionRecord:
-        return ModelVersionRecord(row.version, row.state, row.algorithm, row.unknown_threshold,
+    def _version(row, active: str | None) -> ModelVersionRecord:
+        """The record, its state as the active-version cell says: that cell (changed only by
+        compare-and-set) is the truth, the row's state a hint a racing activation may have
+        left behind, so no two versions ever read as ACTIVE."""
+        state = row.state
+        if str(row.version) == active and state != pb.MODEL_STATE_WITHDRAWN:
+            state = pb.MODEL_STATE_ACTIVE
+        elif state == pb.MODEL_STATE_ACTIVE:
+            state = pb.MODEL_STATE_RETIRED
+        return ModelVersionRecord(row.version, state, row.algorithm, row.unknown_threshold,
                                   json.loads(row.persona_ids), json.loads(row.metrics), json.loads(row.lineage),
                                   row.gate_reason, row.create_time, row.activate_time)
 
     def put_model_version(self, record: ModelVersionRecord, artifact: bytes) -> ModelVersionRecord:
         if not record.version:
-            # Single writer (the trainer) assigns numbers; see the module doc.
-            versions = [row.version for row in self._run("SELECT version FROM {ks}.model_versions")]
-            record.version = max(versions, default=0) + 1
+            record.version = self._claim_version_number()
         chunks = _chunks(artifact)
         self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
         self._run_many("INSERT INTO {ks}.model_artifact_chunks (version, chunk, data) VALUES (?, ?, ?)",
@@ -865,6 +1007,18 @@ class CassandraStore(Store):
                    json.dumps(record.persona_ids), json.dumps(record.metrics), json.dumps(record.lineage),
                    record.gate_reason, record.create_time, record.activate_time, len(chunks)))
         return record
+
+    def _claim_version_number(self) -> int:
+        """The next version number, claimed with an LWT: two trainers never write one number."""
+        taken = [row.version for row in self._run("SELECT version FROM {ks}.version_numbers")]
+        taken += [row.version for row in self._run("SELECT version FROM {ks}.model_versions")]  # older schemas
+        candidate = max(taken, default=0) + 1
+        for _attempt in range(LWT_ATTEMPTS):
+            if self._run("INSERT INTO {ks}.version_numbers (version, claimed_at) VALUES (?, ?) IF NOT EXISTS",
+                         (candidate, now())).was_applied:
+                return candidate
+            candidate += 1
+        raise StoreConflict(f"could not claim a model version number in {LWT_ATTEMPTS} attempts; retry")
 
     def update_model_version(self, record: ModelVersionRecord) -> None:
         if self.get_model_version(record.version) is None:
@@ -877,7 +1031,7 @@ class CassandraStore(Store):
     def get_model_version(self, version: int) -> ModelVersionRecord | None:
         rows = list(self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions WHERE version = ?",
                               (version,)))
-        return self._version(rows[0]) if rows else None
+        return self._version(rows[0], self.get_meta(ACTIVE_VERSION_KEY)) if rows else None
 
     def get_model_artifact(self, version: int) -> bytes | None:
         rows = list(self._run("SELECT chunk_count, state FROM {ks}.model_versions WHERE version = ?", (version,)))
@@ -897,24 +1051,47 @@ class CassandraStore(Store):
         return True
 
     def list_model_versions(self) -> list[ModelVersionRecord]:
+        active = self.get_meta(ACTIVE_VERSION_KEY)
         rows = self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions", fetch_size=1000)
-        return sorted((self._version(row) for row in rows), key=lambda v: -v.version)
+        return sorted((self._version(row, active) for row in rows), key=lambda v: -v.version)
 
     def activate_model_version(self, version: int) -> ModelVersionRecord:
         record = self.get_model_version(version)
         if record is None:
             raise NotFound(f"model version {version} not found")
         self.check_activatable(record)
-        # New one first, then retire the others: readers never see zero active versions.
+        # The one conditional transition: the active-version cell, compare-and-set from what
+        # it held to this version. Rows' states follow as hints (see _version).
+        previous = self._swap_active(lambda _current: str(version))
+        row = self._run("SELECT state FROM {ks}.model_versions WHERE version = ?", (version,)).one()
+        if row is not None and row.state == pb.MODEL_STATE_WITHDRAWN:  # an erasure raced this activation
+            self._swap_active(lambda current: "" if current == str(version) else current)
+            raise Withdrawn(f"model version {version} was {WITHDRAWN_REASON}; it cannot be activated")
         self._run("UPDATE {ks}.model_versions SET state = ?, activate_time = ? WHERE version = ?",
                   (pb.MODEL_STATE_ACTIVE, now(), version))
-        self.set_meta(ACTIVE_VERSION_KEY, str(version))
-        for other in self.list_model_versions():
-            if other.version != version and other.state == pb.MODEL_STATE_ACTIVE:
-                self._run("UPDATE {ks}.model_versions SET state = ? WHERE version = ?",
-                          (pb.MODEL_STATE_RETIRED, other.version))
+        if previous and previous != str(version):
+            self._run("UPDATE {ks}.model_versions SET state = ? WHERE version = ?",
+                      (pb.MODEL_STATE_RETIRED, int(previous)))
         self.append_event(pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED, str(version))
         return self.get_model_version(version)
+
+    def _swap_active(self, change: Callable[[str], str]) -> str:
+        """Compare-and-set of the active-version cell to change(current) ("" = none); returns
+        the value it replaced. On a lost race decides again against the value that won."""
+        row = self._run("SELECT value FROM {ks}.meta WHERE key = ?", (ACTIVE_VERSION_KEY,), serial=True).one()
+        current = row.value if row else None
+        for _attempt in range(LWT_ATTEMPTS):
+            wanted = change(current or "")
+            if current is None:
+                result = self._run("INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS",
+                                   (ACTIVE_VERSION_KEY, wanted))
+            else:
+                result = self._run("UPDATE {ks}.meta SET value = ? WHERE key = ? IF value = ?",
+                                   (wanted, ACTIVE_VERSION_KEY, current))
+            if result.was_applied:
+                return current or ""
+            current = result.one().value  # what won the race
+        raise StoreConflict(f"the active model version kept changing under {LWT_ATTEMPTS} attempts; retry")
 
     def active_model_version(self) -> ModelVersionRecord | None:
         value = self.get_meta(ACTIVE_VERSION_KEY)
@@ -1032,10 +1209,62 @@ class CassandraStore(Store):
             self._delivered_at[cursor] = _Delivered(frozenset(visible), {}, 0)
         return cursor
 
+    # ---- shared work -------------------------------------------------------
+    def iter_shard_embeddings(self, shard: int, shards: int, batch_size: int = 8192
+                              ) -> Iterator[tuple[list[str], np.ndarray]]:
+        low, high = _token_bounds(shard, shards)
+        if high is None:
+            rows = self._run("SELECT face_id, embedding FROM {ks}.faces WHERE token(face_id) >= ?", (low,),
+                             fetch_size=min(batch_size, 5000), timeout=120)
+        else:
+            rows = self._run("SELECT face_id, embedding FROM {ks}.faces WHERE token(face_id) >= ? "
+                             "AND token(face_id) < ?", (low, high), fetch_size=min(batch_size, 5000), timeout=120)
+        yield from _embedding_batches(rows, batch_size)
+
+    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float) -> ShardRecord | None:
+        held = {row.shard: row for row in self._run(
+            "SELECT shard, owner, lease_until, done FROM {ks}.work_shards WHERE job = ? AND shard >= 0", (job,))}
+        # (a plain read: a stale row only costs a lost compare-and-set below, never a double claim)
+        start = zlib.crc32(owner.encode()) % shards  # replicas start at different shards: fewer lost races
+        for shard in [*range(start, shards), *range(start)]:
+            row = held.get(shard)
+            if row is None:
+                claimed = self._run("INSERT INTO {ks}.work_shards (job, shard, owner, lease_until, faces, done) "
+                                    "VALUES (?, ?, ?, ?, 0, false) IF NOT EXISTS", (job, shard, owner, lease_until))
+            elif not row.done and row.lease_until < now:  # its holder stopped renewing: take it over
+                claimed = self._run("UPDATE {ks}.work_shards SET owner = ?, lease_until = ?, faces = 0 "
+                                    "WHERE job = ? AND shard = ? IF owner = ? AND lease_until = ?",
+                                    (owner, lease_until, job, shard, row.owner, row.lease_until))
+            else:
+                continue
+            if claimed.was_applied:
+                return ShardRecord(job, shard, owner, lease_until)
+        return None
+
+    def renew_shard(self, job: str, shard: int, owner: str, lease_until: float, faces: int) -> bool:
+        return self._run("UPDATE {ks}.work_shards SET lease_until = ?, faces = ? WHERE job = ? AND shard = ? "
+                         "IF owner = ? AND done = false", (lease_until, faces, job, shard, owner)).was_applied
+
+    def finish_shard(self, job: str, shard: int, owner: str, faces: int) -> bool:
+        return self._run("UPDATE {ks}.work_shards SET done = true, faces = ? WHERE job = ? AND shard = ? "
+                         "IF owner = ? AND done = false", (faces, job, shard, owner)).was_applied
+
+    def job_shards(self, job: str) -> list[ShardRecord]:
+        rows = self._run("SELECT job, shard, owner, lease_until, faces, done FROM {ks}.work_shards "
+                         "WHERE job = ? AND shard >= 0", (job,))
+        return [ShardRecord(row.job, row.shard, row.owner, row.lease_until, row.faces, row.done) for row in rows]
+
+    def complete_job(self, job: str) -> bool:
+        return self._run("INSERT INTO {ks}.work_shards (job, shard, owner, lease_until, faces, done) "
+                         "VALUES (?, -1, '', 0, 0, true) IF NOT EXISTS", (job,)).was_applied  # shard -1: announced
+
     # ---- meta --------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         rows = list(self._run("SELECT value FROM {ks}.meta WHERE key = ?", (key,)))
         return rows[0].value if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
+        if key == ACTIVE_VERSION_KEY:  # only ever compare-and-set (LWT and plain writes do not mix)
+            self._swap_active(lambda _current: value)
+            return
         self._run("INSERT INTO {ks}.meta (key, value) VALUES (?, ?)", (key, value))

@@ -132,3 +132,15 @@ def embedding_to_bytes(embedding: np.ndarray) -> bytes:
 
 def embedding_from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
+
+
+@dataclass
+class ShardRecord:
+    """One shard of a job shared by replicas (a re-classification: job "reclassify-v7"):
+    who holds it until when, how many faces it has done, whether it is finished."""
+    job: str
+    shard: int
+    owner: str
+    lease_until: float
+    faces: int = 0
+    done: bool = False

@@ -20,8 +20,14 @@ from visage.store.base import (
     WITHDRAWN_REASON,
     NotFound,
     Store,
+    StoreConflict,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
     Withdrawn,
     check_prediction_columns,
+    face_id_bounds,
+    translate_errors,
     withdraw_candidates,
 )
 from visage.store.records import (
@@ -33,6 +39,7 @@ from visage.store.records import (
     ModelVersionRecord,
     PersonaRecord,
     PredictionRecord,
+    ShardRecord,
     TrainingJobRecord,
     embedding_from_bytes,
     embedding_to_bytes,
@@ -94,6 +101,11 @@ MIGRATIONS = [
     """
     CREATE TABLE hidden (kind TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (kind, item_id));
     """,
+    # 5: shards of work shared by replicas (re-classification), claimed with leases.
+    """
+    CREATE TABLE work_shards (job TEXT NOT NULL, shard INTEGER NOT NULL, owner TEXT NOT NULL,
+        lease_until REAL NOT NULL, faces INTEGER NOT NULL, done INTEGER NOT NULL, PRIMARY KEY (job, shard));
+    """,
 ]
 
 # Updates the row in place (REPLACE deletes the row and its index entry, then inserts both again).
@@ -120,6 +132,18 @@ def _cursor(seq: int) -> str:
     return str(seq).zfill(CURSOR_WIDTH)
 
 
+def _store_error(error: Exception) -> StoreError | None:
+    """sqlite3's errors as the store's own (see translate_errors)."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return StoreConflict(f"a concurrent write conflicts: {error}")
+    if isinstance(error, sqlite3.OperationalError):  # locked, busy, disk full, cannot open
+        return StoreUnavailable(f"SQLite: {error}")
+    if isinstance(error, sqlite3.DatabaseError):  # "database disk image is malformed", ...
+        return StoreCorrupt(f"SQLite: {error}")
+    return None
+
+
+@translate_errors(_store_error)
 class SqliteStore(Store):
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -590,6 +614,51 @@ class SqliteStore(Store):
     def compact_events(self, before: float) -> int:
         with self._tx() as conn:  # AUTOINCREMENT: removed sequence numbers are never reused
             return conn.execute("DELETE FROM events WHERE create_time < ?", (before,)).rowcount
+
+    # ---- shared work -------------------------------------------------------
+    def iter_shard_embeddings(self, shard: int, shards: int, batch_size: int = 8192
+                              ) -> Iterator[tuple[list[str], np.ndarray]]:
+        low, high = face_id_bounds(shard, shards)
+        where, args = ("face_id >= ?", [low]) if low else ("1", [])
+        if high is not None:
+            where, args = f"{where} AND face_id < ?", [*args, high]
+        cursor = self._conn().execute(f"SELECT face_id, embedding FROM faces WHERE {where} ORDER BY face_id", args)
+        while rows := cursor.fetchmany(batch_size):
+            ids = [row[0] for row in rows]
+            yield ids, np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), -1)
+
+    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float) -> ShardRecord | None:
+        with self._tx() as conn:
+            held = {shard: (until, done) for shard, until, done in conn.execute(
+                "SELECT shard, lease_until, done FROM work_shards WHERE job = ? AND shard >= 0", (job,))}
+            for shard in range(shards):
+                until, done = held.get(shard, (None, False))
+                if until is None or (not done and until < now):
+                    conn.execute("INSERT OR REPLACE INTO work_shards VALUES (?, ?, ?, ?, ?, ?)",
+                                 (job, shard, owner, lease_until, 0, False))
+                    return ShardRecord(job, shard, owner, lease_until)
+        return None
+
+    def renew_shard(self, job: str, shard: int, owner: str, lease_until: float, faces: int) -> bool:
+        with self._tx() as conn:
+            return conn.execute("UPDATE work_shards SET lease_until = ?, faces = ? WHERE job = ? AND shard = ? "
+                                "AND owner = ? AND NOT done", (lease_until, faces, job, shard, owner)).rowcount == 1
+
+    def finish_shard(self, job: str, shard: int, owner: str, faces: int) -> bool:
+        with self._tx() as conn:
+            return conn.execute("UPDATE work_shards SET done = 1, faces = ? WHERE job = ? AND shard = ? "
+                                "AND owner = ? AND NOT done", (faces, job, shard, owner)).rowcount == 1
+
+    def job_shards(self, job: str) -> list[ShardRecord]:
+        rows = self._query("SELECT job, shard, owner, lease_until, faces, done FROM work_shards "
+                           "WHERE job = ? AND shard >= 0 ORDER BY shard", (job,))
+        return [ShardRecord(job, shard, owner, until, faces, bool(done)) for job, shard, owner, until, faces, done
+                in rows]
+
+    def complete_job(self, job: str) -> bool:
+        with self._tx() as conn:  # the row of shard -1 marks the job announced
+            return conn.execute("INSERT OR IGNORE INTO work_shards VALUES (?, -1, '', 0, 0, 1)",
+                                (job,)).rowcount == 1
 
     # ---- meta --------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
