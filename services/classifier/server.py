@@ -6,6 +6,7 @@ version is activated.
 `python -m visage_classifier` runs it as a service."""
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import queue
@@ -185,7 +186,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
                     while not slots.acquire(timeout=0.5):
                         if not context.is_active():
                             return
-                    future = self._stream_executor.submit(answer, item)
+                    # The caller's context per item (identity, fair-admission key): see ingest.
+                    future = self._stream_executor.submit(contextvars.copy_context().run, answer, item)
                     future.add_done_callback(lambda done: answers.put(done.result()))
                     pending.append(future)
             except Exception:  # the caller went away or cancelled: nothing more to read
@@ -194,7 +196,8 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
                 futures.wait(pending)
                 answers.put(end)
 
-        reader = threading.Thread(target=read_requests, name="classify-stream-reader", daemon=True)
+        reader = threading.Thread(target=contextvars.copy_context().run, args=(read_requests,),
+                                  name="classify-stream-reader", daemon=True)
         reader.start()
         while (response := answers.get()) is not end:
             if not context.is_active():

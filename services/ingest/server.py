@@ -6,6 +6,7 @@ face id is "<image id>-<index>", so the same bytes always map to the same rows
 and store.put_image refuses a second copy."""
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import threading
@@ -109,7 +110,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             if len(pending) >= self._window:
                 results.append(self._result(*pending.popleft()))
             filename = clean_filename(request.filename)
-            pending.append((filename, self._threads.submit(self.ingest, request.content, filename)))
+            # A copy of this call's context per image: the caller's identity (events' actor)
+            # and fair-admission key (visage.guard) are context variables a pool does not carry.
+            job = contextvars.copy_context().run
+            pending.append((filename, self._threads.submit(job, self.ingest, request.content, filename)))
         results.extend(self._result(*item) for item in pending)
         return summarize(results)
 

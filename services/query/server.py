@@ -171,8 +171,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     @unary
     def GetFace(self, request, context):
         face_id = validation.required_id(request.face_id, "face_id")
-        if request.include_embedding:
-            require_operator_for_embeddings(context)
+        if request.include_embedding:  # biometric data: more than GetFace's own least role (viewer)
+            identity.require_role(Role.OPERATOR, "include_embedding (biometric data)")
         return self.catalogue.face(face_id, request.include_embedding)
 
     @unary
@@ -335,12 +335,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         persona_id = validation.required_id(request.persona_id, "persona_id")
         self.store.set_hidden("persona", persona_id, request.hidden)
         return self.catalogue.persona(persona_id)
-
-
-def require_operator_for_embeddings(context) -> None:
-    """GetFace's include_embedding (biometric data) needs the operator role,
-    more than GetFace's own least role (viewer)."""
-    identity.require_role(Role.OPERATOR, "include_embedding (biometric data)")
 
 
 def start(config: Config, store: Store, address: str,

@@ -250,17 +250,25 @@ def activate_by_hand(store: Store, version: int) -> ModelVersionRecord:
 
 
 def release_pin(store: Store) -> ModelVersionRecord | None:
-    """Ends the pin and activates the newest version held back by it."""
+    """Activates the newest version held back by the pin that can still serve (its
+    model kept by retention, not withdrawn by an erasure), then ends the pin: a
+    failed activation leaves the pin in place."""
     with DECISION_LOCK:
         pinned = pinned_version(store)
-        store.set_meta(PIN_META_KEY, "0")
         held = [v for v in store.list_model_versions()
                 if v.version > pinned and v.state == pb.MODEL_STATE_CANDIDATE and v.gate_reason != PENDING]
-        if pinned and held:
-            activated = store.activate_model_version(held[0].version)
-            activated.gate_reason = (held[0].gate_reason.split("; not activated")[0]
+        for candidate in held if pinned else []:
+            if store.get_model_artifact(candidate.version) is None:
+                continue
+            try:
+                activated = store.activate_model_version(candidate.version)
+            except Withdrawn:
+                continue
+            activated.gate_reason = (candidate.gate_reason.split("; not activated")[0]
                                      + f"; activated when the pin on version {pinned} was released")
             store.update_model_version(activated)
+            break
+        store.set_meta(PIN_META_KEY, "0")
         return store.active_model_version()
 
 

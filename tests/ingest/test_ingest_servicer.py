@@ -114,6 +114,16 @@ def test_hostile_filename_is_stored_cleaned_and_capped(grpc_stub, store):
     assert "\x00" not in stored and "\x1b" not in stored
 
 
+def test_bulk_stream_events_name_the_caller(ingest_server, faces_dir, issue_token):
+    """Each streamed image is ingested on a worker thread: the caller's identity must go with it."""
+    stub, store, _port = ingest_server
+    as_olga = [("authorization", f"Bearer {issue_token('operator', 'olga')}")]
+    content = (faces_dir / "bbt" / "penny" / "penny1.png").read_bytes()
+    stub.IngestImages(iter([ingest_pb2.IngestImagesRequest(content=content, filename="penny1.png")]), metadata=as_olga)
+    ingested = [e for e in store.read_events("", 1000) if e.type == pb.EVENT_TYPE_IMAGE_INGESTED]
+    assert [e.attributes.get("actor") for e in ingested] == ["olga"]
+
+
 def test_bulk_stream_answers_per_image_in_order_with_a_summary(grpc_stub, faces_dir):
     already = (faces_dir / "bbt" / "penny" / "penny1.png").read_bytes()
     ingest(grpc_stub, already)

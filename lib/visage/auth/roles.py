@@ -79,7 +79,3 @@ def is_open(method: str) -> bool:
 def least_role(method: str) -> Role:
     """The least role that may call `method` (a gRPC path); unknown methods need admin."""
     return RPC_ROLES.get(method, Role.ADMIN)
-
-
-def methods_allowed(role: Role) -> list[str]:
-    return sorted(method for method, least in RPC_ROLES.items() if least <= role)

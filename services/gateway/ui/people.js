@@ -173,7 +173,8 @@ function moveFocus(grid, card, key) {
 }
 
 document.addEventListener("keydown", async (event) => {
-  if (event.target.matches && event.target.matches("input[type=text], select, textarea")) return;
+  // Keys typed into a field (search, the sign-in token, a name) are text, not shortcuts.
+  if (event.target.closest?.("input:not([type=checkbox]), select, textarea, [contenteditable]")) return;
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key;
   if (key === "u" || key === "U") { event.preventDefault(); undoLast(); return; }
@@ -291,11 +292,11 @@ function clusterReview(cluster, removed) {
 // ---- Unknown page: suggestions, then every unknown face with bulk actions ----
 async function viewUnknownPeople() {
   const list = await personas(true);
+  if (!can("labeller")) return el("div", {}, await viewUnknown());  // a viewer is not offered what it may not do
   const [suggested, rest] = await Promise.all([suggestedPeople(list), viewUnknown()]);
   const view = el("div", {}, rest);
   const grid = view.querySelector("#unknown");
   const heading = view.querySelector("h1");
-  if (!can("labeller")) return view;  // a viewer is not offered what it may not do
   heading.after(suggested);
   // The pickers below create personas as they go: no need to create one first.
   [...view.querySelectorAll("p.muted")].filter((p) => p.textContent.startsWith("Create a persona first")).forEach((p) => p.remove());
