@@ -92,7 +92,7 @@ def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, tru
         card.locator("input.picker").fill(NAMES[person])
         card.locator("input.picker").press("Enter")
         actions += 1
-        card.wait_for(state="detached", timeout=60_000)
+        card.wait_for(state="detached", timeout=LIVE_SECONDS * 1000)
         named.add(person)
         print(f"named {person} ({len(cluster['faceIds'])} faces, {len(misfits)} left out): {actions} actions")
     shoot(page, test_output_dir, "first-session-named")
@@ -114,7 +114,7 @@ def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, tru
         page.click("#assign-selected")
         actions += 2
         for card in cards:
-            card.wait_for(state="detached", timeout=60_000)
+            card.wait_for(state="detached", timeout=LIVE_SECONDS * 1000)
     poll(page, lambda: not organised(mesh, truth), LIVE_SECONDS)
     # Training ran while this page was open: its progress bars went away when done.
     poll(page, lambda: page.locator("#progress-training").is_hidden()
