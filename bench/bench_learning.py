@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_trainer import synthetic
+from bench.bench_trainer import fill_labelled, synthetic
 from visage import model as modelling
 from visage.config import Config
-from visage.store.records import FaceRecord, ImageRecord, LabelRecord
+from visage.store.records import LabelRecord
 from visage.store.sqlite import SqliteStore
 from visage.v1 import resources_pb2 as pb
 from visage_trainer.decisions import load_predictor
@@ -39,21 +39,6 @@ TARGET_SECONDS = 2.0
 
 
 # ---- 1. label -> active version --------------------------------------------
-def fill(store: SqliteStore, X: np.ndarray, y: np.ndarray, unlabelled: int) -> tuple[list[str], list[str]]:
-    persona_ids = [store.create_persona(f"persona {k}").persona_id for k in range(int(y.max()) + 1)]
-    face_ids = []
-    for start_row in range(0, len(X), 1000):
-        image_id = f"{start_row:064x}"
-        faces = [FaceRecord(f"{image_id}-{i}", image_id, i, (0, 0, 1, 1), [], e)
-                 for i, e in enumerate(X[start_row:start_row + 1000])]
-        store.put_image(ImageRecord(image_id, "synthetic", "image/png", 1, 1, 1, len(faces),
-                                    pb.IMAGE_STATUS_FACES_FOUND), b"", faces)
-        face_ids += [f.face_id for f in faces]
-    for face_id, k in zip(face_ids[:-unlabelled], y[:-unlabelled]):
-        store.put_label(LabelRecord(face_id, persona_ids[k], pb.VERDICT_BELONGS))
-    return face_ids, persona_ids
-
-
 def wait_for_label_count(store, count: int, timeout: float = 120.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -73,7 +58,7 @@ def label_to_active() -> dict:
         config = Config(data_dir=Path(tmp))
         store = SqliteStore(config.sqlite_path)
         store.migrate()
-        face_ids, persona_ids = fill(store, X, y, LABELS)
+        face_ids, persona_ids = fill_labelled(store, X, y, LABELS)
         labelled = FACES - LABELS
         service = start(config, store, "127.0.0.1:0", TrainerSettings.from_env())
         try:

@@ -36,7 +36,10 @@ def synthetic(faces: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return centres[y] + rng.normal(scale=0.3 / np.sqrt(128), size=(faces, 128)).astype(np.float32), y
 
 
-def fill_store(store: SqliteStore, X: np.ndarray, y: np.ndarray) -> list[str]:
+def fill_labelled(store: SqliteStore, X: np.ndarray, y: np.ndarray,
+                  unlabelled: int) -> tuple[list[str], list[str]]:
+    """Stores X as faces (1000 per image) and y's personas; labels all but the last
+    `unlabelled` faces. Returns (face ids, persona ids)."""
     persona_ids = [store.create_persona(f"persona {k}").persona_id for k in range(int(y.max()) + 1)]
     face_ids = []
     for start_row in range(0, len(X), 1000):
@@ -46,8 +49,14 @@ def fill_store(store: SqliteStore, X: np.ndarray, y: np.ndarray) -> list[str]:
         store.put_image(ImageRecord(image_id, "synthetic", "image/png", 1, 1, 1, len(faces),
                                     pb.IMAGE_STATUS_FACES_FOUND), b"", faces)
         face_ids += [f.face_id for f in faces]
-    for face_id, k in zip(face_ids[:-1], y[:-1]):
+    for face_id, k in zip(face_ids[:-unlabelled], y[:-unlabelled]):
         store.put_label(LabelRecord(face_id, persona_ids[k], pb.VERDICT_BELONGS))
+    return face_ids, persona_ids
+
+
+def fill_store(store: SqliteStore, X: np.ndarray, y: np.ndarray) -> list[str]:
+    """fill_labelled with the last face left unlabelled: [that face, its persona]."""
+    face_ids, persona_ids = fill_labelled(store, X, y, 1)
     return [face_ids[-1], persona_ids[y[-1]]]
 
 
