@@ -18,7 +18,7 @@ from visage import guard, metrics, placement
 from visage.auth.interceptor import AuthInterceptor
 from visage.auth.tokens import TokenVerifier
 from visage.config import Config
-from visage.errors import StoreErrorInterceptor
+from visage.errors import ErrorStatusInterceptor
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
 
@@ -61,11 +61,7 @@ def build_server(
     pool = _executor(max_workers, max_streams)
     # Requests waiting for a worker thread (the executor keeps no public count of them).
     metrics.watch_queue("grpc_workers", pool._work_queue.qsize)
-    # Metrics outermost, so they see the status every other layer answers with; store
-    # errors innermost, so the guard sees them already mapped (not as unexpected).
-    interceptors = [metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
-                    AuthInterceptor(verifier or TokenVerifier.from_env()), StoreErrorInterceptor()]
-    server = grpc.server(pool, options=SERVER_OPTIONS, interceptors=interceptors)
+    server = grpc.server(pool, options=SERVER_OPTIONS, interceptors=service_interceptors(max_streams, verifier))
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -81,6 +77,15 @@ def build_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on port %d", ", ".join(service_names), port)
     return server, port, health_servicer
+
+
+def service_interceptors(max_streams: int | None = None,
+                         verifier: TokenVerifier | None = None) -> list[grpc.ServerInterceptor]:
+    """Every service's interceptor chain. Metrics outermost, so they see the status
+    every other layer answers with; error statuses innermost, so the guard sees store
+    errors already mapped (not as unexpected)."""
+    return [metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
+            AuthInterceptor(verifier or TokenVerifier.from_env()), ErrorStatusInterceptor()]
 
 
 def _executor(unary_workers: int, max_streams: int | None) -> futures.ThreadPoolExecutor:
