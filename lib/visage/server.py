@@ -59,8 +59,10 @@ def build_server(
     reflection and health needs a token (visage.auth); `verifier` defaults to the
     issuer VISAGE_AUTH_* configures (the local one by default)."""
     pool = _executor(max_workers, max_streams)
-    # Requests waiting for a worker thread (the executor keeps no public count of them).
-    metrics.watch_queue("grpc_workers", pool._work_queue.qsize)
+    # Requests waiting for a worker thread (the executor keeps no public count of them),
+    # one gauge per service: several share a process in `make run` and the tests.
+    for name in service_names:
+        metrics.watch_queue(worker_queue_name(name), pool._work_queue.qsize)
     server = grpc.server(pool, options=SERVER_OPTIONS, interceptors=service_interceptors(max_streams, verifier))
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -77,6 +79,12 @@ def build_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on port %d", ", ".join(service_names), port)
     return server, port, health_servicer
+
+
+def worker_queue_name(service_name: str) -> str:
+    """visage.v1.QueryService -> grpc_workers_query (SERVICE_NAMES' short name)."""
+    short = {full: key for key, full in SERVICE_NAMES.items()}.get(service_name, service_name)
+    return f"grpc_workers_{short}"
 
 
 def service_interceptors(max_streams: int | None = None,
