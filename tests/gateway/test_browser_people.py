@@ -143,7 +143,7 @@ def test_bulk_select_with_shift_click_and_keyboard(page, mesh, faces, test_outpu
     page.fill("#bulk-persona", "Penny")
     page.click("#assign-selected")
     poll(page, lambda: (p := persona_named(mesh, "Penny")) is not None and belongs(mesh, p.persona_id) == set(selected),
-         30)
+         LIVE_SECONDS)
 
     # Keyboard: focus a face, N hides it (a stranger), U brings it back.
     stranger = faces["raj"][0]
