@@ -4,11 +4,15 @@ build_server chain): first with no OTLP endpoint (tracing off: no interceptor, n
 then with OTEL_EXPORTER_OTLP_ENDPOINT pointing at an OTLP collector in this process that
 accepts and drops every span (tracing on: a server span per call, batched and exported
 over gRPC). GetPersona is called on both in alternating rounds from one client; the table
-gives each round's p50s and the ratio on/off. Measured, not asserted."""
+gives each round's p50s and the ratio on/off. Measured, not asserted. It runs in a process
+of its own: a tracer provider, once installed, stays for the life of a process, and the
+benches after this one must run untraced."""
 from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent import futures
@@ -25,6 +29,7 @@ from visage_query import server as query_server
 
 CALLS = int(os.environ.get("BENCH_TRACING_CALLS", "2000"))  # per side per round
 ROUNDS = 7
+CHILD_ENV = "BENCH_TRACING_CHILD"
 
 
 class DroppingCollector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -82,10 +87,12 @@ def rounds(store: SqliteStore, collector: DroppingCollector) -> tuple[list[float
 
 
 def main() -> None:
-    if tracing.enabled():
-        print("tracing is already configured in this process's environment (OTEL_EXPORTER_OTLP_ENDPOINT): "
-              "run this bench without it")
-        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    subprocess.run([sys.executable, "-m", "bench.bench_tracing"], env={**env, CHILD_ENV: "1"}, check=True,
+                   cwd=Path(__file__).resolve().parents[1])
+
+
+def measure() -> None:
     collector = DroppingCollector()
     try:
         with tempfile.TemporaryDirectory(prefix="visage-bench-tracing-") as tmp:
@@ -109,4 +116,4 @@ def main() -> None:
 if __name__ == "__main__":
     from bench.__main__ import use_a_bench_issuer
     use_a_bench_issuer()
-    main()
+    measure() if os.environ.get(CHILD_ENV) else main()
