@@ -108,10 +108,9 @@ def traced_channel(channel: grpc.Channel) -> grpc.Channel:
     (unchanged when tracing is off)."""
     if not install("visage-client"):
         return channel
-    import grpc
-    from opentelemetry.instrumentation.grpc import client_interceptor
+    from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
-    return grpc.intercept_channel(channel, client_interceptor())
+    return grpcext.intercept_channel(channel, client_interceptor())  # its own kind of channel interceptor
 
 
 # ---- event-driven work -------------------------------------------------------

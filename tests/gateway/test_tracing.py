@@ -21,7 +21,7 @@ from visage_gateway import tracing as gateway_tracing
 
 READY_SECONDS = 120
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SERVER
-STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.StatusCode.STATUS_CODE_ERROR
+CLIENT_KIND = 3
 OTEL_VARIABLES = [name for name in os.environ if name.startswith("OTEL_")]
 
 
@@ -50,11 +50,12 @@ def _start_service(module: str, port: int, env: dict[str, str], log_path: Path) 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    """A collector; the query and trainer services as processes (`python -m`, one SQLite store)
-    and the real Envoy gateway, all exporting to it."""
+    """A collector; the query, trainer and classifier services as processes (`python -m`, one
+    SQLite store) and the real Envoy gateway, all exporting to it. Yields the gateway, the
+    collector and the services' environment (for CLI calls)."""
     collector = Collector()
     work = tmp_path_factory.mktemp("tracing")
-    ports = {"query": free_port(), "trainer": free_port()}
+    ports = {"query": free_port(), "trainer": free_port(), "classifier": free_port()}
     # A short batch delay: services export a span about 0.1 s after it ends (force-flushing
     # is not possible from outside a process; Envoy exports every 5 s on its own).
     env = _env(OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="100",
@@ -63,10 +64,10 @@ def traced(tmp_path_factory):
                **{f"VISAGE_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     processes = []
     try:
-        for name in ("query", "trainer"):  # the query service migrates the store first
+        for name in ("query", "trainer", "classifier"):  # the query service migrates the store first
             processes.append(_start_service(f"visage_{name}", ports[name], env, work / f"{name}.log"))
         gateway = start_gateway(ports, work / "gateway", extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint})
-        yield gateway, collector
+        yield gateway, collector, env
         gateway.stop()
     finally:
         for process in processes:
@@ -88,7 +89,7 @@ def _envoy_parent(collector: Collector, child):
 
 
 def test_a_rest_call_is_one_trace_through_envoy_and_the_service(traced):
-    gateway, collector = traced
+    gateway, collector, _ = traced
     status, created = gateway.json("POST", "/v1/personas", {"displayName": "Ada"})
     assert status == 200
     span = _server_span(collector, "CreatePersona", 0)
@@ -101,7 +102,7 @@ def test_a_rest_call_is_one_trace_through_envoy_and_the_service(traced):
 
 
 def test_a_failed_call_records_its_status_in_both_spans(traced):
-    gateway, collector = traced
+    gateway, collector, _ = traced
     status, error = gateway.json("GET", "/v1/personas/no-such-persona")
     assert status == 404 and error["code"] == grpc.StatusCode.NOT_FOUND.value[0]
     span = _server_span(collector, "GetPersona", grpc.StatusCode.NOT_FOUND.value[0])
@@ -111,7 +112,7 @@ def test_a_failed_call_records_its_status_in_both_spans(traced):
 
 
 def test_a_callers_traceparent_is_kept(traced):
-    gateway, collector = traced
+    gateway, collector, _ = traced
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     status, _ = gateway.json("GET", "/v1/personas", headers={"traceparent": f"00-{trace_id}-{parent}-01"})
     assert status == 200
@@ -124,7 +125,7 @@ def test_a_callers_traceparent_is_kept(traced):
 
 
 def test_training_started_by_an_event_links_to_the_request_that_appended_it(traced):
-    gateway, collector = traced
+    gateway, collector, _ = traced
     status, created = gateway.json("POST", "/v1/personas", {"displayName": "Grace"})
     assert status == 200
     request = collector.wait_for(
@@ -138,6 +139,32 @@ def test_training_started_by_an_event_links_to_the_request_that_appended_it(trac
     assert training.service == "visage-trainer" and training.trace_id != request.trace_id
     assert training.attributes["visage.trigger"] == "TRAINING_TRIGGER_EVENTS"
     assert training.attributes["visage.phase"] in {"TRAINING_PHASE_SUCCEEDED", "TRAINING_PHASE_FAILED"}
+
+
+def test_the_classifier_handles_an_event_in_a_span_linked_to_the_request(traced):
+    gateway, collector, _ = traced
+    status, created = gateway.json("POST", "/v1/personas", {"displayName": "Hedy"})
+    assert status == 200
+    assert gateway.json("DELETE", f"/v1/personas/{created['personaId']}")[0] == 200
+    request = collector.wait_for(lambda s: s.name == "/visage.v1.QueryService/DeletePersona" and s.kind == SERVER_KIND,
+                                 "of DeletePersona")
+    handled = collector.wait_for(lambda s: s.name == "visage.classifier EVENT_TYPE_ERASED"
+                                 and (request.trace_id, request.span_id) in s.links,
+                                 f"of the classifier handling the erasure of {request.span_id}")
+    assert handled.service == "visage-classifier"
+    assert handled.attributes["visage.event_subject"] == created["personaId"]
+
+
+def test_a_cli_call_is_a_client_span_with_the_service_span_its_child(traced):
+    _, collector, env = traced
+    result = subprocess.run([sys.executable, "-m", "visage.cli", "personas", "create", "Linus"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = collector.wait_for(lambda s: s.service == "visage-client" and s.kind == CLIENT_KIND
+                                and s.name == "/visage.v1.QueryService/CreatePersona", "of the CLI's call")
+    server = collector.wait_for(lambda s: s.kind == SERVER_KIND and s.trace_id == client.trace_id,
+                                f"of the query service in the CLI's trace {client.trace_id}")
+    assert server.parent_span_id == client.span_id and server.name == client.name
 
 
 _UNTRACED_SERVICE = """
