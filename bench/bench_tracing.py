@@ -4,7 +4,9 @@ build_server chain): first with no OTLP endpoint (tracing off: no interceptor, n
 then with OTEL_EXPORTER_OTLP_ENDPOINT pointing at an OTLP collector in this process that
 accepts and drops every span (tracing on: a server span per call, batched and exported
 over gRPC). GetPersona is called on both in alternating rounds from one client; the table
-gives each round's p50s and the ratio on/off. Measured, not asserted. It runs in a process
+gives each round's p50s and the ratio on/off. Then the same end to end: REST ListPersonas
+through the real gateway (`python -m visage_gateway`) to `python -m visage_query`, one stack
+untraced and one with both Envoy and the service exporting to that collector. Measured, not asserted. It runs in a process
 of its own: a tracer provider, once installed, stays for the life of a process, and the
 benches after this one must run untraced."""
 from __future__ import annotations
@@ -26,6 +28,8 @@ from visage.config import Config
 from visage.store.sqlite import SqliteStore
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage_query import server as query_server
+
+from bench import bench_gateway
 
 CALLS = int(os.environ.get("BENCH_TRACING_CALLS", "2000"))  # per side per round
 ROUNDS = 7
@@ -92,6 +96,56 @@ def main() -> None:
                    cwd=Path(__file__).resolve().parents[1])
 
 
+def start_stack(work: Path, collector_endpoint: str | None) -> bench_gateway.Stack:
+    """The query service and the gateway as processes, traced when given a collector."""
+    if collector_endpoint:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector_endpoint
+    try:
+        where = bench_gateway.Placement("shared cores")
+        stack = bench_gateway.start_query_service(work, where)
+        bench_gateway.start_gateway(stack, where)
+    finally:
+        os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    return stack
+
+
+def rest_rounds(tmp: Path, collector: DroppingCollector) -> tuple[list[float], list[float]]:
+    """p50s in ms per round of REST ListPersonas through the gateway: untraced, traced."""
+    stacks = []
+    try:
+        for name, endpoint in (("off", None), ("on", f"http://127.0.0.1:{collector.port}")):
+            (tmp / name).mkdir()
+            stacks.append(start_stack(tmp / name, endpoint))
+        clients = [bench_gateway.LeanHttpClient(stack.gateway_port) for stack in stacks]
+        deadline = time.monotonic() + 120
+        for client in clients:  # until the service behind each gateway answers
+            while client.get("/v1/personas")[0] != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the query service behind the gateway never answered")
+                time.sleep(0.2)
+            time_calls(lambda: client.get("/v1/personas"), 200)
+        p50s: tuple[list[float], list[float]] = ([], [])
+        for _ in range(ROUNDS):
+            for client, into in zip(clients, p50s):
+                into.append(p50_ms(time_calls(lambda: client.get("/v1/personas"), CALLS)))
+        for client in clients:
+            client.close()
+        return p50s
+    finally:
+        for stack in stacks:
+            stack.stop()
+
+
+def table(title: str, off: list[float], on: list[float], collector: DroppingCollector) -> None:
+    print(f"\n{title}")
+    print(f"{'round':<8}{'off p50 ms':>12}{'on p50 ms':>12}{'added ms':>12}{'ratio':>9}")
+    for i, (a, b) in enumerate(zip(off, on), 1):
+        print(f"{i:<8}{a:>12.3f}{b:>12.3f}{b - a:>12.3f}{b / a:>9.3f}")
+    print(f"median of rounds: added {statistics.median([b - a for a, b in zip(off, on)]):.3f} ms, "
+          f"ratio {statistics.median([b / a for a, b in zip(off, on)]):.3f} "
+          f"(spans received by the collector so far: {collector.spans})")
+
+
 def measure() -> None:
     collector = DroppingCollector()
     try:
@@ -100,17 +154,14 @@ def measure() -> None:
             store.migrate()
             off, on = rounds(store, collector)
             store.close()
+            table(f"GetPersona at the service, {ROUNDS} rounds x {CALLS} calls per side: tracing off vs on "
+                  f"(a server span per call, exported over OTLP/gRPC to a collector in this process)", off, on, collector)
+            rest_off, rest_on = rest_rounds(Path(tmp), collector)
+            table(f"REST ListPersonas through the gateway (Envoy + query service processes, shared cores), {ROUNDS} "
+                  f"rounds x {CALLS} calls: neither traced vs Envoy and service both tracing", rest_off, rest_on,
+                  collector)
     finally:
-        os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         collector.server.stop(0)
-    print(f"\nGetPersona at the service, {ROUNDS} rounds x {CALLS} calls per side: tracing off vs on "
-          f"(a server span per call, exported over OTLP/gRPC to a collector in this process)")
-    print(f"{'round':<8}{'off p50 ms':>12}{'on p50 ms':>12}{'added ms':>12}{'ratio':>9}")
-    for i, (a, b) in enumerate(zip(off, on), 1):
-        print(f"{i:<8}{a:>12.3f}{b:>12.3f}{b - a:>12.3f}{b / a:>9.3f}")
-    ratios = [b / a for a, b in zip(off, on)]
-    print(f"median of rounds: added {statistics.median([b - a for a, b in zip(off, on)]):.3f} ms, "
-          f"ratio {statistics.median(ratios):.3f} (spans received by the collector: {collector.spans})")
 
 
 if __name__ == "__main__":
