@@ -41,6 +41,11 @@ _lock = threading.Lock()
 _provider = None  # the TracerProvider this process installed, once tracing is on
 
 
+def active() -> bool:
+    """Whether this process traces (install() found an endpoint)."""
+    return _provider is not None
+
+
 def enabled(env: Mapping[str, str] | None = None) -> bool:
     """Whether the standard OTLP variables ask for traces."""
     env = os.environ if env is None else env

@@ -151,6 +151,8 @@ class Trainer:
 
     def _note_causes(self, events) -> None:
         """Keeps the trace context of trigger events for the next event-driven job's span."""
+        if not tracing.active():
+            return
         causes = [event.attributes for event in events
                   if event.type in TRIGGER_EVENTS and tracing.TRACEPARENT in event.attributes]
         if causes:
