@@ -17,7 +17,7 @@ STAMP    := $(VENV)/.installed
 # Each part's own targets (cassandra, chromium, grpcurl, deploy, ...).
 -include mk/*.mk
 
-.PHONY: help run test gen lint breaking bench cassandra-start cassandra-stop chromium h2load grpcurl deploy deploy-plan undeploy clean
+.PHONY: help run test test-setup gen lint breaking bench cassandra-start cassandra-stop chromium h2load grpcurl deploy deploy-plan undeploy clean
 
 help:
 	@echo "make run        start the whole mesh on embedded defaults (SQLite, local models, Envoy, UI)"
@@ -63,10 +63,15 @@ run: gen openapi
 # Cassandra runs for the whole test session and is always stopped afterwards.
 # PYTEST_ARGS narrows a run, e.g. make test PYTEST_ARGS='tests/store -x'.
 PYTEST_ARGS ?=
-test: gen lint breaking openapi chromium grpcurl deploy-tools cassandra-fetch
+# Setup steps run side by side: on a new machine the kube-apiserver build (CPU, ~20 min)
+# then overlaps the downloads (pip, apt, Maven, Go modules) instead of following them.
+test:
+	$(MAKE) --no-print-directory -j4 --output-sync=line test-setup
 	$(MAKE) --no-print-directory cassandra-start
 	status=0; VISAGE_TESTS_REQUIRE_ALL=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  $(MAKE) --no-print-directory cassandra-stop; exit $$status
+
+test-setup: gen lint breaking openapi chromium grpcurl deploy-tools cassandra-fetch
 
 bench: gen openapi h2load
 	$(PY) -m bench

@@ -1,9 +1,12 @@
-"""The one mapping of store errors to gRPC statuses, for every service.
+"""The one mapping of errors to gRPC statuses, for every service.
 
 Backends raise only the store's own errors (visage.store.base: StoreError and its
-kinds); `store_status` says which status each kind is, and StoreErrorInterceptor
+kinds); `store_status` says which status each kind is, and ErrorStatusInterceptor
 (installed by visage.server.build_server) answers with it whenever a handler lets
-one escape, so a store outage is UNAVAILABLE in every service, never UNKNOWN.
+one escape, so a store outage is UNAVAILABLE in every service, never UNKNOWN. A
+request option above the caller's role (visage.auth.identity.RoleRequired) is
+PERMISSION_DENIED the same way. Anything else a handler lets escape is a bug:
+visage.guard answers INTERNAL with a short message.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 
 import grpc
 
+from visage.auth.identity import RoleRequired
 from visage.store.base import NotFound, StoreConflict, StoreCorrupt, StoreError, StoreUnavailable, Withdrawn
 
 log = logging.getLogger(__name__)
@@ -42,8 +46,14 @@ def store_status(error: StoreError, rpc_name: str = "") -> tuple[grpc.StatusCode
     return code, str(error)
 
 
-class StoreErrorInterceptor(grpc.ServerInterceptor):
-    """Answers a StoreError escaping any handler with store_status's status."""
+def status_of(error: StoreError | RoleRequired, rpc_name: str = "") -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, RoleRequired):
+        return grpc.StatusCode.PERMISSION_DENIED, str(error)
+    return store_status(error, rpc_name)
+
+
+class ErrorStatusInterceptor(grpc.ServerInterceptor):
+    """Answers a StoreError or RoleRequired escaping any handler with status_of's status."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -66,8 +76,8 @@ def _unary(behaviour, name: str):
     def handle(request, context):
         try:
             return behaviour(request, context)
-        except StoreError as error:
-            code, message = store_status(error, name)
+        except (StoreError, RoleRequired) as error:
+            code, message = status_of(error, name)
         context.abort(code, message)
     return handle
 
@@ -77,8 +87,8 @@ def _streaming(behaviour, name: str):
     def handle(request, context):
         try:
             yield from behaviour(request, context)
-        except StoreError as error:
-            code, message = store_status(error, name)
+        except (StoreError, RoleRequired) as error:
+            code, message = status_of(error, name)
         else:
             return
         context.abort(code, message)

@@ -18,7 +18,7 @@ from visage import guard, metrics, placement, tracing
 from visage.auth.interceptor import AuthInterceptor
 from visage.auth.tokens import TokenVerifier
 from visage.config import Config
-from visage.errors import StoreErrorInterceptor
+from visage.errors import ErrorStatusInterceptor
 from visage.store import Store, open_store
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
 
@@ -59,14 +59,11 @@ def build_server(
     reflection and health needs a token (visage.auth); `verifier` defaults to the
     issuer VISAGE_AUTH_* configures (the local one by default)."""
     pool = _executor(max_workers, max_streams)
-    # Requests waiting for a worker thread (the executor keeps no public count of them).
-    metrics.watch_queue("grpc_workers", pool._work_queue.qsize)
-    # Metrics outermost, so they see the status every other layer answers with; store
-    # errors innermost, so the guard sees them already mapped (not as unexpected).
-    # Tracing (when OTEL_EXPORTER_OTLP_ENDPOINT is set) outermost of all: its span covers every layer.
-    interceptors = [*tracing.server_interceptors(), metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
-                    AuthInterceptor(verifier or TokenVerifier.from_env()), StoreErrorInterceptor()]
-    server = grpc.server(pool, options=SERVER_OPTIONS, interceptors=interceptors)
+    # Requests waiting for a worker thread (the executor keeps no public count of them),
+    # one gauge per service: several share a process in `make run` and the tests.
+    for name in service_names:
+        metrics.watch_queue(worker_queue_name(name), pool._work_queue.qsize)
+    server = grpc.server(pool, options=SERVER_OPTIONS, interceptors=service_interceptors(max_streams, verifier))
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -82,6 +79,22 @@ def build_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on port %d", ", ".join(service_names), port)
     return server, port, health_servicer
+
+
+def worker_queue_name(service_name: str) -> str:
+    """visage.v1.QueryService -> grpc_workers_query (SERVICE_NAMES' short name)."""
+    short = {full: key for key, full in SERVICE_NAMES.items()}.get(service_name, service_name)
+    return f"grpc_workers_{short}"
+
+
+def service_interceptors(max_streams: int | None = None,
+                         verifier: TokenVerifier | None = None) -> list[grpc.ServerInterceptor]:
+    """Every service's interceptor chain. Metrics outermost, so they see the status
+    every other layer answers with; error statuses innermost, so the guard sees store
+    errors already mapped (not as unexpected)."""
+    # Tracing (when OTEL_EXPORTER_OTLP_ENDPOINT is set) outermost of all: its span covers every layer.
+    return [*tracing.server_interceptors(), metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
+            AuthInterceptor(verifier or TokenVerifier.from_env()), ErrorStatusInterceptor()]
 
 
 def _executor(unary_workers: int, max_streams: int | None) -> futures.ThreadPoolExecutor:

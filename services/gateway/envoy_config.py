@@ -95,6 +95,7 @@ from envoy_data_plane.envoy.type.matcher.v3 import (
     MetadataMatcher,
     MetadataMatcherPathSegment,
     PathMatcher,
+    RegexMatcher,
     StringMatcher,
     ValueMatcher,
 )
@@ -336,7 +337,17 @@ def _static_routes(settings: GatewaySettings) -> list[Route]:
                                                           "cache-control": "no-cache"})))
     routes.append(Route(name="/healthz", match=RouteMatch(path="/healthz"),
                         direct_response=DirectResponseAction(status=200, body=DataSource(inline_string="ok\n"))))
+    routes.append(Route(name="/ui-config.json", match=RouteMatch(path="/ui-config.json"),
+                        direct_response=DirectResponseAction(status=200, body=DataSource(
+                            inline_string=json.dumps(ui_config(settings)))),
+                        response_headers_to_add=_headers({"content-type": "application/json",
+                                                          "cache-control": "no-cache"})))
     return routes
+
+
+def ui_config(settings: GatewaySettings) -> dict:
+    """What the UI needs to read a token as the services do: which claims carry the role and the name."""
+    return {"roleClaim": settings.auth.role_claim, "subjectClaim": settings.auth.subject_claim}
 
 
 def _fallback_routes() -> list[Route]:
@@ -452,7 +463,8 @@ def _jwt_authn(settings: GatewaySettings) -> JwtAuthentication:
 
 
 def _has_role_at_least(settings: GatewaySettings, least: Role) -> Principal:
-    """A token whose role claim (a list, or one string) names `least` or a higher role."""
+    """A token whose role claim (a list, or one string of names separated by spaces or
+    commas, as visage.auth.tokens.role_of reads it) names `least` or a higher role."""
     def claim_is(value_matcher: ValueMatcher) -> Principal:
         return Principal(metadata=MetadataMatcher(
             filter="envoy.filters.http.jwt_authn",
@@ -462,7 +474,9 @@ def _has_role_at_least(settings: GatewaySettings, least: Role) -> Principal:
     ids = []
     for role in (r for r in Role if r >= least):
         exact = ValueMatcher(string_match=StringMatcher(exact=role.label, ignore_case=True))
-        ids += [claim_is(ValueMatcher(list_match=ListMatcher(one_of=exact))), claim_is(exact)]
+        named_in_string = ValueMatcher(string_match=StringMatcher(
+            safe_regex=RegexMatcher(regex=rf"(?i)(.*[ ,])?{role.label}([ ,].*)?")))  # RE2 matches the whole value
+        ids += [claim_is(ValueMatcher(list_match=ListMatcher(one_of=exact))), claim_is(named_in_string)]
     return Principal(or_ids=PrincipalSet(ids=ids))
 
 

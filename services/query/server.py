@@ -1,8 +1,9 @@
 """QueryService: persona and label writes, and every read of the catalogue.
 
-Handlers raise plain exceptions (validation, store NotFound, ...); one mapping
-(`status_for`) turns each into a gRPC status with a message saying what was
-wrong, so a bad request never takes the service down or half-writes data.
+Handlers raise plain exceptions (validation, store NotFound, ...): `status_for`
+maps the query service's own kinds to a gRPC status with a message saying what
+was wrong; store errors and RoleRequired go on to visage.errors (every service's
+one mapping), so a bad request never takes the service down or half-writes data.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from visage import convert, paging
 from visage.auth import identity
 from visage.auth.roles import Role
 from visage.config import Config
-from visage.errors import store_status
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
 from visage.store.records import LabelRecord
@@ -47,20 +47,15 @@ class AlreadyExists(Exception):
     pass
 
 
-def status_for(error: Exception, rpc_name: str) -> tuple[grpc.StatusCode, str]:
+def status_for(error: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The status of the query service's own error kinds (None: not one of them)."""
     if isinstance(error, (validation.InvalidArgument, paging.InvalidPageRequest, events.InvalidCursor)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, identity.RoleRequired):
-        return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, AlreadyExists):
         return grpc.StatusCode.ALREADY_EXISTS, str(error)
     if isinstance(error, ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(error)
-    if isinstance(error, StoreError):
-        return store_status(error, rpc_name)
-    log.exception("%s failed", rpc_name, exc_info=error)
-    return (grpc.StatusCode.INTERNAL,
-            f"{rpc_name} failed with an internal error ({type(error).__name__}); see the query service log")
+    return None
 
 
 def unary(method):
@@ -68,9 +63,11 @@ def unary(method):
     def handler(self, request, context):
         try:
             return method(self, request, context)
-        except Exception as error:  # noqa: BLE001 - mapped to a status, never crashes the server
-            code, message = status_for(error, method.__name__)
-        context.abort(code, message)
+        except Exception as error:  # noqa: BLE001 - the rest goes on to visage.errors / visage.guard
+            status = status_for(error)
+            if status is None:
+                raise
+        context.abort(*status)
     return handler
 
 
@@ -80,10 +77,12 @@ def streaming(method):
         try:
             yield from method(self, request, context)
         except Exception as error:  # noqa: BLE001
-            code, message = status_for(error, method.__name__)
+            status = status_for(error)
+            if status is None:
+                raise
         else:
             return
-        context.abort(code, message)
+        context.abort(*status)
     return handler
 
 

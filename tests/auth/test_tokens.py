@@ -8,16 +8,19 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import time
+from concurrent import futures
 
 import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from visage.auth.interceptor import AuthInterceptor
 from visage.auth.local import LocalIssuer, parse_ttl
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig, AuthError, TokenVerifier
@@ -166,3 +169,30 @@ def test_visage_token_create_without_a_local_key_says_what_to_do(tmp_path):
     result = subprocess.run([sys.executable, "-m", "visage.cli", "token", "create", "--role", "admin"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "make run" in result.stderr and result.stdout == ""
+
+
+def test_an_unreachable_issuer_is_unavailable_not_a_bad_token(test_issuer):
+    """With an external issuer whose keys cannot be fetched, a well-formed token
+    is neither accepted nor called invalid: UNAVAILABLE tells the caller to retry."""
+    with socket.socket() as closed:  # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        keys_url = f"http://127.0.0.1:{closed.getsockname()[1]}/keys"
+    config = AuthConfig(jwks_url=keys_url, local_dir=test_issuer.dir)
+    verifier = TokenVerifier(config)
+    assert refusal(verifier, signed(test_issuer)).status == "unavailable"
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[AuthInterceptor(verifier)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "visage.v1.QueryService", {"ListPersonas": grpc.unary_unary_rpc_method_handler(
+            lambda request, context: b"", request_deserializer=None, response_serializer=None)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/visage.v1.QueryService/ListPersonas")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=30, metadata=[("authorization", f"Bearer {signed(test_issuer)}")])
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot be fetched" in refused.value.details()
+    finally:
+        server.stop(None)

@@ -215,3 +215,15 @@ def test_the_openapi_document_says_every_route_needs_a_bearer_token_and_which_ro
              for verb, op in ops.items()}
     assert roles[("GET", "/v1/personas")] == "viewer" and roles[("POST", "/v1/faces/{faceId}:label")] == "labeller"
     assert roles[("POST", "/v1/images:ingest")] == "operator"
+
+
+@pytest.mark.parametrize("roles, allowed", [("viewer labeller", True), ("viewer,labeller", True),
+                                            ("Labeller", True), ("viewer", False), ("notlabeller", False)])
+def test_a_role_claim_that_is_one_string_of_names_is_read_as_the_services_read_it(gateway, test_issuer, roles, allowed):
+    """The services split a string role claim on spaces and commas (role_of); the edge agrees."""
+    now = int(time.time())
+    token = jwt.encode({"iss": "visage-local", "aud": "visage", "sub": "sam", "roles": roles, "iat": now,
+                        "exp": now + 600}, test_issuer.key, algorithm="EdDSA", headers={"kid": test_issuer.key_id})
+    status, body = gateway.json("POST", "/v1/faces:batchLabel", body={},
+                                headers={"authorization": f"Bearer {token}"})  # a labeller RPC
+    assert (status != 403) == allowed, (status, body)

@@ -30,6 +30,17 @@ def persona_named(mesh, name: str):
     return next((p for p in mesh.store.list_personas() if p.display_name == name), None)
 
 
+def named_person(mesh, faces, person: str):
+    """The persona of a PEOPLE member, made here (named as the UI tests name it, with two
+    of their faces) when no earlier test of the module made it: each test runs on its own."""
+    name = person.capitalize()
+    persona = persona_named(mesh, name)
+    if persona is None:
+        persona = mesh.store.create_persona(name)
+        mesh.store.put_labels([mesh_label(face_id, persona.persona_id) for face_id in faces[person][:2]])
+    return persona
+
+
 def belongs(mesh, persona_id: str) -> set[str]:
     return {label.face_id for label in mesh.store.labels_of_persona(persona_id, pb.VERDICT_BELONGS)}
 
@@ -179,9 +190,9 @@ def test_confirm_predictions_above_90_percent_and_with_the_y_key(page, mesh, fac
 
 
 def test_merge_hide_and_search_personas(page, mesh, faces, test_output_dir):
+    penny, raj = named_person(mesh, faces, "penny"), named_person(mesh, faces, "raj")
     duplicate = mesh.store.create_persona("Pen")
     mesh.store.put_labels([mesh_label(faces["penny"][4], duplicate.persona_id)])
-    penny = persona_named(mesh, "Penny")
     page.on("dialog", lambda dialog: dialog.accept())
     page.goto(f"/#/persona/{duplicate.persona_id}")
     page.locator("#merge-target").select_option(label="Penny")
@@ -192,7 +203,6 @@ def test_merge_hide_and_search_personas(page, mesh, faces, test_output_dir):
     page.locator("#persona-photos .image-card").first.wait_for()
     shoot(page, test_output_dir, "people-persona-photos")
 
-    raj = persona_named(mesh, "Raj")
     page.goto(f"/#/persona/{raj.persona_id}")
     page.click("#hide-persona")
     page.locator("#persona-tools .tag", has_text="hidden").wait_for()
@@ -218,7 +228,7 @@ def test_merge_hide_and_search_personas(page, mesh, faces, test_output_dir):
 def test_screenshots_of_every_page_at_desktop_and_phone_widths(browser, gateway, mesh, faces, faces_dir,
                                                                 test_output_dir):
     """Looked at by a person: every page at 1280 px and 390 px."""
-    penny = persona_named(mesh, "Penny")
+    penny = named_person(mesh, faces, "penny")
     scene = faces_dir / "scenes" / "bbt1.jpg"
     image_id = mesh.store.get_face(mesh.ingest_files([scene])[scene][0]).image_id
     pages = {"personas": "/#/", "persona": f"/#/persona/{penny.persona_id}", "unknown": "/#/unknown",

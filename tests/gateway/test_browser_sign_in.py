@@ -107,3 +107,31 @@ def test_a_signed_in_labeller_sees_their_name_on_the_label(new_page, issue_token
     labelled.wait_for()
     assert labelled.inner_text() == "labelled by leonard"
     page.screenshot(path=str(test_output_dir / "gateway-labelled-by.png"), full_page=True)
+
+
+def test_the_page_reads_the_role_from_the_claim_the_gateway_is_configured_with(browser, mesh, test_issuer,  # noqa: F811
+                                                                                tmp_path_factory):
+    """VISAGE_AUTH_ROLE_CLAIM=app_roles: a token whose `app_roles` says viewer is shown as a viewer,
+    whatever its `roles` claim says (the gateway judges by app_roles; the page must agree)."""
+    import time
+
+    import jwt
+    from gateway_stack import start_gateway
+
+    gateway = start_gateway(mesh.ports, tmp_path_factory.mktemp("gateway-app-roles"),
+                            {"VISAGE_AUTH_ROLE_CLAIM": "app_roles", "VISAGE_AUTH_SUBJECT_CLAIM": "upn"})
+    try:
+        now = int(time.time())
+        token = jwt.encode({"iss": "visage-local", "aud": "visage", "sub": "id-77", "upn": "una@contoso.example",
+                            "app_roles": ["viewer"], "roles": ["admin"], "iat": now, "exp": now + 600},
+                           test_issuer.key, algorithm="EdDSA", headers={"kid": test_issuer.key_id})
+        context = browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(f"/#token={token}")
+        page.locator("#whoami-name", has_text="una@contoso.example").wait_for()
+        assert page.locator("#whoami-role").inner_text() == "viewer"
+        page.locator("#main h1", has_text="Personas").wait_for()
+        assert page.locator("#create-persona").count() == 0
+        context.close()
+    finally:
+        gateway.stop()

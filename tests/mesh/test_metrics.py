@@ -44,7 +44,20 @@ def test_metrics_are_served_over_http():
         port = probe.getsockname()[1]
     metrics.serve_metrics(port, "127.0.0.1")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-    assert "visage_rpc_requests_total" in body and 'visage_queue_depth{queue="grpc_workers"}' in body
+    assert "visage_rpc_requests_total" in body and 'visage_queue_depth{queue="grpc_workers_query"}' in body
+
+
+def test_each_service_in_one_process_has_its_own_worker_queue_gauge(config, sqlite_store):
+    """`make run` serves several services from one process: one gauge must not replace another's."""
+    from visage_classifier.server import start as start_classifier
+
+    services = [start(config, sqlite_store, "127.0.0.1:0"), start_classifier(config, sqlite_store, "127.0.0.1:0")]
+    try:
+        for queue in ("grpc_workers_query", "grpc_workers_classifier"):
+            assert REGISTRY.get_sample_value("visage_queue_depth", {"queue": queue}) == 0, queue
+    finally:
+        for service in services:
+            service.stop(0)
 
 
 def test_the_metrics_port_setting(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from visage.server import service_interceptors
 from visage.store.sqlite import SqliteStore
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
@@ -21,6 +22,12 @@ def module_store(tmp_path_factory):
     store.migrate()
     yield store
     store.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_interceptors():
+    """The chain every service runs (build_server's): tokens, error statuses, guards."""
+    return service_interceptors()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import grpc
 from visage.auth import identity, roles
 from visage.auth.tokens import AuthError, TokenVerifier, bearer_token
 
-STATUS = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED, "permission_denied": grpc.StatusCode.PERMISSION_DENIED}
+STATUS = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED, "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+          "unavailable": grpc.StatusCode.UNAVAILABLE}
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 

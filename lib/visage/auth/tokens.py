@@ -29,7 +29,8 @@ CACHE_SIZE = 4096
 
 class AuthError(Exception):
     """A token is missing, invalid, or does not grant what is asked: `status`
-    is "unauthenticated" (401) or "permission_denied" (403)."""
+    is "unauthenticated" (401) or "permission_denied" (403); "unavailable" (503)
+    when the issuer's keys cannot be fetched, so the token cannot be judged yet."""
 
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
@@ -166,6 +167,9 @@ class TokenVerifier:
                                 options={"require": ["exp", "iss", "aud", "sub"]})
         except AuthError:
             raise
+        except jwt.PyJWKClientConnectionError as error:
+            # The issuer is down, not the caller wrong: a retryable status, and nothing cached.
+            raise AuthError("unavailable", f"the token issuer's keys cannot be fetched now: {error}") from None
         except jwt.ExpiredSignatureError:
             raise unauthenticated("the token has expired: sign in again") from None
         except (jwt.PyJWTError, ValueError) as error:

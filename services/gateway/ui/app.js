@@ -63,14 +63,20 @@ function claimsOf(token) {
   } catch { return null; }
 }
 
+// The token claims that carry the role and the user's name (VISAGE_AUTH_ROLE_CLAIM and
+// _SUBJECT_CLAIM), from /ui-config.json before the page starts; these are the defaults.
+const CLAIMS = { roleClaim: "roles", subjectClaim: "sub" };
+
 // Who is signed in, as the token says (the gateway and services check it; this only shapes the page).
 function session() {
   const token = sessionStorage.getItem(TOKEN_KEY);
   const claims = token && claimsOf(token);
   if (!claims || (claims.exp && claims.exp * 1000 < Date.now())) return null;
-  const values = [].concat(claims.roles || []).flatMap((r) => String(r).split(/[ ,]+/)).map((r) => r.toLowerCase());
+  const values = [].concat(claims[CLAIMS.roleClaim] || []).flatMap((r) => String(r).split(/[ ,]+/))
+    .map((r) => r.toLowerCase());
   const rank = Math.max(-1, ...values.map((r) => ROLES.indexOf(r)));
-  return { token, name: claims.preferred_username || claims.name || claims.sub || "?", role: ROLES[rank] || "none", rank };
+  const name = claims[CLAIMS.subjectClaim] || claims.preferred_username || claims.name || claims.sub || "?";
+  return { token, name, role: ROLES[rank] || "none", rank };
 }
 const can = (role) => { const s = session(); return !!s && s.rank >= ROLES.indexOf(role); };
 
@@ -766,4 +772,5 @@ function start() {
 }
 
 window.addEventListener("hashchange", () => render());
-start();
+fetch("/ui-config.json").then((response) => (response.ok ? response.json() : {}))
+  .then((config) => Object.assign(CLAIMS, config), () => {}).finally(start);
