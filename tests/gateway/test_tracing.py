@@ -11,12 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+import uuid
+
 import grpc
+import numpy as np
 import pytest
 from gateway_stack import REPO, free_port, start_gateway
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from otlp_collector import Collector
 
+from visage.config import Config
+from visage.store.records import FaceRecord, ImageRecord
+from visage.store.sqlite import SqliteStore
+from visage.v1 import resources_pb2 as pb
 from visage_gateway import tracing as gateway_tracing
 
 READY_SECONDS = 120
@@ -153,6 +160,51 @@ def test_the_classifier_handles_an_event_in_a_span_linked_to_the_request(traced)
                                  f"of the classifier handling the erasure of {request.span_id}")
     assert handled.service == "visage-classifier"
     assert handled.attributes["visage.event_subject"] == created["personaId"]
+
+
+def _put_faces_near(store: SqliteStore, centre: np.ndarray, count: int, rng) -> list[str]:
+    """A synthetic image whose faces' embeddings lie close to `centre`; returns their ids."""
+    image_id = uuid.uuid4().hex
+    faces = [FaceRecord(f"{image_id}-{i}", image_id, i, (0, 0, 9, 9), [],
+                        (centre + rng.normal(0, 0.02, 128)).astype(np.float32)) for i in range(count)]
+    store.put_image(ImageRecord(image_id, "synthetic.jpg", "image/jpeg", 9, 9, 1, count, pb.IMAGE_STATUS_FACES_FOUND),
+                    b"x", faces)
+    return [face.face_id for face in faces]
+
+
+def test_labels_lead_by_links_to_training_then_to_the_reclassification(traced):
+    gateway, collector, env = traced
+    store = SqliteStore(Config(data_dir=Path(env["VISAGE_DATA_DIR"])).sqlite_path)
+    rng = np.random.default_rng(15)
+    try:
+        for name in ("Ida", "Joan"):
+            status, persona = gateway.json("POST", "/v1/personas", {"displayName": name})
+            assert status == 200
+            face_ids = _put_faces_near(store, rng.normal(0, 0.3, 128), 8, rng)
+            for face_id in face_ids:
+                status, _ = gateway.json("POST", f"/v1/faces/{face_id}:label",
+                                         {"personaId": persona["personaId"], "verdict": "VERDICT_BELONGS"})
+                assert status == 200
+    finally:
+        store.close()
+    training = collector.wait_for(lambda s: s.name == "visage.training" and s.attributes.get("visage.activated") is True,
+                                  "of a training job that activated a version")
+    # It links to the requests whose label (and persona) events it trained on.
+    linked = [collector.wait_for(lambda s, link=link: (s.trace_id, s.span_id) == link, f"linked as {link}")
+              for link in training.links]
+    assert "/visage.v1.QueryService/LabelFace" in {span.name for span in linked}
+    assert {span.name for span in linked} <= {f"/visage.v1.QueryService/{method}" for method in
+                                              ("LabelFace", "CreatePersona", "DeletePersona")}
+    # MODEL_VERSION_ACTIVATED was appended inside the training span: the classifier's handling links to it,
+    # and the re-classification run is a child of that handling.
+    handled = collector.wait_for(lambda s: s.name == "visage.classifier EVENT_TYPE_MODEL_VERSION_ACTIVATED"
+                                 and (training.trace_id, training.span_id) in s.links,
+                                 "of the classifier handling the activation")
+    run = collector.wait_for(lambda s: s.name == "visage.reclassify" and s.parent_span_id == handled.span_id,
+                             "of the re-classification run")
+    assert run.trace_id == handled.trace_id and run.service == "visage-classifier"
+    assert run.attributes["visage.model_version"] == training.attributes["visage.model_version"]
+    assert run.attributes["visage.state"] == "RECLASSIFY_STATE_SUCCEEDED"
 
 
 def test_a_cli_call_is_a_client_span_with_the_service_span_its_child(traced):
