@@ -133,12 +133,12 @@ def test_a_callers_traceparent_is_kept(traced):
 
 def test_training_started_by_an_event_links_to_the_request_that_appended_it(traced):
     gateway, collector, _ = traced
-    status, created = gateway.json("POST", "/v1/personas", {"displayName": "Grace"})
+    trace_id = uuid.uuid4().hex  # this request's own trace, to tell its span from the others'
+    status, _ = gateway.json("POST", "/v1/personas", {"displayName": "Grace"},
+                             headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
     assert status == 200
-    request = collector.wait_for(
-        lambda s: s.name == "/visage.v1.QueryService/CreatePersona" and s.kind == SERVER_KIND
-        and s.trace_id not in {x.trace_id for x in collector.seen if x.name == "visage.training"},
-        "of this CreatePersona")
+    request = collector.wait_for(lambda s: s.name == "/visage.v1.QueryService/CreatePersona" and s.kind == SERVER_KIND
+                                 and s.trace_id == trace_id, "of this CreatePersona")
     # PERSONA_CREATED carries the request's traceparent; the trainer's job (a trace of its
     # own: it may train on many requests' events) links to it.
     training = collector.wait_for(lambda s: s.name == "visage.training" and (request.trace_id, request.span_id)
