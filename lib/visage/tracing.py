@@ -97,7 +97,7 @@ def force_flush(timeout_seconds: float = 30.0) -> bool:
 
 
 def server_interceptors(default_service_name: str = "visage") -> list[grpc.ServerInterceptor]:
-    """The tracing interceptor for visage.server.build_server (first in the chain, so its span
+    """The tracing interceptor for visage.server.service_interceptors (first in the chain: its span
     covers every other layer and sees the status each answers with); none when tracing is off."""
     if not install(default_service_name):
         return []
