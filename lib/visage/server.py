@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from visage import guard, metrics, placement
+from visage import guard, metrics, placement, tracing
 from visage.auth.interceptor import AuthInterceptor
 from visage.auth.tokens import TokenVerifier
 from visage.config import Config
@@ -92,7 +92,8 @@ def service_interceptors(max_streams: int | None = None,
     """Every service's interceptor chain. Metrics outermost, so they see the status
     every other layer answers with; error statuses innermost, so the guard sees store
     errors already mapped (not as unexpected)."""
-    return [metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
+    # Tracing (when OTEL_EXPORTER_OTLP_ENDPOINT is set) outermost of all: its span covers every layer.
+    return [*tracing.server_interceptors(), metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
             AuthInterceptor(verifier or TokenVerifier.from_env()), ErrorStatusInterceptor()]
 
 
@@ -173,6 +174,7 @@ def run_service(name: str, start: Callable[[Config, Store, str], RunningService]
     port = getattr(config.ports, name)
     if scrape_port := metrics.metrics_port(port):
         metrics.serve_metrics(scrape_port, config.host)
+    tracing.install(f"visage-{name}")
     store = open_store(config)
     running = start(config, store, f"{config.host}:{port}")
     serve_until_signalled(running)

@@ -13,16 +13,25 @@ import time
 
 import numpy as np
 
+from visage import tracing
 from visage.store.base import Store
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.models import ActiveModel, ModelLoadError, predict
-from visage_classifier.reclassify import Reclassifier, prediction_records
+from visage.v1 import classify_pb2
+from visage_classifier.reclassify import FAILED, Reclassifier, Run, prediction_records
 
 log = logging.getLogger(__name__)
 
 CURSOR_KEY = "classifier.event_cursor"
 POLL_SECONDS = 0.2
 PAGE = 1000
+
+
+def _outcome(run: Run) -> tuple[dict[str, str | int], bool]:
+    """What a re-classification run came to, for its span; and whether it failed."""
+    _, progress = run.wait_update(-1, 0)  # the newest progress, at once
+    return ({"visage.model_version": run.version, "visage.state": classify_pb2.ReclassifyState.Name(progress.state),
+             "visage.faces_done": progress.done}, progress.state == FAILED)
 
 
 class EventWatcher:
@@ -80,7 +89,10 @@ class EventWatcher:
         for event in events:
             handler = self._handlers.get(event.type)
             if handler is not None:
-                handler(event.subject)
+                # Tracing on: a span per event handled, linked to the span that appended the event.
+                with tracing.work_span(f"visage.classifier {pb.EventType.Name(event.type)}", [event.attributes],
+                                       {"visage.event_subject": event.subject}):
+                    handler(event.subject)
         cursor = events[-1].cursor
         self._store.set_meta(self._cursor_key, cursor)
         return cursor
@@ -91,6 +103,7 @@ class EventWatcher:
             return
         run = self._reclassifier.start_or_join(shared=True)
         log.info("activation seen: re-classifying with version %d", run.version)
+        tracing.span_until("visage.reclassify", run.join, lambda: _outcome(run))
 
     def _on_image_ingested(self, image_id: str) -> None:
         # A face labelled since its ingest (the event may be handled late) keeps its label only.

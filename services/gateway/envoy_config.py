@@ -107,6 +107,7 @@ from visage.auth.tokens import AuthConfig
 from visage.config import Config
 from visage.server import SERVICE_NAMES
 from visage_gateway import limits
+from visage_gateway import tracing as gateway_tracing
 
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -182,6 +183,7 @@ class GatewaySettings:
     hostnames: tuple[str, ...] = LOCAL_HOSTNAMES
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    collector: gateway_tracing.Collector | None = None  # OTLP traces (OTEL_EXPORTER_OTLP_ENDPOINT)
 
     @property
     def tls(self) -> bool:
@@ -222,6 +224,7 @@ class GatewaySettings:
             hostnames=hostnames or LOCAL_HOSTNAMES,
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
+            collector=gateway_tracing.Collector.from_env(env),
         )
 
 
@@ -537,6 +540,7 @@ def _listener(settings: GatewaySettings) -> Listener:
         access_log=_access_logs(settings),
         local_reply_config=_local_reply_config(),
         server_name="visage",
+        tracing=gateway_tracing.connection_manager_tracing(settings.collector) if settings.collector else None,
     ))
     return Listener(
         name="visage_http",
@@ -610,7 +614,8 @@ def build_bootstrap(settings: GatewaySettings) -> dict:
         static_resources=BootstrapStaticResources(
             listeners=[_listener(settings)],
             clusters=[_cluster(u, streams) for u in settings.upstreams for streams in (False, True)]
-            + ([_jwks_cluster(settings.auth.jwks_url)] if settings.auth.jwks_url else []),
+            + ([_jwks_cluster(settings.auth.jwks_url)] if settings.auth.jwks_url else [])
+            + ([gateway_tracing.collector_cluster(settings.collector)] if settings.collector else []),
         ),
         overload_manager=_overload_manager(),
     )

@@ -20,7 +20,7 @@ import uuid
 
 import grpc
 
-from visage import convert, paging
+from visage import convert, paging, tracing
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store.base import NotFound, Store
@@ -84,6 +84,11 @@ class Trainer:
         self._outstanding_lock = threading.Lock()
         self._saved_cursor = store.get_meta(CURSOR_META_KEY) or ""
         self._event_job_queued = threading.Event()
+        # Tracing on: what each queued job's span links to (the RPC that asked for it; for
+        # event-driven jobs, the spans that appended the label and persona events it trains on).
+        self._causes: dict[str, list[dict[str, str]]] = {}
+        self._event_causes: list[dict[str, str]] = []
+        self._causes_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name="trainer-worker", daemon=True),
                          threading.Thread(target=self._follow_events, name="trainer-events", daemon=True)]
 
@@ -106,6 +111,9 @@ class Trainer:
             self._outstanding += 1
         self.store.put_training_job(job)
         self.board.publish(job)
+        if cause := tracing.event_attributes():
+            with self._causes_lock:
+                self._causes[job.job_id] = [cause]
         self._jobs.put(job)
         return job
 
@@ -121,10 +129,35 @@ class Trainer:
             if job.trigger == pb.TRAINING_TRIGGER_EVENTS:
                 self._event_job_queued.clear()
             reporter = JobReporter(self.store, job, self.board.publish)
-            cursor = run_job(self.store, reporter, self.settings, force=job.trigger == pb.TRAINING_TRIGGER_MANUAL)
+            with tracing.work_span("visage.training", self._take_causes(job),
+                                   {"visage.training_job": job.job_id,
+                                    "visage.trigger": pb.TrainingTrigger.Name(job.trigger)}) as span:
+                cursor = run_job(self.store, reporter, self.settings, force=job.trigger == pb.TRAINING_TRIGGER_MANUAL)
+                tracing.annotate(span, {"visage.phase": pb.TrainingPhase.Name(reporter.job.phase),
+                                        "visage.model_version": reporter.job.model_version,
+                                        "visage.activated": reporter.job.activated,
+                                        "visage.message": reporter.job.message},
+                                 failed=reporter.job.phase == pb.TRAINING_PHASE_FAILED)
             self._advance_cursor(cursor)
             with self._outstanding_lock:
                 self._outstanding -= 1
+
+    def _take_causes(self, job: TrainingJobRecord) -> list[dict[str, str]]:
+        with self._causes_lock:
+            causes = self._causes.pop(job.job_id, [])
+            if job.trigger == pb.TRAINING_TRIGGER_EVENTS:
+                causes, self._event_causes = causes + self._event_causes, []
+            return causes
+
+    def _note_causes(self, events) -> None:
+        """Keeps the trace context of trigger events for the next event-driven job's span."""
+        if not tracing.active():
+            return
+        causes = [event.attributes for event in events
+                  if event.type in TRIGGER_EVENTS and tracing.TRACEPARENT in event.attributes]
+        if causes:
+            with self._causes_lock:
+                self._event_causes = (self._event_causes + causes)[-tracing.MAX_LINKS:]
 
     def _advance_cursor(self, cursor: str) -> None:
         # Jobs end in submission order and the follower moves it only when no
@@ -161,6 +194,7 @@ class Trainer:
                 events = []
             if events:
                 cursor = events[-1].cursor
+                self._note_causes(events)
                 if any(event.type in TRIGGER_EVENTS for event in events):
                     last_trigger_at = time.monotonic()
                 if len(events) == 1000:

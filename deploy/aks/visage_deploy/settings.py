@@ -25,6 +25,11 @@ CASSANDRA_PORT = 9042     # Apache Cassandra and Managed Instance
 
 AUTH_ENV_NAMES = ("VISAGE_AUTH_ISSUER", "VISAGE_AUTH_AUDIENCE", "VISAGE_AUTH_JWKS_URL", "VISAGE_AUTH_ROLE_CLAIM",
                   "VISAGE_AUTH_SUBJECT_CLAIM", "VISAGE_GATEWAY_HOSTNAMES")
+# Traces (README "Tracing"), optional: set, the services and the gateway export OTLP to that
+# collector; unset, tracing stays off. Headers (API keys) are left out on purpose: point the
+# pods at a collector in the cluster that holds the backend's credentials itself.
+TRACING_ENV_NAMES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_INSECURE",
+                     "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_RESOURCE_ATTRIBUTES")
 
 
 def _env(name: str, default: str = "") -> str:
@@ -134,7 +139,7 @@ class DeploySettings:
                            "VISAGE_CASSANDRA_LOCAL_DC", "VISAGE_AZURE_FACE_ENDPOINT",
                            # Identity (README "Roles and sign-in"): the Entra ID app the tokens are for, and
                            # the gateway's public host names; they go to the visage-config ConfigMap.
-                           *AUTH_ENV_NAMES)
+                           *AUTH_ENV_NAMES, *TRACING_ENV_NAMES)
         return cls(
             subscription_id=_env("AZURE_SUBSCRIPTION_ID"),
             location=_env("VISAGE_AZ_LOCATION", cls.location),

@@ -7,6 +7,7 @@ import os
 
 import grpc
 
+from visage import tracing
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig
 
@@ -68,5 +69,6 @@ def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
 
 
 def channel(target: str, options=None, token: str | None = None) -> grpc.Channel:
-    """An insecure channel (loopback / in-cluster) that sends the caller's token."""
-    return with_token(grpc.insecure_channel(target, options=options), token or find_token())
+    """An insecure channel (loopback / in-cluster) that sends the caller's token (and, with
+    tracing on, a client span per call: visage.tracing)."""
+    return with_token(tracing.traced_channel(grpc.insecure_channel(target, options=options)), token or find_token())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+from visage import tracing
 from visage.auth.roles import Role
 
 ACTOR_ATTRIBUTE = "actor"  # the event attribute that names who caused it
@@ -53,8 +54,10 @@ def require_role(least: Role, what: str) -> None:
 
 
 def with_actor(attributes: dict[str, str] | None) -> dict[str, str]:
-    """An event's attributes plus who caused it, when a request did."""
+    """An event's attributes plus who caused it, when a request did, and (tracing on) the
+    `traceparent` of the span that appended it, which the work the event starts links to."""
+    attributes = {**(attributes or {}), **tracing.event_attributes()}
     identity = _current.get()
     if identity is None:
-        return dict(attributes or {})
-    return {**(attributes or {}), ACTOR_ATTRIBUTE: identity.subject}
+        return attributes
+    return {**attributes, ACTOR_ATTRIBUTE: identity.subject}
