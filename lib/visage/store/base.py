@@ -149,13 +149,17 @@ def is_unknown(labels: Iterable[LabelRecord], prediction: PredictionRecord | Non
     """The one rule of who is unknown: nobody labelled the face as belonging to anyone,
     and its stored verdict (the last one stands, whichever version wrote it) is absent,
     says unknown, or names a persona the face was labelled as not belonging to."""
+    return unknown_verdict(labels, None if prediction is None else prediction.persona_id)
+
+
+def unknown_verdict(labels: Iterable[LabelRecord], persona_id: str | None) -> bool:
+    """is_unknown of a face with these labels whose verdict names persona_id (None: no verdict)."""
     labels = list(labels)
     if any(label.verdict == pb.VERDICT_BELONGS for label in labels):
         return False
-    if prediction is None or not prediction.persona_id:
+    if not persona_id:
         return True
-    return any(label.persona_id == prediction.persona_id and label.verdict == pb.VERDICT_NOT_BELONGS
-               for label in labels)
+    return any(label.persona_id == persona_id and label.verdict == pb.VERDICT_NOT_BELONGS for label in labels)
 
 
 def verdict_changed(previous: PredictionRecord | None, persona_id: str, confidence: float) -> bool:

@@ -26,6 +26,7 @@ from visage.store.base import (
     StoreUnavailable,
     Withdrawn,
     changed_rows,
+    unknown_verdict,
     check_prediction_columns,
     face_id_bounds,
     translate_errors,
@@ -529,12 +530,12 @@ class SqliteStore(Store):
 
     # ---- predictions -----------------------------------------------------
     def put_predictions(self, predictions: list[PredictionRecord]) -> None:
+        latest = {p.face_id: p for p in predictions}  # the last one of a face wins
         with self._tx() as conn:
-            conn.executemany(
-                UPSERT_PREDICTION,
-                [(p.face_id, p.persona_id, p.confidence, p.model_version, p.create_time) for p in predictions],
-            )
-            self._sync_unknown(conn, [p.face_id for p in predictions])
+            previous = self._predictions_in(conn, latest)
+            conn.executemany(UPSERT_PREDICTION, [(p.face_id, p.persona_id, p.confidence, p.model_version,
+                                                  p.create_time) for p in latest.values()])
+            self._sync_changed_verdicts(conn, previous, {f: p.persona_id for f, p in latest.items()})
 
     def put_prediction_columns(self, face_ids: Sequence[str], persona_ids: Sequence[str],
                                confidences: Sequence[float] | np.ndarray, model_version: int,
@@ -542,19 +543,34 @@ class SqliteStore(Store):
         check_prediction_columns(face_ids, persona_ids, confidences)
         confidences = np.asarray(confidences).tolist()
         with self._tx() as conn:  # read and write in one transaction: a concurrent write cannot slip between
-            if changed_only:
-                previous = {row[0]: PredictionRecord(*row) for row in self._execute_in(
-                    conn, "SELECT * FROM predictions WHERE face_id IN ({marks})", list(dict.fromkeys(face_ids)))}
-                changed = changed_rows(previous, face_ids, persona_ids, confidences)
-                written = [face_ids[i] for i in changed]
-                rows = [(face_ids[i], persona_ids[i], confidences[i], model_version, create_time) for i in changed]
-            else:
-                written = list(face_ids)
-                rows = zip(face_ids, persona_ids, confidences,
-                           itertools.repeat(model_version), itertools.repeat(create_time))
-            conn.executemany(UPSERT_PREDICTION, rows)
-            self._sync_unknown(conn, written)
-        return len(set(written))
+            previous = self._predictions_in(conn, face_ids)
+            rows = (changed_rows(previous, face_ids, persona_ids, confidences) if changed_only
+                    else {face_id: i for i, face_id in enumerate(face_ids)}.values())
+            conn.executemany(UPSERT_PREDICTION, [(face_ids[i], persona_ids[i], confidences[i], model_version,
+                                                  create_time) for i in rows])
+            written = {face_ids[i]: persona_ids[i] for i in rows}
+            self._sync_changed_verdicts(conn, previous, written)
+        return len(written)
+
+    def _predictions_in(self, conn: sqlite3.Connection, face_ids: Iterable[str]) -> dict[str, PredictionRecord]:
+        return {row[0]: PredictionRecord(*row) for row in self._execute_in(
+            conn, "SELECT * FROM predictions WHERE face_id IN ({marks})", list(dict.fromkeys(face_ids)))}
+
+    def _sync_changed_verdicts(self, conn: sqlite3.Connection, previous: dict[str, PredictionRecord],
+                               written: dict[str, str]) -> None:
+        """The unknown-faces rows of faces whose verdict moved across is_unknown (the index was
+        right before this transaction; most verdicts stay on their side, so they cost no write)."""
+        labels: dict[str, list[LabelRecord]] = {}
+        for row in self._execute_in(conn, "SELECT * FROM labels WHERE face_id IN ({marks})", list(written)):
+            labels.setdefault(row[0], []).append(LabelRecord(*row))
+        now_known, now_unknown = [], []
+        for face_id, persona_id in written.items():
+            before = previous[face_id].persona_id if face_id in previous else None
+            after = unknown_verdict(labels.get(face_id, ()), persona_id)
+            if unknown_verdict(labels.get(face_id, ()), before) != after:
+                (now_unknown if after else now_known).append(face_id)
+        self._execute_in(conn, "DELETE FROM unknown_faces WHERE face_id IN ({marks})", now_known)
+        self._sync_unknown(conn, now_unknown)
 
     def get_prediction(self, face_id: str) -> PredictionRecord | None:
         rows = self._query("SELECT * FROM predictions WHERE face_id = ?", (face_id,))
