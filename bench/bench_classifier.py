@@ -107,11 +107,11 @@ def reclassify_numbers(store: Store, count: int) -> dict:
     reclassifier = Reclassifier(store, models)
     first_seconds, done = timed_run(reclassifier)  # every face new: inserts
     # After a label: a new version (its centres moved a little, as a retrain moves them)
-    # replaces every face's prediction, and every one must then carry the new version.
+    # evaluates every face again and writes the verdicts that change (changed-only writes).
     version = activate_version(store, centres + rng.normal(0, 0.005, centres.shape).astype(np.float32), persona_ids)
     again_seconds, again_done = timed_run(reclassifier)
-    replaced = sum(store.count_predictions([*persona_ids, ""], version).values())
-    assert again_done == done == replaced == count, (done, again_done, replaced, count)
+    rewritten = sum(1 for p in store.iter_predictions() if p.model_version == version)
+    assert again_done == done == count and rewritten <= count, (done, again_done, rewritten, count)
     predictor = models.current()
     started = time.perf_counter()
     batches = [(ids, matrix) for ids, matrix in store.iter_embeddings(8192)]
@@ -120,7 +120,7 @@ def reclassify_numbers(store: Store, count: int) -> dict:
     for _, matrix in batches:
         predict(predictor, matrix)
     predict_seconds = time.perf_counter() - started
-    return {"faces": done, "first": done / first_seconds, "again": done / again_seconds,
+    return {"faces": done, "first": done / first_seconds, "again": done / again_seconds, "rewritten": rewritten,
             "read": count / read_seconds, "predict": count / predict_seconds,
             "sklearn": sklearn_baseline(rows, centres)}
 
@@ -155,13 +155,13 @@ def print_reclassify(data_dir: Path) -> None:
             cassandra._session.execute(f"DROP KEYSPACE IF EXISTS {cassandra.keyspace}", timeout=120)
             cassandra.close()
     print(f"\nRe-classification (target >= 100,000 faces/s from SQLite)")
-    print(f"{'store':<10}{'faces':>9}{'first run/s':>13}{'re-run/s':>11}{'read/s':>12}{'onnx/s':>12}"
-          f"{'sklearn p_p/s':>15}{'re-run/sklearn':>16}")
+    print(f"{'store':<10}{'faces':>9}{'first run/s':>13}{'re-run/s':>11}{'re-run wrote':>14}{'read/s':>12}"
+          f"{'onnx/s':>12}{'sklearn p_p/s':>15}{'re-run/sklearn':>16}")
     for name, r in results.items():
-        print(f"{name:<10}{r['faces']:>9,}{r['first']:>13,.0f}{r['again']:>11,.0f}{r['read']:>12,.0f}"
-              f"{r['predict']:>12,.0f}{r['sklearn']:>15,.0f}{r['again'] / r['sklearn']:>16.2f}")
+        print(f"{name:<10}{r['faces']:>9,}{r['first']:>13,.0f}{r['again']:>11,.0f}{r['rewritten']:>14,}"
+              f"{r['read']:>12,.0f}{r['predict']:>12,.0f}{r['sklearn']:>15,.0f}{r['again'] / r['sklearn']:>16.2f}")
     print("(first run writes new predictions; the re-run, by a newly activated version as after a label, "
-          "replaces every one)")
+          "evaluates every face and writes only the verdicts that change: 're-run wrote' of 'faces')")
 
 
 def photos() -> list[bytes]:

@@ -107,7 +107,7 @@ def write_predictions(name: str, store: Store, face_ids: list[str], version: int
             written += stop - start
             bar.update(stop - start)
     seconds = time.perf_counter() - began
-    stored = sum(store.count_predictions(PERSONAS, version).values())
+    stored = sum(1 for p in store.iter_predictions() if p.model_version == version)
     assert stored == written, f"{name}: {stored} of {written} predictions carry version {version}"
     return written / seconds
 

@@ -1,5 +1,9 @@
-"""Re-classification: every unlabelled face in the store gets a prediction of
-the active model version, with progress streamed to every watcher.
+"""Re-classification: every unlabelled face in the store is evaluated by the
+active model version, with progress streamed to every watcher. Only verdicts
+that change are written (store.put_prediction_columns changed_only: another
+persona, or a confidence moved by more than PREDICTION_TOLERANCE); the others
+stand as stored. When a run has covered every shard, RECLASSIFIED_VERSION_KEY
+names its version: every stored verdict is then that version's.
 
 One run at a time per process. A second request for the same version joins
 the running run (watchers share it); a request for a newer version supersedes
@@ -13,6 +17,7 @@ rely on it and half-written predictions would mix versions.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -27,7 +32,7 @@ import numpy as np
 
 from visage import metrics
 from visage.model import Predictor
-from visage.store.base import Store
+from visage.store.base import RECLASSIFIED_VERSION_KEY, Store
 from visage.store.records import PredictionRecord, ShardRecord
 from visage.v1 import classify_pb2
 from visage.v1 import resources_pb2 as pb
@@ -40,7 +45,6 @@ SHARDS = 64          # parts of one version's re-classification that replicas cl
 LEASE_SECONDS = 60.0  # a shard whose holder has not renewed for this long is taken over
 PROGRESS_READ_SECONDS = 0.5  # how often a replica re-reads the others' progress while it works
 EVENT_INTERVAL_SECONDS = 0.25  # progress events: at most ~4 per second
-RECLASSIFIED_VERSION_KEY = "classifier.reclassified_version"
 
 RUNNING = classify_pb2.RECLASSIFY_STATE_RUNNING
 SUCCEEDED = classify_pb2.RECLASSIFY_STATE_SUCCEEDED
@@ -148,14 +152,19 @@ class PredictionColumns:
     model_version: int
     create_time: float
 
-    def write_to(self, store: Store) -> None:
-        store.put_prediction_columns(self.face_ids, self.persona_ids, self.confidences, self.model_version,
-                                     self.create_time)
+    def write_to(self, store: Store) -> int:
+        """Writes the verdicts that changed; returns how many."""
+        written = store.put_prediction_columns(self.face_ids, self.persona_ids, self.confidences, self.model_version,
+                                               self.create_time, changed_only=True)
+        metrics.PREDICTIONS_WRITTEN.inc(written)
+        return written
 
 
-def shared_job(version: int) -> str:
-    """The job all replicas share to re-classify with a newly activated version."""
-    return f"reclassify-v{version}"
+def shared_job(version: int, generation: int = 0) -> str:
+    """The job all replicas share to re-classify with a newly activated version. A version
+    activated again later (a rollback, a pin) gets a job of the next generation: its
+    earlier job is finished, and the verdicts stored since are other versions'."""
+    return f"reclassify-v{version}" + (f"-g{generation}" if generation else "")
 
 
 def replica_owner() -> str:
@@ -480,13 +489,24 @@ class Reclassifier:
             if (running is not None and running.is_alive() and not running.finished
                     and running.version == predictor.version):
                 return running  # join: a finished run is never joined, its answer may be stale
-            job = shared_job(predictor.version) if shared else f"{shared_job(predictor.version)}-{uuid.uuid4().hex[:8]}"
+            job = (self._unfinished_shared_job(predictor.version) if shared
+                   else f"{shared_job(predictor.version)}-{uuid.uuid4().hex[:8]}")
             run = Run(self._store, predictor, self._batch_rows, self._work, job)
             if running is not None and running.is_alive():
                 running.supersede(run)
             run.start(after=running)
             self._run = run
             return run
+
+    def _unfinished_shared_job(self, version: int) -> str:
+        """The version's first shared job not finished yet (callers checked is_up_to_date:
+        the store's verdicts are not this version's, so a finished job is an earlier activation's)."""
+        for generation in itertools.count():
+            job = shared_job(version, generation)
+            shards = self._store.job_shards(job)
+            if not (len(shards) == self._work.shards and all(shard.done for shard in shards)):
+                return job
+        raise AssertionError("unreachable")
 
     def is_up_to_date(self) -> bool:
         """True when the active version's run already completed (at-least-once

@@ -1,8 +1,10 @@
 """Reads of the catalogue: store records joined with their labels and the
-active model's predictions into the messages the UI shows.
+stored predictions into the messages the UI shows.
 
 Two rules shape every read (see the preamble's cross-part interfaces):
-- only predictions of the *active* model version are shown;
+- the last verdict stands: a face's stored prediction is its verdict, whichever
+  version wrote it (re-classification rewrites only verdicts that change); it
+  names the active version once that version's full run has covered the store;
 - labels win: a face labelled BELONGS shows its label, never a prediction, and
   a face rejected (NOT_BELONGS) for a persona is never listed as predicted for it.
 
@@ -18,16 +20,14 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 
+import dataclasses
+
 from visage import convert
 from visage.store import NotFound, Store
-from visage.store.records import FaceRecord, LabelRecord, PersonaRecord, PredictionRecord
+from visage.store.base import RECLASSIFIED_VERSION_KEY
+from visage.store.records import FaceRecord, LabelRecord, PersonaRecord, PredictionRecord, UnknownFaceKey
 from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
-
-# ListUnknownFaces examines images in batches of this many until its page is
-# full or the images end: a page is always exact (full unless it is the last),
-# however busy the machine. Its cost grows with how rare unknown faces are.
-IMAGE_SCAN_BATCH = 100
 
 
 def search_key(text: str) -> str:
@@ -73,18 +73,21 @@ class LabelIndex:
 
 
 def shown_prediction(prediction: PredictionRecord | None, labels: list[LabelRecord],
-                     active_version: int) -> PredictionRecord | None:
-    """The prediction a face shows: the active version's, unless a BELONGS label wins."""
-    if prediction is None or not active_version or prediction.model_version != active_version:
+                     current_version: int) -> PredictionRecord | None:
+    """The prediction a face shows: its stored verdict, unless a BELONGS label wins. Once a
+    full run of the active version has covered the store (`current_version`, else 0) every
+    verdict is that version's (it left the unchanged ones as they were); before, a verdict
+    names the version that wrote it, never one that has not evaluated the face yet."""
+    if prediction is None or any(label.verdict == pb.VERDICT_BELONGS for label in labels):
         return None
-    if any(label.verdict == pb.VERDICT_BELONGS for label in labels):
-        return None
+    if current_version and prediction.model_version != current_version:
+        return dataclasses.replace(prediction, model_version=current_version)
     return prediction
 
 
 def face_message(record: FaceRecord, labels: list[LabelRecord], prediction: PredictionRecord | None,
-                 active_version: int, include_embedding: bool = False) -> pb.Face:
-    return convert.face(record, labels, shown_prediction(prediction, labels, active_version), include_embedding)
+                 current_version: int, include_embedding: bool = False) -> pb.Face:
+    return convert.face(record, labels, shown_prediction(prediction, labels, current_version), include_embedding)
 
 
 class Catalogue:
@@ -94,6 +97,12 @@ class Catalogue:
     def active_version(self) -> int:
         record = self.store.active_model_version()
         return record.version if record else 0
+
+    def current_version(self) -> int:
+        """The active version once its full re-classification completed (every stored verdict
+        is then its verdict), else 0 (verdicts name the versions that wrote them)."""
+        active = self.active_version()
+        return active if active and self.store.get_meta(RECLASSIFIED_VERSION_KEY) == str(active) else 0
 
     # ---- personas --------------------------------------------------------
     def persona(self, persona_id: str) -> pb.Persona:
@@ -120,7 +129,7 @@ class Catalogue:
         persona_ids = [record.persona_id for record in records]
         labels = LabelIndex.load(self.store)
         labelled = self.store.count_labels(persona_ids, pb.VERDICT_BELONGS)
-        predicted = self.predicted_counts(persona_ids, labels, self.active_version())
+        predicted = self.predicted_counts(persona_ids, labels)
         hidden = self.store.hidden_ids("persona")
         messages = []
         for record in records:
@@ -131,25 +140,21 @@ class Catalogue:
             messages[-1].hidden = record.persona_id in hidden
         return messages
 
-    def predicted_counts(self, persona_ids: list[str], labels: LabelIndex, active_version: int) -> dict[str, int]:
+    def predicted_counts(self, persona_ids: list[str], labels: LabelIndex) -> dict[str, int]:
         """How many faces predicted_faces lists for each persona: the store's count of the
-        active version's predictions, less the labelled faces among them that a label decides."""
-        if not active_version:
-            return dict.fromkeys(persona_ids, 0)
-        counts = self.store.count_predictions(persona_ids, active_version)
+        verdicts naming it, less the labelled faces among them that a label decides."""
+        counts = self.store.count_predictions(persona_ids)
         for prediction in self.store.get_predictions(labels.face_ids()).values():
             persona_id, face_id = prediction.persona_id, prediction.face_id
             decided = labels.has_belongs(face_id) or labels.rejects(face_id, persona_id)
-            if persona_id in counts and prediction.model_version == active_version and decided:
+            if persona_id in counts and decided:
                 counts[persona_id] -= 1
         return counts
 
-    def predicted_faces(self, persona_id: str, labels: LabelIndex, active_version: int) -> list[PredictionRecord]:
-        """The active version's predictions of the persona, highest confidence
-        first, less faces a label already decides."""
-        if not active_version:
-            return []
-        return [prediction for prediction in self.store.predictions_of_persona(persona_id, active_version)
+    def predicted_faces(self, persona_id: str, labels: LabelIndex) -> list[PredictionRecord]:
+        """The verdicts naming the persona, highest confidence first, less faces a label
+        already decides."""
+        return [prediction for prediction in self.store.predictions_of_persona(persona_id)
                 if not labels.has_belongs(prediction.face_id) and not labels.rejects(prediction.face_id, persona_id)]
 
     def require_persona(self, persona_id: str) -> PersonaRecord:
@@ -162,13 +167,13 @@ class Catalogue:
     def face(self, face_id: str, include_embedding: bool = False) -> pb.Face:
         record = self.require_face(face_id)
         message = face_message(record, self.store.labels_of_face(face_id), self.store.get_prediction(face_id),
-                               self.active_version(), include_embedding)
+                               self.current_version(), include_embedding)
         message.hidden = face_id in self.store.hidden_ids("face")
         return message
 
     def faces(self, face_ids: list[str]) -> list[pb.Face]:
         """Many faces in the order given (those that exist), from a few store reads."""
-        labels, version, hidden = LabelIndex.load(self.store), self.active_version(), self.store.hidden_ids("face")
+        labels, version, hidden = LabelIndex.load(self.store), self.current_version(), self.store.hidden_ids("face")
         records = self.store.get_faces(face_ids)
         predictions = self.store.get_predictions(record.face_id for record in records)
         messages = [face_message(record, labels.of_face(record.face_id), predictions.get(record.face_id), version)
@@ -186,7 +191,7 @@ class Catalogue:
     def persona_faces(self, persona_id: str, kind: int, offset: int, limit: int) -> tuple[list[pb.Face], bool]:
         """A page of the persona's faces of this kind, and whether more follow."""
         self.require_persona(persona_id)
-        labels, version = LabelIndex.load(self.store), self.active_version()
+        labels, version = LabelIndex.load(self.store), self.current_version()
         if kind == query_pb2.FACE_KIND_PREDICTED:
             return self._predicted_page(persona_id, labels, version, offset, limit)
         verdict = pb.VERDICT_BELONGS if kind == query_pb2.FACE_KIND_LABELLED else pb.VERDICT_NOT_BELONGS
@@ -200,48 +205,34 @@ class Catalogue:
 
     def _predicted_page(self, persona_id: str, labels: LabelIndex, version: int, offset: int,
                         limit: int) -> tuple[list[pb.Face], bool]:
-        predictions = self.predicted_faces(persona_id, labels, version)
+        predictions = self.predicted_faces(persona_id, labels)
         page = {prediction.face_id: prediction for prediction in predictions[offset:offset + limit]}
         faces = [face_message(record, labels.of_face(record.face_id), page[record.face_id], version)
                  for record in self.store.get_faces(page)]  # dicts keep the confidence order
         return faces, offset + limit < len(predictions)
 
-    def unknown_faces(self, image_offset: int, face_offset: int, limit: int) -> tuple[list[pb.Face], list[int] | None]:
-        """Unknown faces newest first (by image, then position in the image),
-        and the scan position to go on from (None at the end). Reads a batch of
-        images at a time: their faces (no crops) and predictions in a few calls."""
-        labels, version = LabelIndex.load(self.store), self.active_version()
+    def unknown_faces(self, after: UnknownFaceKey | None, limit: int) -> tuple[list[pb.Face], UnknownFaceKey | None]:
+        """A page of the unknown faces that are not hidden, newest image first (then position
+        in the image), from the store's unknown-faces index, and the key to go on after
+        (None at the end). Reads only the page's faces, labels and predictions."""
         hidden = self.store.hidden_ids("face")
-        found: list[pb.Face] = []
-        while images := self.store.list_images(image_offset, IMAGE_SCAN_BATCH):
-            faces_of = self.store.faces_of_images(image.image_id for image in images if image.face_count)
-            predictions = self.store.get_predictions(
-                face.face_id for faces in faces_of.values() for face in faces if not labels.has_belongs(face.face_id))
-            for image in images:
-                faces = faces_of.get(image.image_id, [])
-                for position in range(face_offset, len(faces)):
-                    face = faces[position]
-                    prediction = predictions.get(face.face_id)
-                    if face.face_id in hidden or not self._unknown(face.face_id, prediction, labels, version):
-                        continue
-                    if len(found) == limit:  # only hand out a token when something follows
-                        return found, [image_offset, position]
-                    found.append(face_message(face, labels.of_face(face.face_id), prediction, version))
-                image_offset, face_offset = image_offset + 1, 0
-        return found, None
-
-    @staticmethod
-    def _unknown(face_id: str, prediction: PredictionRecord | None, labels: LabelIndex, version: int) -> bool:
-        """Whether nobody is known for the face: not labelled as anyone, and the
-        active version has no say, says unknown, or names a persona the face was
-        rejected for (labels win)."""
-        if labels.has_belongs(face_id):
-            return False
-        if prediction is None or prediction.model_version != version or not prediction.persona_id:
-            return True
-        return labels.rejects(face_id, prediction.persona_id)
-
-    is_unknown = _unknown  # the rule suggested people cluster by (visage_query.clusters)
+        keys: list[UnknownFaceKey] = []
+        while True:  # one more than the page: a token only when something follows
+            wanted = limit + 1 - len(keys)
+            batch = self.store.list_unknown_faces(after, wanted)
+            keys += [key for key in batch if key.face_id not in hidden]
+            if len(keys) > limit or len(batch) < wanted:
+                break
+            after = batch[-1]
+        page, more = keys[:limit], len(keys) > limit
+        faces = self.store.faces_of_images(dict.fromkeys(key.image_id for key in page))
+        records = {face.face_id: face for image_faces in faces.values() for face in image_faces}
+        labels = self.store.labels_of_faces(key.face_id for key in page)
+        predictions = self.store.get_predictions(key.face_id for key in page)
+        version = self.current_version()
+        messages = [face_message(records[key.face_id], labels[key.face_id], predictions.get(key.face_id), version)
+                    for key in page if key.face_id in records]
+        return messages, (page[-1] if more else None)
 
     # ---- images ----------------------------------------------------------
     def images(self, offset: int, limit: int) -> tuple[list[pb.Image], bool]:
@@ -252,7 +243,7 @@ class Catalogue:
         record = self.store.get_image(image_id)
         if record is None:
             raise NotFound(f"image {image_id!r} not found")
-        version = self.active_version()
+        version = self.current_version()
         records = self.store.faces_of_images([image_id])[image_id]  # a Face message carries no crop
         predictions = self.store.get_predictions(face.face_id for face in records)
         faces = [face_message(face, self.store.labels_of_face(face.face_id), predictions.get(face.face_id), version)

@@ -23,8 +23,8 @@ import numpy as np
 
 from visage import clustering
 from visage.store import Store
+from visage.store.records import UnknownFaceKey
 from visage.v1 import resources_pb2 as pb
-from visage_query.catalogue import Catalogue, LabelIndex
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ RECLUSTER_ON = {pb.EVENT_TYPE_IMAGE_INGESTED, pb.EVENT_TYPE_FACE_LABELLED, pb.EV
                 pb.EVENT_TYPE_PREDICTIONS_WRITTEN, pb.EVENT_TYPE_HIDDEN_CHANGED}
 QUIET_SECONDS = 0.5
 POLL_SECONDS = 0.2
+INDEX_PAGE = 5000   # unknown-faces index rows per store read
+IMAGE_BATCH = 500   # images whose faces are read at once
 
 
 @dataclass
@@ -44,21 +46,23 @@ class ClusterResult:
 
 
 def unknown_embeddings(store: Store) -> tuple[list[str], np.ndarray]:
-    """Faces nobody is known for (as ListUnknownFaces sees them) and not hidden,
-    with their embeddings: one pass over embeddings and predictions."""
-    labels = LabelIndex.load(store)
+    """Faces nobody is known for (as ListUnknownFaces lists them: the store's unknown-faces
+    index) and not hidden, with their embeddings, newest image first."""
     hidden = store.hidden_ids("face")
-    version = Catalogue(store).active_version()
-    known = {prediction.face_id for prediction in store.iter_predictions()
-             if not Catalogue.is_unknown(prediction.face_id, prediction, labels, version)}
-    face_ids: list[str] = []
-    rows: list[np.ndarray] = []
-    for batch_ids, batch in store.iter_embeddings():
-        keep = [i for i, face_id in enumerate(batch_ids)
-                if face_id not in known and face_id not in hidden and not labels.has_belongs(face_id)]
-        face_ids += [batch_ids[i] for i in keep]
-        rows.append(batch[keep])
-    embeddings = np.concatenate(rows) if rows else np.zeros((0, 128), np.float32)
+    keys: list[UnknownFaceKey] = []
+    after = None
+    while page := store.list_unknown_faces(after, INDEX_PAGE):
+        keys += [key for key in page if key.face_id not in hidden]
+        after = page[-1]
+    wanted = {key.face_id for key in keys}
+    found: dict[str, np.ndarray] = {}
+    image_ids = list(dict.fromkeys(key.image_id for key in keys))
+    for start in range(0, len(image_ids), IMAGE_BATCH):  # faces without crops, a batch of images at a time
+        for faces in store.faces_of_images(image_ids[start:start + IMAGE_BATCH]).values():
+            found.update((face.face_id, face.embedding) for face in faces if face.face_id in wanted)
+    face_ids = [key.face_id for key in keys if key.face_id in found]
+    embeddings = (np.stack([found[face_id] for face_id in face_ids]).astype(np.float32) if face_ids
+                  else np.zeros((0, 128), np.float32))
     return face_ids, embeddings
 
 

@@ -7,6 +7,7 @@ one mapping), so a bad request never takes the service down or half-writes data.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -21,7 +22,7 @@ from visage.auth.roles import Role
 from visage.config import Config
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import NotFound, Store, StoreError
-from visage.store.records import LabelRecord
+from visage.store.records import LabelRecord, UnknownFaceKey
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_query import events, validation
@@ -177,9 +178,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     @unary
     def ListUnknownFaces(self, request, context):
         size = paging.page_size(request.page_size)
-        image_offset, face_offset = paging.decode_token(request.page_token, "unknown-faces", 2)
-        faces, next_position = self.catalogue.unknown_faces(image_offset, face_offset, size)
-        token = paging.encode_token("unknown-faces", next_position) if next_position else ""
+        key = paging.decode_key_token(request.page_token, "unknown-faces", (float, str, int, str))
+        faces, last = self.catalogue.unknown_faces(UnknownFaceKey(*key) if key else None, size)
+        token = paging.encode_key_token("unknown-faces", list(dataclasses.astuple(last))) if last else ""
         return query_pb2.ListUnknownFacesResponse(faces=faces, next_page_token=token)
 
     @unary

@@ -1,8 +1,9 @@
 """Two replicas each of ingest and classifier, and a query service, as separate processes
 over one real Cassandra keyspace: the same images ingested through both ingest replicas at
 once, racing labels, racing activations, a classifier replica killed while it holds a
-re-classification shard. Afterwards every image is stored once, one version is active and
-every unlabelled face is predicted by it, each shard done exactly once."""
+re-classification shard. Afterwards every image is stored once, one version is active, each
+shard of its re-classification was done exactly once, and every unlabelled face's stored
+verdict is the active model's answer."""
 from __future__ import annotations
 
 import os
@@ -22,11 +23,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.mesh.test_mesh import free_ports
-from visage.model import OpenSetCentroidClassifier, distance_to_confidence, export_onnx
+from visage.model import OpenSetCentroidClassifier, Predictor, distance_to_confidence, export_onnx
+from visage.store.base import PREDICTION_TOLERANCE
 from visage.store.cassandra import CassandraStore
 from visage.store.records import FaceRecord, ImageRecord, ModelVersionRecord
 from visage.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
+from visage_classifier.models import predict
 from visage_classifier.reclassify import shared_job
 
 pytestmark = pytest.mark.cassandra
@@ -174,9 +177,18 @@ def test_replicas_over_one_cassandra(cassandra_config, tmp_path, faces_dir):
         assert sum(s.faces for s in shards) == unlabelled  # every face by exactly one shard
         wait_until(lambda: any(e.type == pb.EVENT_TYPE_PREDICTIONS_WRITTEN and e.subject == str(active[0].version)
                                for e in store.read_events("", 100_000)), "the end of the re-classification")
-        predictions = list(store.iter_predictions())
-        assert {p.model_version for p in predictions} == {active[0].version}
-        assert len(predictions) == unlabelled and not {p.face_id for p in predictions} & set(labelled)
+        predictions = {p.face_id: p for p in store.iter_predictions()}
+        assert len(predictions) == unlabelled and not set(predictions) & set(labelled)
+        # Every stored verdict is the active model's answer (a shard taken over is evaluated
+        # again; what the dead replica had written stands when the answer is the same).
+        predictor = Predictor.load(active[0], store.get_model_artifact(active[0].version))
+        for face_ids, matrix in store.iter_embeddings():
+            keep = [i for i, face_id in enumerate(face_ids) if face_id not in labelled]
+            answers = predict(predictor, matrix[keep])
+            for i, persona_id, confidence in zip(keep, answers.persona_ids, answers.confidences.tolist()):
+                verdict = predictions[face_ids[i]]
+                assert verdict.persona_id == persona_id and abs(verdict.confidence - confidence) <= PREDICTION_TOLERANCE
+        assert {p.model_version for p in predictions.values()} == {active[0].version}  # none stored before it
         written = [e for e in store.read_events("", 100_000) if e.type == pb.EVENT_TYPE_PREDICTIONS_WRITTEN]
         assert len(written) == 1
     finally:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from visage.store.base import RECLASSIFIED_VERSION_KEY
 from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
@@ -89,24 +90,28 @@ def test_labels_win_over_predictions(stub, store, add_image, activate_model, pre
     assert unknown_ids(stub) == [faces[1].face_id]
 
 
-def test_predicted_faces_by_confidence_from_the_active_version_only(stub, store, add_image, activate_model,
-                                                                      predict):
+def test_predicted_faces_by_confidence_and_the_last_verdict_stands(stub, store, add_image, activate_model, predict):
     penny = create(stub, "Penny")
     faces = add_image(store, 5)
     old = activate_model(store, [penny.persona_id])
-    predict(store, old, (faces[4].face_id, penny.persona_id, 0.99))  # stale once v2 is active
+    predict(store, old, (faces[4].face_id, penny.persona_id, 0.99))  # the new version leaves it as it was
     new = activate_model(store, [penny.persona_id])
     predict(store, new, (faces[0].face_id, penny.persona_id, 0.6), (faces[1].face_id, penny.persona_id, 0.95),
             (faces[2].face_id, penny.persona_id, 0.8), (faces[3].face_id, "", 0.7))
 
     listed = stub.ListPersonaFaces(query_pb2.ListPersonaFacesRequest(persona_id=penny.persona_id, kind=PREDICTED))
-    assert [face.face_id for face in listed.faces] == [faces[1].face_id, faces[2].face_id, faces[0].face_id]
-    assert [face.prediction.model_version for face in listed.faces] == [new] * 3
-    assert listed.faces[0].prediction.confidence == pytest.approx(0.95)
-    stale = stub.GetFace(query_pb2.GetFaceRequest(face_id=faces[4].face_id))
-    assert not stale.HasField("prediction")
-    # Unknown: predicted unknown by the active version, or no active prediction at all; newest first.
-    assert unknown_ids(stub) == [faces[3].face_id, faces[4].face_id]
+    assert [face.face_id for face in listed.faces] == [faces[4].face_id, faces[1].face_id, faces[2].face_id,
+                                                       faces[0].face_id]
+    # Until the new version's full run has covered the store, a verdict names the version that wrote it...
+    assert [face.prediction.model_version for face in listed.faces] == [old, new, new, new]
+    assert listed.faces[1].prediction.confidence == pytest.approx(0.95)
+    # ...after it, every verdict is the new version's (the ones it left unchanged too).
+    store.set_meta(RECLASSIFIED_VERSION_KEY, str(new))
+    standing = stub.GetFace(query_pb2.GetFaceRequest(face_id=faces[4].face_id))
+    assert (standing.prediction.persona_id, standing.prediction.model_version) == (penny.persona_id, new)
+    assert standing.prediction.confidence == pytest.approx(0.99)
+    # Unknown: predicted unknown, or no verdict at all; newest first.
+    assert unknown_ids(stub) == [faces[3].face_id]
 
 
 def test_unknown_faces_newest_image_first(stub, store, add_image):

@@ -7,6 +7,7 @@ import time
 import grpc
 import pytest
 
+from visage import paging
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_query.server import start
@@ -70,6 +71,36 @@ def test_unknown_faces_pages(stub, store, add_image):
     ids = collect(stub.ListUnknownFaces, query_pb2.ListUnknownFacesRequest, "faces", 2, "face_id")
     assert len(ids) == len(set(ids)) == len(faces) - 1
     assert faces[0].face_id not in ids
+
+
+def test_unknown_face_pages_skip_hidden_faces_and_stay_exact_between_writes(stub, store, add_image):
+    """Tokens are cursors: faces labelled, hidden or ingested between pages shift nothing."""
+    faces = [face for n in range(6) for face in add_image(store, 2, create_time=float(n))]
+    newest_first = [face.face_id for n in reversed(range(6)) for face in faces[2 * n:2 * n + 2]]
+    penny = create(stub, "Penny")
+    stub.SetFaceHidden(query_pb2.SetFaceHiddenRequest(face_id=newest_first[1], hidden=True))
+    first = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=3))
+    assert [face.face_id for face in first.faces] == [newest_first[0], newest_first[2], newest_first[3]]
+    label(stub, newest_first[0], penny.persona_id)  # before the cursor: no shift
+    label(stub, newest_first[4], penny.persona_id)  # after it: no longer unknown
+    stub.SetFaceHidden(query_pb2.SetFaceHiddenRequest(face_id=newest_first[5], hidden=True))
+    add_image(store, 1, create_time=100.0)  # newer than the cursor: on a first page only
+    rest = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=3, page_token=first.next_page_token))
+    assert [face.face_id for face in rest.faces] == newest_first[6:9] and rest.next_page_token
+    last = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=3, page_token=rest.next_page_token))
+    assert [face.face_id for face in last.faces] == newest_first[9:] and not last.next_page_token
+
+
+@pytest.mark.parametrize("key", [[1.0, "image", 0], [1.0, "image", -1, "face"], ["1", "image", 0, "face"],
+                                 [1e300, "image", 0, "face"], [1.0, 7, 0, "face"], "not a list"])
+def test_invalid_unknown_face_tokens(stub, key):
+    token = paging.encode_key_token("unknown-faces", key)
+    error = rpc_error(stub.ListUnknownFaces, query_pb2.ListUnknownFacesRequest(page_token=token))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in error.details()
+    foreign = paging.encode_key_token("images", [1.0, "image", 0, "face"])
+    assert rpc_error(stub.ListUnknownFaces, query_pb2.ListUnknownFacesRequest(
+        page_token=foreign)).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert_still_serving(stub)
 
 
 def test_page_size_default_and_cap(stub):

@@ -1,5 +1,5 @@
 """Cassandra-specific guarantees the shared suite cannot provoke: out-of-order event
-arrival, row sizes, and the versioned schema."""
+arrival, row sizes, the versioned schema, stale index rows."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,8 @@ import numpy as np
 from cassandra.util import uuid_from_time
 
 from visage.store.cassandra import CHUNK_BYTES, EVENT_LAG_S, MIGRATIONS, CassandraStore, _bucket
-from visage.store.records import ImageRecord, ModelVersionRecord, PredictionRecord
+from test_store_conformance import make_image
+from visage.store.records import ImageRecord, LabelRecord, ModelVersionRecord, PredictionRecord, UnknownFaceKey
 from visage.v1 import resources_pb2 as pb
 
 
@@ -86,7 +87,8 @@ def test_schema_is_versioned(cassandra_store):
 
 def test_migration_moves_schema_one_predictions_into_buckets(cassandra_config):
     """A keyspace written at schema 1 (one prediction partition per face) keeps its
-    predictions through the move to bucketed partitions (schema 2)."""
+    predictions through the move to bucketed partitions (schema 2), and those of the active
+    version through the move to the last-verdict-stands schema (6)."""
     config = dataclasses.replace(cassandra_config, keyspace=f"{cassandra_config.keyspace}_v1")
     store = CassandraStore(config)
     try:
@@ -98,14 +100,33 @@ def test_migration_moves_schema_one_predictions_into_buckets(cassandra_config):
                        "VALUES (?, ?, ?, ?, ?)", row)
             store._run("INSERT INTO {ks}.predictions_by_persona (persona_id, model_version, face_id) "
                        "VALUES (?, ?, ?)", (row[1] or "-", row[3], row[0]))
+        store._run("INSERT INTO {ks}.meta (key, value) VALUES ('active_model_version', '2')")
         store.migrate()
         assert store.schema_version() == len(MIGRATIONS)
-        assert sorted(dataclasses.astuple(p) for p in store.iter_predictions()) == sorted(rows)
+        active = [row for row in rows if row[3] == 2]  # version 1's had no say: gone at schema 6
+        assert sorted(dataclasses.astuple(p) for p in store.iter_predictions()) == sorted(active)
         assert store.get_prediction("face7") == PredictionRecord(*rows[7])
-        assert len(store.predictions_of_persona("persona", 2)) == sum(1 for r in rows if r[1] and r[3] == 2)
+        assert len(store.predictions_of_persona("persona")) == sum(1 for r in active if r[1])
         tables = {row.table_name for row in store._session.execute(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (config.keyspace,))}
         assert "predictions" not in tables  # one place for predictions, not two
     finally:
         store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
         store.close()
+
+
+def test_stale_unknown_index_rows_are_skipped_and_pages_stay_full(cassandra_store):
+    """Rows a crashed or racing writer left (a face since made known, a face never committed)
+    are checked against the base tables: a page skips them and is still full."""
+    store = cassandra_store
+    for t in range(4):
+        image, content, faces = make_image(store, f"img{t}", 2, create_time=float(t))
+        store.put_image(image, content, faces)
+    penny = store.create_persona("Penny").persona_id
+    store.put_label(LabelRecord("img3-f0", penny, pb.VERDICT_BELONGS))
+    stale = [UnknownFaceKey(3.0, "img3", 0, "img3-f0"), UnknownFaceKey(2.5, "ghost", 0, "ghost-f0")]
+    store._execute_all(store._unknown_rows(stale))  # as a writer that died before its delete
+    page = store.list_unknown_faces(None, 3)
+    assert [key.face_id for key in page] == ["img3-f1", "img2-f0", "img2-f1"]
+    assert [key.face_id for key in store.list_unknown_faces(page[-1], 10)] == ["img1-f0", "img1-f1", "img0-f0",
+                                                                               "img0-f1"]

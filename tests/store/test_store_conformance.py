@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from store_spec import open_spec
-from visage.store.base import NotFound
+from visage.store.base import PREDICTION_TOLERANCE, NotFound
 from visage.store.records import (
     FaceRecord,
     ImageRecord,
@@ -76,7 +76,7 @@ def test_delete_persona_removes_its_labels_and_predictions_only(store):
     assert store.labels_of_persona(gone.persona_id, pb.VERDICT_BELONGS) == []
     assert store.get_prediction(faces[2].face_id) is None
     assert store.get_prediction(faces[0].face_id).persona_id == keep.persona_id
-    assert store.predictions_of_persona(gone.persona_id, 1) == []
+    assert store.predictions_of_persona(gone.persona_id) == []
     assert store.get_face(faces[0].face_id) is not None  # faces are never cascaded
     with pytest.raises(NotFound):
         store.delete_persona(gone.persona_id)
@@ -241,19 +241,19 @@ def test_labels_of_persona_newest_first_and_delete_label(store):
 
 
 # ---- predictions -----------------------------------------------------------------------
-def test_predictions_upsert_by_face_and_query_by_persona_version(store):
+# The last verdict stands: a face's stored prediction is its verdict whichever version wrote
+# it, and the persona index is version-free.
+def test_predictions_upsert_by_face_and_query_by_persona(store):
     a, b = "persona-a", "persona-b"
     store.put_predictions([PredictionRecord("f1", a, 0.5, 1), PredictionRecord("f2", a, 0.9, 1),
                            PredictionRecord("f3", b, 0.7, 1), PredictionRecord("f4", "", 0.2, 1)])
-    assert [p.face_id for p in store.predictions_of_persona(a, 1)] == ["f2", "f1"]
+    assert [p.face_id for p in store.predictions_of_persona(a)] == ["f2", "f1"]
     # A newer version re-predicts f1 as b and f2 as a: each face keeps only its latest prediction.
     store.put_predictions([PredictionRecord("f1", b, 0.95, 2), PredictionRecord("f2", a, 0.6, 2)])
     assert store.get_prediction("f1") == PredictionRecord("f1", b, 0.95, 2, store.get_prediction("f1").create_time)
-    assert store.predictions_of_persona(a, 1) == []
-    assert [p.face_id for p in store.predictions_of_persona(a, 2)] == ["f2"]
-    assert [p.face_id for p in store.predictions_of_persona(b, 2)] == ["f1"]
-    assert [p.face_id for p in store.predictions_of_persona(b, 1)] == ["f3"]
-    assert [p.face_id for p in store.predictions_of_persona("", 1)] == ["f4"]
+    assert [(p.face_id, p.model_version) for p in store.predictions_of_persona(a)] == [("f2", 2)]
+    assert [(p.face_id, p.model_version) for p in store.predictions_of_persona(b)] == [("f1", 2), ("f3", 1)]
+    assert store.predictions_of_persona("") == []  # unknown is not a persona: see list_unknown_faces
     assert sorted((p.face_id, p.persona_id, p.model_version) for p in store.iter_predictions()) == \
         [("f1", b, 2), ("f2", a, 2), ("f3", b, 1), ("f4", "", 1)]
     store.put_predictions([])
@@ -262,7 +262,7 @@ def test_predictions_upsert_by_face_and_query_by_persona_version(store):
 def test_many_predictions_in_one_call(store):
     predictions = [PredictionRecord(f"face{i:04d}", "p", float(i) / 1000, 3) for i in range(1000)]
     store.put_predictions(predictions)
-    got = store.predictions_of_persona("p", 3)
+    got = store.predictions_of_persona("p")
     assert len(got) == 1000 and [p.confidence for p in got] == sorted((p.confidence for p in got), reverse=True)
 
 
@@ -273,10 +273,8 @@ def test_a_reclassification_replaces_every_prediction_and_its_index(store):
     store.put_predictions(first + [PredictionRecord("face00000", "p2", 0.25, 1)])  # the last one of a face wins
     assert store.get_prediction("face00000").persona_id == "p2"
     store.put_predictions([PredictionRecord(p.face_id, personas[(i + 1) % 4], 0.75, 2) for i, p in enumerate(first)])
-    assert store.count_predictions(personas, 1) == dict.fromkeys(personas, 0)
-    assert store.count_predictions(personas, 2) == dict.fromkeys(personas, 1250)
-    assert {p.face_id for p in store.predictions_of_persona("p2", 2)} == {f.face_id for f in first[0::4]}
-    assert store.predictions_of_persona("p2", 1) == []
+    assert store.count_predictions(personas) == {"p1": 1250, "p2": 1250, "p3": 1250, "": 0}
+    assert {p.face_id for p in store.predictions_of_persona("p2")} == {f.face_id for f in first[0::4]}
     assert all(p.model_version == 2 and p.confidence == 0.75 for p in store.iter_predictions())
     assert sum(1 for _ in store.iter_predictions()) == 5000
 
@@ -286,20 +284,40 @@ def test_prediction_columns_replace_a_version_like_records(store):
     store.put_predictions([PredictionRecord("f1", "a", 0.5, 1), PredictionRecord("f2", "a", 0.9, 1),
                            PredictionRecord("f3", "b", 0.7, 1), PredictionRecord("kept", "b", 0.4, 1)])
     confidences = np.array([0.25, 0.75, 0.5, 0.125, 0.625], dtype=np.float32)  # as the model answers them
-    store.put_prediction_columns(["f1", "f2", "f3", "new", "f1"], ["b", "", "b", "a", "a"], confidences, 2, 1234.5)
+    assert store.put_prediction_columns(["f1", "f2", "f3", "new", "f1"], ["b", "", "b", "a", "a"], confidences, 2,
+                                        1234.5) == 4
     assert store.get_prediction("f1") == PredictionRecord("f1", "a", 0.625, 2, 1234.5)  # its last one wins
     assert store.get_prediction("f2") == PredictionRecord("f2", "", 0.75, 2, 1234.5)
-    assert [(p.face_id, p.confidence) for p in store.predictions_of_persona("a", 2)] == [("f1", 0.625),
-                                                                                           ("new", 0.125)]
-    assert [p.face_id for p in store.predictions_of_persona("b", 2)] == ["f3"]
-    assert store.predictions_of_persona("a", 1) == [] and [p.face_id for p in store.predictions_of_persona("b", 1)] \
-        == ["kept"]
-    assert store.count_predictions(["a", "b", ""], 2) == {"a": 2, "b": 1, "": 1}
-    assert store.count_predictions(["a", "b", ""], 1) == {"a": 0, "b": 1, "": 0}
+    assert [(p.face_id, p.confidence) for p in store.predictions_of_persona("a")] == [("f1", 0.625), ("new", 0.125)]
+    assert [(p.face_id, p.model_version) for p in store.predictions_of_persona("b")] == [("f3", 2), ("kept", 1)]
+    assert store.count_predictions(["a", "b", ""]) == {"a": 2, "b": 2, "": 0}
     assert sum(1 for _ in store.iter_predictions()) == 5
-    store.put_prediction_columns([], [], np.zeros(0, np.float32), 3, 1.0)
+    assert store.put_prediction_columns([], [], np.zeros(0, np.float32), 3, 1.0) == 0
     store.put_prediction_columns(("f3",), ("a",), [0.5], 3, 2.0)  # any sequences
     assert store.get_prediction("f3") == PredictionRecord("f3", "a", 0.5, 3, 2.0)
+
+
+def test_changed_only_columns_write_only_changed_verdicts(store):
+    """The re-classification's write: a verdict that names the same persona with a confidence
+    within PREDICTION_TOLERANCE stands as stored (its version too); others are rewritten."""
+    store.put_predictions([PredictionRecord("same", "a", 0.5, 1), PredictionRecord("nudged", "a", 0.5, 1),
+                           PredictionRecord("moved", "a", 0.5, 1), PredictionRecord("shifted", "a", 0.5, 1),
+                           PredictionRecord("gone", "a", 0.5, 1)])
+    step = PREDICTION_TOLERANCE / 2
+    written = store.put_prediction_columns(
+        ["same", "nudged", "moved", "shifted", "gone", "new"], ["a", "a", "b", "a", "", "b"],
+        np.array([0.5, 0.5 + step, 0.5, 0.5 + 4 * step, 0.5, 0.3]), 2, 9.0, changed_only=True)
+    assert written == 4
+    versions = {p.face_id: (p.persona_id, p.model_version) for p in store.iter_predictions()}
+    assert versions == {"same": ("a", 1), "nudged": ("a", 1), "moved": ("b", 2), "shifted": ("a", 2),
+                        "gone": ("", 2), "new": ("b", 2)}
+    assert store.get_prediction("nudged").confidence == 0.5  # within the tolerance: the stored verdict stands
+    assert [p.face_id for p in store.predictions_of_persona("b")] == ["moved", "new"]
+    # The same answers again write nothing at all.
+    assert store.put_prediction_columns(
+        ["same", "nudged", "moved", "shifted", "gone", "new"], ["a", "a", "b", "a", "", "b"],
+        np.array([0.5, 0.5 + step, 0.5, 0.5 + 4 * step, 0.5, 0.3]), 3, 10.0, changed_only=True) == 0
+    assert {p.model_version for p in store.iter_predictions()} == {1, 2}
 
 
 def test_prediction_columns_of_different_lengths_write_nothing(store):
@@ -315,9 +333,8 @@ def test_a_reclassification_by_columns_replaces_thousands(store):
     store.put_prediction_columns(face_ids, [personas[i % 3] for i in range(6000)], np.full(6000, 0.5), 1, 1.0)
     confidences = np.linspace(0, 1, 6000, dtype=np.float32)
     store.put_prediction_columns(face_ids, [personas[(i + 1) % 3] for i in range(6000)], confidences, 2, 2.0)
-    assert store.count_predictions(personas, 1) == dict.fromkeys(personas, 0)
-    assert store.count_predictions(personas, 2) == dict.fromkeys(personas, 2000)
-    p1 = store.predictions_of_persona("p1", 2)
+    assert store.count_predictions(personas) == {"p1": 2000, "p2": 2000, "": 0}
+    p1 = store.predictions_of_persona("p1")
     assert {p.face_id for p in p1} == set(face_ids[2::3])
     assert [p.confidence for p in p1] == sorted((float(c) for c in confidences[2::3]), reverse=True)
     assert all(p.model_version == 2 and p.create_time == 2.0 for p in store.iter_predictions())
@@ -336,17 +353,16 @@ def test_get_predictions_in_one_call(store):
     assert store.get_predictions([]) == {}
 
 
-def test_count_predictions_per_persona_and_version(store):
+def test_count_predictions_per_persona(store):
     store.put_predictions([PredictionRecord("f1", "a", 0.9, 1), PredictionRecord("f2", "a", 0.8, 1),
                            PredictionRecord("f3", "b", 0.7, 1), PredictionRecord("f4", "", 0.1, 1),
                            PredictionRecord("f5", "a", 0.6, 2)])
-    assert store.count_predictions(["a", "b", "", "c"], 1) == {"a": 2, "b": 1, "": 1, "c": 0}
-    assert store.count_predictions(["a", "b"], 2) == {"a": 1, "b": 0}
+    assert store.count_predictions(["a", "b", "", "c"]) == {"a": 3, "b": 1, "": 0, "c": 0}
     store.put_predictions([PredictionRecord("f1", "b", 0.9, 1)])  # f1 moves from a to b
-    assert store.count_predictions(["a", "b"], 1) == {"a": 1, "b": 2}
+    assert store.count_predictions(["a", "b"]) == {"a": 2, "b": 2}
     store.delete_persona(store.create_persona("temp").persona_id)  # deleting another persona changes nothing
-    assert store.count_predictions(["a", "b"], 1) == {"a": 1, "b": 2}
-    assert store.count_predictions([], 1) == {}
+    assert store.count_predictions(["a", "b"]) == {"a": 2, "b": 2}
+    assert store.count_predictions([]) == {}
 
 
 # ---- model versions ---------------------------------------------------------------------

@@ -79,8 +79,8 @@ def test_delete_image_erases_it_from_every_read(store, scene):
         scene["second_faces"][0].face_id]
     assert store.labels_of_persona(scene["leonard"].persona_id, pb.VERDICT_NOT_BELONGS) == []
     assert store.count_labels([scene["penny"].persona_id], pb.VERDICT_BELONGS) == {scene["penny"].persona_id: 1}
-    assert store.predictions_of_persona(scene["penny"].persona_id, 1) == []
-    assert store.count_predictions([scene["penny"].persona_id], 1) == {scene["penny"].persona_id: 0}
+    assert store.predictions_of_persona(scene["penny"].persona_id) == []
+    assert store.count_predictions([scene["penny"].persona_id]) == {scene["penny"].persona_id: 0}
     # the other image is untouched
     assert store.get_image_content(scene["second"].image_id) == b"image bytes of second"
     assert len(store.faces_of_image(scene["second"].image_id)) == 2

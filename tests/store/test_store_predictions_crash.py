@@ -1,6 +1,7 @@
 """A re-classification writer killed mid-run leaves a consistent store: every face
 still has exactly one prediction (of the old version or the new), every acknowledged
-batch carries its version, the persona index agrees with the predictions, and the
+batch carries its version, the persona index agrees with the predictions (a crashed
+write may leave index rows the predictions do not confirm: readers skip them), and the
 next complete run leaves every face on its version."""
 from __future__ import annotations
 
@@ -55,13 +56,13 @@ def test_a_killed_reclassification_leaves_one_consistent_prediction_per_face(sto
             assert p.model_version >= acked_version, (p, version, batch)  # acknowledged batches landed whole
             assert (p.persona_id, p.confidence, p.create_time) == \
                 (persona_of(i, p.model_version), np.float32(p.model_version / 1000), float(p.model_version))
-        by_version = Counter((p.persona_id, p.model_version) for p in predictions)
-        for (persona, model_version), count in by_version.items():  # the index names exactly these faces
-            listed = reopened.predictions_of_persona(persona, model_version)
-            assert len(listed) == count and all(p.model_version == model_version for p in listed)
+        by_persona = Counter(p.persona_id for p in predictions if p.persona_id)
+        for persona, count in by_persona.items():  # the index names exactly these faces
+            listed = reopened.predictions_of_persona(persona)
+            assert sorted(p.face_id for p in listed) == sorted(p.face_id for p in predictions if p.persona_id == persona)
         # The next complete run (as after any activation) leaves every face on its version.
         reopened.put_prediction_columns(ids, [persona_of(i, 99) for i in range(FACES)], np.full(FACES, 0.5), 99, 9.0)
-        assert reopened.count_predictions(PERSONAS, 99) == dict.fromkeys(PERSONAS, FACES // len(PERSONAS))
+        assert reopened.count_predictions(PERSONAS) == {**dict.fromkeys(PERSONAS, FACES // len(PERSONAS)), "": 0}
         assert all(p.model_version == 99 for p in reopened.iter_predictions())
     finally:
         reopened.close()

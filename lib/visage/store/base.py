@@ -49,6 +49,7 @@ from visage.store.records import (
     PredictionRecord,
     ShardRecord,
     TrainingJobRecord,
+    UnknownFaceKey,
 )
 from visage.v1 import resources_pb2 as pb
 
@@ -122,6 +123,12 @@ def translate_errors(translate: Callable[[Exception], StoreError | None]):
 
 
 ACTIVE_VERSION_KEY = "active_model_version"  # meta key of the active version ("" or absent: none)
+# Meta key of the version whose full re-classification last completed: every stored verdict was
+# evaluated by it (those it left unchanged are its verdicts within PREDICTION_TOLERANCE).
+RECLASSIFIED_VERSION_KEY = "classifier.reclassified_version"
+# A re-classification rewrites a face's stored prediction only when its persona changes or its
+# confidence moves by more than this (changed-only writes); below it the last verdict stands.
+PREDICTION_TOLERANCE = 0.01
 WITHDRAWN_REASON = "withdrawn: trained on labels that were since erased"
 
 
@@ -136,6 +143,36 @@ def withdraw_candidates(versions: Iterable[ModelVersionRecord], persona_ids: Ite
 
 
 HIDDEN_KINDS = ("face", "persona")
+
+
+def is_unknown(labels: Iterable[LabelRecord], prediction: PredictionRecord | None) -> bool:
+    """The one rule of who is unknown: nobody labelled the face as belonging to anyone,
+    and its stored verdict (the last one stands, whichever version wrote it) is absent,
+    says unknown, or names a persona the face was labelled as not belonging to."""
+    return unknown_verdict(labels, None if prediction is None else prediction.persona_id)
+
+
+def unknown_verdict(labels: Iterable[LabelRecord], persona_id: str | None) -> bool:
+    """is_unknown of a face with these labels whose verdict names persona_id (None: no verdict)."""
+    labels = list(labels)
+    if any(label.verdict == pb.VERDICT_BELONGS for label in labels):
+        return False
+    if not persona_id:
+        return True
+    return any(label.persona_id == persona_id and label.verdict == pb.VERDICT_NOT_BELONGS for label in labels)
+
+
+def verdict_changed(previous: PredictionRecord | None, persona_id: str, confidence: float) -> bool:
+    """Whether a new verdict replaces the stored one (see PREDICTION_TOLERANCE)."""
+    return (previous is None or previous.persona_id != persona_id
+            or abs(previous.confidence - confidence) > PREDICTION_TOLERANCE)
+
+
+def changed_rows(previous: dict[str, PredictionRecord], face_ids: Sequence[str], persona_ids: Sequence[str],
+                 confidences: list[float]) -> list[int]:
+    """Positions of the faces whose verdict changes (the last of a face in the columns wins)."""
+    last = {face_id: i for i, face_id in enumerate(face_ids)}
+    return [i for i in last.values() if verdict_changed(previous.get(face_ids[i]), persona_ids[i], confidences[i])]
 
 
 def check_prediction_columns(face_ids: Sequence, persona_ids: Sequence, confidences: Sequence) -> None:
@@ -199,6 +236,13 @@ class Store(abc.ABC):
     def delete_face(self, face_id: str) -> Erasure:
         """Erases one face like delete_image erases each of its faces; the image stays
         with face_count lowered. Raises NotFound; appends ERASED."""
+
+    # Verdicts and erasure: delete_persona deletes the stored verdicts naming the persona.
+    # An erasure of labels of a persona that stays (delete_image, delete_face) withdraws the
+    # versions trained on them but leaves other faces' verdicts standing (deleting every
+    # verdict naming it would cost an erasure seconds at scale): the trainer, woken by ERASED,
+    # trains on what remains, and that version's changed-only re-classification rewrites
+    # every verdict the erased labels had decided.
 
     # ---- images and faces -----------------------------------------------
     @abc.abstractmethod
@@ -298,16 +342,24 @@ class Store(abc.ABC):
 
     def put_prediction_columns(self, face_ids: Sequence[str], persona_ids: Sequence[str],
                                confidences: Sequence[float] | np.ndarray, model_version: int,
-                               create_time: float) -> None:
+                               create_time: float, changed_only: bool = False) -> int:
         """put_predictions for one version's batch given as columns: face i is predicted
         persona_ids[i] ("" = unknown) with confidences[i], all with this version and time.
         The same upsert (the last one of a face wins), without a record object per face:
         the re-classification's write, where building 100k records/s costs a core.
+        `changed_only` (the re-classification): a face whose stored verdict names the same
+        persona with a confidence within PREDICTION_TOLERANCE keeps its stored prediction,
+        model_version included ("the last verdict stands"). Returns the rows written.
         Raises ValueError (writing nothing) when the columns differ in length."""
         check_prediction_columns(face_ids, persona_ids, confidences)
-        self.put_predictions([PredictionRecord(face_id, persona_id, confidence, model_version, create_time)
-                              for face_id, persona_id, confidence in zip(face_ids, persona_ids,
-                                                                         np.asarray(confidences).tolist())])
+        confidences = np.asarray(confidences).tolist()
+        rows = range(len(face_ids))
+        if changed_only:
+            rows = changed_rows(self.get_predictions(face_ids), face_ids, persona_ids, confidences)
+        records = [PredictionRecord(face_ids[i], persona_ids[i], confidences[i], model_version, create_time)
+                   for i in rows]
+        self.put_predictions(records)
+        return len({record.face_id for record in records})
 
     @abc.abstractmethod
     def get_prediction(self, face_id: str) -> PredictionRecord | None: ...
@@ -318,14 +370,31 @@ class Store(abc.ABC):
         face id; faces without a prediction (or unknown) are absent."""
 
     @abc.abstractmethod
-    def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
-        """Predictions of this version naming the persona, by confidence, highest first."""
+    def predictions_of_persona(self, persona_id: str) -> list[PredictionRecord]:
+        """Stored verdicts naming the persona (whichever version wrote them: the last verdict
+        stands), by confidence, highest first ("": none, see count_predictions)."""
 
     @abc.abstractmethod
-    def count_predictions(self, persona_ids: Iterable[str], model_version: int) -> dict[str, int]:
-        """Number of faces whose prediction is of this version and names each persona
-        ("" = unknown), without reading the predictions. Every id given is a key
-        (0 when none). Labels are not taken into account."""
+    def count_predictions(self, persona_ids: Iterable[str]) -> dict[str, int]:
+        """Number of faces whose stored verdict names each persona, without reading the
+        predictions. Every id given is a key (0 when none; always 0 for "": verdicts of
+        unknown are not indexed by persona, see list_unknown_faces). Labels are not taken
+        into account."""
+
+    # ---- unknown faces -----------------------------------------------------
+    # An index of the faces is_unknown holds for, maintained by every write that can change
+    # it (ingest, predictions, labels, persona deletion and merges, erasure). Hidden faces
+    # stay in it (users hide few; readers filter them).
+    @abc.abstractmethod
+    def list_unknown_faces(self, after: UnknownFaceKey | None, limit: int) -> list[UnknownFaceKey]:
+        """Up to `limit` unknown faces in index order (UnknownFaceKey.order) strictly after
+        `after` (None: from the newest). Exact: a face that is unknown and stays so while
+        pages are read is listed once, in order, however writes interleave; no offsets
+        are skipped over."""
+
+    def labels_of_faces(self, face_ids: Iterable[str]) -> dict[str, list[LabelRecord]]:
+        """labels_of_face for many faces in a few reads; every id given is a key."""
+        return {face_id: self.labels_of_face(face_id) for face_id in dict.fromkeys(face_ids)}
 
     @abc.abstractmethod
     def iter_predictions(self) -> Iterator[PredictionRecord]: ...

@@ -8,8 +8,16 @@ race would lose or duplicate data (see "Conditional writes" below):
   chunks, then the version row), so a crash leaves invisible leftovers that a
   retry overwrites, never a half-visible record. Rows stay under 2 MB: image
   bytes and model artifacts are split into 1 MB chunks.
-- Index tables (labels by persona, predictions by (persona, version), images and
+- Index tables (labels by persona, predictions by persona, unknown faces, images and
   jobs by time) are written before their base rows and checked against them on read.
+- Unknown faces (base.is_unknown) are indexed in UNKNOWN_BUCKETS partitions clustered
+  newest image first; a page reads each partition from the cursor and merges them.
+  A write that may make a face unknown inserts its row before the change; one that makes
+  it known deletes the row after the change (only rows that existed: no needless tombstones).
+  So a crash or a race leaves only rows too many, never too few, and readers check every
+  row against the base tables (a face, its image row, labels and prediction) and skip stale
+  ones; a page is exact either way. (Two writers changing one face at the same moment can,
+  in a window of one read-to-delete, both decide on stale reads; the face's next write repairs it.)
 - Bulk writes go out as many requests in flight at once (a bounded window), and rows
   that share a partition travel in one unlogged batch (one request, one replica set);
   rows of different partitions are never batched together. Predictions are stored in
@@ -80,6 +88,9 @@ from visage.store.base import (
     StoreError,
     StoreUnavailable,
     Withdrawn,
+    changed_rows,
+    check_prediction_columns,
+    is_unknown,
     translate_errors,
     withdraw_candidates,
 )
@@ -94,6 +105,7 @@ from visage.store.records import (
     PredictionRecord,
     ShardRecord,
     TrainingJobRecord,
+    UnknownFaceKey,
     embedding_from_bytes,
     embedding_to_bytes,
     now,
@@ -107,6 +119,9 @@ ID_CHUNK = 100              # ids per `IN (...)` read
 CONCURRENCY = 64            # requests in flight for one bulk read or write (more only queues up)
 BATCH_ROWS = 64             # rows per unlogged batch of one partition (stays under the 5 KB batch warning)
 PREDICTION_BUCKETS = 128    # face_predictions partitions (50M faces: ~30 MB each); part of the schema: never change
+UNKNOWN_BUCKETS = 16        # unknown_faces partitions (1M unknown faces: ~6 MB each); part of the schema: never change
+UNKNOWN_SLACK = 8           # extra index rows read per page, for rows a racing or crashed writer left stale
+UNKNOWN_GRACE_S = 3600      # gc_grace_seconds of unknown_faces: readers check its rows, so a resurrected one is harmless
 DAY_S = 86400
 EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
@@ -180,6 +195,19 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
         faces int, done boolean, PRIMARY KEY ((job), shard))""",
     lambda store: store._add_column("labels", "belongs", "text static"),
     lambda store: store._fill_belongs(),
+], [
+    # The last verdict stands (changed-only re-classification): predictions are indexed by
+    # persona alone (the verdicts of versions no longer active, which had no say before, go),
+    # and unknown faces get an index of their own (see "Unknown faces" in the module doc).
+    """CREATE TABLE IF NOT EXISTS {ks}.persona_predictions (persona_id text, face_id text,
+        PRIMARY KEY ((persona_id), face_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.unknown_faces (bucket int, image_time double, image_id text, idx int,
+        face_id text, PRIMARY KEY ((bucket), image_time, image_id, idx))
+        WITH CLUSTERING ORDER BY (image_time DESC, image_id ASC, idx ASC)""",
+    lambda store: store._shorten_grace("unknown_faces"),
+    lambda store: store._move_to_last_verdict(),
+    """DROP TABLE IF EXISTS {ks}.predictions_by_persona""",
+    """DROP TABLE IF EXISTS {ks}.prediction_versions""",
 ]]
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -198,6 +226,11 @@ def _groups(items: list, size: int) -> Iterator[list]:
 def _persona_key(persona_id: str) -> str:
     """Partition-key form of a prediction's persona: "" (unknown) may not be a key; ids are hex."""
     return persona_id or "-"
+
+
+def _unknown_bucket(image_id: str) -> int:
+    """Partition of a face's unknown_faces row: by its image, so an image's faces stay together."""
+    return zlib.crc32(image_id.encode()) % UNKNOWN_BUCKETS
 
 
 def _prediction_bucket(face_id: str) -> int:
@@ -486,19 +519,12 @@ class CassandraStore(Store):
             withdraw_candidates(self.list_model_versions(), [persona_id]))))
         labelled = [row.face_id for row in self._run(
             "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,), fetch_size=5000)]
+        self._mark_unknown(labelled)  # losing their labels may make them unknown: rows first
         self._run_many("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?",
                        [(face_id, persona_id) for face_id in labelled])
         self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,))
-        versions = [row.model_version for row in self._run(
-            "SELECT model_version FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))]
-        for version in versions:
-            current = self._predictions_in_index(persona_id, version)
-            self._execute_all(self._batches("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
-                                            [(_prediction_bucket(p.face_id), p.face_id) for p in current],
-                                            partition=lambda row: row[0]))
-            self._run("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
-                      (_persona_key(persona_id), version))
-        self._run("DELETE FROM {ks}.prediction_versions WHERE persona_id = ?", (persona_id,))
+        self._sync_unknown(labelled)
+        self._drop_verdicts_naming([persona_id])
         self._run("DELETE FROM {ks}.hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
         self.append_event(pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
         self.append_event(pb.EVENT_TYPE_ERASED, persona_id, erasure.event_attributes())
@@ -565,12 +591,12 @@ class CassandraStore(Store):
                      if persona_ids else [])
         predictions = self.get_predictions(face_ids).values()
         self._execute_all([
+            *self._unknown_rows(self._keys_of(face_ids).values(), present=False),
             *self._bound("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
                          [(l.persona_id, l.verdict, l.face_id) for l in labels]),
             *self._bound("DELETE FROM {ks}.labels WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
-            *self._bound("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ? "
-                         "AND face_id = ?", [(_persona_key(p.persona_id), p.model_version, p.face_id)
-                                             for p in predictions]),
+            *self._bound("DELETE FROM {ks}.persona_predictions WHERE persona_id = ? AND face_id = ?",
+                         [(_persona_key(p.persona_id), p.face_id) for p in predictions]),
             *self._bound("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
                          [(_prediction_bucket(p.face_id), p.face_id) for p in predictions]),
             *self._bound("DELETE FROM {ks}.face_crops WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
@@ -620,6 +646,7 @@ class CassandraStore(Store):
             *self._bound("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, ?, ?)",
                          [(image.image_id, i, chunk) for i, chunk in enumerate(chunks)]),
             *self._face_writes(faces),
+            *self._unknown_rows(UnknownFaceKey(image.create_time, image.image_id, f.index, f.face_id) for f in faces),
             self._stmt("INSERT INTO {ks}.images_by_day (day, create_time, image_id) VALUES (?, ?, ?)").bind(
                 (day, image.create_time, image.image_id)),
         ])
@@ -770,6 +797,8 @@ class CassandraStore(Store):
         # `belongs` cell change together or not at all, so two BELONGS labels never both stand.
         self._run("INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)",
                   (label.persona_id, label.verdict, label.face_id))
+        if label.verdict != pb.VERDICT_BELONGS:  # may make the face unknown: its row first
+            self._mark_unknown([label.face_id])
         belongs, old = self._change_labels(label.face_id, lambda belongs: self._label_batch(label, belongs))
         stale = [(belongs, pb.VERDICT_BELONGS)] if belongs not in (None, label.persona_id) \
             and label.verdict == pb.VERDICT_BELONGS else []
@@ -777,6 +806,7 @@ class CassandraStore(Store):
                   if l.persona_id == label.persona_id and l.verdict != label.verdict]
         self._run_many("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
                        [(persona_id, verdict, label.face_id) for persona_id, verdict in stale])
+        self._sync_unknown([label.face_id])
         self.append_event(pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
                           {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
 
@@ -827,7 +857,9 @@ class CassandraStore(Store):
                       (None if belongs == persona_id else belongs, face_id, belongs))
             return batch
 
+        self._mark_unknown([face_id])  # losing a label may make the face unknown: its row first
         self._change_labels(face_id, batch_for)
+        self._sync_unknown([face_id])
         if not removed:
             return False
         self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
@@ -874,6 +906,15 @@ class CassandraStore(Store):
         rows = self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ?", (face_id,))
         return sorted((LabelRecord(*row) for row in rows if _is_label(row)), key=lambda l: -l.create_time)
 
+    def labels_of_faces(self, face_ids: Iterable[str]) -> dict[str, list[LabelRecord]]:
+        labels: dict[str, list[LabelRecord]] = {face_id: [] for face_id in face_ids}
+        for row in self._select_in(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", list(labels)):
+            if _is_label(row):
+                labels[row.face_id].append(LabelRecord(*row))
+        for face_labels in labels.values():
+            face_labels.sort(key=lambda l: -l.create_time)
+        return labels
+
     def labels_of_persona(self, persona_id: str, verdict: int) -> list[LabelRecord]:
         face_ids = [row.face_id for row in self._run(
             "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ?",
@@ -901,24 +942,47 @@ class CassandraStore(Store):
 
     def put_predictions(self, predictions: list[PredictionRecord]) -> None:
         latest = {p.face_id: p for p in predictions}  # the last one of a face wins, as in SQLite
-        if not latest:
-            return
-        previous = self.get_predictions(latest)
-        index = [(_persona_key(p.persona_id), p.model_version, p.face_id) for p in latest.values()]
-        # Index rows first, so a stored prediction always has its index row (a crash leaves
-        # index rows without predictions, which readers check and skip).
+        if latest:
+            self._replace_predictions(latest, self.get_predictions(latest))
+
+    def put_prediction_columns(self, face_ids, persona_ids, confidences, model_version: int, create_time: float,
+                               changed_only: bool = False) -> int:
+        check_prediction_columns(face_ids, persona_ids, confidences)
+        confidences = np.asarray(confidences).tolist()
+        previous = self.get_predictions(face_ids)
+        rows = changed_rows(previous, face_ids, persona_ids, confidences) if changed_only else range(len(face_ids))
+        latest = {face_ids[i]: PredictionRecord(face_ids[i], persona_ids[i], confidences[i], model_version, create_time)
+                  for i in rows}
+        if latest:
+            self._replace_predictions(latest, previous)
+        return len(latest)
+
+    def _replace_predictions(self, latest: dict[str, PredictionRecord], previous: dict[str, PredictionRecord]) -> None:
+        """Writes these predictions over the previous ones, with their index rows: rows that make
+        a prediction findable first, rows it makes stale after (a crash leaves rows too many,
+        which readers check and skip)."""
+        labels = self.labels_of_faces(latest)
+        unknown_before = {f for f in latest if is_unknown(labels[f], previous.get(f))}
+        unknown_after = {f for f in latest if is_unknown(labels[f], latest[f])}
+        keys = self._keys_of(unknown_before ^ unknown_after)
+        moved = [(face_id, previous[face_id].persona_id) for face_id, p in latest.items()
+                 if face_id in previous and previous[face_id].persona_id != p.persona_id]
         self._execute_all([
-            *self._bound("INSERT INTO {ks}.prediction_versions (persona_id, model_version) VALUES (?, ?)",
-                         {row[:2] for row in index}),
-            *self._batches("INSERT INTO {ks}.predictions_by_persona (persona_id, model_version, face_id) "
-                           "VALUES (?, ?, ?)", index, partition=lambda row: row[:2]),
+            *self._batches("INSERT INTO {ks}.persona_predictions (persona_id, face_id) VALUES (?, ?)",
+                           [(_persona_key(p.persona_id), p.face_id) for p in latest.values()
+                            if p.persona_id and (p.face_id not in previous
+                                                 or previous[p.face_id].persona_id != p.persona_id)],
+                           partition=lambda row: row[0]),
+            *self._unknown_rows(keys[f] for f in unknown_after - unknown_before if f in keys),
         ])
         self._write_prediction_rows((_prediction_bucket(p.face_id), p.face_id, p.persona_id, float(p.confidence),
                                      p.model_version, p.create_time) for p in latest.values())
-        stale = [(_persona_key(old.persona_id), old.model_version, face_id) for face_id, old in previous.items()
-                 if (old.persona_id, old.model_version) != (latest[face_id].persona_id, latest[face_id].model_version)]
-        self._execute_all(self._batches("DELETE FROM {ks}.predictions_by_persona WHERE persona_id = ? "
-                                        "AND model_version = ? AND face_id = ?", stale, partition=lambda row: row[:2]))
+        self._execute_all([
+            *self._batches("DELETE FROM {ks}.persona_predictions WHERE persona_id = ? AND face_id = ?",
+                           [(_persona_key(persona_id), face_id) for face_id, persona_id in moved if persona_id],
+                           partition=lambda row: row[0]),
+            *self._unknown_rows((keys[f] for f in unknown_before - unknown_after if f in keys), present=False),
+        ])
 
     def _write_prediction_rows(self, rows: Iterable[tuple]) -> None:
         """(bucket, face_id, persona_id, confidence, model_version, create_time) rows, batched by bucket."""
@@ -948,28 +1012,142 @@ class CassandraStore(Store):
              for group in _groups(rows, ID_CHUNK)])
         return {row.face_id: PredictionRecord(*row) for result in results for row in result}
 
-    def _predictions_in_index(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
+    def _predictions_in_index(self, persona_id: str) -> list[PredictionRecord]:
         """The predictions the index names, checked against the base table (an index row can
         outlive its prediction when a writer crashed between the two writes)."""
+        if not persona_id:
+            return []  # "" (unknown) is not indexed by persona: see list_unknown_faces
         face_ids = [row.face_id for row in self._run(
-            "SELECT face_id FROM {ks}.predictions_by_persona WHERE persona_id = ? AND model_version = ?",
-            (_persona_key(persona_id), model_version), fetch_size=5000)]
-        return [p for p in self.get_predictions(face_ids).values()
-                if p.persona_id == persona_id and p.model_version == model_version]
+            "SELECT face_id FROM {ks}.persona_predictions WHERE persona_id = ?", (persona_id,), fetch_size=5000)]
+        return [p for p in self.get_predictions(face_ids).values() if p.persona_id == persona_id]
 
-    def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
-        return sorted(self._predictions_in_index(persona_id, model_version), key=lambda p: -p.confidence)
+    def predictions_of_persona(self, persona_id: str) -> list[PredictionRecord]:
+        return sorted(self._predictions_in_index(persona_id), key=lambda p: -p.confidence)
 
-    def count_predictions(self, persona_ids: Iterable[str], model_version: int) -> dict[str, int]:
-        # Counts the (persona, version) index partitions server-side; only the counts travel.
-        # A put_predictions that crashed midway can leave index rows the base table does not
-        # confirm (readers of the rows check them); they are counted until the face's next
-        # prediction replaces them.
+    def count_predictions(self, persona_ids: Iterable[str]) -> dict[str, int]:
+        # Counts the persona's index partition server-side; only the counts travel. A write
+        # that crashed midway can leave index rows the base table does not confirm (readers of
+        # the rows check them); they are counted until the face's next prediction replaces them.
         persona_ids = list(dict.fromkeys(persona_ids))
-        results = self._run_many("SELECT COUNT(*) FROM {ks}.predictions_by_persona "
-                                 "WHERE persona_id = ? AND model_version = ?",
-                                 [(_persona_key(persona_id), model_version) for persona_id in persona_ids])
-        return {persona_id: result.one()[0] for persona_id, result in zip(persona_ids, results)}
+        named = [persona_id for persona_id in persona_ids if persona_id]
+        results = self._run_many("SELECT COUNT(*) FROM {ks}.persona_predictions WHERE persona_id = ?",
+                                 [(persona_id,) for persona_id in named])
+        counts = dict.fromkeys(persona_ids, 0)
+        counts.update({persona_id: result.one()[0] for persona_id, result in zip(named, results)})
+        return counts
+
+    def _drop_verdicts_naming(self, persona_ids: Iterable[str]) -> None:
+        """Deletes the stored verdicts naming these (deleted) personas; their faces become
+        unknown unless a label says otherwise."""
+        for persona_id in persona_ids:
+            named = [p.face_id for p in self._predictions_in_index(persona_id)]
+            self._mark_unknown(named)
+            self._execute_all(self._batches("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
+                                            [(_prediction_bucket(face_id), face_id) for face_id in named],
+                                            partition=lambda row: row[0]))
+            self._run("DELETE FROM {ks}.persona_predictions WHERE persona_id = ?", (_persona_key(persona_id),))
+            self._sync_unknown(named)
+
+    # ---- unknown faces -----------------------------------------------------
+    def _unknown_rows(self, keys: Iterable[UnknownFaceKey], present: bool = True) -> Iterator[Statement]:
+        """Inserts (or deletes) these keys' unknown_faces rows, batched by partition."""
+        rows = [(_unknown_bucket(k.image_id), k.image_time, k.image_id, k.index, k.face_id) for k in keys]
+        if present:
+            return self._batches("INSERT INTO {ks}.unknown_faces (bucket, image_time, image_id, idx, face_id) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows, partition=lambda row: row[0])
+        return self._batches("DELETE FROM {ks}.unknown_faces WHERE bucket = ? AND image_time = ? AND image_id = ? "
+                             "AND idx = ?", [row[:4] for row in rows], partition=lambda row: row[0])
+
+    def _keys_of(self, face_ids: Iterable[str]) -> dict[str, UnknownFaceKey]:
+        """The index keys of these faces (those stored, with their image row)."""
+        faces = self._select_in("SELECT face_id, image_id, idx FROM {ks}.faces WHERE face_id IN ?", list(face_ids))
+        times = {row.image_id: row.create_time for row in self._select_in(
+            "SELECT image_id, create_time FROM {ks}.images WHERE image_id IN ?", [row.image_id for row in faces])}
+        return {row.face_id: UnknownFaceKey(times[row.image_id], row.image_id, row.idx, row.face_id)
+                for row in faces if row.image_id in times}
+
+    def _unknown_now(self, face_ids: Iterable[str]) -> dict[str, tuple[UnknownFaceKey, bool]]:
+        """Each stored face's index key and whether it is unknown now (from the base tables)."""
+        keys = self._keys_of(face_ids)
+        labels = self.labels_of_faces(keys)
+        predictions = self.get_predictions(keys)
+        return {face_id: (key, is_unknown(labels[face_id], predictions.get(face_id))) for face_id, key in keys.items()}
+
+    def _mark_unknown(self, face_ids: list[str]) -> None:
+        """Before a change that may make these faces unknown: their rows (see the module doc)."""
+        if face_ids:
+            self._execute_all(self._unknown_rows(self._keys_of(face_ids).values()))
+
+    def _sync_unknown(self, face_ids: list[str], delete_known: bool = True) -> None:
+        """After a change: rows for the faces that are unknown, none for the others."""
+        if not face_ids:
+            return
+        now_unknown = self._unknown_now(face_ids)
+        self._execute_all([
+            *self._unknown_rows(key for key, unknown in now_unknown.values() if unknown),
+            *(self._unknown_rows((key for key, unknown in now_unknown.values() if not unknown), present=False)
+              if delete_known else []),
+        ])
+
+    def _unknown_candidates(self, after: UnknownFaceKey | None, limit: int) -> list[UnknownFaceKey]:
+        """The first `limit` index rows after `after`, unchecked: each partition's, merged."""
+        columns = "SELECT image_time, image_id, idx, face_id FROM {ks}.unknown_faces WHERE bucket = ?"
+        if after is None:
+            statements = [self._stmt(columns + " LIMIT ?").bind((bucket, limit)) for bucket in range(UNKNOWN_BUCKETS)]
+        else:
+            same_time = self._stmt(columns + " AND image_time = ? AND (image_id, idx) > (?, ?) LIMIT ?")
+            older = self._stmt(columns + " AND image_time < ? LIMIT ?")
+            statements = [statement for bucket in range(UNKNOWN_BUCKETS) for statement in (
+                same_time.bind((bucket, after.image_time, after.image_id, after.index, limit)),
+                older.bind((bucket, after.image_time, limit)))]
+        futures = [self._session.execute_async(statement, timeout=30) for statement in statements]
+        keys = [UnknownFaceKey(*row) for future in futures for row in future.result()]
+        return sorted(keys, key=UnknownFaceKey.order)[:limit]
+
+    def list_unknown_faces(self, after: UnknownFaceKey | None, limit: int) -> list[UnknownFaceKey]:
+        found: list[UnknownFaceKey] = []
+        while len(found) < limit:
+            wanted = limit - len(found) + UNKNOWN_SLACK
+            candidates = self._unknown_candidates(after, wanted)
+            now_unknown = self._unknown_now(key.face_id for key in candidates)
+            for key in candidates:  # a row stands only if the base tables say so
+                if now_unknown.get(key.face_id) == (key, True):
+                    found.append(key)
+                    if len(found) == limit:
+                        break
+            if len(candidates) < wanted:
+                break
+            after = candidates[-1]
+        return found
+
+    def _shorten_grace(self, table: str) -> None:
+        """Migration 6: tombstones of an index whose rows readers check need not outlive a
+        repair cycle (a resurrected row is skipped). Backends that refuse the option keep theirs."""
+        try:
+            self._session.execute(f"ALTER TABLE {self.keyspace}.{table} WITH gc_grace_seconds = {UNKNOWN_GRACE_S}",
+                                  timeout=120)
+        except Exception as error:  # noqa: BLE001 - e.g. Cosmos DB: only a cost, never a wrong answer
+            log.warning("keeping the default gc_grace_seconds of %s: %s", table, error)
+
+    def _move_to_last_verdict(self) -> None:
+        """Migration 6: verdicts of versions no longer active go (they had no say), the others
+        are indexed by persona, and every face's unknown_faces row is written."""
+        active = self.get_meta(ACTIVE_VERSION_KEY) or ""
+        rows = iter(self._session.execute(f"SELECT bucket, face_id, persona_id, model_version "
+                                          f"FROM {self.keyspace}.face_predictions", timeout=120))
+        while chunk := list(itertools.islice(rows, 50_000)):
+            self._execute_all([
+                *self._batches("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
+                               [(row.bucket, row.face_id) for row in chunk if str(row.model_version) != active],
+                               partition=lambda row: row[0]),
+                *self._batches("INSERT INTO {ks}.persona_predictions (persona_id, face_id) VALUES (?, ?)",
+                               [(row.persona_id, row.face_id) for row in chunk
+                                if str(row.model_version) == active and row.persona_id],
+                               partition=lambda row: row[0]),
+            ])
+        faces = iter(self._session.execute(f"SELECT face_id FROM {self.keyspace}.faces", timeout=120))
+        while chunk := [row.face_id for row in itertools.islice(faces, 5_000)]:
+            self._sync_unknown(chunk, delete_known=False)
 
     def iter_predictions(self) -> Iterator[PredictionRecord]:
         for row in self._run(f"SELECT {self._PREDICTION_COLUMNS} FROM {{ks}}.face_predictions", fetch_size=5000,

@@ -144,3 +144,17 @@ class ShardRecord:
     lease_until: float
     faces: int = 0
     done: bool = False
+
+
+@dataclass(frozen=True)
+class UnknownFaceKey:
+    """A face's place in the unknown-faces index: newest image first (image_time
+    descending), then image id, then the face's position in its image. A page
+    token of ListUnknownFaces is the last key of its page (a cursor, not an offset)."""
+    image_time: float
+    image_id: str
+    index: int
+    face_id: str
+
+    def order(self) -> tuple[float, str, int]:
+        return -self.image_time, self.image_id, self.index

@@ -25,6 +25,8 @@ from visage.store.base import (
     StoreError,
     StoreUnavailable,
     Withdrawn,
+    changed_rows,
+    unknown_verdict,
     check_prediction_columns,
     face_id_bounds,
     translate_errors,
@@ -41,6 +43,7 @@ from visage.store.records import (
     PredictionRecord,
     ShardRecord,
     TrainingJobRecord,
+    UnknownFaceKey,
     embedding_from_bytes,
     embedding_to_bytes,
     now,
@@ -106,7 +109,29 @@ MIGRATIONS = [
     CREATE TABLE work_shards (job TEXT NOT NULL, shard INTEGER NOT NULL, owner TEXT NOT NULL,
         lease_until REAL NOT NULL, faces INTEGER NOT NULL, done INTEGER NOT NULL, PRIMARY KEY (job, shard));
     """,
+    # 6: the last verdict stands (changed-only re-classification): predictions are indexed by
+    # persona alone, and those of versions no longer active, which had no say before, go.
+    # Unknown faces get an index of their own, filled here (see UNKNOWN_FACES_OF).
+    """
+    DELETE FROM predictions WHERE model_version != COALESCE(
+        (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'active_model_version' AND value != ''), -1);
+    DROP INDEX predictions_by_persona;
+    CREATE INDEX predictions_by_persona ON predictions (persona_id);
+    CREATE TABLE unknown_faces (face_id TEXT PRIMARY KEY, image_time REAL NOT NULL, image_id TEXT NOT NULL,
+        idx INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX unknown_faces_newest_first ON unknown_faces (image_time DESC, image_id, idx);
+    INSERT INTO unknown_faces {unknown_faces_of_all}
+    """,
 ]
+
+# The unknown-faces index rows of faces (base.is_unknown as SQL) matching `{where}` on `f`.
+UNKNOWN_FACES_OF = (
+    "SELECT f.face_id, i.create_time, f.image_id, f.idx FROM faces f JOIN images i ON i.image_id = f.image_id "
+    "LEFT JOIN predictions p ON p.face_id = f.face_id WHERE {where} "
+    f"AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.face_id = f.face_id AND l.verdict = {pb.VERDICT_BELONGS}) "
+    "AND (p.face_id IS NULL OR p.persona_id = '' OR EXISTS (SELECT 1 FROM labels l WHERE l.face_id = f.face_id "
+    f"AND l.persona_id = p.persona_id AND l.verdict = {pb.VERDICT_NOT_BELONGS}))")
+MIGRATIONS[5] = MIGRATIONS[5].replace("{unknown_faces_of_all}", UNKNOWN_FACES_OF.format(where="1"))
 
 # Updates the row in place (REPLACE deletes the row and its index entry, then inserts both again).
 UPSERT_PREDICTION = (
@@ -253,8 +278,11 @@ class SqliteStore(Store):
                     "SELECT DISTINCT faces.image_id FROM labels JOIN faces ON faces.face_id = labels.face_id "
                     "WHERE labels.persona_id = ? AND labels.verdict = ?", (persona_id, pb.VERDICT_BELONGS))]
                 erasure = erasure.merge(self._erase_images(conn, image_ids))
+            labelled = [row[0] for row in conn.execute("SELECT face_id FROM labels WHERE persona_id = ?",
+                                                       (persona_id,))]
             conn.execute("DELETE FROM labels WHERE persona_id = ?", (persona_id,))
-            conn.execute("DELETE FROM predictions WHERE persona_id = ?", (persona_id,))
+            self._sync_unknown(conn, labelled)
+            self._drop_verdicts_naming(conn, [persona_id])
             conn.execute("DELETE FROM hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
             erasure.withdrawn_versions += [v for v in self._withdraw_naming(conn, [persona_id])
                                            if v not in erasure.withdrawn_versions]
@@ -293,6 +321,14 @@ class SqliteStore(Store):
             rows += conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
         return rows
 
+    def _sync_unknown(self, conn: sqlite3.Connection, face_ids: Iterable[str]) -> None:
+        """Re-decides these faces' rows of the unknown-faces index from what the
+        transaction now holds (the same transaction as the change: never stale)."""
+        face_ids = list(dict.fromkeys(face_ids))
+        self._execute_in(conn, "DELETE FROM unknown_faces WHERE face_id IN ({marks})", face_ids)
+        self._execute_in(conn, "INSERT INTO unknown_faces " + UNKNOWN_FACES_OF.format(where="f.face_id IN ({marks})"),
+                         face_ids)
+
     def _erase_images(self, conn: sqlite3.Connection, image_ids: list[str]) -> Erasure:
         face_ids = [row[0] for row in self._execute_in(conn, "SELECT face_id FROM faces WHERE image_id IN ({marks})",
                                                        image_ids)]
@@ -306,12 +342,20 @@ class SqliteStore(Store):
     def _erase_faces(self, conn: sqlite3.Connection, face_ids: list[str]) -> Erasure:
         persona_ids = sorted({row[0] for row in self._execute_in(
             conn, "SELECT persona_id FROM labels WHERE face_id IN ({marks})", face_ids)})
-        for table in ("labels", "predictions", "faces"):
+        for table in ("labels", "predictions", "faces", "unknown_faces"):
             self._execute_in(conn, f"DELETE FROM {table} WHERE face_id IN ({{marks}})", face_ids)
         self._execute_in(conn, "DELETE FROM hidden WHERE kind = 'face' AND item_id IN ({marks})", face_ids)
         self._execute_in(conn, "DELETE FROM events WHERE subject IN ({marks})", face_ids)
         return Erasure(face_ids=list(face_ids), persona_ids=persona_ids,
                        withdrawn_versions=self._withdraw_naming(conn, persona_ids))
+
+    def _drop_verdicts_naming(self, conn: sqlite3.Connection, persona_ids: list[str]) -> None:
+        """Deletes the stored verdicts naming these (deleted) personas: their faces are unknown
+        until a version trained on what remains decides them again."""
+        face_ids = [row[0] for row in self._execute_in(
+            conn, "SELECT face_id FROM predictions WHERE persona_id IN ({marks})", persona_ids)]
+        self._execute_in(conn, "DELETE FROM predictions WHERE face_id IN ({marks})", face_ids)
+        self._sync_unknown(conn, face_ids)
 
     def _withdraw_naming(self, conn: sqlite3.Connection, persona_ids: list[str]) -> list[int]:
         if not persona_ids:
@@ -350,6 +394,7 @@ class SqliteStore(Store):
                 (image.image_id, image.filename, image.content_type, image.width, image.height,
                  image.size_bytes, image.face_count, image.status, image.create_time),
             )
+            self._sync_unknown(conn, [f.face_id for f in faces])
             self._append(conn, pb.EVENT_TYPE_IMAGE_INGESTED, image.image_id, {"face_count": image.face_count})
         return True
 
@@ -424,6 +469,7 @@ class SqliteStore(Store):
                          (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
         conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
                      (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+        self._sync_unknown(conn, [label.face_id])
         self._append(conn, pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
                      {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
 
@@ -431,6 +477,7 @@ class SqliteStore(Store):
         with self._tx() as conn:
             cur = conn.execute("DELETE FROM labels WHERE face_id = ? AND persona_id = ?", (face_id, persona_id))
             if cur.rowcount:
+                self._sync_unknown(conn, [face_id])
                 self._append(conn, pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
             return cur.rowcount > 0
 
@@ -459,6 +506,12 @@ class SqliteStore(Store):
         rows = self._query("SELECT * FROM labels WHERE face_id = ? ORDER BY create_time DESC", (face_id,))
         return [LabelRecord(*row) for row in rows]
 
+    def labels_of_faces(self, face_ids: Iterable[str]) -> dict[str, list[LabelRecord]]:
+        labels: dict[str, list[LabelRecord]] = {face_id: [] for face_id in face_ids}
+        for row in self._query_in("SELECT * FROM labels WHERE face_id IN ({marks}) ORDER BY create_time DESC", labels):
+            labels[row[0]].append(LabelRecord(*row))
+        return labels
+
     def labels_of_persona(self, persona_id: str, verdict: int) -> list[LabelRecord]:
         rows = self._query("SELECT * FROM labels WHERE persona_id = ? AND verdict = ? ORDER BY create_time DESC",
                            (persona_id, verdict))
@@ -477,20 +530,47 @@ class SqliteStore(Store):
 
     # ---- predictions -----------------------------------------------------
     def put_predictions(self, predictions: list[PredictionRecord]) -> None:
+        latest = {p.face_id: p for p in predictions}  # the last one of a face wins
         with self._tx() as conn:
-            conn.executemany(
-                UPSERT_PREDICTION,
-                [(p.face_id, p.persona_id, p.confidence, p.model_version, p.create_time) for p in predictions],
-            )
+            previous = self._predictions_in(conn, latest)
+            conn.executemany(UPSERT_PREDICTION, [(p.face_id, p.persona_id, p.confidence, p.model_version,
+                                                  p.create_time) for p in latest.values()])
+            self._sync_changed_verdicts(conn, previous, {f: p.persona_id for f, p in latest.items()})
 
     def put_prediction_columns(self, face_ids: Sequence[str], persona_ids: Sequence[str],
                                confidences: Sequence[float] | np.ndarray, model_version: int,
-                               create_time: float) -> None:
+                               create_time: float, changed_only: bool = False) -> int:
         check_prediction_columns(face_ids, persona_ids, confidences)
-        rows = zip(face_ids, persona_ids, np.asarray(confidences).tolist(),
-                   itertools.repeat(model_version), itertools.repeat(create_time))
-        with self._tx() as conn:
-            conn.executemany(UPSERT_PREDICTION, rows)
+        confidences = np.asarray(confidences).tolist()
+        with self._tx() as conn:  # read and write in one transaction: a concurrent write cannot slip between
+            previous = self._predictions_in(conn, face_ids)
+            rows = (changed_rows(previous, face_ids, persona_ids, confidences) if changed_only
+                    else {face_id: i for i, face_id in enumerate(face_ids)}.values())
+            conn.executemany(UPSERT_PREDICTION, [(face_ids[i], persona_ids[i], confidences[i], model_version,
+                                                  create_time) for i in rows])
+            written = {face_ids[i]: persona_ids[i] for i in rows}
+            self._sync_changed_verdicts(conn, previous, written)
+        return len(written)
+
+    def _predictions_in(self, conn: sqlite3.Connection, face_ids: Iterable[str]) -> dict[str, PredictionRecord]:
+        return {row[0]: PredictionRecord(*row) for row in self._execute_in(
+            conn, "SELECT * FROM predictions WHERE face_id IN ({marks})", list(dict.fromkeys(face_ids)))}
+
+    def _sync_changed_verdicts(self, conn: sqlite3.Connection, previous: dict[str, PredictionRecord],
+                               written: dict[str, str]) -> None:
+        """The unknown-faces rows of faces whose verdict moved across is_unknown (the index was
+        right before this transaction; most verdicts stay on their side, so they cost no write)."""
+        labels: dict[str, list[LabelRecord]] = {}
+        for row in self._execute_in(conn, "SELECT * FROM labels WHERE face_id IN ({marks})", list(written)):
+            labels.setdefault(row[0], []).append(LabelRecord(*row))
+        now_known, now_unknown = [], []
+        for face_id, persona_id in written.items():
+            before = previous[face_id].persona_id if face_id in previous else None
+            after = unknown_verdict(labels.get(face_id, ()), persona_id)
+            if unknown_verdict(labels.get(face_id, ()), before) != after:
+                (now_unknown if after else now_known).append(face_id)
+        self._execute_in(conn, "DELETE FROM unknown_faces WHERE face_id IN ({marks})", now_known)
+        self._sync_unknown(conn, now_unknown)
 
     def get_prediction(self, face_id: str) -> PredictionRecord | None:
         rows = self._query("SELECT * FROM predictions WHERE face_id = ?", (face_id,))
@@ -500,17 +580,31 @@ class SqliteStore(Store):
         rows = self._query_in("SELECT * FROM predictions WHERE face_id IN ({marks})", face_ids)
         return {row[0]: PredictionRecord(*row) for row in rows}
 
-    def count_predictions(self, persona_ids: Iterable[str], model_version: int) -> dict[str, int]:
+    def count_predictions(self, persona_ids: Iterable[str]) -> dict[str, int]:
         counts = dict.fromkeys(persona_ids, 0)
         counts.update(self._query_in("SELECT persona_id, COUNT(*) FROM predictions WHERE persona_id IN ({marks}) "
-                                     "AND model_version = ? GROUP BY persona_id", counts, (model_version,)))
+                                     "AND persona_id != '' GROUP BY persona_id", counts))
         return counts
 
-    def predictions_of_persona(self, persona_id: str, model_version: int) -> list[PredictionRecord]:
-        rows = self._query(
-            "SELECT * FROM predictions WHERE persona_id = ? AND model_version = ? ORDER BY confidence DESC",
-            (persona_id, model_version))
+    def predictions_of_persona(self, persona_id: str) -> list[PredictionRecord]:
+        rows = self._query("SELECT * FROM predictions WHERE persona_id = ? AND persona_id != '' "
+                           "ORDER BY confidence DESC", (persona_id,))
         return [PredictionRecord(*row) for row in rows]
+
+    # ---- unknown faces -----------------------------------------------------
+    def list_unknown_faces(self, after: UnknownFaceKey | None, limit: int) -> list[UnknownFaceKey]:
+        if limit <= 0:
+            return []
+        if after is None:
+            rows = self._query("SELECT image_time, image_id, idx, face_id FROM unknown_faces "
+                               "ORDER BY image_time DESC, image_id, idx LIMIT ?", (limit,))
+        else:  # a range of the index from the cursor on (the few rows at its own time filtered)
+            rows = self._query(
+                "SELECT image_time, image_id, idx, face_id FROM unknown_faces WHERE image_time <= ? "
+                "AND NOT (image_time = ? AND (image_id < ? OR (image_id = ? AND idx <= ?))) "
+                "ORDER BY image_time DESC, image_id, idx LIMIT ?",
+                (after.image_time, after.image_time, after.image_id, after.image_id, after.index, limit))
+        return [UnknownFaceKey(*row) for row in rows]
 
     def iter_predictions(self) -> Iterator[PredictionRecord]:
         cursor = self._conn().execute("SELECT * FROM predictions ORDER BY face_id")
