@@ -332,39 +332,61 @@ def ms(samples: list[float], q: float) -> str:
     return f"{np.percentile(samples, q) * 1000:.0f}" if samples else "-"
 
 
-def run(faces: int, shards: int) -> None:
+def persona_face(known: int) -> str:
+    """Face id of the `known`-th persona face generate() writes (every STRANGER_EVERY-th face is a stranger)."""
+    k = known + known // (STRANGER_EVERY - 1)
+    return f"{k // FACES_PER_IMAGE:064x}-{k % FACES_PER_IMAGE}"
+
+
+def one_label_changes(store: CassandraStore, persona_ids: list[str]) -> Iterator[tuple[str, str]]:
+    """(face, persona) BELONGS labels not written yet: the LATE_LABELS personas' first faces,
+    then (a run resumed on its data) personas' second faces."""
+    personas = len(persona_ids)
+    candidates = [(persona_face(p), persona_ids[p]) for p in range(personas - LATE_LABELS, personas)]
+    candidates += [(persona_face(personas + p), persona_ids[p]) for p in range(personas)]
+    return ((face, persona) for face, persona in candidates if not store.labels_of_face(face))
+
+
+def run(faces: int, shards: int, keyspace: str = "") -> None:
     try:
         socket.create_connection(("127.0.0.1", CASSANDRA_PORT), timeout=2).close()
     except OSError:
         print(f"no Cassandra on 127.0.0.1:{CASSANDRA_PORT}: run `make cassandra-fetch cassandra-start`")
         return
-    keyspace = f"visage_bench_scaleout_{uuid.uuid4().hex[:8]}"
+    reuse = bool(keyspace)  # a run resumed on the data of one that stopped (its keyspace is dropped at the end)
+    keyspace = keyspace or f"visage_bench_scaleout_{uuid.uuid4().hex[:8]}"
     store = CassandraStore(cassandra_config(keyspace))
     store.migrate()
     trainer = None
     try:
         began = time.perf_counter()
-        persona_ids, labelled = generate(store, faces)
+        if reuse:
+            persona_ids = [f"{k:016x}" for k in range(max(2, faces // FACES_PER_PERSONA))]
+        else:
+            persona_ids, _labelled = generate(store, faces)
         generated = time.perf_counter() - began
         print(f"  generated in {generated:.0f} s; load: {load()}", flush=True)
         trainer = Trainer(store)
-        first = trainer.label_to_active(labelled[-3], persona_ids[len(labelled) - 3])  # v1: every label but two
-        print(f"  version 1 active after {first:.1f} s; first classification...", flush=True)
+        changes = one_label_changes(store, persona_ids)
+        if store.active_model_version() is None:
+            first = trainer.label_to_active(*next(changes))  # v1: every label but LATE_LABELS - 1
+            print(f"  version 1 active after {first:.1f} s", flush=True)
         baseline = reclassify(keyspace, 1, 1)  # one shard: a single scan, as before sharing; no earlier predictions
-        print(f"  baseline {baseline.rate:,.0f} faces/s, {baseline.rows_text()}; load: {load()}", flush=True)
+        print(f"  first classification {baseline.rate:,.0f} faces/s, {baseline.rows_text()}; load: {load()}",
+              flush=True)
         first_page, next_page = unknown_page_latency(store)
         print(f"  ListUnknownFaces p50 page 1 {ms(first_page, 50)} ms, next {ms(next_page, 50)} ms", flush=True)
         latencies, after_one_label = [], []
-        for workers, k in ((1, 2), (2, 1)):  # each run after a one-label change (v2: 1 worker, v3: 2 workers)
-            latencies.append(trainer.label_to_active(labelled[-k], persona_ids[len(labelled) - k]))
+        for workers in (1, 2):  # each run after a one-label change
+            latencies.append(trainer.label_to_active(*next(changes)))
             after_one_label.append(reclassify(keyspace, workers, shards))
             print(f"  label -> active {latencies[-1]:.1f} s; {workers} worker(s) {after_one_label[-1].rate:,.0f} "
                   f"faces/s, {after_one_label[-1].rows_text()}; load: {load()}", flush=True)
         one, two = after_one_label
-        print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas "
-              f"(generated in {generated:.0f} s, {faces / generated:,.0f} faces/s); load average at the end {load()}:")
+        made = "the data of a stopped run" if reuse else f"generated in {generated:.0f} s, {faces / generated:,.0f} faces/s"
+        print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas ({made}); load average at the end {load()}:")
         print(f"{'measure':<58} {'measured':>24} {'target':>12}")
-        print(f"{'label -> new active version (v2, v3)':<58} "
+        print(f"{'label -> new active version (two one-label changes)':<58} "
               f"{' / '.join(f'{s:.1f}' for s in latencies):>22} s {'< 30 s':>12}")
         print(f"{'first classification, 1 process, 1 shard (baseline)':<58} {baseline.rate:>16,.0f} faces/s")
         print(f"{'  rows written':<58} {baseline.rows_text()}")
@@ -392,8 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=int(os.environ.get("BENCH_SCALEOUT_FACES", "1000000")))
     parser.add_argument("--shards", type=int, default=64)
+    parser.add_argument("--keyspace", default="", help="resume on the data a stopped run (same --faces) left")
     args = parser.parse_args(argv if argv is not None else [])
-    run(args.faces, args.shards)
+    run(args.faces, args.shards, args.keyspace)
 
 
 if __name__ == "__main__":

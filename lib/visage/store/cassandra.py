@@ -123,6 +123,7 @@ REQUEST_TIMEOUT_S = 30      # the driver's limit for one request: no write is ac
 COPY_HORIZON_S = EVENT_APPEND_ATTEMPTS * REQUEST_TIMEOUT_S + EVENT_LAG_S
 FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
 REMEMBERED_CURSORS = 50_000
+COUNT_RANGES = 256          # token ranges count_faces counts separately (~4k faces each at 1M)
 LWT_ATTEMPTS = 50           # a conditional write that keeps losing races raises StoreConflict
 SCHEMA_COMPONENT = "visage"
 
@@ -813,7 +814,15 @@ class CassandraStore(Store):
         return faces
 
     def count_faces(self) -> int:
-        return self._run("SELECT COUNT(*) FROM {ks}.faces", timeout=120).one()[0]
+        # One COUNT(*) over the whole table is one range read the node must finish within its
+        # range-read timeout: at 1M faces on a busy node it fails. COUNT_RANGES token ranges,
+        # counted many at a time, are each a small read.
+        bounded = self._stmt("SELECT COUNT(*) FROM {ks}.faces WHERE token(face_id) >= ? AND token(face_id) < ?")
+        last = self._stmt("SELECT COUNT(*) FROM {ks}.faces WHERE token(face_id) >= ?")
+        ranges = [_token_bounds(shard, COUNT_RANGES) for shard in range(COUNT_RANGES)]
+        statements = [(bounded, (low, high)) if high is not None else (last, (low,)) for low, high in ranges]
+        results = execute_concurrent(self._session, statements, concurrency=CONCURRENCY, raise_on_first_error=True)
+        return sum(result.one()[0] for _ok, result in results)
 
     def iter_embeddings(self, batch_size: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
         # One paged scan in token order; the driver fetches the next page while we build this batch.
