@@ -1,33 +1,47 @@
 """Scale-out bench (issue 15), measured on the real Cassandra of `make cassandra-start`
 (127.0.0.1:9142, a keyspace of its own, dropped afterwards), with data generated in bulk
-(execute_concurrent straight into the tables; one BELONGS label per persona):
+(the rows ingest and labelling write, many requests in flight; one BELONGS label per persona):
 1. label -> new active version: the trainer service in-process, its default debounce
-   (target < 30 s at 1M faces / 10k personas).
-2. Full re-classification shared by 1 and by 2 worker processes (each its own store session
-   claiming shards of one job), effective faces/s and the scaling ratio (target >= 100k/s
-   effective after a one-label change).
-3. ListUnknownFaces page latency through the query service (p50/p90 of page 1 and the next).
+   (target < 30 s at 1M faces / 10k personas), for versions 2 and 3.
+2. Re-classification: the first one (version 1, no predictions yet) by 1 process over 1 shard
+   (the unshared baseline); then after a one-label change each, by 1 worker process (version
+   2) and by 2 (version 3) sharing 64 shards: effective faces/s (faces / wall time of the
+   whole job), the 2-vs-1 scaling ratio (target >= 100k faces/s effective after a one-label
+   change) and the rows each run wrote, counted at the driver (changed-only prediction
+   writes show there as fewer rows).
+3. ListUnknownFaces page latency through the query service (p50/p90 of page 1 and the next;
+   every 10th face is a stranger no version knows), after the first classification.
 
     python -m bench.bench_scaleout --faces 50000     # a smaller run (default: BENCH_SCALEOUT_FACES or 1M)
 """
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import multiprocessing
 import os
+import re
 import socket
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
-from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
+from cassandra.query import BatchStatement, BatchType, BoundStatement, Statement
+from cassandra.util import uuid_from_time
+from PIL import Image
 
+from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
-from visage.store.cassandra import CassandraStore
-from visage.store.records import LabelRecord, embedding_to_bytes
+from visage.store.cassandra import CassandraStore, _bucket
+from visage.store.records import FaceRecord, LabelRecord
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.models import ActiveModel
@@ -38,6 +52,10 @@ from visage_trainer.training import TrainerSettings
 CASSANDRA_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))
 FACES_PER_IMAGE = 10
 FACES_PER_PERSONA = 100  # 1M faces: 10k personas
+STRANGER_EVERY = 10  # every 10th face is a stranger seen once (unknown to every version): 10 % unknown faces
+LATE_LABELS = 3  # labels written through the store one by one: versions 1, 2 and 3
+CHIP_SIZE = 150  # the face pipeline's crop (visage.faces.pipeline.CHIP_SIZE; not imported: it loads dlib)
+FIVE_LANDMARKS = [(10.0, 12.0), (26.0, 12.0), (18.0, 20.0), (12.0, 28.0), (24.0, 28.0)]
 
 
 def cassandra_config(keyspace: str) -> CassandraConfig:
@@ -48,49 +66,122 @@ def bulk(store: CassandraStore, cql: str, rows: list[tuple]) -> None:
     execute_concurrent_with_args(store._session, store._stmt(cql), rows, concurrency=128, raise_on_first_error=True)
 
 
+def run_all(store: CassandraStore, statements: Iterable[Statement]) -> None:
+    """Bound statements and single-partition batches, many in flight (as the store's bulk writes).
+    Built first, here: the driver pulls from a generator on its event loop thread, where
+    preparing a statement would wait for that very loop."""
+    statements = list(statements)
+    for ok, result in execute_concurrent(store._session, [(statement, None) for statement in statements],
+                                         concurrency=128, raise_on_first_error=True, results_generator=True):
+        pass
+
+
+def grey_jpeg(width: int, height: int) -> bytes:
+    """A real JPEG, encoded as the face pipeline encodes crops (quality 90)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (128, 128, 128)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def image_batches(statements: Iterable[Statement]) -> Iterator[Statement]:
+    """The store's per-face batches (face + crop rows), FACES_PER_IMAGE at a time in one unlogged
+    batch: the same rows in a tenth of the requests (a bulk load on one node; the store itself
+    never batches across partitions), and its faces_by_image batches as they are."""
+    group = BatchStatement(BatchType.UNLOGGED)
+    for statement in statements:
+        if not isinstance(statement, BatchStatement) or len(statement) != 2:
+            yield statement
+            continue
+        for prepared, query_id, values in statement._statements_and_parameters:
+            group._add_statement_and_params(prepared, query_id, values)
+        if len(group) == 2 * FACES_PER_IMAGE:
+            yield group
+            group = BatchStatement(BatchType.UNLOGGED)
+    if len(group):
+        yield group
+
+
+def event_rows(type: int, stamped: list[tuple[float, str, dict[str, str]]]) -> list[tuple]:
+    """events_by_minute rows of first copies (origin null), as append_event writes them."""
+    rows = []
+    for at, subject, attributes in stamped:
+        event_id = uuid_from_time(at)
+        rows.append((_bucket(event_id), event_id, None, type, subject, attributes))
+    return rows
+
+
+def event_writes(store: CassandraStore, rows: list[tuple]) -> Iterator[Statement]:
+    yield from store._bound("INSERT INTO {ks}.event_buckets (shard, bucket) VALUES (0, ?)",
+                            [(bucket,) for bucket in sorted({row[0] for row in rows})])
+    yield from store._batches("INSERT INTO {ks}.events_by_minute (bucket, id, origin, type, subject, attributes) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", rows, partition=lambda row: row[0])
+
+
 def generate(store: CassandraStore, faces: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Personas, images of FACES_PER_IMAGE faces and one BELONGS label per persona, in bulk
-    (but the last two, which label_to_active writes through the store).
-    Returns the persona ids and the face ids of the labelled faces (in persona order)."""
+    """Personas, images of FACES_PER_IMAGE faces (a persona's or a stranger's) and one BELONGS
+    label per persona, in bulk
+    (but the last LATE_LABELS, which Trainer.label_to_active writes through the store). The rows are the
+    ones the services write - ingest's image, chunk, face, crop and index rows (the store's
+    own statements), IMAGE_INGESTED, PERSONA_CREATED and FACE_LABELLED events - but written
+    many at a time as plain inserts (no conditional image insert or label batch: nothing races
+    here). Crops and image bytes are small real JPEGs. Returns the persona ids and the face
+    ids of the labelled faces (in persona order)."""
     rng = np.random.default_rng(seed)
     personas = max(2, faces // FACES_PER_PERSONA)
     centres = rng.normal(scale=0.9 / np.sqrt(2 * 128), size=(personas, 128)).astype(np.float32)
     persona_ids = [f"{k:016x}" for k in range(personas)]
+    crop, content = grey_jpeg(CHIP_SIZE, CHIP_SIZE), grey_jpeg(160, 120)
     now = time.time()
     bulk(store, "INSERT INTO {ks}.personas (persona_id, display_name, create_time, update_time) VALUES (?, ?, ?, ?)",
          [(p, f"persona {k}", now, now) for k, p in enumerate(persona_ids)])
+    run_all(store, event_writes(store, event_rows(pb.EVENT_TYPE_PERSONA_CREATED,
+                                                  [(now, p, {}) for p in persona_ids])))
     day = int(now // 86400)
     store._run("INSERT INTO {ks}.days (kind, day) VALUES ('images', ?)", (day,))
     labelled: list[str] = []
     step = 50_000
     for start_row in range(0, faces, step):
         count = min(step, faces - start_row)
-        owners = (np.arange(start_row, start_row + count) % personas)
-        rows = centres[owners] + rng.normal(scale=0.3 / np.sqrt(128), size=(count, 128)).astype(np.float32)
-        image_ids = [f"{(start_row + i) // FACES_PER_IMAGE:064x}" for i in range(0, count, FACES_PER_IMAGE)]
-        face_rows, placed = [], []
+        k = np.arange(start_row, start_row + count)
+        stranger = k % STRANGER_EVERY == STRANGER_EVERY - 1
+        known = k - k // STRANGER_EVERY  # the face's place among the personas' faces
+        rows = centres[known % personas] + rng.normal(scale=0.3 / np.sqrt(128), size=(count, 128)).astype(np.float32)
+        rows[stranger] = rng.normal(scale=0.9 / np.sqrt(2 * 128), size=(int(stranger.sum()), 128))
+        created = time.time()
+        images = [(f"{n // FACES_PER_IMAGE:064x}", created + n * 1e-6)
+                  for n in range(start_row, start_row + count, FACES_PER_IMAGE)]
+        face_records = []
         for i in range(count):
             image_id, idx = f"{(start_row + i) // FACES_PER_IMAGE:064x}", (start_row + i) % FACES_PER_IMAGE
-            face_id = f"{image_id}-{idx}"
-            face_rows.append((face_id, image_id, idx, "[0, 0, 1, 1]", "[]", embedding_to_bytes(rows[i]), now))
-            placed.append((image_id, idx, face_id))
-            if start_row + i < personas:
-                labelled.append(face_id)
-        bulk(store, "INSERT INTO {ks}.faces (face_id, image_id, idx, box, landmarks, embedding, create_time) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", face_rows)
-        bulk(store, "INSERT INTO {ks}.faces_by_image (image_id, idx, face_id) VALUES (?, ?, ?)", placed)
-        bulk(store, "INSERT INTO {ks}.images_by_day (day, create_time, image_id) VALUES (?, ?, ?)",
-             [(day, now + n * 1e-6, image_id) for n, image_id in enumerate(image_ids, start=start_row)])
-        bulk(store, "INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
-                    "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-             [(image_id, "bulk", "image/jpeg", 1, 1, 1, FACES_PER_IMAGE, pb.IMAGE_STATUS_FACES_FOUND,
-               now + n * 1e-6, 0) for n, image_id in enumerate(image_ids, start=start_row)])
-        print(f"  generated {start_row + count:,} of {faces:,} faces", flush=True)
+            face_records.append(FaceRecord(f"{image_id}-{idx}", image_id, idx, (40 * idx, 40, 40 * idx + 36, 76),
+                                           FIVE_LANDMARKS, rows[i], crop, created))
+            if not stranger[i] and known[i] < personas:  # each persona's first face
+                labelled.append(face_records[-1].face_id)
+        run_all(store, itertools.chain(
+            store._bound("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, 0, ?)",
+                         [(image_id, content) for image_id, _ in images]),
+            image_batches(store._face_writes(face_records)),
+            store._batches("INSERT INTO {ks}.images_by_day (day, create_time, image_id) VALUES (?, ?, ?)",
+                           [(day, at, image_id) for image_id, at in images], partition=lambda row: row[0])))
+        # The commit rows last, then the events (as put_image: dependent rows, image row, event).
+        run_all(store, store._bound(
+            "INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
+            "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            [(image_id, "bulk.jpg", "image/jpeg", 160, 120, len(content), FACES_PER_IMAGE,
+              pb.IMAGE_STATUS_FACES_FOUND, at) for image_id, at in images]))
+        run_all(store, event_writes(store, event_rows(pb.EVENT_TYPE_IMAGE_INGESTED, [
+            (at, image_id, {"face_count": str(FACES_PER_IMAGE)}) for image_id, at in images])))
+        print(f"  generated {start_row + count:,} of {faces:,} faces "
+              f"({(start_row + count) / (time.time() - now):,.0f} faces/s)", flush=True)
     bulk(store, "INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)",
-         [(persona_ids[k], pb.VERDICT_BELONGS, face_id) for k, face_id in enumerate(labelled[:-2])])
+         [(persona_ids[k], pb.VERDICT_BELONGS, face_id) for k, face_id in enumerate(labelled[:-LATE_LABELS])])
     bulk(store, "INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time, belongs) "
                 "VALUES (?, ?, ?, 'bench', ?, ?)",
-         [(face_id, persona_ids[k], pb.VERDICT_BELONGS, now, persona_ids[k]) for k, face_id in enumerate(labelled[:-2])])
+         [(face_id, persona_ids[k], pb.VERDICT_BELONGS, now, persona_ids[k]) for k, face_id in enumerate(labelled[:-LATE_LABELS])])
+    labelled_at = time.time()
+    run_all(store, event_writes(store, event_rows(pb.EVENT_TYPE_FACE_LABELLED, [
+        (labelled_at, face_id, {"persona_id": persona_ids[k], "verdict": "VERDICT_BELONGS"})
+        for k, face_id in enumerate(labelled[:-LATE_LABELS])])))
     return persona_ids, labelled
 
 
@@ -102,26 +193,65 @@ def wait_active(store, version: int, timeout: float = 900.0) -> None:
         time.sleep(0.05)
 
 
-def label_to_active(store: CassandraStore, persona_ids: list[str], labelled: list[str]) -> float:
-    """Seconds from the last persona's first label to the version that includes it being active."""
-    with tempfile.TemporaryDirectory() as tmp:
-        service = start_trainer(Config(data_dir=Path(tmp)), store, "127.0.0.1:0", TrainerSettings.from_env())
-        try:
-            # Bulk labels append no events: one label through the store wakes the trainer.
-            store.put_label(LabelRecord(labelled[-2], persona_ids[len(labelled) - 2], pb.VERDICT_BELONGS))
-            wait_active(store, 1)  # trained on every label but the last
-            began = time.perf_counter()
-            store.put_label(LabelRecord(labelled[-1], persona_ids[len(labelled) - 1], pb.VERDICT_BELONGS))
-            wait_active(store, 2)
-            return time.perf_counter() - began
-        finally:
-            service.stop(0)
+class Trainer:
+    """The trainer service in-process (its default debounce), woken by labels written through the store."""
+
+    def __init__(self, store: CassandraStore):
+        self.store = store
+        self._tmp = tempfile.TemporaryDirectory()
+        self.service = start_trainer(Config(data_dir=Path(self._tmp.name)), store, "127.0.0.1:0",
+                                     TrainerSettings.from_env())
+
+    def label_to_active(self, face_id: str, persona_id: str) -> float:
+        """Seconds from one more BELONGS label to the version trained on it being active."""
+        active = self.store.active_model_version()
+        began = time.perf_counter()
+        self.store.put_label(LabelRecord(face_id, persona_id, pb.VERDICT_BELONGS))
+        wait_active(self.store, (active.version if active else 0) + 1)
+        return time.perf_counter() - began
+
+    def stop(self) -> None:
+        self.service.stop(0)
+        self._tmp.cleanup()
+
+
+WRITE = re.compile(r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\b.*?\bFROM)\s+(?:\w+\.)?(\w+)", re.IGNORECASE | re.DOTALL)
+
+
+class WriteCounter:
+    """Rows a process writes, by table, counted at the driver: every INSERT, UPDATE and DELETE
+    statement, alone or in a batch, whichever store method sends it (so a change of the
+    prediction write path is measured as it is)."""
+
+    def __init__(self, session):
+        self.rows: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._prepared = session.cluster._prepared_statements  # query id -> PreparedStatement
+        send = session.execute_async
+
+        def counting(query, *args, **kwargs):
+            self._count(query)
+            return send(query, *args, **kwargs)
+        session.execute_async = counting  # Session.execute and execute_concurrent go through it
+
+    def _count(self, query) -> None:
+        if isinstance(query, BatchStatement):
+            cqls = [self._prepared[statement].query_string if prepared else statement
+                    for prepared, statement, _ in query._statements_and_parameters]
+        elif isinstance(query, BoundStatement):
+            cqls = [query.prepared_statement.query_string]
+        else:
+            cqls = [getattr(query, "query_string", query)]
+        tables = [match.group(1) for cql in cqls if (match := WRITE.match(str(cql)))]
+        with self._lock:
+            self.rows.update(tables)
 
 
 def worker(keyspace: str, job: str, shards: int, ready, go, results) -> None:
     """One replica's share of a job (a separate process: its own interpreter and session)."""
     store = CassandraStore(cassandra_config(keyspace))
     try:
+        writes = WriteCounter(store._session)
         models = ActiveModel(store)
         predictor = models.refresh()
         run = Run(store, predictor, work=SharedWork(shards=shards, poll_seconds=0.05), job=job)
@@ -130,14 +260,34 @@ def worker(keyspace: str, job: str, shards: int, ready, go, results) -> None:
         began = time.time()
         run.start()
         final = list(follow(run, lambda: True))[-1]
-        assert final.state in TERMINAL
-        results.put((began, time.time(), final.done, final.message))
+        assert final.state in TERMINAL, final
+        results.put((began, time.time(), final.done, dict(writes.rows)))
     finally:
         store.close()
 
 
-def reclassify(keyspace: str, workers: int, shards: int) -> tuple[float, int]:
-    """(effective faces/s, faces) of one job shared by `workers` processes."""
+@dataclass
+class Reclassified:
+    workers: int
+    shards: int
+    faces: int
+    seconds: float
+    rows: Counter  # rows written by all workers, by table
+
+    @property
+    def rate(self) -> float:
+        return self.faces / self.seconds
+
+    def rows_text(self) -> str:
+        predictions = sum(n for table, n in self.rows.items() if table not in JOB_TABLES)
+        return f"{predictions:,} rows ({', '.join(f'{t} {n:,}' for t, n in self.rows.most_common(4))})"
+
+
+JOB_TABLES = {"work_shards", "events_by_minute", "event_buckets", "meta"}  # the job's own bookkeeping
+
+
+def reclassify(keyspace: str, workers: int, shards: int) -> Reclassified:
+    """One job of the active version shared by `workers` processes: faces, wall time, rows written."""
     context = multiprocessing.get_context("spawn")
     ready, go, results = context.Semaphore(0), context.Event(), context.Queue()
     job = f"bench-{workers}w-{uuid.uuid4().hex[:8]}"
@@ -152,7 +302,8 @@ def reclassify(keyspace: str, workers: int, shards: int) -> tuple[float, int]:
     for process in processes:
         process.join()
     began, ended = min(r[0] for r in finished), max(r[1] for r in finished)
-    return finished[0][2] / (ended - began), finished[0][2]
+    rows = sum((Counter(r[3]) for r in finished), Counter())
+    return Reclassified(workers, shards, finished[0][2], ended - began, rows)
 
 
 def unknown_page_latency(store: CassandraStore, pages: int = 10) -> tuple[list[float], list[float]]:
@@ -161,7 +312,7 @@ def unknown_page_latency(store: CassandraStore, pages: int = 10) -> tuple[list[f
         service = start_query(Config(data_dir=Path(tmp)), store, "127.0.0.1:0")
         first, next_ = [], []
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            with auth_client.channel(f"127.0.0.1:{service.port}") as channel:
                 stub = query_pb2_grpc.QueryServiceStub(channel)
                 for _ in range(pages):
                     began = time.perf_counter()
@@ -181,51 +332,96 @@ def ms(samples: list[float], q: float) -> str:
     return f"{np.percentile(samples, q) * 1000:.0f}" if samples else "-"
 
 
-def run(faces: int, shards: int) -> None:
+def persona_face(known: int) -> str:
+    """Face id of the `known`-th persona face generate() writes (every STRANGER_EVERY-th face is a stranger)."""
+    k = known + known // (STRANGER_EVERY - 1)
+    return f"{k // FACES_PER_IMAGE:064x}-{k % FACES_PER_IMAGE}"
+
+
+def one_label_changes(store: CassandraStore, persona_ids: list[str]) -> Iterator[tuple[str, str]]:
+    """(face, persona) BELONGS labels not written yet: the LATE_LABELS personas' first faces,
+    then (a run resumed on its data) personas' second faces."""
+    personas = len(persona_ids)
+    candidates = [(persona_face(p), persona_ids[p]) for p in range(personas - LATE_LABELS, personas)]
+    candidates += [(persona_face(personas + p), persona_ids[p]) for p in range(personas)]
+    return ((face, persona) for face, persona in candidates if not store.labels_of_face(face))
+
+
+def run(faces: int, shards: int, keyspace: str = "") -> None:
     try:
         socket.create_connection(("127.0.0.1", CASSANDRA_PORT), timeout=2).close()
     except OSError:
         print(f"no Cassandra on 127.0.0.1:{CASSANDRA_PORT}: run `make cassandra-fetch cassandra-start`")
         return
-    keyspace = f"visage_bench_scaleout_{uuid.uuid4().hex[:8]}"
+    reuse = bool(keyspace)  # a run resumed on the data of one that stopped (its keyspace is dropped at the end)
+    keyspace = keyspace or f"visage_bench_scaleout_{uuid.uuid4().hex[:8]}"
     store = CassandraStore(cassandra_config(keyspace))
     store.migrate()
+    trainer = None
     try:
         began = time.perf_counter()
-        persona_ids, labelled = generate(store, faces)
+        if reuse:
+            persona_ids = [f"{k:016x}" for k in range(max(2, faces // FACES_PER_PERSONA))]
+        else:
+            persona_ids, _labelled = generate(store, faces)
         generated = time.perf_counter() - began
-        latency = label_to_active(store, persona_ids, labelled)
-        baseline_rate, _ = reclassify(keyspace, 1, 1)  # one shard: a single scan, as before sharing
-        one_rate, done = reclassify(keyspace, 1, shards)
-        two_rate, _ = reclassify(keyspace, 2, shards)
-        first, next_ = unknown_page_latency(store)
-        print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas "
-              f"(generated in {generated:.0f} s, {faces / generated:,.0f} faces/s):")
-        print(f"{'measure':<52} {'measured':>22} {'target':>14}")
-        print(f"{'label -> new active version':<52} {latency:>20.1f} s {'< 30 s':>14}")
-        print(f"{'full re-classification, 1 process, 1 shard (baseline)':<52} {baseline_rate:>16,.0f} faces/s {'':>14}")
-        print(f"{f'full re-classification, 1 worker process, {shards} shards':<52} {one_rate:>16,.0f} faces/s "
-              f"{'':>14}")
-        print(f"{'full re-classification, 2 worker processes':<52} {two_rate:>16,.0f} faces/s {'>= 100k/s':>14}")
-        print(f"{'  scaling 2 vs 1 workers':<52} {two_rate / one_rate:>21.2f}x {'':>14}")
-        print(f"{'  faces re-classified per run':<52} {done:>22,} {'':>14}")
-        print(f"{'after a one-label change, changed-only writes':<52} {'not implemented':>22} {'>= 100k/s':>14}")
-        print(f"{'ListUnknownFaces page 1, p50 / p90 (50 faces)':<52} {ms(first, 50):>15} / {ms(first, 90)} ms")
-        print(f"{'ListUnknownFaces next page, p50 / p90':<52} {ms(next_, 50):>15} / {ms(next_, 90)} ms")
+        print(f"  generated in {generated:.0f} s; load: {load()}", flush=True)
+        trainer = Trainer(store)
+        changes = one_label_changes(store, persona_ids)
+        if store.active_model_version() is None:
+            first = trainer.label_to_active(*next(changes))  # v1: every label but LATE_LABELS - 1
+            print(f"  version 1 active after {first:.1f} s", flush=True)
+        baseline = reclassify(keyspace, 1, 1)  # one shard: a single scan, as before sharing; no earlier predictions
+        print(f"  first classification {baseline.rate:,.0f} faces/s, {baseline.rows_text()}; load: {load()}",
+              flush=True)
+        first_page, next_page = unknown_page_latency(store)
+        print(f"  ListUnknownFaces p50 page 1 {ms(first_page, 50)} ms, next {ms(next_page, 50)} ms", flush=True)
+        latencies, after_one_label = [], []
+        for workers in (1, 2):  # each run after a one-label change
+            latencies.append(trainer.label_to_active(*next(changes)))
+            after_one_label.append(reclassify(keyspace, workers, shards))
+            print(f"  label -> active {latencies[-1]:.1f} s; {workers} worker(s) {after_one_label[-1].rate:,.0f} "
+                  f"faces/s, {after_one_label[-1].rows_text()}; load: {load()}", flush=True)
+        one, two = after_one_label
+        made = "the data of a stopped run" if reuse else f"generated in {generated:.0f} s, {faces / generated:,.0f} faces/s"
+        print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas ({made}); load average at the end {load()}:")
+        print(f"{'measure':<58} {'measured':>24} {'target':>12}")
+        print(f"{'label -> new active version (two one-label changes)':<58} "
+              f"{' / '.join(f'{s:.1f}' for s in latencies):>22} s {'< 30 s':>12}")
+        print(f"{'first classification, 1 process, 1 shard (baseline)':<58} {baseline.rate:>16,.0f} faces/s")
+        print(f"{'  rows written':<58} {baseline.rows_text()}")
+        for run_ in after_one_label:
+            print(f"{f'after a one-label change, {run_.workers} worker(s), {run_.shards} shards':<58} "
+                  f"{run_.rate:>16,.0f} faces/s {'>= 100k/s':>12}")
+            print(f"{'  rows written':<58} {run_.rows_text()}")
+        print(f"{'  scaling 2 vs 1 workers':<58} {two.rate / one.rate:>23.2f}x")
+        print(f"{'  faces re-classified per run':<58} {one.faces:>24,}")
+        print(f"{'ListUnknownFaces page 1, p50 / p90 (50 faces)':<58} {ms(first_page, 50):>17} / {ms(first_page, 90)} ms")
+        print(f"{'ListUnknownFaces next page, p50 / p90':<58} {ms(next_page, 50):>17} / {ms(next_page, 90)} ms")
         print("(all processes and the Cassandra node share this machine's cores)")
     finally:
+        if trainer is not None:
+            trainer.stop()
         store._session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=300)
         store.close()
+
+
+def load() -> str:
+    return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=int(os.environ.get("BENCH_SCALEOUT_FACES", "1000000")))
     parser.add_argument("--shards", type=int, default=64)
+    parser.add_argument("--keyspace", default="", help="resume on the data a stopped run (same --faces) left")
     args = parser.parse_args(argv if argv is not None else [])
-    run(args.faces, args.shards)
+    run(args.faces, args.shards, args.keyspace)
 
 
 if __name__ == "__main__":
     import sys
+
+    from bench.__main__ import use_a_bench_issuer
+    use_a_bench_issuer()  # as `python -m bench scaleout` does: the query service checks tokens
     main(sys.argv[1:])

@@ -14,7 +14,8 @@ from visage.store.records import EventRecord
 
 POLL_SECONDS = 0.1
 READ_BATCH = 1000
-# The store is at-least-once: remember this many recent cursors to drop repeats.
+# The store may repeat events to a cursor it did not hand out (Cassandra's lag window; a late
+# append's copies name their first copy as `origin`): remember this many recent events to drop repeats.
 DEDUPE_WINDOW = 10_000
 # A waiting watcher reads the store at least this often even without a wake-up
 # (a safety net; wake-ups come from NewEvents within ~POLL_SECONDS).
@@ -111,12 +112,13 @@ def follow(store: Store, after_cursor: str, types: frozenset[int], stop: threadi
     while True:
         for record in batch:
             cursor = record.cursor
-            if record.cursor in seen:
+            event = record.origin or record.cursor  # one event, however many copies
+            if event in seen:
                 continue
             if len(recent) == recent.maxlen:
                 seen.discard(recent[0])
-            recent.append(record.cursor)
-            seen.add(record.cursor)
+            recent.append(event)
+            seen.add(event)
             if not types or record.type in types:
                 yield record
         if len(batch) < READ_BATCH and not reread:  # caught up: wait for more

@@ -8,7 +8,15 @@ import time
 import numpy as np
 from cassandra.util import uuid_from_time
 
-from visage.store.cassandra import CHUNK_BYTES, EVENT_LAG_S, MIGRATIONS, CassandraStore, _bucket
+from visage.store.cassandra import (
+    CHUNK_BYTES,
+    COUNT_RANGES,
+    EVENT_LAG_S,
+    MIGRATIONS,
+    CassandraStore,
+    _bucket,
+    _token_bounds,
+)
 from test_store_conformance import make_image
 from visage.store.records import ImageRecord, LabelRecord, ModelVersionRecord, PredictionRecord, UnknownFaceKey
 from visage.v1 import resources_pb2 as pb
@@ -130,3 +138,18 @@ def test_stale_unknown_index_rows_are_skipped_and_pages_stay_full(cassandra_stor
     assert [key.face_id for key in page] == ["img3-f1", "img2-f0", "img2-f1"]
     assert [key.face_id for key in store.list_unknown_faces(page[-1], 10)] == ["img1-f0", "img1-f1", "img0-f0",
                                                                                "img0-f1"]
+
+
+def test_count_faces_counts_every_token_range_once(cassandra_store):
+    """count_faces sums COUNT_RANGES token-range counts (one COUNT(*) over the table fails at 1M
+    faces on a busy node: its range read outlives the node's timeout). Faces anywhere on the
+    ring, the first and the last range included, count once each."""
+    store = cassandra_store
+    face_ids = [f"face-{i}" for i in range(3000)]
+    store._execute_all(store._bound("INSERT INTO {ks}.faces (face_id, image_id, idx) VALUES (?, 'img', ?)",
+                                    [(face_id, i) for i, face_id in enumerate(face_ids)]))
+    tokens = [row[0] for row in store._session.execute(f"SELECT token(face_id) FROM {store.keyspace}.faces")]
+    low_of_last, _ = _token_bounds(COUNT_RANGES - 1, COUNT_RANGES)
+    _, high_of_first = _token_bounds(0, COUNT_RANGES)
+    assert any(t >= low_of_last for t in tokens) and any(t < high_of_first for t in tokens)
+    assert store.count_faces() == len(face_ids)

@@ -4,7 +4,8 @@ same conformance suite (tests/store/).
 
 Rules both backends keep:
 - Writes are idempotent (the same call twice leaves the same data), because
-  event consumers are at-least-once and Cassandra has no multi-row transactions.
+  event consumers resuming from a saved cursor are at-least-once (read_events) and
+  Cassandra has no multi-row transactions.
 - Concurrent writers (threads, processes, replicas; tests/store/test_store_races.py):
   concurrent put_image of one image stores it once, exactly one call returns True and
   one IMAGE_INGESTED is appended; concurrent put_model_version(version=0) get distinct
@@ -478,9 +479,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def read_events(self, after_cursor: str, limit: int = 1000) -> list[EventRecord]:
-        """Events after the cursor in log order ("" = from the beginning).
-        At-least-once: a consumer may see an event again and must dedupe by
-        cursor or be idempotent."""
+        """Events after the cursor in log order ("" = from the beginning). Every appended
+        (acknowledged) event is delivered; how often:
+        - SQLite: exactly once after any cursor (one sequence, assigned in the append's transaction).
+        - Cassandra: exactly once after a cursor this store object handed out (a consumer
+          following the log: events landing out of order are delivered late, never dropped;
+          an append acknowledged late is stored twice, and readers deliver it once per
+          `origin`, whichever copy they meet first). After a cursor from elsewhere (another
+          process, a restart) at-least-once: the ~2 s before it may come again, and so may the
+          copy of an event before it. Such a consumer dedupes by `origin or cursor` or is
+          idempotent."""
 
     @abc.abstractmethod
     def latest_cursor(self) -> str:

@@ -36,12 +36,19 @@ race would lose or duplicate data (see "Conditional writes" below):
 - Event log: partitions of one minute (events_by_minute), clustered by timeuuid;
   cursor = hex timestamp + timeuuid, so cursors order as strings too. Writers in
   different processes can land out of order, so read_events re-reads a short lag
-  window before the cursor and returns events there it had not delivered (it
-  remembers, per cursor it handed out, which ids were delivered up to it; a cursor it does not
-  know, e.g. from another process, gets that window again: at-least-once). An
-  append acknowledged later than half the window is appended again with a fresh
-  id, so no event can land behind a window already read. Clocks of writers must be
-  in sync (same host or NTP).
+  window before the cursor and returns events there it had not delivered. An append
+  acknowledged later than half the window is appended again with a fresh id (readers
+  may have read past the first id before it landed: nothing acknowledged is lost), and
+  every such copy carries the first copy's id as its `origin`. Readers deliver an event
+  once per origin: read_events remembers, per cursor it handed out, which origins its
+  reader line delivered (in the lag window, and for copies back COPY_HORIZON_S), so a
+  reader that got the first copy skips the later ones and one that missed it gets the
+  next. Exactly once for cursors this store instance handed out; a cursor it does not
+  know (another process, a restart, one evicted from REMEMBERED_CURSORS) gets the lag
+  window again, and copies of events before it: at-least-once. (Why copies and not
+  one id: a write's visibility and its acknowledgement are not ordered, so the writer
+  cannot tell whether a reader saw a late first copy; only the reader can, by origin.)
+  Clocks of writers must be in sync (same host or NTP).
 """
 from __future__ import annotations
 
@@ -125,8 +132,13 @@ UNKNOWN_GRACE_S = 3600      # gc_grace_seconds of unknown_faces: readers check i
 DAY_S = 86400
 EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
+EVENT_APPEND_ATTEMPTS = 3   # copies of one event at most (each after a late acknowledgement)
+REQUEST_TIMEOUT_S = 30      # the driver's limit for one request: no write is acknowledged later
+# A copy is stamped at most this long after its origin: readers remember origins that long.
+COPY_HORIZON_S = EVENT_APPEND_ATTEMPTS * REQUEST_TIMEOUT_S + EVENT_LAG_S
 FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
 REMEMBERED_CURSORS = 50_000
+COUNT_RANGES = 256          # token ranges count_faces counts separately (~4k faces each at 1M)
 LWT_ATTEMPTS = 50           # a conditional write that keeps losing races raises StoreConflict
 SCHEMA_COMPONENT = "visage"
 
@@ -208,6 +220,9 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
     lambda store: store._move_to_last_verdict(),
     """DROP TABLE IF EXISTS {ks}.predictions_by_persona""",
     """DROP TABLE IF EXISTS {ks}.prediction_versions""",
+], [
+    # Exact event appends: a copy of a late-acknowledged event names its first copy (see the module doc).
+    lambda store: store._add_column("events_by_minute", "origin", "timeuuid"),
 ]]
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -286,7 +301,7 @@ def _event_key(event_id: uuid.UUID) -> str:
 
 def _event_id(cursor: str) -> uuid.UUID:
     try:
-        return uuid.UUID(hex=cursor.split("-", 1)[1])
+        return uuid.UUID(hex=cursor.split("-", 1)[1].split("~", 1)[0])  # ~n: a variant (_remember_cursor)
     except (IndexError, ValueError) as e:
         raise ValueError(f"malformed event cursor {cursor!r}") from e
 
@@ -295,19 +310,62 @@ def _bucket(event_id: uuid.UUID) -> int:
     return int(unix_time_from_uuid1(event_id) // EVENT_BUCKET_S)
 
 
+class _Batch:
+    """One read_events answer: the origins its reader line had delivered in the lag window
+    before it (`base`), its events' ids and origins in order, and the line's cursor it was
+    read after (`earlier`; None at the line's start or beyond COPY_HORIZON_S)."""
+
+    def __init__(self, base: frozenset[uuid.UUID], ids: list[uuid.UUID], origins: list[uuid.UUID],
+                 earlier: "_Delivered | None"):
+        self.base, self.ids, self.origins, self.earlier = base, ids, origins, earlier
+        self.positions = {origin: i for i, origin in enumerate(origins)}
+        self.newest = max((unix_time_from_uuid1(i) for i in ids), default=0.0)
+
+
 class _Delivered:
-    """Ids delivered up to one cursor: those known delivered before its batch (`base`)
-    plus the batch's events up to the cursor's position (shared by the whole batch)."""
+    """Origins a reader line delivered up to one cursor: its batch's `base`, the batch's
+    events up to the cursor's position, and (for copies, `ever`) the line's earlier batches."""
     NOTHING: "_Delivered"
 
-    def __init__(self, base: frozenset[uuid.UUID], batch_positions: dict[uuid.UUID, int], upto: int):
-        self.base, self.batch_positions, self.upto = base, batch_positions, upto
+    def __init__(self, batch: _Batch, upto: int):
+        self.batch, self.upto = batch, upto
 
-    def has(self, event_id: uuid.UUID) -> bool:
-        return event_id in self.base or self.batch_positions.get(event_id, self.upto + 1) <= self.upto
+    def has(self, origin: uuid.UUID) -> bool:
+        """Delivered in the lag window before the cursor (enough for a first copy, which
+        the window holds)."""
+        return origin in self.batch.base or self.batch.positions.get(origin, self.upto + 1) <= self.upto
+
+    def ever(self, origin: uuid.UUID) -> bool:
+        """Delivered by this line at all, back COPY_HORIZON_S (a copy's origin may lie before the window)."""
+        node: _Delivered | None = self
+        while node is not None:
+            if node.has(origin):
+                return True
+            node = node.batch.earlier
+        return False
+
+    def window(self, at: uuid.UUID) -> frozenset[uuid.UUID]:
+        """The origins delivered in the lag window before the cursor at event `at`: what a read
+        from that cursor consults (two readers that agree on it may share the cursor)."""
+        since = at.time - int(EVENT_LAG_S * 1e7)  # uuid1 time: 100 ns ticks
+        got = {origin for origin in self.batch.base if origin.time >= since}
+        for i in range(self.upto, -1, -1):  # the batch is in log order: its window is a tail
+            if self.batch.ids[i].time < since:
+                break
+            got.add(self.batch.origins[i])
+        return frozenset(got)
+
+    def prune(self, oldest: float) -> None:
+        """Cuts the line before its first batch whose newest event is older than `oldest`."""
+        node = self
+        while (earlier := node.batch.earlier) is not None:
+            if earlier.batch.newest < oldest:
+                node.batch.earlier = None
+                return
+            node = earlier
 
 
-_Delivered.NOTHING = _Delivered(frozenset(), {}, -1)
+_Delivered.NOTHING = _Delivered(_Batch(frozenset(), [], [], None), -1)
 
 
 def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
@@ -325,7 +383,8 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
     policy = (TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)) if config.local_dc
               else TokenAwarePolicy(RoundRobinPolicy()))
     profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=ConsistencyLevel.LOCAL_QUORUM,
-                               serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL, request_timeout=30)
+                               serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+                               request_timeout=REQUEST_TIMEOUT_S)
     options: dict = {}
     if config.username:
         options["auth_provider"] = PlainTextAuthProvider(config.username, config.password)
@@ -384,6 +443,10 @@ class CassandraStore(Store):
         self._known_buckets: set[int] = set()
         # cursor handed out -> the ids in its lag window delivered up to and including it
         self._delivered_at: OrderedDict[str, _Delivered] = OrderedDict()
+        self._variants = itertools.count(1)
+        self._sighted: OrderedDict[uuid.UUID, float] = OrderedDict()  # event id -> first seen (wall time)
+        self._late: set[uuid.UUID] = set()  # first copies first seen long after their stamp
+        self.clock: Callable[[], float] = time.time  # stamps events (tests inject a slow acknowledgement)
 
     # ---- plumbing --------------------------------------------------------
     def _stmt(self, cql: str) -> PreparedStatement:
@@ -393,7 +456,7 @@ class CassandraStore(Store):
             self._prepared[cql] = stmt
         return stmt
 
-    def _run(self, cql: str, args: tuple = (), fetch_size: int | None = None, timeout: float = 30,
+    def _run(self, cql: str, args: tuple = (), fetch_size: int | None = None, timeout: float = REQUEST_TIMEOUT_S,
              serial: bool = False):
         """`serial`: a linearizable read, which sees every applied compare-and-set."""
         bound = self._stmt(cql).bind(args)
@@ -778,7 +841,15 @@ class CassandraStore(Store):
         return faces
 
     def count_faces(self) -> int:
-        return self._run("SELECT COUNT(*) FROM {ks}.faces", timeout=120).one()[0]
+        # One COUNT(*) over the whole table is one range read the node must finish within its
+        # range-read timeout: at 1M faces on a busy node it fails. COUNT_RANGES token ranges,
+        # counted many at a time, are each a small read.
+        bounded = self._stmt("SELECT COUNT(*) FROM {ks}.faces WHERE token(face_id) >= ? AND token(face_id) < ?")
+        last = self._stmt("SELECT COUNT(*) FROM {ks}.faces WHERE token(face_id) >= ?")
+        ranges = [_token_bounds(shard, COUNT_RANGES) for shard in range(COUNT_RANGES)]
+        statements = [(bounded, (low, high)) if high is not None else (last, (low,)) for low, high in ranges]
+        results = execute_concurrent(self._session, statements, concurrency=CONCURRENCY, raise_on_first_error=True)
+        return sum(result.one()[0] for _ok, result in results)
 
     def iter_embeddings(self, batch_size: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
         # One paged scan in token order; the driver fetches the next page while we build this batch.
@@ -1299,20 +1370,24 @@ class CassandraStore(Store):
     # ---- event log -------------------------------------------------------
     def append_event(self, type: int, subject: str, attributes: dict[str, str] | None = None) -> EventRecord:
         attributes = {str(k): str(v) for k, v in with_actor(attributes).items()}
-        for attempt in range(3):
-            event_id = uuid_from_time(time.time())  # random node + clock sequence: unique across writers
+        origin: uuid.UUID | None = None  # the first copy's id, on every later copy
+        for attempt in range(EVENT_APPEND_ATTEMPTS):
+            event_id = uuid_from_time(self.clock())  # random node + clock sequence: unique across writers
             bucket = _bucket(event_id)
             if bucket not in self._known_buckets:
                 self._run("INSERT INTO {ks}.event_buckets (shard, bucket) VALUES (0, ?)", (bucket,))
                 self._known_buckets.add(bucket)
-            self._run("INSERT INTO {ks}.events_by_minute (bucket, id, type, subject, attributes) "
-                      "VALUES (?, ?, ?, ?, ?)", (bucket, event_id, type, subject, attributes))
-            late_by = time.time() - unix_time_from_uuid1(event_id)
+            self._run("INSERT INTO {ks}.events_by_minute (bucket, id, origin, type, subject, attributes) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", (bucket, event_id, origin, type, subject, attributes))
+            late_by = self.clock() - unix_time_from_uuid1(event_id)
             if late_by < EVENT_LAG_S / 2:
                 break
-            # Readers may already have read past this id's lag window: append it again, later.
+            # Readers may already have read past this id's lag window: append it again, later,
+            # naming the first copy, so a reader that got that one skips this one.
+            origin = origin or event_id
             log.warning("event append acknowledged after %.1fs; appending it again (attempt %d)", late_by, attempt + 2)
-        return EventRecord(_event_key(event_id), type, subject, attributes, unix_time_from_uuid1(event_id))
+        return EventRecord(_event_key(event_id), type, subject, attributes, unix_time_from_uuid1(event_id),
+                           _event_key(origin or event_id))
 
     def _scan_events(self, after: uuid.UUID | None) -> Iterator[tuple[uuid.UUID, object]]:
         """Events in log order from the lag window before `after` (or from the start)."""
@@ -1324,10 +1399,10 @@ class CassandraStore(Store):
         for bucket_row in self._run("SELECT bucket FROM {ks}.event_buckets WHERE shard = 0 AND bucket >= ?",
                                     (buckets_from,), fetch_size=1000):
             if lower is None or bucket_row.bucket > _bucket(lower):
-                rows = self._run("SELECT id, type, subject, attributes FROM {ks}.events_by_minute WHERE bucket = ?",
-                                 (bucket_row.bucket,), fetch_size=2000)
+                rows = self._run("SELECT id, origin, type, subject, attributes FROM {ks}.events_by_minute "
+                                 "WHERE bucket = ?", (bucket_row.bucket,), fetch_size=2000)
             else:
-                rows = self._run("SELECT id, type, subject, attributes FROM {ks}.events_by_minute "
+                rows = self._run("SELECT id, origin, type, subject, attributes FROM {ks}.events_by_minute "
                                  "WHERE bucket = ? AND id >= ?", (bucket_row.bucket, lower), fetch_size=2000)
             for row in rows:
                 yield row.id, row
@@ -1336,29 +1411,90 @@ class CassandraStore(Store):
         after = _event_id(after_cursor) if after_cursor else None
         with self._lock:
             delivered = self._delivered_at.get(after_cursor) if after_cursor else _Delivered.NOTHING
-        events: list[EventRecord] = []
+        if delivered is None:  # a cursor from elsewhere: only its own event is known delivered
+            delivered = _Delivered(_Batch(frozenset({self._origin_of(after)}), [], [], None), -1)
+        rows: list = []
+        ids: list[uuid.UUID] = []
+        origins: list[uuid.UUID] = []
+        in_batch: set[uuid.UUID] = set()
         still_delivered: set[uuid.UUID] = set()
+        scanned: list[tuple[uuid.UUID, bool]] = []
         for event_id, row in self._scan_events(after):
-            if len(events) >= limit:
+            if len(rows) >= limit:
                 break
-            if event_id == after or (delivered is not None and delivered.has(event_id)):
-                still_delivered.add(event_id)
+            scanned.append((event_id, row.origin is None))
+            origin = row.origin or event_id
+            if origin in in_batch:
+                continue  # a copy of an event this batch delivers
+            if event_id == after or (delivered.ever(origin) if row.origin else delivered.has(origin)):
+                still_delivered.add(origin)
                 continue
-            # New, or late (ordered before the cursor but not delivered with it), or - for a
-            # cursor this instance did not hand out - possibly a repeat from the lag window.
-            events.append(EventRecord(_event_key(event_id), row.type, row.subject, dict(row.attributes or {}),
-                                      unix_time_from_uuid1(event_id)))
-        self._remember(events, frozenset(still_delivered))
-        return events
+            # New, or late (ordered before the cursor but not delivered with it), or the copy
+            # of one this line never got, or - for a cursor from elsewhere - possibly a repeat.
+            rows.append(row)
+            ids.append(event_id)
+            origins.append(origin)
+            in_batch.add(origin)
+        self._sight(scanned)
+        batch = _Batch(frozenset(still_delivered), ids, origins, delivered)
+        cursors = self._remember(batch)
+        return [EventRecord(cursor, row.type, row.subject, dict(row.attributes or {}), unix_time_from_uuid1(row.id),
+                            _event_key(origin)) for cursor, row, origin in zip(cursors, rows, origins)]
 
-    def _remember(self, events: list[EventRecord], base: frozenset[uuid.UUID]) -> None:
-        positions = {_event_id(event.cursor): i for i, event in enumerate(events)}
+    def _origin_of(self, event_id: uuid.UUID) -> uuid.UUID:
+        """The origin of a stored event (itself if it is no copy or is gone)."""
+        row = self._run("SELECT origin FROM {ks}.events_by_minute WHERE bucket = ? AND id = ?",
+                        (_bucket(event_id), event_id)).one()
+        return (row.origin if row else None) or event_id
+
+    def _remember(self, batch: _Batch) -> list[str]:
+        """The batch's cursors, each remembered with what its line delivered up to it."""
         with self._lock:
-            for i, event in enumerate(events):
-                self._delivered_at[event.cursor] = _Delivered(base, positions, i)
-                self._delivered_at.move_to_end(event.cursor)
+            if batch.earlier is not None and batch.ids:
+                batch.earlier.prune(batch.newest - COPY_HORIZON_S)
+            cursors = [self._remember_cursor(event_id, _Delivered(batch, i)) for i, event_id in enumerate(batch.ids)]
             while len(self._delivered_at) > REMEMBERED_CURSORS:
                 self._delivered_at.popitem(last=False)
+        return cursors
+
+    def _remember_cursor(self, event_id: uuid.UUID, delivered: _Delivered) -> str:
+        """The cursor of this event for this line. Readers in one process often end at the same
+        event; when they disagree on what they delivered (one got a late arrival the other has
+        yet to get, in the lag window or - for a first copy that landed later than the window,
+        whose copy is coming - before it), this line gets a cursor of its own, a variant `~n`,
+        so neither's memory hides an event from the other. Called with the lock held."""
+        cursor = _event_key(event_id)
+        known = self._delivered_at.get(cursor)
+        if known is not None and (known.window(event_id) != delivered.window(event_id)
+                                  or self._disagree_on_late(known, delivered, event_id)):
+            cursor = f"{cursor}~{next(self._variants):x}"
+            known = None
+        if known is None:
+            self._delivered_at[cursor] = delivered
+        self._delivered_at.move_to_end(cursor)
+        return cursor
+
+    def _disagree_on_late(self, one: _Delivered, other: _Delivered, at: uuid.UUID) -> bool:
+        """Whether two lines at one cursor differ on a first copy before its lag window that landed
+        later than EVENT_LAG_S after its stamp (only such an event can reach one line and miss another)."""
+        window_start, horizon = at.time - int(EVENT_LAG_S * 1e7), at.time - int(COPY_HORIZON_S * 1e7)
+        return any(one.ever(origin) != other.ever(origin) for origin in self._late
+                   if horizon <= origin.time < window_start)
+
+    def _sight(self, rows: list[tuple[uuid.UUID, bool]]) -> None:
+        """Notes when this process first saw each event (id, is a first copy) a scan returned:
+        a first copy first seen later than EVENT_LAG_S after its stamp landed late (see
+        _disagree_on_late). Forgets sightings older than COPY_HORIZON_S."""
+        now = time.time()
+        with self._lock:
+            for event_id, first_copy in rows:
+                if event_id not in self._sighted:
+                    self._sighted[event_id] = now
+                    # (Older ones: every copy has been written; lines that far behind meet first copy and copies alike.)
+                    if first_copy and EVENT_LAG_S < now - unix_time_from_uuid1(event_id) <= COPY_HORIZON_S:
+                        self._late.add(event_id)
+            while self._sighted and next(iter(self._sighted.values())) < now - COPY_HORIZON_S:
+                self._late.discard(self._sighted.popitem(last=False)[0])
 
     def compact_events(self, before: float) -> int:
         # Whole minute partitions only: one that also holds newer events waits for the next run.
@@ -1381,11 +1517,12 @@ class CassandraStore(Store):
         if not last:
             return ""
         # Everything visible in the window now counts as delivered; later arrivals do not.
-        visible = {event_id for event_id, _row in self._scan_events(last[0].id)} | {last[0].id}
-        cursor = _event_key(max(visible, key=_event_key))
+        window = {event_id: row.origin or event_id for event_id, row in self._scan_events(last[0].id)}
+        self._sight([(event_id, origin == event_id) for event_id, origin in window.items()])
+        newest = max({*window, last[0].id}, key=_event_key)
+        visible = _Batch(frozenset({*window.values(), window.get(newest, newest)}), [], [], None)
         with self._lock:
-            self._delivered_at[cursor] = _Delivered(frozenset(visible), {}, 0)
-        return cursor
+            return self._remember_cursor(newest, _Delivered(visible, -1))
 
     # ---- shared work -------------------------------------------------------
     def iter_shard_embeddings(self, shard: int, shards: int, batch_size: int = 8192

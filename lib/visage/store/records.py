@@ -103,6 +103,9 @@ class EventRecord:
     subject: str
     attributes: dict[str, str]
     create_time: float
+    # Which event this is, however many copies of it the log holds (Cassandra appends an event
+    # acknowledged late again): Cassandra, its first copy's position; SQLite "" (the cursor says it).
+    origin: str = ""
 
 
 @dataclass
