@@ -41,7 +41,7 @@ from PIL import Image
 from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
 from visage.store.cassandra import CassandraStore, _bucket
-from visage.store.records import FaceRecord, LabelRecord
+from visage.store.records import FaceRecord, LabelRecord, UnknownFaceKey
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.models import ActiveModel
@@ -139,6 +139,7 @@ def generate(store: CassandraStore, faces: int, seed: int = 0) -> tuple[list[str
     day = int(now // 86400)
     store._run("INSERT INTO {ks}.days (kind, day) VALUES ('images', ?)", (day,))
     labelled: list[str] = []
+    index_keys: dict[str, UnknownFaceKey] = {}  # the labelled faces' unknown-faces index keys
     step = 50_000
     for start_row in range(0, faces, step):
         count = min(step, faces - start_row)
@@ -157,7 +158,12 @@ def generate(store: CassandraStore, faces: int, seed: int = 0) -> tuple[list[str
                                            FIVE_LANDMARKS, rows[i], crop, created))
             if not stranger[i] and known[i] < personas:  # each persona's first face
                 labelled.append(face_records[-1].face_id)
+        image_time = dict(images)
+        unknown = [UnknownFaceKey(image_time[f.image_id], f.image_id, f.index, f.face_id) for f in face_records]
+        labelled_so_far = set(labelled)
+        index_keys.update((key.face_id, key) for key in unknown if key.face_id in labelled_so_far)
         run_all(store, itertools.chain(
+            store._unknown_rows(unknown),  # a new face is unknown until labelled or predicted (as put_image)
             store._bound("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, 0, ?)",
                          [(image_id, content) for image_id, _ in images]),
             image_batches(store._face_writes(face_records)),
@@ -178,6 +184,8 @@ def generate(store: CassandraStore, faces: int, seed: int = 0) -> tuple[list[str
     bulk(store, "INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time, belongs) "
                 "VALUES (?, ?, ?, 'bench', ?, ?)",
          [(face_id, persona_ids[k], pb.VERDICT_BELONGS, now, persona_ids[k]) for k, face_id in enumerate(labelled[:-LATE_LABELS])])
+    # Labelled faces are known: out of the unknown-faces index, as put_labels would leave them.
+    run_all(store, store._unknown_rows([index_keys[face_id] for face_id in labelled[:-LATE_LABELS]], present=False))
     labelled_at = time.time()
     run_all(store, event_writes(store, event_rows(pb.EVENT_TYPE_FACE_LABELLED, [
         (labelled_at, face_id, {"persona_id": persona_ids[k], "verdict": "VERDICT_BELONGS"})
