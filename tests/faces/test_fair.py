@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from visage.faces.fair import FairSlots
+from visage.faces.fair import MAX_PASSES, FairSlots
 
 WAIT = 30
 
@@ -60,3 +60,65 @@ def test_one_caller_alone_uses_every_slot():
     release.set()
     for thread in threads:
         thread.join(WAIT)
+
+
+def admission_order(slots: FairSlots, requests: list[tuple[str, str, int]]) -> list[str]:
+    """Queues `requests` (name, caller, cost) in this order behind one request
+    holding every unit, releases it, and returns the order they were admitted in
+    (each holds its units until all have been admitted or are waiting)."""
+    order: list[str] = []
+    release = threading.Event()
+
+    def use(caller: str, name: str, cost: int) -> None:
+        with slots.slot(caller, cost):
+            order.append(name)
+            release.wait(WAIT)
+
+    blocker = threading.Thread(target=use, args=("blocker", "blocker", slots.capacity))
+    blocker.start()
+    wait_until(lambda: order == ["blocker"])
+    threads = []
+    for name, caller, cost in requests:
+        threads.append(threading.Thread(target=use, args=(caller, name, cost)))
+        threads[-1].start()
+        wait_until(lambda: slots.waiting() == len(threads))
+    release.set()  # everyone admitted from now on leaves again at once
+    for thread in [blocker, *threads]:
+        thread.join(WAIT)
+    return order[1:]
+
+
+def test_callers_are_charged_by_cost_so_a_light_caller_overtakes_a_heavy_callers_queue():
+    # One unit is one light image; a heavy image costs 3. Both callers queue three images,
+    # the heavy caller first: after its first, the light caller's all go before its 2nd and 3rd.
+    order = admission_order(FairSlots(4), [("h1", "heavy", 3), ("h2", "heavy", 3), ("h3", "heavy", 3),
+                                           ("l1", "light", 1), ("l2", "light", 1), ("l3", "light", 1)])
+    assert order == ["h1", "l1", "l2", "l3", "h2", "h3"]
+
+
+def test_a_heavy_request_is_delayed_by_lighter_ones_but_never_starved():
+    # h1 does not fit beside anything else; lighter requests may pass it MAX_PASSES times, no more.
+    slots = FairSlots(2)
+    release_first, order = threading.Event(), []
+
+    def use(caller: str, name: str, cost: int, release: threading.Event | None = None) -> None:
+        with slots.slot(caller, cost):
+            order.append(name)
+            if release:
+                release.wait(WAIT)
+
+    first = threading.Thread(target=use, args=("light", "l0", 1, release_first))
+    first.start()
+    wait_until(lambda: order == ["l0"])
+    heavy = threading.Thread(target=use, args=("heavy", "h1", 2))
+    heavy.start()
+    wait_until(lambda: slots.waiting() == 1)
+    # While l0 holds a unit, light requests keep coming; each fits beside l0 and passes h1.
+    for number in range(1, MAX_PASSES + 3):
+        threading.Thread(target=use, args=(f"light{number}", f"l{number}", 1)).start()
+        wait_until(lambda n=number: len(order) + slots.waiting() == n + 2)  # l0, h1 and l1..ln each in one
+    assert order[:MAX_PASSES + 1] == [f"l{n}" for n in range(MAX_PASSES + 1)]
+    assert slots.waiting() == 3  # h1 and the two lights behind it, which no longer pass
+    release_first.set()
+    wait_until(lambda: len(order) == MAX_PASSES + 4)
+    assert order[MAX_PASSES + 1] == "h1"
