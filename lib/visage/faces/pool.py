@@ -9,14 +9,15 @@ which must not be forked. Workers die with their service (visage.lifeline):
 every worker is started by the thread that builds or replaces the pool, a
 thread that lives until the service stops.
 
-Back-pressure: at most two images per worker are admitted (one running, one
-queued); further callers block in analyze() instead of piling image bytes
-into an unbounded queue, and are admitted fairly across callers (faces.fair).
-Work in flight is counted in cost units, not images (image_cost): a heavy
-image holds the share of a light one running plus one queued and more, so two
-callers sending 36-megapixel images occupy one worker at a time and leave the
-other to light images instead of holding every worker for ~0.7 s per image.
-The price: when only heavy images wait, part of the pool idles."""
+Back-pressure: at most two cost units per worker are admitted (two typical
+images: one running, one queued); further callers block in analyze() instead
+of piling image bytes into an unbounded queue, and are admitted fairly across
+callers (faces.fair). An image's cost is its detection pixels (image_cost),
+so heavy images leave room for light ones: on two workers, images of 6000x6000
+(cost 3) run one at a time while the other worker takes light images, instead
+of both workers being held ~0.7 s per image. The price: a batch of only such
+near-square images over ~1560 px a side runs on half the workers. Photos of
+other shapes (a 4:3 phone photo costs 2) still fill every worker."""
 from __future__ import annotations
 
 import logging
