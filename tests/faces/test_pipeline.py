@@ -109,9 +109,9 @@ def decoded(monkeypatch) -> list[tuple[int, int]]:
     real_decode = pipeline_module.decode_image
 
     def recording_decode(*args, **kwargs):
-        image, content_type = real_decode(*args, **kwargs)
-        sizes.append(image.size)
-        return image, content_type
+        decoded = real_decode(*args, **kwargs)
+        sizes.append(decoded.image.size)
+        return decoded
 
     monkeypatch.setattr(pipeline_module, "decode_image", recording_decode)
     return sizes
@@ -120,6 +120,7 @@ def decoded(monkeypatch) -> list[tuple[int, int]]:
 def test_a_huge_jpeg_is_decoded_only_as_large_as_detection_needs(pipeline, faces_dir, decoded):
     photo = Image.open(faces_dir / "presidents" / "obama" / "obama1.jpg")  # 910x1137, one face
     normal = pipeline.analyze(encode(photo, quality=95))
+    decoded.clear()
     huge = photo.resize((photo.width * 5, photo.height * 5), Image.Resampling.BICUBIC)  # 4550x5685
     analyzed = FacePipeline(Config(max_image_bytes=50_000_000), FaceSettings()).analyze(encode(huge, quality=90))
     # Half size (the largest DCT reduction keeping the long side >= detect_max_side, 1600);
@@ -150,9 +151,15 @@ def test_only_jpeg_is_decoded_reduced():
         content = encode(Image.new("RGB", (6400, 3200), "grey"), fmt)
         header = Image.open(io.BytesIO(content))
         reduction = pipeline_module.reduction_for(header, 1600)
-        image, _ = pipeline_module.decode_image(content, 50_000_000, 40_000_000, reduction=reduction)
-        sizes[fmt] = (reduction, image.size)
-    assert sizes == {"JPEG": (4, (1600, 800)), "PNG": (1, (6400, 3200)), "WEBP": (1, (6400, 3200))}
+        decoded = pipeline_module.decode_image(content, 50_000_000, 40_000_000, reduction=reduction)
+        sizes[fmt] = (reduction, decoded.image.size, decoded.full_size)
+    assert sizes == {"JPEG": (4, (1600, 800), (6400, 3200)), "PNG": (1, (6400, 3200), (6400, 3200)),
+                     "WEBP": (1, (6400, 3200), (6400, 3200))}
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": upright, the reduced image and the full size turn alike
+    decoded = pipeline_module.decode_image(encode(Image.new("RGB", (6400, 3200), "grey"), exif=exif.tobytes()),
+                                           50_000_000, 40_000_000, reduction=4)
+    assert (decoded.image.size, decoded.full_size) == ((800, 1600), (3200, 6400))
 
 
 def center(box) -> np.ndarray:

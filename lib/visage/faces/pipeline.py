@@ -10,6 +10,7 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -119,21 +120,27 @@ def detection_pixels(width: int, height: int, detect_max_side: int) -> int:
     return round(width * scale) * round(height * scale)
 
 
+class Decoded(NamedTuple):
+    image: Image.Image  # upright RGB; a reduced JPEG's at 1/reduction of full_size
+    content_type: str  # MIME type
+    full_size: tuple[int, int]  # width, height upright at full resolution
+
+
 def decode_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int = 1,
-                 reduction: int = 1) -> tuple[Image.Image, str]:
-    """Decodes to an upright RGB image; returns it with its MIME type. A JPEG
-    is decoded at 1/`reduction` of its size (see reduction_for); other
-    formats ignore `reduction`."""
+                 reduction: int = 1) -> Decoded:
+    """Decodes to an upright RGB image. A JPEG is decoded at 1/`reduction` of
+    its size (see reduction_for); other formats ignore `reduction`."""
     image = open_image(content, max_bytes, max_pixels, min_side)
     content_type = Image.MIME.get(image.format or "", "application/octet-stream")
+    width, height = image.size
     if reduction > 1 and image.format == "JPEG":
-        width, height = image.size
         image.draft(None, (width // reduction, height // reduction))  # DCT scaling: exactly 1/reduction
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
             upright = ImageOps.exif_transpose(image)
+            turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # read by exif_transpose
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InvalidImage(f"decompression bomb refused: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
@@ -141,7 +148,7 @@ def decode_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int 
     if upright.size != image.size and upright.size[::-1] != image.size:
         raise InvalidImage(f"image decoded to {upright.width}x{upright.height}, not the {image.width}x{image.height} "
                            "its header claims")
-    return _to_rgb(upright), content_type
+    return Decoded(_to_rgb(upright), content_type, (height, width) if turned else (width, height))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -175,23 +182,22 @@ class FacePipeline:
     def analyze(self, content: bytes) -> AnalyzedImage:
         header = open_image(content, self.config.max_image_bytes, self.settings.max_pixels,
                             self.settings.min_face_size)
-        width, height = _upright_size(header)
         # A large JPEG is decoded only as large as detection uses (a 6000x6000 one
         # at 3000x3000, a quarter of the work); faces too small there for a full
         # chip get a finer decode below. Boxes and landmarks are in original pixels.
         reduction = reduction_for(header, self.settings.detect_max_side)
-        image, content_type = self._decode(content, reduction)
+        image, content_type, (width, height) = self._decode(content, reduction)
         boxes = [_scale_box(box, width / image.width, height / image.height) for box in self._detect(image)]
         boxes = [box for box in boxes if _short_side(box) >= self.settings.min_face_size]
         boxes.sort(key=lambda box: (box[0], box[1]))  # stable, human-friendly face order
         finer = _reduction_to_describe(boxes, reduction)
         if finer < reduction:
-            image, _ = self._decode(content, finer)
+            image = self._decode(content, finer).image
         rgb = np.asarray(image)
         faces = [self._describe(rgb, box, width, height) for box in boxes]
         return AnalyzedImage(content_type=content_type, width=width, height=height, faces=faces)
 
-    def _decode(self, content: bytes, reduction: int) -> tuple[Image.Image, str]:
+    def _decode(self, content: bytes, reduction: int) -> Decoded:
         return decode_image(content, self.config.max_image_bytes, self.settings.max_pixels,
                             self.settings.min_face_size, reduction)
 
@@ -229,12 +235,6 @@ class FacePipeline:
             embedding=embedding,
             crop_jpeg=_jpeg(chip),
         )
-
-
-def _upright_size(header: Image.Image) -> tuple[int, int]:
-    """The size after EXIF orientation (ImageOps.exif_transpose), from the header alone."""
-    width, height = header.size
-    return (height, width) if header.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8) else (width, height)
 
 
 def _scale_box(box: Box, x_scale: float, y_scale: float) -> Box:
