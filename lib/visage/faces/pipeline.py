@@ -111,13 +111,17 @@ def reduction_for(image: Image.Image, min_long_side: int) -> int:
     return next((factor for factor in (8, 4, 2) if max(image.size) // factor >= min_long_side), 1)
 
 
-def detection_pixels(width: int, height: int, detect_max_side: int) -> int:
-    """How many pixels the detector examines for an image this size (it is
-    downscaled to detect_max_side first; see FacePipeline._detect). Detection
-    is most of an image's CPU time, and it grows with these pixels."""
+def detection_scale(width: int, height: int, detect_max_side: int) -> float:
+    """How much an image is downscaled for detection (FacePipeline._detect)."""
     longest = max(width, height)
-    scale = detect_max_side / longest if detect_max_side and longest > detect_max_side else 1.0
-    return round(width * scale) * round(height * scale)
+    return detect_max_side / longest if detect_max_side and longest > detect_max_side else 1.0
+
+
+def detection_pixels(width: int, height: int, detect_max_side: int) -> int:
+    """How many pixels the detector examines for an image this size. Detection
+    is most of an image's CPU time, and it grows with these pixels."""
+    scale = detection_scale(width, height, detect_max_side)
+    return max(1, round(width * scale)) * max(1, round(height * scale))
 
 
 class Decoded(NamedTuple):
@@ -209,16 +213,12 @@ class FacePipeline:
         every photo kept the same face count down to 640 px. HOG time grows
         with pixels, so a 12 MP phone photo costs ~6x less at 1600 while faces
         down to ~100 original px (2.5% of a 4032 px side) are still found."""
-        scale = self._detection_scale(image)
+        scale = detection_scale(image.width, image.height, self.settings.detect_max_side)
         if scale == 1.0:
             return self.detector.detect(np.asarray(image))
         small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.BILINEAR)
         return [tuple(round(v / scale) for v in box) for box in self.detector.detect(np.asarray(small))]
-
-    def _detection_scale(self, image: Image.Image) -> float:
-        longest, limit = max(image.size), self.settings.detect_max_side
-        return limit / longest if limit and longest > limit else 1.0
 
     def _describe(self, rgb: np.ndarray, box: Box, width: int, height: int) -> FoundFace:
         """`box` is in original pixels (width x height); `rgb` may be a reduced decode."""
