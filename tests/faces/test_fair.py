@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from visage.faces.fair import MAX_PASSES, FairSlots
+from visage.faces.fair import FairSlots
 
 WAIT = 30
 
@@ -96,29 +96,27 @@ def test_callers_are_charged_by_cost_so_a_light_caller_overtakes_a_heavy_callers
     assert order == ["h1", "l1", "l2", "l3", "h2", "h3"]
 
 
-def test_a_heavy_request_is_delayed_by_lighter_ones_but_never_starved():
-    # h1 does not fit beside anything else; lighter requests may pass it MAX_PASSES times, no more.
-    slots = FairSlots(2)
-    release_first, order = threading.Event(), []
+def test_light_requests_pass_a_waiting_heavy_one_only_within_the_room_it_leaves():
+    # h1 (5 of 6 units) waits for h0 (4), ahead of the light caller (it came first, with nothing
+    # charged yet). One light unit may run beside h0 without delaying h1;
+    # a second would fit too, but h1 could then not start the moment h0 leaves: it waits.
+    slots = FairSlots(6)
+    order: list[str] = []
+    release = {name: threading.Event() for name in ("h0", "h1", "l1", "l2")}
 
-    def use(caller: str, name: str, cost: int, release: threading.Event | None = None) -> None:
+    def use(caller: str, name: str, cost: int) -> None:
         with slots.slot(caller, cost):
             order.append(name)
-            if release:
-                release.wait(WAIT)
+            release[name].wait(WAIT)
 
-    first = threading.Thread(target=use, args=("light", "l0", 1, release_first))
-    first.start()
-    wait_until(lambda: order == ["l0"])
-    heavy = threading.Thread(target=use, args=("heavy", "h1", 2))
-    heavy.start()
-    wait_until(lambda: slots.waiting() == 1)
-    # While l0 holds a unit, light requests keep coming; each fits beside l0 and passes h1.
-    for number in range(1, MAX_PASSES + 3):
-        threading.Thread(target=use, args=(f"light{number}", f"l{number}", 1)).start()
-        wait_until(lambda n=number: len(order) + slots.waiting() == n + 2)  # l0, h1 and l1..ln each in one
-    assert order[:MAX_PASSES + 1] == [f"l{n}" for n in range(MAX_PASSES + 1)]
-    assert slots.waiting() == 3  # h1 and the two lights behind it, which no longer pass
-    release_first.set()
-    wait_until(lambda: len(order) == MAX_PASSES + 4)
-    assert order[MAX_PASSES + 1] == "h1"
+    for count, (name, caller, cost) in enumerate(
+            (("h0", "first", 4), ("h1", "second", 5), ("l1", "light", 1), ("l2", "light", 1)), start=1):
+        threading.Thread(target=use, args=(caller, name, cost)).start()
+        wait_until(lambda n=count: len(order) + slots.waiting() == n)
+    assert order == ["h0", "l1"] and slots.waiting() == 2 and slots.free == 1
+    release["h0"].set()
+    wait_until(lambda: len(order) == 3)
+    assert order[2] == "h1"  # started the moment h0 left
+    for event in release.values():
+        event.set()
+    wait_until(lambda: len(order) == 4)

@@ -12,9 +12,10 @@ with what its caller has been charged so far (never less than the tag of the
 request admitted last, so an idle caller saves up no credit); the lowest tag
 goes first, ties in arrival order. A caller sending heavy images thus gets proportionally
 fewer turns, and a light caller's request overtakes a heavy caller's queue.
-The first request in that order that fits goes; one that does not fit lets at
-most MAX_PASSES others go past it, then everyone waits until it fits, so a
-heavy image is delayed, never starved.
+The first request in that order that fits goes. Requests behind one that does
+not fit (the head) may pass it only within the room the head leaves: the units
+held by such passing requests never exceed capacity minus the head's cost, so
+the head starts as soon as the requests ahead of it leave, never later.
 
 The caller is named per gRPC call by visage.guard (CALLER): the client address
 Envoy forwards (x-forwarded-for), else the peer address."""
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 
 CALLER: ContextVar[str] = ContextVar("visage_caller", default="")
 MAX_REMEMBERED_CALLERS = 10_000
-MAX_PASSES = 8
 
 
 @dataclass
@@ -37,7 +37,6 @@ class _Request:
     start: float  # what the caller had been charged when this request arrived
     cost: int
     ticket: int  # arrival order: breaks ties
-    passed_by: int = 0  # requests admitted ahead of it while it did not fit
 
     def rank(self) -> tuple[float, int]:
         return self.start, self.ticket
@@ -52,6 +51,7 @@ class FairSlots:
         self._tickets = itertools.count()
         self._virtual_time = 0.0  # the highest start tag admitted so far
         self._charged: dict[str, float] = {}  # caller -> start + cost of its latest request
+        self._passing = 0  # units held by requests admitted past a waiting one
 
     @contextmanager
     def slot(self, caller: str | None = None, cost: int = 1) -> Iterator[None]:
@@ -63,12 +63,13 @@ class FairSlots:
             self._charged[caller] = request.start + cost
             self._waiting.append(request)
             self._changed.wait_for(lambda: self._next() is request)
-            self._admit(request)
+            passing = self._admit(request)
         try:
             yield
         finally:
             with self._changed:
                 self._free += cost
+                self._passing -= cost if passing else 0
                 self._changed.notify_all()
 
     @property
@@ -82,21 +83,23 @@ class FairSlots:
 
     def _next(self) -> _Request | None:
         """The waiting request to admit now, if any."""
+        head = None  # the first in order that does not fit
         for request in sorted(self._waiting, key=_Request.rank):
-            if request.cost <= self._free:
+            if request.cost > self._free:
+                head = head or request
+            elif head is None or self._passing + request.cost <= self.capacity - head.cost:
                 return request
-            if request.passed_by >= MAX_PASSES:
-                return None  # everyone waits until it fits
         return None
 
-    def _admit(self, request: _Request) -> None:
-        for ahead in self._waiting:
-            if ahead.rank() < request.rank():
-                ahead.passed_by += 1
+    def _admit(self, request: _Request) -> bool:
+        """Takes the request's units; True when it passed a waiting request."""
         self._waiting.remove(request)
+        passing = any(waiting.rank() < request.rank() for waiting in self._waiting)
         self._free -= request.cost
+        self._passing += request.cost if passing else 0
         self._virtual_time = max(self._virtual_time, request.start)
         if len(self._charged) > MAX_REMEMBERED_CALLERS:
             # A caller charged no further than the virtual time is tagged just like a new one.
             self._charged = {caller: tag for caller, tag in self._charged.items() if tag > self._virtual_time}
         self._changed.notify_all()  # room may remain for the next in line
+        return passing
