@@ -1,7 +1,7 @@
 """Robustness benchmarks (issue #13), each against its baseline in the same run:
-1. Idle streams: unary p50 (and health p50) of a service with 0 vs 500 idle
-   WatchEvents watchers (query) and 0 vs 100 idle ClassifyStream client
-   streams (classifier). Target: within 10 % (ratio <= 1.10).
+1. Idle streams: unary and health p50 of the query service and the classifier
+   while 500 idle WatchEvents watchers and 100 idle ClassifyStream client
+   streams are open at once, vs none. Target: within 10 % (ratio <= 1.10).
 2. Decompression bombs: a victim's Classify p50 (REST through Envoy, its own
    caller address) idle vs while two other callers send bombs as fast as they
    are answered - a PNG whose header says 8000x8000 (over the pixel limit:
@@ -9,7 +9,9 @@
    the limit: decoded until its data runs out). Side by side: the gateway's
    per-caller image rate limit on (the default) and off.
 Sizes: BENCH_ROBUSTNESS_CALLS unary calls per side (default 400),
-BENCH_ROBUSTNESS_VICTIM_CALLS victim calls per side (default 15)."""
+BENCH_ROBUSTNESS_VICTIM_CALLS victim calls per side (default 15),
+BENCH_ROBUSTNESS_ROUNDS alternating rounds of each comparison (default 3);
+BENCH_ROBUSTNESS_PARTS=streams or =bombs runs one part only."""
 from __future__ import annotations
 
 import base64
@@ -22,12 +24,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from visage.auth import client as auth_client
 from visage.config import Config
 from visage.mesh import start_in_process
 from visage.store.sqlite import SqliteStore
@@ -39,6 +44,8 @@ if not (FACES_DIR / "bbt").is_dir():
     FACES_DIR = Path("/work/shared/data/faces")
 CALLS = int(os.environ.get("BENCH_ROBUSTNESS_CALLS", "400"))
 VICTIM_CALLS = int(os.environ.get("BENCH_ROBUSTNESS_VICTIM_CALLS", "15"))
+ROUNDS = int(os.environ.get("BENCH_ROBUSTNESS_ROUNDS", "3"))
+PARTS = os.environ.get("BENCH_ROBUSTNESS_PARTS", "streams,bombs").split(",")
 IDLE_WATCHERS, IDLE_CLIENT_STREAMS = 500, 100
 BOMBERS = ("127.0.0.11", "127.0.0.12")
 VICTIM = "127.0.0.10"
@@ -66,47 +73,73 @@ def header(left: str, right: str) -> None:
 
 # ---- 1. idle streams ------------------------------------------------------------
 def idle_streams(mesh) -> None:
-    header("0 idle", "idle")
-    query_channel = grpc.insecure_channel(f"127.0.0.1:{mesh.ports['query']}")
+    """The target at once: 500 idle WatchEvents watchers and 100 idle
+    ClassifyStream streams held together (the in-process mesh serves every
+    service from this one process), against the same calls with none; the
+    median of ROUNDS alternating rounds."""
+    header("none", f"{IDLE_WATCHERS}+{IDLE_CLIENT_STREAMS}")
+    query_channel = auth_client.channel(f"127.0.0.1:{mesh.ports['query']}")
     query = query_pb2_grpc.QueryServiceStub(query_channel)
     persona = query.CreatePersona(query_pb2.CreatePersonaRequest(persona=resources_pb2.Persona(display_name="Bench")))
-    get = lambda: query.GetPersona(query_pb2.GetPersonaRequest(persona_id=persona.persona_id), timeout=60)  # noqa: E731
-    health = health_pb2_grpc.HealthStub(query_channel)
-    check = lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=60)  # noqa: E731
-    base_get, base_health = p50_ms(get, CALLS), p50_ms(check, CALLS)
-    watchers = [query.WatchEvents(query_pb2.WatchEventsRequest()) for _ in range(IDLE_WATCHERS)]
-    for watcher in watchers:
-        watcher.initial_metadata()
-    row(f"query GetPersona, {IDLE_WATCHERS} idle WatchEvents", base_get, p50_ms(get, CALLS))
-    row(f"query health Check, {IDLE_WATCHERS} idle WatchEvents", base_health, p50_ms(check, CALLS))
-    for watcher in watchers:
-        watcher.cancel()
+    classifier_channel = auth_client.channel(f"127.0.0.1:{mesh.ports['classifier']}")
+    classifier = classify_pb2_grpc.ClassifyServiceStub(classifier_channel)
+    embedding = classify_pb2.ClassifyEmbeddingsRequest(embeddings=[classify_pb2.Embedding(values=[0.01] * 128)])
+
+    def classify_embeddings():
+        try:
+            classifier.ClassifyEmbeddings(embedding, timeout=60)
+        except grpc.RpcError as error:  # no model yet: FAILED_PRECONDITION is still a served call
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+
+    calls = {
+        "query GetPersona": lambda: query.GetPersona(query_pb2.GetPersonaRequest(persona_id=persona.persona_id),
+                                                     timeout=60),
+        "query health Check": lambda: health_pb2_grpc.HealthStub(query_channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=60),
+        "classifier ClassifyEmbeddings": classify_embeddings,
+        "classifier health Check": lambda: health_pb2_grpc.HealthStub(classifier_channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=60),
+    }
+    idle: dict[str, list[float]] = {name: [] for name in calls}
+    loaded: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(ROUNDS):  # alternating, so drift in the shared machine's load hits both sides alike
+        for name, call in calls.items():
+            idle[name].append(p50_ms(call, CALLS))
+        with idle_streams_open(query, classifier):
+            for name, call in calls.items():
+                loaded[name].append(p50_ms(call, CALLS))
+    for name in calls:
+        row(name, statistics.median(idle[name]), statistics.median(loaded[name]))
     query_channel.close()
+    classifier_channel.close()
 
+
+@contextmanager
+def idle_streams_open(query, classifier) -> Iterator[None]:
+    """Opens the idle streams and waits until the services hold each one:
+    a watcher's initial metadata, a client stream's answer to one first item
+    (after which it sends nothing)."""
     stop = threading.Event()
+    first_item = classify_pb2.ClassifyStreamRequest(
+        request_id="1", embedding=classify_pb2.Embedding(values=[0.01] * 128))
 
-    def silent():
+    def one_item_then_silent():
+        yield first_item
         stop.wait()
-        return
-        yield
 
-    with grpc.insecure_channel(f"127.0.0.1:{mesh.ports['classifier']}") as channel:
-        stub = classify_pb2_grpc.ClassifyServiceStub(channel)
-        embedding = classify_pb2.ClassifyEmbeddingsRequest(embeddings=[classify_pb2.Embedding(values=[0.01] * 128)])
-
-        def classify_embeddings():
-            try:
-                stub.ClassifyEmbeddings(embedding, timeout=60)
-            except grpc.RpcError as error:  # no model yet: FAILED_PRECONDITION is still a served call
-                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise
-        base = p50_ms(classify_embeddings, CALLS)
-        streams = [stub.ClassifyStream(silent()) for _ in range(IDLE_CLIENT_STREAMS)]
-        loaded = p50_ms(classify_embeddings, CALLS)
-        stop.set()
+    watchers = [query.WatchEvents(query_pb2.WatchEventsRequest()) for _ in range(IDLE_WATCHERS)]
+    streams = [classifier.ClassifyStream(one_item_then_silent()) for _ in range(IDLE_CLIENT_STREAMS)]
+    try:
+        for watcher in watchers:
+            watcher.initial_metadata()
         for stream in streams:
+            next(stream)
+        yield
+    finally:
+        stop.set()
+        for stream in [*watchers, *streams]:
             stream.cancel()
-    row(f"classifier ClassifyEmbeddings, {IDLE_CLIENT_STREAMS} idle ClassifyStream", base, loaded)
 
 
 # ---- 2. decompression bombs ---------------------------------------------------------
@@ -128,7 +161,8 @@ def forged_jpeg(width: int = 6000, height: int = 6000) -> bytes:
 def classify_rest(port: int, source: str, body: bytes) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300, source_address=(source, 0))
     try:
-        connection.request("POST", "/v1/images:classify", body=body, headers={"content-type": "application/json"})
+        connection.request("POST", "/v1/images:classify", body=body, headers={
+            "content-type": "application/json", "authorization": f"Bearer {os.environ[auth_client.TOKEN_ENV]}"})
         response = connection.getresponse()
         response.read()
         return response.status
@@ -140,10 +174,11 @@ def body_of(content: bytes) -> bytes:
     return json.dumps({"content": base64.b64encode(content).decode()}).encode()
 
 
-def victim_under_bombs(port: int, victim: bytes, bomb: bytes | None) -> tuple[float, dict[int, int]]:
-    """The victim's p50 while each bomber sends `bomb` from 2 connections at a time."""
+def victim_under_bombs(port: int, victim: bytes, bomb: bytes | None, count: int,
+                       statuses: dict[int, int]) -> list[float]:
+    """`count` timed victim calls (after 2 untimed ones) while each bomber sends
+    `bomb` from 2 connections at a time; the bombs' answers are counted in `statuses`."""
     stop = threading.Event()
-    statuses: dict[int, int] = {}
 
     def bomber(source: str) -> None:
         while not stop.is_set():
@@ -155,12 +190,17 @@ def victim_under_bombs(port: int, victim: bytes, bomb: bytes | None) -> tuple[fl
     for thread in threads:
         thread.start()
     try:
-        p50 = p50_ms(lambda: classify_rest(port, VICTIM, victim), VICTIM_CALLS)
+        samples = []
+        for number in range(count + 2):
+            start = time.perf_counter()
+            classify_rest(port, VICTIM, victim)
+            if number >= 2:
+                samples.append((time.perf_counter() - start) * 1000)
+        return samples
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    return p50, statuses
 
 
 def bombs(mesh, work_dir: Path) -> None:
@@ -177,9 +217,12 @@ def bombs(mesh, work_dir: Path) -> None:
         for bomb_name, bomb in (("PNG header 8000x8000 (over the limit)", png_bomb()),
                                 ("JPEG header claims 6000x6000 (under the limit)", forged_jpeg())):
             for setting, gateway in gateways.items():
-                idle, _ = victim_under_bombs(gateway.port, victim, None)
-                loaded, statuses = victim_under_bombs(gateway.port, victim, body_of(bomb))
-                row(f"victim Classify; {bomb_name}, {setting}", idle, loaded)
+                idle, loaded, statuses = [], [], {}
+                for _ in range(ROUNDS):  # alternating: drift in the shared machine's load hits both sides alike
+                    idle += victim_under_bombs(gateway.port, victim, None, -(-VICTIM_CALLS // ROUNDS), {})
+                    loaded += victim_under_bombs(gateway.port, victim, body_of(bomb), -(-VICTIM_CALLS // ROUNDS),
+                                                 statuses)
+                row(f"victim Classify; {bomb_name}, {setting}", statistics.median(idle), statistics.median(loaded))
                 print(f"|   bomb answers: {statuses}", flush=True)
     finally:
         for gateway in gateways.values():
@@ -193,11 +236,17 @@ def main() -> None:
         store = SqliteStore(config.sqlite_path)
         store.migrate()
         with start_in_process(config, store) as mesh:
-            print(f"\n1. Idle streams ({CALLS} calls per side, direct gRPC; target ratio <= 1.10)")
-            idle_streams(mesh)
-            print(f"\n2. Decompression bombs ({VICTIM_CALLS} victim calls per side; REST through Envoy; "
-                  f"two bombing callers, 2 connections each)")
-            bombs(mesh, Path(tmp))
+            if "streams" in PARTS:
+                print(f"\n1. Idle streams: {IDLE_WATCHERS} WatchEvents watchers (query) and {IDLE_CLIENT_STREAMS} "
+                      f"ClassifyStream streams (classifier) open at once, vs none ({ROUNDS} rounds of {CALLS} calls; "
+                      "direct gRPC; target ratio <= 1.10; "
+                      f"load average {os.getloadavg()[0]:.1f})")
+                idle_streams(mesh)
+            if "bombs" in PARTS:
+                print(f"\n2. Decompression bombs ({VICTIM_CALLS} victim calls per side in {ROUNDS} alternating rounds; "
+                      "REST through Envoy; "
+                      f"two bombing callers, 2 connections each; load average {os.getloadavg()[0]:.1f})")
+                bombs(mesh, Path(tmp))
         store.close()
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests.faces.conftest import encode, read
 from visage.config import Config
+from visage.faces import pipeline as pipeline_module
 from visage.faces.pipeline import FacePipeline, ImageTooLarge, InvalidImage
 from visage.faces.settings import FaceSettings
 
@@ -99,6 +100,66 @@ def test_large_images_are_detected_downscaled_but_boxed_in_original_pixels(pipel
         assert abs((big.box[2] - big.box[0]) - size) < 0.15 * size
         assert np.allclose(big.landmarks, np.array(small.landmarks) * 2, atol=12)
         assert np.linalg.norm(big.embedding - small.embedding) < 0.25  # same person, same face
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every image the pipeline decodes, in order."""
+    sizes: list[tuple[int, int]] = []
+    real_decode = pipeline_module.decode_image
+
+    def recording_decode(*args, **kwargs):
+        decoded = real_decode(*args, **kwargs)
+        sizes.append(decoded.image.size)
+        return decoded
+
+    monkeypatch.setattr(pipeline_module, "decode_image", recording_decode)
+    return sizes
+
+
+def test_a_huge_jpeg_is_decoded_only_as_large_as_detection_needs(pipeline, faces_dir, decoded):
+    photo = Image.open(faces_dir / "presidents" / "obama" / "obama1.jpg")  # 910x1137, one face
+    normal = pipeline.analyze(encode(photo, quality=95))
+    decoded.clear()
+    huge = photo.resize((photo.width * 5, photo.height * 5), Image.Resampling.BICUBIC)  # 4550x5685
+    analyzed = FacePipeline(Config(max_image_bytes=50_000_000), FaceSettings()).analyze(encode(huge, quality=90))
+    # Half size (the largest DCT reduction keeping the long side >= detect_max_side, 1600);
+    # the face is large enough there for a full-resolution chip, so there is no second decode.
+    assert decoded == [(2275, 2843)]
+    assert (analyzed.width, analyzed.height) == (4550, 5685)  # the caller still sees original pixels
+    assert len(analyzed.faces) == 1
+    big, small = analyzed.faces[0], normal.faces[0]
+    size = 5 * (small.box[2] - small.box[0])
+    assert np.allclose(center(big.box), center(small.box) * 5, atol=0.15 * size)
+    assert np.allclose(big.landmarks, np.array(small.landmarks) * 5, atol=0.05 * size)
+    assert np.linalg.norm(big.embedding - small.embedding) < 0.25  # same person, same face
+
+
+def test_a_face_too_small_in_the_reduced_decode_gets_a_finer_one(faces_dir, decoded):
+    scene = Image.open(faces_dir / "scenes" / "bbt3.jpg")  # 594x383, five faces of 51-63 px
+    canvas = Image.new("RGB", (scene.width * 8, scene.height * 8), "white")
+    canvas.paste(scene.resize((scene.width * 3, scene.height * 3), Image.Resampling.BICUBIC), (0, 0))
+    analyzed = FacePipeline(Config(max_image_bytes=50_000_000), FaceSettings()).analyze(encode(canvas, quality=90))
+    assert len(analyzed.faces) == 5
+    # Found at 1/2 size (2376x1532); faces of ~150-190 px are under a 150 px chip there: decoded again in full.
+    assert decoded == [(2376, 1532), (4752, 3064)]
+
+
+def test_only_jpeg_is_decoded_reduced():
+    sizes = {}
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        content = encode(Image.new("RGB", (6400, 3200), "grey"), fmt)
+        header = Image.open(io.BytesIO(content))
+        reduction = pipeline_module.reduction_for(header, 1600)
+        decoded = pipeline_module.decode_image(content, 50_000_000, 40_000_000, reduction=reduction)
+        sizes[fmt] = (reduction, decoded.image.size, decoded.full_size)
+    assert sizes == {"JPEG": (4, (1600, 800), (6400, 3200)), "PNG": (1, (6400, 3200), (6400, 3200)),
+                     "WEBP": (1, (6400, 3200), (6400, 3200))}
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": upright, the reduced image and the full size turn alike
+    decoded = pipeline_module.decode_image(encode(Image.new("RGB", (6400, 3200), "grey"), exif=exif.tobytes()),
+                                           50_000_000, 40_000_000, reduction=4)
+    assert (decoded.image.size, decoded.full_size) == ((800, 1600), (3200, 6400))
 
 
 def center(box) -> np.ndarray:

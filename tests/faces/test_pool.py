@@ -2,13 +2,18 @@
 pipeline, errors cross the process boundary intact, and concurrency is bounded."""
 from __future__ import annotations
 
+import contextvars
+import io
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from tests.faces.conftest import read
+from tests.faces.conftest import encode, read
+from visage.faces.fair import CALLER
 from visage.config import Config
 from visage.faces.pipeline import ImageTooLarge, InvalidImage
 from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, worker_count
@@ -48,3 +53,40 @@ def test_zero_workers_means_one_per_core(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
     assert worker_count(Config(workers=0)) == 6
     assert worker_count(Config(workers=3)) == 3
+
+
+def test_a_light_callers_image_is_analysed_before_a_heavy_callers_queued_one(faces_dir):
+    """Images are charged by detection cost: a 6000x6000 JPEG fills a one-worker
+    pool alone, and a light image sent after a second one is admitted first."""
+    pool = PipelinePool(Config(workers=1))
+    heavy = encode(Image.new("RGB", (6000, 6000), "grey"))
+    light = read(faces_dir / "edge" / "obama_small.jpg")
+    assert (pool.image_cost(6000, 6000), pool.image_cost(*Image.open(io.BytesIO(light)).size)) == (3, 1)
+    admitted: list[str] = []
+    run = pool._run
+    pool._run = lambda content: admitted.append("light" if content is light else "heavy") or run(content)
+
+    def analyze_as(caller: str, content: bytes):
+        CALLER.set(caller)
+        return pool.analyze(content)
+
+    try:
+        with ThreadPoolExecutor(max_workers=3) as threads:
+            with pool._slots.slot("test", pool._slots.capacity):  # hold the pool while both callers queue
+                futures = []
+                for caller, content in (("heavy", heavy), ("heavy", heavy), ("light", light)):
+                    futures.append(threads.submit(contextvars.copy_context().run, analyze_as, caller, content))
+                    wait_until(lambda: pool._slots.waiting() == len(futures))
+            for future in futures:
+                future.result(timeout=120)
+    finally:
+        pool.close()
+    # Counting images, both heavy ones would share the pool's two units and the light one wait for them.
+    assert admitted == ["heavy", "light", "heavy"]
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

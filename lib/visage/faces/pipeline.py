@@ -10,9 +10,10 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from visage.config import Config
 from visage.faces.detectors import Box, Detector, make_detector
@@ -100,15 +101,50 @@ def _unaccepted_format_message(content: bytes) -> str:
     return f"not an image: the bytes match no accepted image format ({ACCEPTED_FORMAT_NAMES})"
 
 
-def decode_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:
-    """Decodes to an upright RGB image; returns it with its MIME type."""
+def reduction_for(image: Image.Image, min_long_side: int) -> int:
+    """The largest JPEG DCT reduction (8, 4 or 2; else 1) that still leaves the
+    long side at least `min_long_side` pixels. Only JPEG decodes at a fraction of
+    its size (libjpeg scales while it decodes: 1/4 costs ~1/16 of the work);
+    Pillow decodes PNG, WebP, BMP and GIF at full size only."""
+    if image.format != "JPEG" or min_long_side <= 0:
+        return 1
+    return next((factor for factor in (8, 4, 2) if max(image.size) // factor >= min_long_side), 1)
+
+
+def detection_scale(width: int, height: int, detect_max_side: int) -> float:
+    """How much an image is downscaled for detection (FacePipeline._detect)."""
+    longest = max(width, height)
+    return detect_max_side / longest if detect_max_side and longest > detect_max_side else 1.0
+
+
+def detection_pixels(width: int, height: int, detect_max_side: int) -> int:
+    """How many pixels the detector examines for an image this size. Detection
+    is most of an image's CPU time, and it grows with these pixels."""
+    scale = detection_scale(width, height, detect_max_side)
+    return max(1, round(width * scale)) * max(1, round(height * scale))
+
+
+class Decoded(NamedTuple):
+    image: Image.Image  # upright RGB; a reduced JPEG's at 1/reduction of full_size
+    content_type: str  # MIME type
+    full_size: tuple[int, int]  # width, height upright at full resolution
+
+
+def decode_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int = 1,
+                 reduction: int = 1) -> Decoded:
+    """Decodes to an upright RGB image. A JPEG is decoded at 1/`reduction` of
+    its size (see reduction_for); other formats ignore `reduction`."""
     image = open_image(content, max_bytes, max_pixels, min_side)
     content_type = Image.MIME.get(image.format or "", "application/octet-stream")
+    width, height = image.size
+    if reduction > 1 and image.format == "JPEG":
+        image.draft(None, (width // reduction, height // reduction))  # DCT scaling: exactly 1/reduction
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
             upright = ImageOps.exif_transpose(image)
+            turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # read by exif_transpose
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InvalidImage(f"decompression bomb refused: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
@@ -116,7 +152,7 @@ def decode_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int 
     if upright.size != image.size and upright.size[::-1] != image.size:
         raise InvalidImage(f"image decoded to {upright.width}x{upright.height}, not the {image.width}x{image.height} "
                            "its header claims")
-    return _to_rgb(upright), content_type
+    return Decoded(_to_rgb(upright), content_type, (height, width) if turned else (width, height))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -148,47 +184,72 @@ class FacePipeline:
         self._encoder = dlib.face_recognition_model_v1(model_path(RESNET_ENCODER))
 
     def analyze(self, content: bytes) -> AnalyzedImage:
-        image, content_type = decode_image(content, self.config.max_image_bytes, self.settings.max_pixels,
-                                           self.settings.min_face_size)
-        rgb = np.asarray(image)
-        boxes = [box for box in self._detect(image) if _short_side(box) >= self.settings.min_face_size]
+        header = open_image(content, self.config.max_image_bytes, self.settings.max_pixels,
+                            self.settings.min_face_size)
+        # A large JPEG is decoded only as large as detection uses (a 6000x6000 one
+        # at 3000x3000, a quarter of the work); faces too small there for a full
+        # chip get a finer decode below. Boxes and landmarks are in original pixels.
+        reduction = reduction_for(header, self.settings.detect_max_side)
+        image, content_type, (width, height) = self._decode(content, reduction)
+        boxes = [_scale_box(box, width / image.width, height / image.height) for box in self._detect(image)]
+        boxes = [box for box in boxes if _short_side(box) >= self.settings.min_face_size]
         boxes.sort(key=lambda box: (box[0], box[1]))  # stable, human-friendly face order
-        faces = [self._describe(rgb, box) for box in boxes]
-        return AnalyzedImage(content_type=content_type, width=image.width, height=image.height, faces=faces)
+        finer = _reduction_to_describe(boxes, reduction)
+        if finer < reduction:
+            image = self._decode(content, finer).image
+        rgb = np.asarray(image)
+        faces = [self._describe(rgb, box, width, height) for box in boxes]
+        return AnalyzedImage(content_type=content_type, width=width, height=height, faces=faces)
+
+    def _decode(self, content: bytes, reduction: int) -> Decoded:
+        return decode_image(content, self.config.max_image_bytes, self.settings.max_pixels,
+                            self.settings.min_face_size, reduction)
 
     def _detect(self, image: Image.Image) -> list[Box]:
-        """Boxes in original pixels. Images with a side over detect_max_side
+        """Boxes in `image` pixels. Images with a side over detect_max_side
         (1600) are downscaled for detection only. Measured (HOG, upsample 1,
         2-core shared box) on the shared photos at full / 1600 / 1024 / 800 px:
         biden1 970x2204 739/376/158/100 ms, bbt1 1366x768 468/421/307/161 ms;
         every photo kept the same face count down to 640 px. HOG time grows
         with pixels, so a 12 MP phone photo costs ~6x less at 1600 while faces
         down to ~100 original px (2.5% of a 4032 px side) are still found."""
-        scale = self._detection_scale(image)
+        scale = detection_scale(image.width, image.height, self.settings.detect_max_side)
         if scale == 1.0:
             return self.detector.detect(np.asarray(image))
         small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.BILINEAR)
         return [tuple(round(v / scale) for v in box) for box in self.detector.detect(np.asarray(small))]
 
-    def _detection_scale(self, image: Image.Image) -> float:
-        longest, limit = max(image.size), self.settings.detect_max_side
-        return limit / longest if limit and longest > limit else 1.0
-
-    def _describe(self, rgb: np.ndarray, box: Box) -> FoundFace:
+    def _describe(self, rgb: np.ndarray, box: Box, width: int, height: int) -> FoundFace:
+        """`box` is in original pixels (width x height); `rgb` may be a reduced decode."""
         dlib = self._dlib
-        shape = self._landmarks(rgb, dlib.rectangle(*box))
+        x_scale, y_scale = rgb.shape[1] / width, rgb.shape[0] / height
+        shape = self._landmarks(rgb, dlib.rectangle(*_scale_box(box, x_scale, y_scale)))
         chip = dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
         embedding = np.asarray(self._encoder.compute_face_descriptor(chip), dtype=np.float32)
-        height, width = rgb.shape[:2]
         left, top, right, bottom = box
         return FoundFace(
             # Detectors may overhang the frame; stored boxes stay inside it.
             box=(max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)),
-            landmarks=[(float(point.x), float(point.y)) for point in shape.parts()],
+            landmarks=[(point.x / x_scale, point.y / y_scale) for point in shape.parts()],
             embedding=embedding,
             crop_jpeg=_jpeg(chip),
         )
+
+
+def _scale_box(box: Box, x_scale: float, y_scale: float) -> Box:
+    left, top, right, bottom = box
+    return round(left * x_scale), round(top * y_scale), round(right * x_scale), round(bottom * y_scale)
+
+
+def _reduction_to_describe(boxes: list[Box], reduction: int) -> int:
+    """The coarsest reduction (at most `reduction`) at which every face is still
+    at least CHIP_SIZE pixels, so its chip is downscaled, never upscaled: the
+    embedding then matches a full-resolution decode."""
+    if not boxes or reduction == 1:
+        return reduction
+    smallest = min(_short_side(box) for box in boxes)
+    return next((factor for factor in (8, 4, 2) if factor <= reduction and smallest // factor >= CHIP_SIZE), 1)
 
 
 def _short_side(box: Box) -> int:

@@ -20,7 +20,8 @@ class FaceSettings:
     # Faces whose box is smaller than this (shorter side, original pixels) are ignored.
     min_face_size: int = 20
     # Longest side the detector sees; larger images are downscaled for detection
-    # only (boxes are mapped back; landmarks and embeddings use full resolution).
+    # only (boxes are mapped back). A JPEG is decoded no larger than needed for
+    # this (DCT scaling); landmarks and embeddings use at least CHIP_SIZE px per face.
     # 0 = never downscale. Measurements behind 1600: FacePipeline._detect.
     detect_max_side: int = 1600
     # Decoded images above this many pixels are refused (decompression bombs).
