@@ -82,11 +82,23 @@ class Gateway:
         return self.process.wait(timeout=20)
 
 
+# Playwright's own 30 s default for each wait, raised: `make test` must pass while
+# other jobs keep both cores busy, and a page's steps then take many times longer.
+BROWSER_WAIT_MS = 120_000
+
+
+def patient(context):
+    """A browser context whose waits allow for a loaded machine (BROWSER_WAIT_MS)."""
+    context.set_default_timeout(BROWSER_WAIT_MS)
+    return context
+
+
 def sign_in(context, token: str | None = None) -> None:
     """Every page of a Playwright browser context starts signed in to the UI
-    (the session's admin token, VISAGE_TOKEN, unless `token` is given)."""
+    (the session's admin token, VISAGE_TOKEN, unless `token` is given), and waits
+    patiently."""
     token = token or os.environ["VISAGE_TOKEN"]
-    context.add_init_script(f"sessionStorage.setItem('visage.token', {json.dumps(token)});")
+    patient(context).add_init_script(f"sessionStorage.setItem('visage.token', {json.dumps(token)});")
 
 
 def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, str] | None = None) -> Gateway:

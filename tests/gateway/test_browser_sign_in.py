@@ -4,6 +4,7 @@ and a refused token leading back to the sign-in page."""
 from __future__ import annotations
 
 import pytest
+from gateway_stack import patient, start_gateway
 from test_browser import CHROMIUM_ARGS, browser  # noqa: F401  (the module's Chromium fixture)
 
 pytestmark = pytest.mark.browser
@@ -14,7 +15,7 @@ def new_page(browser, gateway):  # noqa: F811
     contexts = []
 
     def make():
-        context = browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900})
+        context = patient(browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900}))
         contexts.append(context)
         page = context.new_page()
         page.errors = []
@@ -116,7 +117,6 @@ def test_the_page_reads_the_role_from_the_claim_the_gateway_is_configured_with(b
     import time
 
     import jwt
-    from gateway_stack import start_gateway
 
     gateway = start_gateway(mesh.ports, tmp_path_factory.mktemp("gateway-app-roles"),
                             {"VISAGE_AUTH_ROLE_CLAIM": "app_roles", "VISAGE_AUTH_SUBJECT_CLAIM": "upn"})
@@ -125,7 +125,7 @@ def test_the_page_reads_the_role_from_the_claim_the_gateway_is_configured_with(b
         token = jwt.encode({"iss": "visage-local", "aud": "visage", "sub": "id-77", "upn": "una@contoso.example",
                             "app_roles": ["viewer"], "roles": ["admin"], "iat": now, "exp": now + 600},
                            test_issuer.key, algorithm="EdDSA", headers={"kid": test_issuer.key_id})
-        context = browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900})
+        context = patient(browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900}))
         page = context.new_page()
         page.goto(f"/#token={token}")
         page.locator("#whoami-name", has_text="una@contoso.example").wait_for()
