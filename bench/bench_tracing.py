@@ -30,6 +30,7 @@ from visage.v1 import query_pb2, query_pb2_grpc
 from visage_query import server as query_server
 
 from bench import bench_gateway
+from bench.bench_auth import p50_ms, time_calls
 
 CALLS = int(os.environ.get("BENCH_TRACING_CALLS", "2000"))  # per side per round
 ROUNDS = 7
@@ -49,19 +50,6 @@ class DroppingCollector(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
         self.spans += sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
         return trace_service_pb2.ExportTraceServiceResponse()
-
-
-def time_calls(call, count: int) -> list[float]:
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
-    return samples
-
-
-def p50_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1e3
 
 
 def rounds(store: SqliteStore, collector: DroppingCollector) -> tuple[list[float], list[float]]:

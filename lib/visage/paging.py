@@ -33,25 +33,35 @@ def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = M
     return min(requested, maximum)
 
 
-def encode_token(scope: str, position: list[int]) -> str:
-    payload = json.dumps({"s": scope, "p": position}, separators=(",", ":")).encode()
+def _encode(scope: str, field: str, value: list) -> str:
+    payload = json.dumps({"s": scope, field: value}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def _decode(token: str, scope: str, field: str):
+    """The value a token of this scope carries under `field` (unchecked)."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidPageRequest("page_token is not a token this list issued (too long)")
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        value = payload[field]
+        token_scope = payload["s"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise InvalidPageRequest("page_token is malformed; pass back a next_page_token unchanged") from None
+    if token_scope != scope:
+        raise InvalidPageRequest("page_token belongs to a different list or query; start again without it")
+    return value
+
+
+def encode_token(scope: str, position: list[int]) -> str:
+    return _encode(scope, "p", position)
 
 
 def decode_token(token: str, scope: str, length: int) -> list[int]:
     """The position a token names, or [0] * length for the first page."""
     if not token:
         return [0] * length
-    if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidPageRequest("page_token is not a token this list issued (too long)")
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        position = payload["p"]
-        token_scope = payload["s"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
-        raise InvalidPageRequest("page_token is malformed; pass back a next_page_token unchanged") from None
-    if token_scope != scope:
-        raise InvalidPageRequest("page_token belongs to a different list or query; start again without it")
+    position = _decode(token, scope, "p")
     valid = (isinstance(position, list) and len(position) == length
              and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < MAX_POSITION for n in position))
     if not valid:
@@ -73,8 +83,7 @@ def offset_list(scope: str, request, fetch: Callable[[int, int], tuple[list, boo
 def encode_key_token(scope: str, key: list) -> str:
     """A cursor token: the last key of a page (numbers and strings) instead of an offset,
     for lists read through an index (exact however writes interleave; nothing is skipped over)."""
-    payload = json.dumps({"s": scope, "k": key}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    return _encode(scope, "k", key)
 
 
 def decode_key_token(token: str, scope: str, types: tuple[type, ...]) -> list | None:
@@ -82,16 +91,7 @@ def decode_key_token(token: str, scope: str, types: tuple[type, ...]) -> list | 
     (an int part also reads as a float part)."""
     if not token:
         return None
-    if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidPageRequest("page_token is not a token this list issued (too long)")
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        key = payload["k"]
-        token_scope = payload["s"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
-        raise InvalidPageRequest("page_token is malformed; pass back a next_page_token unchanged") from None
-    if token_scope != scope:
-        raise InvalidPageRequest("page_token belongs to a different list or query; start again without it")
+    key = _decode(token, scope, "k")
 
     def fits(part, kind: type) -> bool:
         if isinstance(part, bool):
