@@ -97,6 +97,27 @@ def test_reported_defects_stay_fixed(page, mesh, gateway, faces, faces_dir, test
     assert int(ingested["image"]["width"]) > 320  # the original is larger
 
 
+def test_a_name_typed_while_a_live_refresh_is_fetching_survives_it(page, mesh, gateway, faces, faces_dir):
+    """A refresh builds the suggestion cards, then waits for the unknown faces; a name typed
+    in that moment used to be replaced by an empty field (and Enter then named nobody)."""
+    page.goto("/#/unknown")
+    cluster = cluster_of(gateway, faces["penny"])
+    card = page.locator(f'.cluster-card[data-cluster-id="{cluster["clusterId"]}"]')
+    card.wait_for(timeout=LIVE_SECONDS * 1000)
+    page.mouse.move(5, 5)  # nothing under the pointer holds the refresh back
+    held = []
+    page.route("**/v1/faces:unknown?*", lambda route: held.append(route))
+    mesh.ingest_files([faces_dir / "noise" / "happy.jpg"])  # an event: the page refreshes
+    poll(page, lambda: bool(held), LIVE_SECONDS)  # the cards are built; the unknown faces wait
+    card.locator("input.picker").fill("Penny")
+    rendered = page.get_attribute("#main", "data-ready")
+    held.pop().continue_()
+    page.unroute("**/v1/faces:unknown?*")  # (lets any later request through)
+    poll(page, lambda: page.get_attribute("#main", "data-ready") != rendered, LIVE_SECONDS)  # the new cards are in
+    assert card.locator("input.picker").input_value() == "Penny"
+    assert page.evaluate("document.activeElement?.dataset?.draft") == f'cluster-{cluster["clusterId"]}'
+
+
 def test_name_a_suggested_person_leaving_out_a_face_then_undo(page, mesh, gateway, faces, test_output_dir):
     page.goto("/#/unknown")
     cluster = cluster_of(gateway, faces["amy"])

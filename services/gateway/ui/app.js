@@ -565,6 +565,21 @@ const routes = [
   [/^#\/models$/, viewModels, "models"],
 ];
 
+// Text typed while a refresh was fetching (its inputs were built before the typing)
+// carries over to the new inputs of the same data-draft key; returns the new input
+// to focus when the user was typing in one.
+function carryDrafts(from, into) {
+  const focused = document.activeElement;
+  let typing = null;
+  for (const old of from.querySelectorAll("input[data-draft]")) {
+    const fresh = into.querySelector(`input[data-draft="${CSS.escape(old.dataset.draft)}"]`);
+    if (!fresh) continue;
+    if (old.value) fresh.value = old.value;
+    if (old === focused) typing = fresh;
+  }
+  return typing;
+}
+
 let renderSeq = 0;
 // Renders the view for the current hash. A refresh keeps what is on screen
 // until the new content is ready (no flash, no reload); `keep` moves live
@@ -591,10 +606,15 @@ async function render({ refresh = false, keep = [] } = {}) {
     const anchor = refresh ? screenAnchor(main) : null;
     const focusedFace = document.activeElement?.closest?.(".face-card")?.dataset.faceId;
     if (focusedFace && !focusAfterRender) focusAfterRender = focusedFace;
+    const typing = carryDrafts(main, fragment);
     main.replaceChildren(fragment);
     if (refresh) window.scrollTo(0, scrolled);
     if (anchor) keepAnchor(main, anchor);
     restoreFocus(main);
+    if (typing) {
+      typing.focus({ preventScroll: true });
+      typing.setSelectionRange(typing.value.length, typing.value.length);
+    }
     main.dataset.ready = String(seq);
   } catch (error) {
     if (seq !== renderSeq || error instanceof SignedOut) return;

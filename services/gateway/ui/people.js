@@ -242,6 +242,7 @@ function clusterCard(cluster, list) {
   const removed = leftOut.get(id) || new Set();
   const faceIds = cluster.faceIds.filter((f) => !removed.has(f));
   const picker = personaPicker(list);
+  picker.input.dataset.draft = `cluster-${id}`;
   picker.input.value = drafts.get(id) || "";
   picker.input.addEventListener("input", () => drafts.set(id, picker.input.value));
   const name = async () => {
@@ -302,7 +303,7 @@ async function viewUnknownPeople() {
   [...view.querySelectorAll("p.muted")].filter((p) => p.textContent.startsWith("Create a persona first")).forEach((p) => p.remove());
   if (!grid) return view;
   const picker = personaPicker(list, "Assign selected to…");
-  picker.input.id = "bulk-persona";
+  picker.input.id = picker.input.dataset.draft = "bulk-persona";
   const assign = async (faceIds) => {
     const pick = await attempt(() => resolvePersona(picker.input.value, list));
     return pick ? nameFaces(faceIds, pick) : false;
