@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage.config import Config
 from visage.mesh import start_in_process
-from visage.store.sqlite import SqliteStore
+from visage.store import open_store
 from visage.v1 import query_pb2, query_pb2_grpc, resources_pb2
 from visage_trainer.training import TrainerSettings
 
@@ -46,8 +46,7 @@ class FuzzStack:
 def fuzz_stack(tmp_path_factory, faces_dir) -> FuzzStack:
     config = Config(data_dir=tmp_path_factory.mktemp("fuzz-data"), workers=1)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(config.sqlite_path)
-    store.migrate()
+    store = open_store(config)
     settings = TrainerSettings(debounce_seconds=1.0, poll_seconds=0.1)
     with start_in_process(config, store, trainer_settings=settings) as services:
         mesh = Mesh(config, store, services.ports)

@@ -8,7 +8,7 @@ from gateway_stack import Gateway, Mesh, start_gateway
 
 from visage.config import Config
 from visage.mesh import start_in_process
-from visage.store.sqlite import SqliteStore
+from visage.store import open_store
 from visage_trainer.training import TrainerSettings
 
 
@@ -16,8 +16,7 @@ from visage_trainer.training import TrainerSettings
 def mesh(tmp_path_factory) -> Mesh:
     config = Config(data_dir=tmp_path_factory.mktemp("gateway-data"), workers=1)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(config.sqlite_path)
-    store.migrate()
+    store = open_store(config)
     settings = TrainerSettings(debounce_seconds=1.0, poll_seconds=0.1)
     with start_in_process(config, store, trainer_settings=settings) as services:
         yield Mesh(config, store, services.ports)

@@ -22,6 +22,7 @@ from otlp_collector import Collector
 
 from visage.config import Config
 from visage.store.records import FaceRecord, ImageRecord
+from visage.store import open_store
 from visage.store.sqlite import SqliteStore
 from visage.v1 import resources_pb2 as pb
 from visage_gateway import tracing as gateway_tracing
@@ -224,13 +225,12 @@ import json, pathlib, sys
 from visage import tracing
 from visage.auth import client
 from visage.config import Config
-from visage.store.sqlite import SqliteStore
+from visage.store import open_store
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage_query.server import start
 
 config = Config(data_dir=pathlib.Path(sys.argv[1]))
-store = SqliteStore(config.sqlite_path)
-store.migrate()
+store = open_store(config)
 service = start(config, store, "127.0.0.1:0")
 with client.channel(f"127.0.0.1:{service.port}") as channel:  # sends VISAGE_TOKEN
     query_pb2_grpc.QueryServiceStub(channel).CreatePersona(

@@ -23,7 +23,7 @@ from visage.faces.pool import PipelinePool
 from visage.faces.settings import FaceSettings
 from visage.mesh import start_in_process
 from visage.paging import encode_token
-from visage.store.sqlite import SqliteStore
+from visage.store import open_store
 from visage.v1 import classify_pb2, classify_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
@@ -49,8 +49,7 @@ def ico_wrapping(png: bytes) -> bytes:
 def stack(tmp_path_factory):
     config = Config(data_dir=tmp_path_factory.mktemp("hostile"), workers=1)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(config.sqlite_path)
-    store.migrate()
+    store = open_store(config)
     with start_in_process(config, store) as services:
         gateway = start_gateway(services.ports, tmp_path_factory.mktemp("hostile-gateway"),
                                 {"VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND": "1", "VISAGE_GATEWAY_IMAGE_CALLS_BURST": "2"})

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage.config import Config
 from visage.mesh import start_in_process
+from visage.store import open_store
 from visage.store.sqlite import SqliteStore
 from visage.v1 import classify_pb2, classify_pb2_grpc, ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from visage.v1 import train_pb2, train_pb2_grpc
@@ -27,8 +28,7 @@ IDLE_CLIENT_STREAMS = 100
 def mesh(tmp_path_factory):
     config = Config(data_dir=tmp_path_factory.mktemp("idle-streams"), workers=1)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(config.sqlite_path)
-    store.migrate()
+    store = open_store(config)
     with start_in_process(config, store, trainer_settings=TrainerSettings(debounce_seconds=1.0)) as services:
         yield services
     store.close()
