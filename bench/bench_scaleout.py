@@ -11,6 +11,8 @@
    writes show there as fewer rows).
 3. ListUnknownFaces page latency through the query service (p50/p90 of page 1 and the next;
    every 10th face is a stranger no version knows), after the first classification.
+4. The ceiling: the active version's Predictor alone on 100k embeddings in memory (no store),
+   i.e. the most a re-classification that computes every face's verdict can do on these cores.
 
     python -m bench.bench_scaleout --faces 50000     # a smaller run (default: BENCH_SCALEOUT_FACES or 1M)
 """
@@ -336,6 +338,23 @@ def unknown_page_latency(store: CassandraStore, pages: int = 10) -> tuple[list[f
     return first, next_
 
 
+def model_alone_rate(store: CassandraStore, sample: int = 100_000) -> float:
+    """Faces/s of the active version's Predictor on embeddings already in memory: the ceiling
+    of a re-classification that computes every face's verdict on these cores, whatever the store."""
+    batches, rows = [], 0
+    for _face_ids, matrix in store.iter_embeddings(8192):
+        batches.append(matrix)
+        rows += len(matrix)
+        if rows >= sample:
+            break
+    embeddings = np.concatenate(batches)[:sample]
+    predictor = ActiveModel(store).refresh()
+    predictor.predict(embeddings[:1000])  # warm up the session
+    began = time.perf_counter()
+    predictor.predict(embeddings)
+    return len(embeddings) / (time.perf_counter() - began)
+
+
 def ms(samples: list[float], q: float) -> str:
     return f"{np.percentile(samples, q) * 1000:.0f}" if samples else "-"
 
@@ -391,6 +410,8 @@ def run(faces: int, shards: int, keyspace: str = "") -> None:
             print(f"  label -> active {latencies[-1]:.1f} s; {workers} worker(s) {after_one_label[-1].rate:,.0f} "
                   f"faces/s, {after_one_label[-1].rows_text()}; load: {load()}", flush=True)
         one, two = after_one_label
+        ceiling = model_alone_rate(store)
+        print(f"  the model alone (no store) {ceiling:,.0f} faces/s; load: {load()}", flush=True)
         made = "the data of a stopped run" if reuse else f"generated in {generated:.0f} s, {faces / generated:,.0f} faces/s"
         print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas ({made}); load average at the end {load()}:")
         print(f"{'measure':<58} {'measured':>24} {'target':>12}")
@@ -403,6 +424,7 @@ def run(faces: int, shards: int, keyspace: str = "") -> None:
                   f"{run_.rate:>16,.0f} faces/s {'>= 100k/s':>12}")
             print(f"{'  rows written':<58} {run_.rows_text()}")
         print(f"{'  scaling 2 vs 1 workers':<58} {two.rate / one.rate:>23.2f}x")
+        print(f"{'the active model alone, in memory, 1 process (ceiling)':<58} {ceiling:>16,.0f} faces/s")
         print(f"{'  faces re-classified per run':<58} {one.faces:>24,}")
         print(f"{'ListUnknownFaces page 1, p50 / p90 (50 faces)':<58} {ms(first_page, 50):>17} / {ms(first_page, 90)} ms")
         print(f"{'ListUnknownFaces next page, p50 / p90':<58} {ms(next_page, 50):>17} / {ms(next_page, 90)} ms")
