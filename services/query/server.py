@@ -1,14 +1,14 @@
 """QueryService: persona and label writes, and every read of the catalogue.
 
-Handlers raise plain exceptions (validation, store NotFound, ...): `status_for`
-maps the query service's own kinds to a gRPC status with a message saying what
-was wrong; store errors and RoleRequired go on to visage.errors (every service's
-one mapping), so a bad request never takes the service down or half-writes data.
+Handlers raise plain exceptions (validation, store NotFound, ...) whose text says
+what was wrong; this module registers the query service's own kinds with their
+gRPC status in visage.errors (every service's one mapping, which already knows
+store errors, RoleRequired and bad page requests), so a bad request never takes
+the service down or half-writes data.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 
@@ -20,8 +20,9 @@ from visage import convert, paging
 from visage.auth import identity
 from visage.auth.roles import Role
 from visage.config import Config
+from visage.errors import register_status
 from visage.server import SERVICE_NAMES, RunningService, build_server
-from visage.store import NotFound, Store, StoreError
+from visage.store import NotFound, Store
 from visage.store.records import LabelRecord, UnknownFaceKey
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
@@ -48,43 +49,10 @@ class AlreadyExists(Exception):
     pass
 
 
-def status_for(error: Exception) -> tuple[grpc.StatusCode, str] | None:
-    """The status of the query service's own error kinds (None: not one of them)."""
-    if isinstance(error, (validation.InvalidArgument, paging.InvalidPageRequest, events.InvalidCursor)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, AlreadyExists):
-        return grpc.StatusCode.ALREADY_EXISTS, str(error)
-    if isinstance(error, ShuttingDown):
-        return grpc.StatusCode.UNAVAILABLE, str(error)
-    return None
-
-
-def unary(method):
-    @functools.wraps(method)
-    def handler(self, request, context):
-        try:
-            return method(self, request, context)
-        except Exception as error:  # noqa: BLE001 - the rest goes on to visage.errors / visage.guard
-            status = status_for(error)
-            if status is None:
-                raise
-        context.abort(*status)
-    return handler
-
-
-def streaming(method):
-    @functools.wraps(method)
-    def handler(self, request, context):
-        try:
-            yield from method(self, request, context)
-        except Exception as error:  # noqa: BLE001
-            status = status_for(error)
-            if status is None:
-                raise
-        else:
-            return
-        context.abort(*status)
-    return handler
+register_status(validation.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT)
+register_status(events.InvalidCursor, grpc.StatusCode.INVALID_ARGUMENT)
+register_status(AlreadyExists, grpc.StatusCode.ALREADY_EXISTS)
+register_status(ShuttingDown, grpc.StatusCode.UNAVAILABLE)  # WatchEvents ended by a stop: reconnect elsewhere
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
@@ -103,17 +71,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.suggested.stop()
 
     # ---- personas --------------------------------------------------------
-    @unary
     def CreatePersona(self, request, context):
         name = validation.display_name(request.persona.display_name)
         self._refuse_duplicate_name(name, request.force)
         return convert.persona(self.store.create_persona(name))
 
-    @unary
     def GetPersona(self, request, context):
         return self.catalogue.persona(validation.required_id(request.persona_id, "persona_id"))
 
-    @unary
     def ListPersonas(self, request, context):
         query = validation.search_query(request.query)
         scope = f"personas/{request.include_hidden:d}/{query}" if query or request.include_hidden else "personas"
@@ -121,7 +86,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             offset, size, query, request.include_hidden))
         return query_pb2.ListPersonasResponse(personas=personas, next_page_token=token)
 
-    @unary
     def UpdatePersona(self, request, context):
         persona_id = validation.required_id(request.persona.persona_id, "persona.persona_id")
         name = validation.display_name(request.persona.display_name)
@@ -129,14 +93,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.store.rename_persona(persona_id, name)
         return self.catalogue.persona(persona_id)
 
-    @unary
     def DeletePersona(self, request, context):
         if request.erase_faces:  # erasure: more than deleting a persona (labeller)
             identity.require_role(Role.ADMIN, "erase_faces (erasure)")
         self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"), request.erase_faces)
         return empty_pb2.Empty()
 
-    @unary
     def ListPersonaFaces(self, request, context):
         persona_id = validation.required_id(request.persona_id, "persona_id")
         kind = validation.face_kind(request.kind)
@@ -146,7 +108,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return query_pb2.ListPersonaFacesResponse(faces=faces, next_page_token=token)
 
     # ---- labels and faces ------------------------------------------------
-    @unary
     def LabelFace(self, request, context):
         label = self._label_record(request)
         self.store.put_label(label)  # NotFound for an unknown face or persona
@@ -159,7 +120,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                            verdict=validation.verdict(request.verdict),
                            labelled_by=identity.current_subject())
 
-    @unary
     def UnlabelFace(self, request, context):
         face_id = validation.required_id(request.face_id, "face_id")
         persona_id = validation.required_id(request.persona_id, "persona_id")
@@ -168,14 +128,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.store.delete_label(face_id, persona_id)  # no such label: nothing to undo (idempotent)
         return self.catalogue.face(face_id)
 
-    @unary
     def GetFace(self, request, context):
         face_id = validation.required_id(request.face_id, "face_id")
         if request.include_embedding:  # biometric data: more than GetFace's own least role (viewer)
             identity.require_role(Role.OPERATOR, "include_embedding (biometric data)")
         return self.catalogue.face(face_id, request.include_embedding)
 
-    @unary
     def ListUnknownFaces(self, request, context):
         size = paging.page_size(request.page_size)
         key = paging.decode_key_token(request.page_token, "unknown-faces", (float, str, int, str))
@@ -183,7 +141,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         token = paging.encode_key_token("unknown-faces", list(dataclasses.astuple(last))) if last else ""
         return query_pb2.ListUnknownFacesResponse(faces=faces, next_page_token=token)
 
-    @unary
     def GetFaceCrop(self, request, context):
         face_id = validation.required_id(request.face_id, "face_id")
         face = self.catalogue.require_face(face_id)
@@ -193,16 +150,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return httpbody_pb2.HttpBody(content_type="image/jpeg", data=face.crop_jpeg)
 
     # ---- images ----------------------------------------------------------
-    @unary
     def ListImages(self, request, context):
         images, token = paging.offset_list("images", request, self.catalogue.images)
         return query_pb2.ListImagesResponse(images=images, next_page_token=token)
 
-    @unary
     def GetImage(self, request, context):
         return self.catalogue.image(validation.required_id(request.image_id, "image_id"))
 
-    @unary
     def GetImageContent(self, request, context):
         image_id = validation.required_id(request.image_id, "image_id")
         size = validation.thumbnail_size(request.size)
@@ -218,7 +172,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return httpbody_pb2.HttpBody(content_type=record.content_type or "application/octet-stream", data=content)
 
     # ---- events ----------------------------------------------------------
-    @streaming
     def WatchEvents(self, request, context):
         # Open streams are capped for every service alike (visage.guard.StreamGuard).
         types = validation.event_types(list(request.types))
@@ -239,15 +192,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             raise ShuttingDown("the query service is shutting down; reconnect with the last cursor you saw")
 
     # ---- erasure and export (privacy) -------------------------------------
-    @unary
     def DeleteImage(self, request, context):
         return convert.erasure(self.store.delete_image(validation.required_id(request.image_id, "image_id")))
 
-    @unary
     def DeleteFace(self, request, context):
         return convert.erasure(self.store.delete_face(validation.required_id(request.face_id, "face_id")))
 
-    @streaming
     def ExportPersona(self, request, context):
         yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
 
@@ -262,7 +212,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 raise AlreadyExists(f"a persona named {record.display_name!r} already exists "
                                     f"({record.persona_id}); pick it, or set force to create another")
 
-    @unary
     def ListFaceClusters(self, request, context):
         size = paging.page_size(request.page_size, default=20)
         samples = validation.sample_size(request.sample_size)
@@ -294,7 +243,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         current.sort(key=lambda pair: -len(pair[1]))
         return current
 
-    @unary
     def BatchLabelFaces(self, request, context):
         persona_id = validation.required_id(request.persona_id, "persona_id")
         pairs = validation.batch_labels(request.labels)
@@ -308,7 +256,6 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.store.put_labels([LabelRecord(face_id, persona_id, verdict, labeller) for face_id, verdict in pairs])
         return query_pb2.BatchLabelFacesResponse(faces=self.catalogue.faces(face_ids))
 
-    @unary
     def MergePersonas(self, request, context):
         target = validation.required_id(request.persona_id, "persona_id")
         sources = validation.merge_sources(list(request.source_persona_ids), target)
@@ -324,13 +271,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             self.store.delete_persona(source)
         return self.catalogue.persona(target)
 
-    @unary
     def SetFaceHidden(self, request, context):
         face_id = validation.required_id(request.face_id, "face_id")
         self.store.set_hidden("face", face_id, request.hidden)
         return self.catalogue.face(face_id)
 
-    @unary
     def SetPersonaHidden(self, request, context):
         persona_id = validation.required_id(request.persona_id, "persona_id")
         self.store.set_hidden("persona", persona_id, request.hidden)

@@ -22,6 +22,7 @@ import grpc
 
 from visage import convert, paging, tracing
 from visage.config import Config
+from visage.errors import register_status
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store.base import NotFound, Store
 from visage.store.records import TrainingJobRecord
@@ -31,6 +32,8 @@ from visage_trainer import decisions
 from visage_trainer.training import TERMINAL_PHASES, JobReporter, TrainerSettings, decide_undecided, run_job
 
 log = logging.getLogger(__name__)
+
+register_status(decisions.ModelGone, grpc.StatusCode.FAILED_PRECONDITION)  # activating a version retention deleted
 
 CURSOR_META_KEY = "trainer.event_cursor"
 TRIGGER_EVENTS = {pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED, pb.EVENT_TYPE_PERSONA_CREATED,
@@ -225,7 +228,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
             jobs = self.store.list_training_jobs(offset + size + 1)
             return [convert.training_job(job) for job in jobs[offset:offset + size]], offset + size < len(jobs)
 
-        jobs, token = self._list(request, context, "jobs", fetch)
+        jobs, token = self._list(request, "jobs", fetch)
         return train_pb2.ListTrainingJobsResponse(training_jobs=jobs, next_page_token=token)
 
     def WatchTrainingJobs(self, request, context):
@@ -259,7 +262,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
             versions, pinned = self.store.list_model_versions(), decisions.pinned_version(self.store)
             return [self._version(v, pinned) for v in versions[offset:offset + size]], offset + size < len(versions)
 
-        versions, token = self._list(request, context, "versions", fetch)
+        versions, token = self._list(request, "versions", fetch)
         return train_pb2.ListModelVersionsResponse(model_versions=versions, next_page_token=token)
 
     def GetModelVersion(self, request, context):
@@ -275,14 +278,11 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         return self._version(record)
 
     def ActivateModelVersion(self, request, context):
-        # NotFound, Withdrawn (trained on erased labels: FAILED_PRECONDITION) and store
-        # outages are answered by visage.errors' one mapping.
+        # NotFound, Withdrawn (trained on erased labels), ModelGone (FAILED_PRECONDITION both)
+        # and store outages are answered by visage.errors' one mapping.
         if request.version <= 0:
             raise NotFound(f"model version {request.version} not found")
-        try:
-            return self._version(decisions.activate_by_hand(self.store, request.version))
-        except decisions.ModelGone as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return self._version(decisions.activate_by_hand(self.store, request.version))
 
     def ReleaseModelPin(self, request, context):
         record = decisions.release_pin(self.store)
@@ -306,11 +306,9 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         return job
 
     @staticmethod
-    def _list(request, context, scope: str, fetch) -> tuple[list, str]:
-        try:
-            return paging.offset_list(scope, request, fetch, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        except paging.InvalidPageRequest as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    def _list(request, scope: str, fetch) -> tuple[list, str]:
+        """A bad page size or token is INVALID_ARGUMENT (visage.errors)."""
+        return paging.offset_list(scope, request, fetch, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def start(config: Config, store: Store, address: str, settings: TrainerSettings | None = None) -> RunningService:
