@@ -224,11 +224,9 @@ def decide(store: Store, record: ModelVersionRecord, checks: CheckSet, margin: f
             store.update_model_version(record)
             return False, record.gate_reason
         try:
-            activated = store.activate_model_version(record.version)
+            store.activate_model_version(record.version, gate_reason=verdict.reason)
         except Withdrawn as withdrawn:  # an erasure raced this training: its labels are gone
             return False, str(withdrawn)
-        activated.gate_reason = verdict.reason
-        store.update_model_version(activated)
         return True, verdict.reason
 
 
@@ -240,12 +238,10 @@ def activate_by_hand(store: Store, version: int) -> ModelVersionRecord:
             raise NotFound(f"model version {version} not found")
         if store.get_model_artifact(version) is None:
             raise ModelGone(f"model version {version} cannot be activated: its model was deleted by retention")
-        activated = store.activate_model_version(version)
+        reason = None if HAND_NOTE in record.gate_reason else \
+            f"{HAND_NOTE}, pinned; the gate said: {record.gate_reason or 'no gate decision'}"
+        activated = store.activate_model_version(version, gate_reason=reason)
         store.set_meta(PIN_META_KEY, str(version))
-        if HAND_NOTE not in activated.gate_reason:
-            gate_said = activated.gate_reason or "no gate decision"
-            activated.gate_reason = f"{HAND_NOTE}, pinned; the gate said: {gate_said}"
-            store.update_model_version(activated)
         return activated
 
 
@@ -260,13 +256,12 @@ def release_pin(store: Store) -> ModelVersionRecord | None:
         for candidate in held if pinned else []:
             if store.get_model_artifact(candidate.version) is None:
                 continue
+            reason = (candidate.gate_reason.split("; not activated")[0]
+                      + f"; activated when the pin on version {pinned} was released")
             try:
-                activated = store.activate_model_version(candidate.version)
+                store.activate_model_version(candidate.version, gate_reason=reason)
             except Withdrawn:
                 continue
-            activated.gate_reason = (candidate.gate_reason.split("; not activated")[0]
-                                     + f"; activated when the pin on version {pinned} was released")
-            store.update_model_version(activated)
             break
         store.set_meta(PIN_META_KEY, "0")
         return store.active_model_version()

@@ -390,8 +390,10 @@ def test_model_versions_numbering_artifacts_and_activation(store):
     active = store.activate_model_version(1)
     assert active.state == pb.MODEL_STATE_ACTIVE and active.activate_time > 0
     assert store.active_model_version().version == 1
-    store.activate_model_version(2)
+    assert active.gate_reason == ""  # no reason given: the stored one stays
+    store.activate_model_version(2, gate_reason="better than version 1")  # recorded with the activation
     assert store.active_model_version().version == 2
+    assert store.active_model_version().gate_reason == "better than version 1"
     assert store.get_model_version(1).state == pb.MODEL_STATE_RETIRED
     assert [v.state for v in store.list_model_versions()].count(pb.MODEL_STATE_ACTIVE) == 1
     with pytest.raises(NotFound):

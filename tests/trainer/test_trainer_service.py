@@ -81,6 +81,27 @@ def test_labels_become_an_active_evaluated_model(trainer_service, world):
     assert predictor.predict(np.stack([p.embedding for p in noise]))[0] == [""] * len(noise)
 
 
+def test_a_version_is_active_only_with_its_gate_reason_recorded(config, world, monkeypatch):
+    """Whoever reads the active version (a watcher woken by MODEL_VERSION_ACTIVATED, a
+    restart test polling the store) sees why it went live: the reason used to be written
+    after the activation, so a reader in between saw an active version with no reason."""
+    seen_at_activation = []
+    activate = world.store.activate_model_version
+
+    def activate_and_look(version, gate_reason=None):
+        activated = activate(version, gate_reason)
+        seen_at_activation.append(world.store.get_model_version(version).gate_reason)
+        return activated
+    monkeypatch.setattr(world.store, "activate_model_version", activate_and_look)
+    service, channel, _stub = serve(config, world.store)
+    try:
+        world.label_training_faces()
+        wait_for_version(world.store, 1)
+    finally:
+        channel.close(), service.stop(0)
+    assert seen_at_activation and seen_at_activation[0].startswith("first version")
+
+
 def test_a_does_not_belong_label_changes_the_next_model_and_rollback_restores(trainer_service, world):
     stub, _ = trainer_service
     world.label_training_faces()

@@ -426,10 +426,11 @@ class Store(abc.ABC):
         """Newest first."""
 
     @abc.abstractmethod
-    def activate_model_version(self, version: int) -> ModelVersionRecord:
-        """Makes it the one active version (the previous one becomes RETIRED).
-        Raises NotFound, or Withdrawn for a version trained on erased labels (see
-        check_activatable). Appends MODEL_VERSION_ACTIVATED."""
+    def activate_model_version(self, version: int, gate_reason: str | None = None) -> ModelVersionRecord:
+        """Makes it the one active version (the previous one becomes RETIRED), recording
+        `gate_reason` (why it went live) so that whoever reads the active version sees it
+        (None: the stored reason stays). Raises NotFound, or Withdrawn for a version trained
+        on erased labels (see check_activatable). Appends MODEL_VERSION_ACTIVATED."""
 
     @abc.abstractmethod
     def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:

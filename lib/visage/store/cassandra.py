@@ -1304,17 +1304,22 @@ class CassandraStore(Store):
         rows = self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions", fetch_size=1000)
         return sorted((self._version(row, active) for row in rows), key=lambda v: -v.version)
 
-    def activate_model_version(self, version: int) -> ModelVersionRecord:
+    def activate_model_version(self, version: int, gate_reason: str | None = None) -> ModelVersionRecord:
         record = self.get_model_version(version)
         if record is None:
             raise NotFound(f"model version {version} not found")
         self.check_activatable(record)
+        if gate_reason is not None:  # before the transition: a reader of the active version sees it
+            self._run("UPDATE {ks}.model_versions SET gate_reason = ? WHERE version = ?", (gate_reason, version))
         # The one conditional transition: the active-version cell, compare-and-set from what
         # it held to this version. Rows' states follow as hints (see _version).
         previous = self._swap_active(lambda _current: str(version))
         row = self._run("SELECT state FROM {ks}.model_versions WHERE version = ?", (version,)).one()
         if row is not None and row.state == pb.MODEL_STATE_WITHDRAWN:  # an erasure raced this activation
             self._swap_active(lambda current: "" if current == str(version) else current)
+            if gate_reason is not None:  # the withdrawal's reason, which ours may have overwritten
+                self._run("UPDATE {ks}.model_versions SET gate_reason = ? WHERE version = ?",
+                          (WITHDRAWN_REASON, version))
             raise Withdrawn(f"model version {version} was {WITHDRAWN_REASON}; it cannot be activated")
         self._run("UPDATE {ks}.model_versions SET state = ?, activate_time = ? WHERE version = ?",
                   (pb.MODEL_STATE_ACTIVE, now(), version))

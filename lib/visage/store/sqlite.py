@@ -655,7 +655,7 @@ class SqliteStore(Store):
     def list_model_versions(self) -> list[ModelVersionRecord]:
         return [self._version(row) for row in self._query("SELECT * FROM model_versions ORDER BY version DESC")]
 
-    def activate_model_version(self, version: int) -> ModelVersionRecord:
+    def activate_model_version(self, version: int, gate_reason: str | None = None) -> ModelVersionRecord:
         record = self.get_model_version(version)
         if record is None:
             raise NotFound(f"model version {version} not found")
@@ -666,8 +666,8 @@ class SqliteStore(Store):
                 raise Withdrawn(f"model version {version} was {WITHDRAWN_REASON}; it cannot be activated")
             conn.execute("UPDATE model_versions SET state = ? WHERE state = ? AND version != ?",
                          (pb.MODEL_STATE_RETIRED, pb.MODEL_STATE_ACTIVE, version))
-            conn.execute("UPDATE model_versions SET state = ?, activate_time = ? WHERE version = ?",
-                         (pb.MODEL_STATE_ACTIVE, now(), version))
+            conn.execute("UPDATE model_versions SET state = ?, activate_time = ?, gate_reason = COALESCE(?, gate_reason) "
+                         "WHERE version = ?", (pb.MODEL_STATE_ACTIVE, now(), gate_reason, version))
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (ACTIVE_VERSION_KEY, str(version)))
             self._append(conn, pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED, str(version))
         return self.get_model_version(version)
