@@ -22,7 +22,7 @@ from visage.store.sqlite import SqliteStore
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
-READY_SECONDS = 30
+READY_SECONDS = 180  # a hang guard: a crashed Envoy is seen at once (poll), a loaded machine may be slow
 
 
 def free_port() -> int:

@@ -9,6 +9,8 @@ import pytest
 import base64
 import time
 
+from PIL import Image
+
 from gateway_stack import sign_in
 from test_browser import browser, page, poll, shoot  # noqa: F401 - fixtures shared with test_browser
 
@@ -187,22 +189,27 @@ def test_bulk_select_with_shift_click_and_keyboard(page, mesh, faces, test_outpu
     poll(page, lambda: (r := persona_named(mesh, "Raj")) is not None and stranger in belongs(mesh, r.persona_id), LIVE_SECONDS)
 
 
-def test_confirm_predictions_above_90_percent_and_with_the_y_key(page, mesh, faces, test_output_dir):
+def test_confirm_predictions_above_90_percent_and_with_the_y_key(page, mesh, faces, faces_dir, tmp_path,
+                                                                   test_output_dir):
     sheldon = mesh.store.create_persona("Sheldon")
-    mesh.store.put_labels([mesh_label(face_id, sheldon.persona_id) for face_id in faces["sheldon"][:2]])
+    mesh.store.put_labels([mesh_label(face_id, sheldon.persona_id) for face_id in faces["sheldon"][:1]])
+    # A copy of that photo saved again (other bytes, the same face): a prediction above 90 %.
+    copy = tmp_path / "sheldon-again.jpg"
+    Image.open(sorted((faces_dir / "bbt" / "sheldon").iterdir())[0]).convert("RGB").save(copy, quality=85)
+    [near_copy] = mesh.ingest_files([copy])[copy]
     page.goto(f"/#/persona/{sheldon.persona_id}")
     predicted = page.locator("#predicted .face-card")
-    predicted.first.wait_for(timeout=LIVE_SECONDS * 1000)
+    page.locator(f'#predicted .face-card[data-face-id="{near_copy}"]').wait_for(timeout=LIVE_SECONDS * 1000)
     shoot(page, test_output_dir, "people-persona-predictions")
 
     confident = predicted.evaluate_all(
         "els => els.filter(e => Number(e.dataset.confidence) >= 0.9).map(e => e.dataset.faceId)")
+    assert near_copy in confident and len(confident) < predicted.count()  # some are below 90 %
     page.click("#select-confident")
     assert page.locator("#predicted .face-card.selected").evaluate_all(
         "els => els.map(e => e.dataset.faceId)") == confident
-    if confident:
-        page.click("#confirm-selected")
-        poll(page, lambda: set(confident) <= belongs(mesh, sheldon.persona_id), LIVE_SECONDS)
+    page.click("#confirm-selected")
+    poll(page, lambda: set(confident) <= belongs(mesh, sheldon.persona_id), LIVE_SECONDS)
 
     predicted.first.wait_for(timeout=LIVE_SECONDS * 1000)
     target = predicted.first.get_attribute("data-face-id")
