@@ -234,10 +234,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
     def WatchTrainingJobs(self, request, context):
         subscriber = self.trainer.board.subscribe()
         context.add_callback(lambda: subscriber.put(None))  # the client left: wake the loop below
+        sent: dict[str, float] = {}  # job id -> update_time of the newest update sent
         try:
             if request.job_id:
                 job = self._job(request.job_id, context)
                 yield convert.training_job(job)
+                sent[job.job_id] = job.update_time
                 if job.phase in TERMINAL_PHASES:
                     return
             else:
@@ -251,6 +253,11 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
                     continue
                 if request.job_id and job.job_id != request.job_id:
                     continue
+                # Updates queued while the stored snapshot was read are older than it: a job
+                # never goes back a phase on the watcher's screen.
+                if job.update_time <= sent.get(job.job_id, float("-inf")):
+                    continue
+                sent[job.job_id] = job.update_time
                 yield convert.training_job(job)
                 if request.job_id and job.phase in TERMINAL_PHASES:
                     return

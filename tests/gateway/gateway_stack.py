@@ -18,8 +18,10 @@ from pathlib import Path
 import grpc
 
 from visage.config import Config
+from visage.store.base import RECLASSIFIED_VERSION_KEY
 from visage.store.sqlite import SqliteStore
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
+from visage_trainer.server import CURSOR_META_KEY as TRAINER_CURSOR, TRIGGER_EVENTS as TRAINING_TRIGGERS
 
 REPO = Path(__file__).resolve().parents[2]
 READY_SECONDS = 180  # a hang guard: a crashed Envoy is seen at once (poll), a loaded machine may be slow
@@ -44,6 +46,19 @@ class Mesh:
             return {path: [f.face_id for f in stub.IngestImage(
                 ingest_pb2.IngestImageRequest(content=path.read_bytes(), filename=path.name), timeout=60).faces]
                 for path in paths}
+
+    def learning_settled(self) -> bool:
+        """The trainer has handled every label and persona event (its durable cursor, which it
+        moves only when no job is outstanding, is past them) and the classifier has
+        re-classified every face with the version that left active: no prediction is about
+        to change under the page."""
+        cursor = self.store.get_meta(TRAINER_CURSOR) or ""
+        while events := self.store.read_events(cursor, 1000):
+            if any(event.type in TRAINING_TRIGGERS for event in events):
+                return False
+            cursor = events[-1].cursor
+        active = self.store.active_model_version()
+        return active is None or self.store.get_meta(RECLASSIFIED_VERSION_KEY) == str(active.version)
 
 
 @dataclass

@@ -200,18 +200,26 @@ def test_confirm_predictions_above_90_percent_and_with_the_y_key(page, mesh, fac
     page.goto(f"/#/persona/{sheldon.persona_id}")
     predicted = page.locator("#predicted .face-card")
     page.locator(f'#predicted .face-card[data-face-id="{near_copy}"]').wait_for(timeout=LIVE_SECONDS * 1000)
+    poll(page, mesh.learning_settled, LIVE_SECONDS * 4)  # no prediction is about to change
     shoot(page, test_output_dir, "people-persona-predictions")
 
-    confident = predicted.evaluate_all(
-        "els => els.filter(e => Number(e.dataset.confidence) >= 0.9).map(e => e.dataset.faceId)")
-    assert near_copy in confident and len(confident) < predicted.count()  # some are below 90 %
-    page.click("#select-confident")
-    assert page.locator("#predicted .face-card.selected").evaluate_all(
-        "els => els.map(e => e.dataset.faceId)") == confident
+    # The button's own handler, and both lists read in the same task as its click: a live
+    # refresh cannot land between reading the confidences and selecting.
+    confident, selected, shown = page.evaluate("""() => {
+        document.getElementById("select-confident").click();
+        const cards = [...document.querySelectorAll("#predicted .face-card")];
+        const ids = (keep) => cards.filter(keep).map((card) => card.dataset.faceId);
+        return [ids((card) => Number(card.dataset.confidence) >= 0.9), ids((card) => card.classList.contains("selected")),
+                cards.length];
+    }""")
+    assert near_copy in confident and len(confident) < shown  # some are below 90 %
+    assert selected == confident
     page.click("#confirm-selected")
     poll(page, lambda: set(confident) <= belongs(mesh, sheldon.persona_id), LIVE_SECONDS)
+    poll(page, mesh.learning_settled, LIVE_SECONDS * 4)  # trained on the confirmed faces
+    for face_id in confident:
+        page.locator(f'#predicted .face-card[data-face-id="{face_id}"]').wait_for(state="detached")
 
-    predicted.first.wait_for(timeout=LIVE_SECONDS * 1000)
     target = predicted.first.get_attribute("data-face-id")
     # By its id: a live refresh may put another face first between reading and pressing.
     page.locator(f'#predicted .face-card[data-face-id="{target}"]').press("y")

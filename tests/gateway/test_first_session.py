@@ -10,9 +10,7 @@ from collections import Counter
 import pytest
 from test_browser import browser, page, poll, shoot  # noqa: F401 - fixtures shared with test_browser
 
-from visage.store.base import RECLASSIFIED_VERSION_KEY
 from visage.v1 import resources_pb2 as pb
-from visage_trainer.server import CURSOR_META_KEY as TRAINER_CURSOR, TRIGGER_EVENTS as TRAINING_TRIGGERS
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 NAMES = {"amy": "Amy", "bernadette": "Bernadette", "howard": "Howard", "leonard": "Leonard", "penny": "Penny",
@@ -55,19 +53,6 @@ def organised(mesh, truth: dict[str, str]) -> list[str]:
     return wrong
 
 
-def learning_settled(mesh) -> bool:
-    """The trainer has handled every label and persona event (its durable cursor, which it
-    moves only when no job is outstanding, is past them) and the classifier has
-    re-classified every face with the version that left active."""
-    cursor = mesh.store.get_meta(TRAINER_CURSOR) or ""
-    while events := mesh.store.read_events(cursor, 1000):
-        if any(event.type in TRAINING_TRIGGERS for event in events):
-            return False
-        cursor = events[-1].cursor
-    active = mesh.store.active_model_version()
-    return active is None or mesh.store.get_meta(RECLASSIFIED_VERSION_KEY) == str(active.version)
-
-
 def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, truth, test_output_dir):
     actions = 1  # `visage ingest ../shared/data/faces`
     page.goto("/#/unknown")
@@ -88,7 +73,7 @@ def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, tru
         if todo is None:
             # Settled answers with nothing left to name (a person whose faces the model
             # claims, or who forms no group): the rest is done by hand below.
-            idle_answers += suggested is not None and learning_settled(mesh)
+            idle_answers += suggested is not None and mesh.learning_settled()
             if len(named) == len(NAMES) or idle_answers > IDLE_ANSWERS:
                 break
             assert time.monotonic() < deadline, "the suggestions never settled"  # a hang guard only
@@ -119,7 +104,7 @@ def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, tru
     # model leaves unknown is assigned by hand: select it, type the name, Assign.
     # One person at a time, each once the learning loop has settled: a model still
     # training would take faces off the Unknown page while they are being selected.
-    poll(page, lambda: learning_settled(mesh), SETTLE_SECONDS)
+    poll(page, lambda: mesh.learning_settled(), SETTLE_SECONDS)
     print("left for the user:", [(truth[f], mesh.store.get_prediction(f)) for f in organised(mesh, truth)])
     while left := organised(mesh, truth):
         person = truth[left[0]]
@@ -133,7 +118,7 @@ def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, tru
         actions += 2
         for card in cards:
             card.wait_for(state="detached", timeout=LIVE_SECONDS * 1000)
-        poll(page, lambda: learning_settled(mesh), SETTLE_SECONDS)
+        poll(page, lambda: mesh.learning_settled(), SETTLE_SECONDS)
     # Training ran while this page was open: its progress bars went away when done.
     poll(page, lambda: page.locator("#progress-training").is_hidden()
          and page.locator("#progress-reclassify").is_hidden(), LIVE_SECONDS)

@@ -2,6 +2,7 @@
 version and activate a model; operators start, watch, list and roll back."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import grpc
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 
 from visage.model import Predictor
-from visage.store.records import LabelRecord
+from visage.store.records import LabelRecord, TrainingJobRecord
 from visage.v1 import resources_pb2 as pb
 from visage.v1 import train_pb2, train_pb2_grpc
-from visage_trainer.server import start
+from visage_trainer.server import Trainer, TrainServicer, start
 from visage_trainer.training import TrainerSettings
 
 from trainer_helpers import held_out
@@ -139,6 +140,34 @@ def test_start_training_streams_every_phase_to_the_watcher(trainer_service, worl
     assert seen[-1].model_version == 2 and seen[-1].metrics.labelled_faces == 35
     assert seen[-1].faces_read == 35
     assert stub.GetTrainingJob(train_pb2.GetTrainingJobRequest(job_id=job.job_id)).phase == pb.TRAINING_PHASE_SUCCEEDED
+
+
+class OpenStream:
+    """The part of a grpc.ServicerContext a watch stream uses, for a client that stays."""
+    def add_callback(self, callback) -> bool:
+        return True
+
+    def is_active(self) -> bool:
+        return True
+
+    def send_initial_metadata(self, metadata) -> None:
+        pass
+
+
+def test_a_watcher_never_sees_a_job_go_back_a_phase(world):
+    """A watcher reads the job's stored state after subscribing; updates published in
+    between are older than that state and used to be sent after it (phases 4, 2, 3, 4...)."""
+    trainer = Trainer(world.store, FAST)  # its board only: no worker thread
+    evaluating = TrainingJobRecord("job-1", pb.TRAINING_TRIGGER_MANUAL, pb.TRAINING_PHASE_EVALUATING,
+                                   create_time=10.0, update_time=20.0)
+    world.store.put_training_job(evaluating)
+    stream = TrainServicer(world.store, trainer).WatchTrainingJobs(
+        train_pb2.WatchTrainingJobsRequest(job_id="job-1"), OpenStream())
+    assert next(stream).phase == pb.TRAINING_PHASE_EVALUATING
+    trainer.board.publish(dataclasses.replace(evaluating, phase=pb.TRAINING_PHASE_READING, update_time=15.0))
+    trainer.board.publish(evaluating)
+    trainer.board.publish(dataclasses.replace(evaluating, phase=pb.TRAINING_PHASE_SUCCEEDED, update_time=30.0))
+    assert [update.phase for update in stream] == [pb.TRAINING_PHASE_SUCCEEDED]
 
 
 def test_watching_all_jobs_follows_jobs_started_later(trainer_service, world):
