@@ -3,14 +3,16 @@
 (the rows ingest and labelling write, many requests in flight; one BELONGS label per persona):
 1. label -> new active version: the trainer service in-process, its default debounce
    (target < 30 s at 1M faces / 10k personas), for versions 2 and 3.
-2. Re-classification: the first one (version 1, no predictions yet) by 1 process over 1 shard
-   (the unshared baseline); then after a one-label change each, by 1 worker process (version
-   2) and by 2 (version 3) sharing 64 shards: effective faces/s (faces / wall time of the
-   whole job), the 2-vs-1 scaling ratio (target >= 100k faces/s effective after a one-label
-   change) and the rows each run wrote, counted at the driver (changed-only prediction
-   writes show there as fewer rows).
+2. Re-classification by long-lived worker processes (classifier replicas, each remembering the
+   shards it passed over) sharing 64 shards, in this order: the first classification (version 1,
+   worker A, no verdicts yet); after a one-label change (version 2, A: incremental); full
+   re-classifications of version 2 by A, then by A and B (an operator's run: every face
+   evaluated, changed-only writes); after a one-label change (version 3, A and B: incremental).
+   Each: effective faces/s (faces / wall time of the whole job; target >= 100k faces/s after a
+   one-label change), the faces the model ran on and the rows written, counted at the driver;
+   the 2-vs-1 scaling ratios and incremental vs full.
 3. ListUnknownFaces page latency through the query service (p50/p90 of page 1 and the next;
-   every 10th face is a stranger no version knows), after the first classification.
+   every 10th face is a stranger no version knows), after the re-classifications.
 4. The ceiling: the active version's Predictor alone on 100k embeddings in memory (no store),
    i.e. the most a re-classification that computes every face's verdict can do on these cores.
 
@@ -47,6 +49,8 @@ from visage.store.records import FaceRecord, LabelRecord, UnknownFaceKey
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.models import ActiveModel
+from visage import metrics
+from visage_classifier.incremental import ReclassifyMemory
 from visage_classifier.reclassify import TERMINAL, Run, SharedWork, follow
 from visage_trainer.server import start as start_trainer
 from visage_trainer.training import TrainerSettings
@@ -257,32 +261,38 @@ class WriteCounter:
             self.rows.update(tables)
 
 
-def worker(keyspace: str, job: str, shards: int, ready, go, results) -> None:
-    """One replica's share of a job (a separate process: its own interpreter and session)."""
+def worker(keyspace: str, shards: int, commands, results) -> None:
+    """One classifier replica (a separate process: its own interpreter, session and memory of
+    the shards it passed over) doing the jobs it is sent, as `(job, incremental)`, until None."""
     store = CassandraStore(cassandra_config(keyspace))
     try:
         writes = WriteCounter(store._session)
-        models = ActiveModel(store)
-        predictor = models.refresh()
-        run = Run(store, predictor, work=SharedWork(shards=shards, poll_seconds=0.05), job=job)
-        ready.release()
-        go.wait()
-        began = time.time()
-        run.start()
-        final = list(follow(run, lambda: True))[-1]
-        assert final.state in TERMINAL, final
-        results.put((began, time.time(), final.done, dict(writes.rows)))
+        models, memory = ActiveModel(store), ReclassifyMemory.from_env()
+        results.put("ready")
+        while (command := commands.get()) is not None:
+            job, incremental = command
+            writes.rows.clear()
+            predicted = metrics.FACES_PREDICTED._value.get()
+            run = Run(store, models.refresh(), work=SharedWork(shards=shards, poll_seconds=0.05), job=job,
+                      memory=memory, incremental=incremental)
+            began = time.time()
+            run.start()
+            final = list(follow(run, lambda: True))[-1]
+            assert final.state in TERMINAL, final
+            results.put((began, time.time(), final.done, dict(writes.rows),
+                         int(metrics.FACES_PREDICTED._value.get() - predicted)))
     finally:
         store.close()
 
 
 @dataclass
 class Reclassified:
+    what: str
     workers: int
-    shards: int
     faces: int
     seconds: float
     rows: Counter  # rows written by all workers, by table
+    predicted: int  # faces the model ran on, all workers
 
     @property
     def rate(self) -> float:
@@ -296,24 +306,37 @@ class Reclassified:
 JOB_TABLES = {"work_shards", "events_by_minute", "event_buckets", "meta"}  # the job's own bookkeeping
 
 
-def reclassify(keyspace: str, workers: int, shards: int) -> Reclassified:
-    """One job of the active version shared by `workers` processes: faces, wall time, rows written."""
-    context = multiprocessing.get_context("spawn")
-    ready, go, results = context.Semaphore(0), context.Event(), context.Queue()
-    job = f"bench-{workers}w-{uuid.uuid4().hex[:8]}"
-    processes = [context.Process(target=worker, args=(keyspace, job, shards, ready, go, results))
-                 for _ in range(workers)]
-    for process in processes:
-        process.start()
-    for _ in processes:
-        ready.acquire()
-    go.set()
-    finished = [results.get(timeout=3600) for _ in processes]
-    for process in processes:
-        process.join()
-    began, ended = min(r[0] for r in finished), max(r[1] for r in finished)
-    rows = sum((Counter(r[3]) for r in finished), Counter())
-    return Reclassified(workers, shards, finished[0][2], ended - began, rows)
+class Replicas:
+    """Long-lived worker processes (classifier replicas), so each keeps what it remembers
+    between jobs, as a running classifier does."""
+
+    def __init__(self, keyspace: str, count: int, shards: int):
+        context = multiprocessing.get_context("spawn")
+        self.shards = shards
+        self._results = context.Queue()
+        self._commands = [context.Queue() for _ in range(count)]
+        self._processes = [context.Process(target=worker, args=(keyspace, shards, commands, self._results))
+                           for commands in self._commands]
+        for process in self._processes:
+            process.start()
+        for _ in self._processes:
+            assert self._results.get(timeout=600) == "ready"
+
+    def reclassify(self, what: str, workers: int, incremental: bool) -> Reclassified:
+        """One job of the active version shared by the first `workers` replicas."""
+        job = f"bench-{uuid.uuid4().hex[:8]}"
+        for commands in self._commands[:workers]:
+            commands.put((job, incremental))
+        finished = [self._results.get(timeout=3600) for _ in range(workers)]
+        began, ended = min(r[0] for r in finished), max(r[1] for r in finished)
+        rows = sum((Counter(r[3]) for r in finished), Counter())
+        return Reclassified(what, workers, finished[0][2], ended - began, rows, sum(r[4] for r in finished))
+
+    def stop(self) -> None:
+        for commands in self._commands:
+            commands.put(None)
+        for process in self._processes:
+            process.join()
 
 
 def unknown_page_latency(store: CassandraStore, pages: int = 10) -> tuple[list[float], list[float]]:
@@ -374,6 +397,29 @@ def one_label_changes(store: CassandraStore, persona_ids: list[str]) -> Iterator
     return ((face, persona) for face, persona in candidates if not store.labels_of_face(face))
 
 
+def measure_runs(store: CassandraStore, trainer: Trainer, changes: Iterator[tuple[str, str]], replicas: Replicas
+                 ) -> list[tuple[float | None, Reclassified]]:
+    """The re-classifications, in an order that lets each replica remember what it passed over:
+    the first classification (replica A alone, every verdict new); a one-label change (A,
+    incremental); full re-classifications by A, then A and B (an operator's run: every face
+    evaluated, changed-only writes; B learns its shards); a one-label change (A and B,
+    incremental). Returns (label -> active seconds, or None, and the run) for each."""
+    measured: list[tuple[float | None, Reclassified]] = []
+
+    def reclassify(what: str, workers: int, incremental: bool, latency: float | None = None) -> None:
+        run_ = replicas.reclassify(what, workers, incremental)
+        measured.append((latency, run_))
+        print(f"  {what}, {workers} worker(s): {run_.rate:,.0f} faces/s, {run_.predicted:,} predicted, "
+              f"{run_.rows_text()}; load: {load()}", flush=True)
+
+    reclassify("first classification (no verdicts yet)", 1, incremental=False)
+    reclassify("after a one-label change", 1, True, trainer.label_to_active(*next(changes)))
+    reclassify("full re-classification", 1, incremental=False)
+    reclassify("full re-classification", 2, incremental=False)
+    reclassify("after a one-label change", 2, True, trainer.label_to_active(*next(changes)))
+    return measured
+
+
 def run(faces: int, shards: int, keyspace: str = "") -> None:
     try:
         socket.create_connection(("127.0.0.1", CASSANDRA_PORT), timeout=2).close()
@@ -398,36 +444,37 @@ def run(faces: int, shards: int, keyspace: str = "") -> None:
         if store.active_model_version() is None:
             first = trainer.label_to_active(*next(changes))  # v1: every label but LATE_LABELS - 1
             print(f"  version 1 active after {first:.1f} s", flush=True)
-        baseline = reclassify(keyspace, 1, 1)  # one shard: a single scan, as before sharing; no earlier predictions
-        print(f"  first classification {baseline.rate:,.0f} faces/s, {baseline.rows_text()}; load: {load()}",
-              flush=True)
+        replicas = Replicas(keyspace, 2, shards)
+        try:
+            runs = measure_runs(store, trainer, changes, replicas)
+        finally:
+            replicas.stop()
+        latencies = [latency for latency, _ in runs if latency is not None]
+        runs = [run_ for _, run_ in runs]
         first_page, next_page = unknown_page_latency(store)
         print(f"  ListUnknownFaces p50 page 1 {ms(first_page, 50)} ms, next {ms(next_page, 50)} ms", flush=True)
-        latencies, after_one_label = [], []
-        for workers in (1, 2):  # each run after a one-label change
-            latencies.append(trainer.label_to_active(*next(changes)))
-            after_one_label.append(reclassify(keyspace, workers, shards))
-            print(f"  label -> active {latencies[-1]:.1f} s; {workers} worker(s) {after_one_label[-1].rate:,.0f} "
-                  f"faces/s, {after_one_label[-1].rows_text()}; load: {load()}", flush=True)
-        one, two = after_one_label
         ceiling = model_alone_rate(store)
         print(f"  the model alone (no store) {ceiling:,.0f} faces/s; load: {load()}", flush=True)
         made = "the data of a stopped run" if reuse else f"generated in {generated:.0f} s, {faces / generated:,.0f} faces/s"
-        print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas ({made}); load average at the end {load()}:")
-        print(f"{'measure':<58} {'measured':>24} {'target':>12}")
-        print(f"{'label -> new active version (two one-label changes)':<58} "
-              f"{' / '.join(f'{s:.1f}' for s in latencies):>22} s {'< 30 s':>12}")
-        print(f"{'first classification, 1 process, 1 shard (baseline)':<58} {baseline.rate:>16,.0f} faces/s")
-        print(f"{'  rows written':<58} {baseline.rows_text()}")
-        for run_ in after_one_label:
-            print(f"{f'after a one-label change, {run_.workers} worker(s), {run_.shards} shards':<58} "
-                  f"{run_.rate:>16,.0f} faces/s {'>= 100k/s':>12}")
-            print(f"{'  rows written':<58} {run_.rows_text()}")
-        print(f"{'  scaling 2 vs 1 workers':<58} {two.rate / one.rate:>23.2f}x")
-        print(f"{'the active model alone, in memory, 1 process (ceiling)':<58} {ceiling:>16,.0f} faces/s")
-        print(f"{'  faces re-classified per run':<58} {one.faces:>24,}")
-        print(f"{'ListUnknownFaces page 1, p50 / p90 (50 faces)':<58} {ms(first_page, 50):>17} / {ms(first_page, 90)} ms")
-        print(f"{'ListUnknownFaces next page, p50 / p90':<58} {ms(next_page, 50):>17} / {ms(next_page, 90)} ms")
+        print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas ({made}), {shards} shards; "
+              f"load average at the end {load()}:")
+        print(f"{'measure':<62} {'measured':>20} {'target':>12}")
+        print(f"{'label -> new active version (two one-label changes)':<62} "
+              f"{' / '.join(f'{s:.1f}' for s in latencies):>18} s {'< 30 s':>12}")
+        for run_ in runs:
+            target = ">= 100k/s" if "one-label" in run_.what else ""
+            print(f"{f'{run_.what}, {run_.workers} worker(s)':<62} {run_.rate:>12,.0f} faces/s {target:>12}")
+            print(f"{'  faces predicted / rows written':<62} {run_.predicted:>20,} / {run_.rows_text()}")
+        by_name = {(run_.what, run_.workers): run_ for run_ in runs}
+        for what in ("full re-classification", "after a one-label change"):
+            one, two = by_name[(what, 1)], by_name[(what, 2)]
+            print(f"{f'  scaling 2 vs 1 workers, {what}':<62} {two.rate / one.rate:>19.2f}x")
+        after, full = by_name[("after a one-label change", 1)], by_name[("full re-classification", 1)]
+        print(f"{'  after a one-label change vs full, 1 worker':<62} {after.rate / full.rate:>19.2f}x")
+        print(f"{'the active model alone, in memory, 1 process (ceiling of full)':<62} {ceiling:>12,.0f} faces/s")
+        print(f"{'  faces re-classified per run':<62} {runs[-1].faces:>20,}")
+        print(f"{'ListUnknownFaces page 1, p50 / p90 (50 faces)':<62} {ms(first_page, 50):>13} / {ms(first_page, 90)} ms")
+        print(f"{'ListUnknownFaces next page, p50 / p90':<62} {ms(next_page, 50):>13} / {ms(next_page, 90)} ms")
         print("(all processes and the Cassandra node share this machine's cores)")
     finally:
         if trainer is not None:

@@ -29,6 +29,9 @@ QUEUE_DEPTH = Gauge("visage_queue_depth", "Work waiting in a queue of this proce
 RECLASSIFIED_FACES = Counter("visage_reclassified_faces", "Faces this replica re-classified (evaluated)")
 RECLASSIFY_RATE = Gauge("visage_reclassify_faces_per_second",
                         "Re-classification rate of the current run, all replicas' shards together")
+FACES_PREDICTED = Counter("visage_reclassify_faces_predicted",
+                          "Faces this replica's re-classification ran the model on (an incremental pass: "
+                          "only those whose verdict may change)")
 SHARDS_CLAIMED = Counter("visage_reclassify_shards_claimed", "Re-classification shards this replica claimed")
 PREDICTIONS_WRITTEN = Counter("visage_predictions_written",
                               "Verdicts this replica's re-classification wrote (only those that changed)")

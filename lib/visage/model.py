@@ -38,7 +38,11 @@ the ONNX graph. Tests check that ONNX and the estimator agree.
 """
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
+import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -280,7 +284,109 @@ def export_onnx(model: OpenSetCentroidClassifier) -> bytes:
         _CONVERTER_REGISTERED = True
     onnx_model = convert_sklearn(model, initial_types=[(INPUT_NAME, FloatTensorType([None, EMBEDDING_DIM]))],
                                  target_opset=ONNX_OPSET, final_types=None)
+    entry = onnx_model.metadata_props.add()
+    entry.key, entry.value = PARAMETERS_KEY, ModelParameters.of(model).to_text()
     return onnx_model.SerializeToString()
+
+
+# ---------------------------------------------------------------------------
+# Parameters: what changed between two versions
+# ---------------------------------------------------------------------------
+PARAMETERS_KEY = "visage.parameters"  # ONNX metadata entry (graphs exported before it have none)
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: one object per loaded version
+class ModelParameters:
+    """The numbers a version computes with, by persona: its centres (centroid and exemplars)
+    with their distance thresholds, and its "does not belong" faces (the graph's constants,
+    kept beside it in the artifact's metadata). A face's nearest persona and distance (the
+    nearest centre no veto removes) depend on each persona's centres and vetoes alone, and the
+    thresholds only decide known or unknown at that distance; so two versions can answer a
+    face differently only through personas whose centres or vetoes differ
+    (`changed_personas`), or at a distance between a persona's old and new threshold
+    (`threshold_bands`)."""
+    persona_ids: list[str]
+    centres: np.ndarray         # [R, 128] float32
+    centre_owner: np.ndarray    # [R] persona index (a persona-less model's sentinel centre: index 0)
+    centre_limit: np.ndarray    # [R] distance threshold
+    rejected: np.ndarray        # [m, 128] float32
+    rejected_owner: np.ndarray  # [m] persona index
+
+    @classmethod
+    def of(cls, model: OpenSetCentroidClassifier) -> "ModelParameters":
+        centres, owner, limit = model.graph_rows()
+        return cls(list(model.classes_), centres, owner, limit, model.rejected_, model.rejected_owner_)
+
+    def to_text(self) -> str:
+        buffer = io.BytesIO()
+        np.savez(buffer, persona_ids=np.array(self.persona_ids, dtype=str), centres=self.centres,
+                 centre_owner=self.centre_owner, centre_limit=self.centre_limit, rejected=self.rejected,
+                 rejected_owner=self.rejected_owner)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    @classmethod
+    def from_text(cls, text: str) -> "ModelParameters":
+        arrays = np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+        return cls([str(p) for p in arrays["persona_ids"]], arrays["centres"], arrays["centre_owner"],
+                   arrays["centre_limit"], arrays["rejected"], arrays["rejected_owner"])
+
+    @functools.cached_property
+    def _centre_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Centre rows grouped by persona (stable) and each persona's [start, end) in that order."""
+        order = np.argsort(self.centre_owner, kind="stable")
+        return order, np.searchsorted(self.centre_owner[order], np.arange(len(self.persona_ids) + 1))
+
+    @functools.cached_property
+    def answer_digests(self) -> dict[str, bytes]:
+        """Persona id -> a digest of its centres and vetoes (once per object)."""
+        order, bounds = self._centre_order
+        centres = np.ascontiguousarray(self.centres[order])
+        rejected = _rows_by_owner(self.rejected_owner, len(self.persona_ids), self.rejected)
+        return {persona_id: hashlib.blake2b(centres[bounds[k]:bounds[k + 1]].tobytes() + b"|" + rejected[k],
+                                            digest_size=16).digest()
+                for k, persona_id in enumerate(self.persona_ids)}
+
+    def limits_of(self, k: int) -> np.ndarray:
+        """Persona k's centres' thresholds, in the order answer_digests reads its centres."""
+        order, bounds = self._centre_order
+        return self.centre_limit[order[bounds[k]:bounds[k + 1]]]
+
+    def centres_of(self, persona_ids: set[str]) -> np.ndarray:
+        """This version's centres owned by these personas."""
+        owners = [k for k, persona_id in enumerate(self.persona_ids) if persona_id in persona_ids]
+        return self.centres[np.isin(self.centre_owner, owners)] if self.persona_ids else self.centres[:0]
+
+
+def _rows_by_owner(owner: np.ndarray, personas: int, rows: np.ndarray) -> list[bytes]:
+    """Per persona index, the bytes of its rows (in row order)."""
+    order = np.argsort(owner, kind="stable")
+    packed = np.ascontiguousarray(np.asarray(rows, np.float32).reshape(len(owner), EMBEDDING_DIM)[order])
+    bounds = np.searchsorted(owner[order], np.arange(personas + 1))
+    return [packed[bounds[k]:bounds[k + 1]].tobytes() for k in range(personas)]
+
+
+def changed_personas(old: ModelParameters, new: ModelParameters) -> set[str]:
+    """Personas whose centres or vetoes differ between two versions (added and removed ones
+    included): a face's nearest persona can change only through them."""
+    before, after = old.answer_digests, new.answer_digests
+    return {persona_id for persona_id in before.keys() | after.keys() if before.get(persona_id) != after.get(persona_id)}
+
+
+def threshold_bands(old: ModelParameters, new: ModelParameters, unchanged: Iterable[str]
+                    ) -> dict[str, tuple[float, float]]:
+    """Of personas whose centres are unchanged, those whose thresholds moved: persona id ->
+    (lowest, highest) of the moved thresholds, old and new. A face nearest such a persona is
+    known by one version and unknown by the other only at a distance in that band."""
+    old_index = {persona_id: k for k, persona_id in enumerate(old.persona_ids)}
+    new_index = {persona_id: k for k, persona_id in enumerate(new.persona_ids)}
+    bands = {}
+    for persona_id in unchanged:
+        before, after = old.limits_of(old_index[persona_id]), new.limits_of(new_index[persona_id])
+        moved = before != after
+        if moved.any():
+            both = np.concatenate([before[moved], after[moved]])
+            bands[persona_id] = (float(both.min()), float(both.max()))
+    return bands
 
 
 # ---------------------------------------------------------------------------
@@ -291,10 +397,11 @@ class Predictor:
     InferenceSession may be run from several threads)."""
 
     def __init__(self, version: int, persona_ids: list[str], unknown_threshold: float,
-                 session: ort.InferenceSession, width: int):
+                 session: ort.InferenceSession, width: int, parameters: ModelParameters | None = None):
         self.version = version
         self.persona_ids = list(persona_ids)
         self.unknown_threshold = float(unknown_threshold)
+        self.parameters = parameters  # None: exported before parameters were kept in the artifact
         self._session = session
         self._labels = np.array(self.persona_ids + [""], dtype=object)
         self._rows_per_call = max(256, min(65536, CELLS_PER_CHUNK // max(width, 1)))
@@ -307,17 +414,25 @@ class Predictor:
         # the face pipeline share; inference (millions of rows/s) is never the bottleneck.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(artifact, options, providers=["CPUExecutionProvider"])
-        width = sum(int(np.prod(init.dims)) // EMBEDDING_DIM for init in _initializers(artifact))
-        return cls(record.version, record.persona_ids, record.unknown_threshold, session, width)
+        import onnx
+
+        graph = onnx.load_from_string(artifact)
+        width = sum(int(np.prod(init.dims)) // EMBEDDING_DIM for init in _initializers(graph))
+        stored = {entry.key: entry.value for entry in graph.metadata_props}.get(PARAMETERS_KEY)
+        parameters = ModelParameters.from_text(stored) if stored else None
+        return cls(record.version, record.persona_ids, record.unknown_threshold, session, width, parameters)
 
     def predict(self, embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Per row: persona id ("" = unknown) and a confidence in [0, 1] (of
         the persona, or of "unknown" for unknown rows)."""
+        return self.verdicts(*self.nearest(embeddings))
+
+    def nearest(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: the persona index of the nearest centre not vetoed, its distance and its
+        distance threshold (the graph's outputs; index len(persona_ids) in a persona-less model)."""
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != EMBEDDING_DIM:
             raise ValueError(f"embeddings must have shape [n, {EMBEDDING_DIM}], got {list(x.shape)}")
-        if not len(x):
-            return [], np.zeros(0, dtype=np.float32)
         index = np.empty(len(x), dtype=np.int64)
         distance = np.empty(len(x), dtype=np.float32)
         # Graphs before per-persona thresholds have two outputs: the version's shared one applies.
@@ -328,18 +443,19 @@ class Predictor:
             index[start:stop], distance[start:stop] = outputs[0], outputs[1]
             if len(outputs) > 2:
                 limit[start:stop] = outputs[2]
+        return index, distance, limit
+
+    def verdicts(self, index: np.ndarray, distance: np.ndarray, limit: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """predict's answers from nearest's outputs."""
         confidence = np.nan_to_num(distance_to_confidence(distance), nan=0.0)
         known = (distance <= limit) & (index < len(self.persona_ids))
         persona_ids = self._labels[np.where(known, index, len(self.persona_ids))].tolist()
         return persona_ids, np.where(known, confidence, 1.0 - confidence).astype(np.float32)
 
 
-def _initializers(artifact: bytes):
+def _initializers(model):
     """The graph's [*, 128] matrices (centroids, rejections): sizes the batches."""
-    import onnx
-
-    graph = onnx.load_from_string(artifact).graph
-    return [init for init in graph.initializer if len(init.dims) == 2 and EMBEDDING_DIM in init.dims]
+    return [init for init in model.graph.initializer if len(init.dims) == 2 and EMBEDDING_DIM in init.dims]
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@ active model version, with progress streamed to every watcher. Only verdicts
 that change are written (store.put_prediction_columns changed_only: another
 persona, or a confidence moved by more than PREDICTION_TOLERANCE); the others
 stand as stored. When a run has covered every shard, RECLASSIFIED_VERSION_KEY
-names its version: every stored verdict is then that version's.
+names its version: every stored verdict is then that version's. A replica
+remembers the shards it passed over: after an activation it predicts again only
+the faces whose verdict the new version can change (incremental.py).
 
 One run at a time per process. A second request for the same version joins
 the running run (watchers share it); a request for a newer version supersedes
@@ -36,7 +38,8 @@ from visage.store.base import RECLASSIFIED_VERSION_KEY, Store
 from visage.store.records import PredictionRecord, ShardRecord
 from visage.v1 import classify_pb2
 from visage.v1 import resources_pb2 as pb
-from visage_classifier.models import ActiveModel, ModelLoadError, predict
+from visage_classifier.incremental import ReclassifyMemory, ShardPass
+from visage_classifier.models import ActiveModel, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +205,14 @@ class _ShardBatch(PredictionColumns):
 
 @dataclass(frozen=True)
 class _ShardEnd:
-    """Every batch of the shard before this one is written: it can be finished."""
-    shard: int
+    """Every batch of the shard before this one is written: it can be finished. `carried`:
+    its unlabelled faces whose verdicts stand unpredicted (an incremental pass)."""
+    shard_pass: ShardPass
+    carried: int = 0
+
+    @property
+    def shard(self) -> int:
+        return self.shard_pass.shard
 
 
 class _ShardProgress:
@@ -245,15 +254,18 @@ class _ShardProgress:
         with self._lock:
             self._written[shard] = self._written.get(shard, 0) + rows
 
-    def finish(self, end: _ShardEnd) -> None:
+    def finish(self, end: _ShardEnd) -> bool:
+        """Whether the shard is finished by this replica."""
         run = self._run
         renewed = self._renewed.pop(end.shard, None)
-        if renewed is not None and end.shard not in self._lost and not run._stop.is_set():
-            if not run.store.finish_shard(run.job, end.shard, run.work.owner, self._written[end.shard]):
-                self._lose(end.shard)
+        finished = renewed is not None and end.shard not in self._lost and not run._stop.is_set()
+        if finished and not run.store.finish_shard(run.job, end.shard, run.work.owner, self._written[end.shard]):
+            self._lose(end.shard)
+            finished = False
         with self._lock:
             self._written.pop(end.shard, None)
         self._refresh_recorded()
+        return finished
 
     def _refresh_recorded(self) -> None:
         """Re-reads every replica's recorded progress, at most every PROGRESS_READ_SECONDS."""
@@ -278,13 +290,18 @@ class Run:
     that watchers wait on (they always get the newest, never a backlog)."""
 
     def __init__(self, store: Store, predictor: Predictor | None, batch_rows: int = BATCH_ROWS,
-                 work: SharedWork | None = None, job: str = ""):
+                 work: SharedWork | None = None, job: str = "", memory: ReclassifyMemory | None = None,
+                 incremental: bool = False):
         self.store = store
         self.predictor = predictor
         self.version = predictor.version if predictor else 0
         self.batch_rows = batch_rows
         self.work = work or SharedWork()
         self.job = job or shared_job(self.version)
+        # `incremental`: shards this replica remembers are passed over by their due faces only
+        # (see incremental.py); every pass leaves what it computed in `memory` either way.
+        self.memory = memory or ReclassifyMemory(capacity_faces=0)
+        self.incremental = incremental
         self.successor: Run | None = None
         self._changed = threading.Condition()
         self._sequence = 0
@@ -359,7 +376,7 @@ class Run:
         or others); returns the faces re-classified by all of them."""
         labelled = belonging_face_ids(self.store)
         known_personas = {persona.persona_id for persona in self.store.list_personas()}
-        total = max(self.store.count_faces() - len(labelled), 0)
+        total = self._faces_to_classify(labelled)
         self._report(RUNNING, 0, total, 0.0, 0.0, f"re-classifying with version {self.version}")
         while not self._stop.is_set():
             self._classify_claimed_shards(_ShardProgress(self, total, started), labelled, known_personas)
@@ -370,51 +387,76 @@ class Run:
             self._stop.wait(self.work.poll_seconds)  # then claim again: a holder's lease may have ended
         return 0
 
-    def _claimed_batches(self, progress: "_ShardProgress") -> Iterator[tuple[int, list[str], np.ndarray | None]]:
-        """(shard, face_ids, matrix) of every shard this replica can claim, one after another,
-        and (shard, [], None) after each shard's last batch. Runs on the prefetch thread, so
+    def _faces_to_classify(self, labelled: set[str]) -> int:
+        """The unlabelled faces, for progress and its ETA: counted in the store or, by an
+        incremental run of a replica that remembers shards, extrapolated from them (a count
+        costs seconds at a million faces). The final count is exact either way."""
+        remembered = self.memory.estimated_faces(self.work.shards) if self.incremental else None
+        faces = remembered if remembered is not None else self.store.count_faces()
+        return max(faces - len(labelled), 0)
+
+    def _claimed_passes(self, progress: "_ShardProgress", labelled: set[str], known_personas: set[str]
+                        ) -> Iterator[tuple[ShardPass, list[str], np.ndarray | None]]:
+        """(pass, face_ids, matrix) of every shard this replica can claim, one after another,
+        and (pass, [], None) after each shard's last batch. Runs on the prefetch thread, so
         the next shard is claimed and read while the last one's batches are written."""
         work = self.work
+        writer = f"{work.owner} {self.job}"
         while not self._stop.is_set():
             now = work.clock()
-            claim = self.store.claim_shard(self.job, work.shards, work.owner, now + work.lease_seconds, now)
+            claim = self.store.claim_shard(self.job, work.shards, work.owner, now + work.lease_seconds, now,
+                                           prefer=self.memory.remembered(work.shards))
             if claim is None:
                 return
             metrics.SHARDS_CLAIMED.inc()
             progress.claimed(claim.shard, now)
-            for face_ids, matrix in self.store.iter_shard_embeddings(claim.shard, work.shards, self.batch_rows):
+            shard_pass = self.memory.open_pass(self.store, writer, work.shards, claim.shard, self.predictor.parameters,
+                                               labelled, known_personas, self.incremental)
+            for face_ids, matrix in shard_pass.batches(self.store, work.shards, self.batch_rows):
                 if self._stop.is_set() or progress.lost(claim.shard):
                     break
-                yield claim.shard, face_ids, matrix
-            yield claim.shard, [], None
+                yield shard_pass, face_ids, matrix
+            yield shard_pass, [], None
 
     def _classify_claimed_shards(self, progress: "_ShardProgress", labelled: set[str],
                                  known_personas: set[str]) -> None:
         """Predicts the shards it claims; one writer for all of them, so reading, predicting and
         writing overlap across shard boundaries. A shard is finished after its last write."""
+        open_passes: dict[int, ShardPass] = {}  # a run stopped mid-shard leaves its pass unclosed: forgotten
+
         def write(batch) -> None:
             if isinstance(batch, _ShardBatch):
                 batch.write_to(self.store)
                 progress.add(batch.shard, len(batch.face_ids))
-            else:  # the end of a shard
-                progress.finish(batch)
+                return
+            progress.add(batch.shard, batch.carried)  # the end of a shard
+            finished = progress.finish(batch)
+            self.memory.close_pass(self.store, open_passes.pop(batch.shard), finished, self.predictor.parameters,
+                                   labelled)
 
         writer = BackgroundWriter(write, progress.written)
+        personas = len(self.predictor.persona_ids)
         try:
-            for shard, face_ids, matrix in prefetched(self._claimed_batches(progress)):
+            for shard_pass, face_ids, matrix in prefetched(self._claimed_passes(progress, labelled, known_personas)):
                 if self._stop.is_set():
                     break
+                shard = shard_pass.shard
+                open_passes[shard] = shard_pass
                 if matrix is None:
-                    writer.submit(_ShardEnd(shard), 0)
+                    carried = shard_pass.carried_faces(labelled)
+                    writer.submit(_ShardEnd(shard_pass, carried), carried)
                     continue
+                nearest, distance, limit = self.predictor.nearest(matrix)
+                metrics.FACES_PREDICTED.inc(len(matrix))
+                shard_pass.answered(nearest, distance, personas)
                 if not labelled.isdisjoint(face_ids):  # most batches hold no labelled face: one C-level check
                     keep = np.fromiter((face_id not in labelled for face_id in face_ids), dtype=bool,
                                        count=len(face_ids))
                     face_ids = [face_id for face_id, kept in zip(face_ids, keep) if kept]
-                    matrix = matrix[keep]
-                answers = predict(self.predictor, matrix)
-                writer.submit(_ShardBatch(face_ids, known_or_unknown(answers.persona_ids, known_personas),
-                                          answers.confidences, self.version, time.time(), shard=shard),
+                    nearest, distance, limit = nearest[keep], distance[keep], limit[keep]
+                persona_ids, confidences = self.predictor.verdicts(nearest, distance, limit)
+                writer.submit(_ShardBatch(face_ids, known_or_unknown(persona_ids, known_personas),
+                                          confidences, self.version, time.time(), shard=shard),
                               len(face_ids))
         finally:
             writer.close()
@@ -462,11 +504,12 @@ class Reclassifier:
     """Starts runs, or hands out the running one to join."""
 
     def __init__(self, store: Store, models: ActiveModel, batch_rows: int = BATCH_ROWS,
-                 work: SharedWork | None = None):
+                 work: SharedWork | None = None, memory: ReclassifyMemory | None = None):
         self._store = store
         self._models = models
         self._batch_rows = batch_rows
         self._work = work or SharedWork()
+        self._memory = memory or ReclassifyMemory()
         self._lock = threading.Lock()
         self._run: Run | None = None
 
@@ -491,7 +534,8 @@ class Reclassifier:
                 return running  # join: a finished run is never joined, its answer may be stale
             job = (self._unfinished_shared_job(predictor.version) if shared
                    else f"{shared_job(predictor.version)}-{uuid.uuid4().hex[:8]}")
-            run = Run(self._store, predictor, self._batch_rows, self._work, job)
+            # An operator's run evaluates every face again (a check of what incremental runs kept).
+            run = Run(self._store, predictor, self._batch_rows, self._work, job, self._memory, incremental=shared)
             if running is not None and running.is_alive():
                 running.supersede(run)
             run.start(after=running)

@@ -32,6 +32,7 @@ from visage.v1 import classify_pb2, classify_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.events import EventWatcher
 from visage_classifier.models import ActiveModel, ModelLoadError, predict
+from visage_classifier.incremental import ReclassifyMemory
 from visage_classifier.reclassify import BATCH_ROWS, Reclassifier, SharedWork, follow
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def start(config: Config, store: Store, address: str, pool: PipelinePool | None 
     except ModelLoadError:
         pass  # logged; classifies as "no model" until a loadable version is activated
     reclassifier = Reclassifier(store, models, int(os.environ.get("VISAGE_RECLASSIFY_BATCH_ROWS", str(BATCH_ROWS))),
-                                SharedWork.from_env())
+                                SharedWork.from_env(), ReclassifyMemory.from_env())
     classifier = Classifier(store, pool, models, reclassifier)
     servicer = ClassifyServicer(classifier, stream_workers=max_workers)
     server, port, health = build_server(

@@ -111,3 +111,13 @@ def test_a_not_belongs_label_and_a_removal_free_the_face_for_another_persona(sto
     store.delete_persona(a)  # a face whose BELONGS persona is gone takes a new one
     store.put_label(LabelRecord(face, b, pb.VERDICT_BELONGS))
     assert [(l.persona_id, l.verdict) for l in store.labels_of_face(face)] == [(b, pb.VERDICT_BELONGS)]
+
+
+def test_concurrent_meta_swaps_each_see_the_value_the_one_before_left(store, replicas):
+    """swap_meta is a compare-and-set: concurrent increments lose none, and the values they
+    replaced are every value from the first to the last but one, each seen once."""
+    rounds = 3
+    replaced = [value for _ in range(rounds) for value in together(
+        [lambda s=s: s.swap_meta("counter", lambda current: str(int(current or 0) + 1)) for s in replicas])]
+    assert store.get_meta("counter") == str(rounds * WRITERS)
+    assert sorted(replaced, key=lambda v: int(v or 0)) == [""] + [str(n) for n in range(1, rounds * WRITERS)]

@@ -38,6 +38,23 @@ def test_shards_hold_every_face_exactly_once(store, shards):
         list(store.iter_shard_embeddings(shards, shards))
 
 
+@pytest.mark.parametrize("shards", [1, 3, 64])
+def test_shard_of_names_the_shard_that_holds_the_face(store, shards):
+    """A replica files a newly ingested face under the shard its next run reads it from."""
+    put_faces(store)
+    for shard in range(shards):
+        for face_ids, _matrix in store.iter_shard_embeddings(shard, shards):
+            assert [store.shard_of(face_id, shards) for face_id in face_ids] == [shard] * len(face_ids)
+
+
+def test_a_claim_takes_a_preferred_shard_first(store):
+    t = 1000.0
+    assert store.claim_shard("job", 8, "a", t + 30, now=t, prefer=[5, 2]).shard == 5
+    assert store.claim_shard("job", 8, "a", t + 30, now=t, prefer=[5, 2]).shard == 2
+    third = store.claim_shard("job", 8, "a", t + 30, now=t, prefer=[5, 2])  # both held: any other
+    assert third is not None and third.shard not in (5, 2)
+
+
 def test_leases_hand_each_shard_to_one_owner_and_expired_ones_over(store):
     t = 1000.0
     a = store.claim_shard("job", 3, "a", t + 30, now=t)

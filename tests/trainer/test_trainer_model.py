@@ -172,3 +172,26 @@ def test_confidence_is_the_similarity_to_the_persona(split):
     np.testing.assert_allclose(confidences[~named], 1 - similarity[~named], atol=1e-4)
     thresholds = {m["persona_id"]: m["threshold"] for m in trained.metrics["per_persona"]}
     assert all(c >= thresholds[a] - 1e-4 for a, c in zip(answers, confidences) if a)
+
+
+def test_the_artifact_keeps_its_parameters_and_a_label_changes_only_its_personas(split):
+    """What incremental re-classification rests on: a version's artifact carries its
+    parameters; one more label changes the centres of the personas it touches only (and at most
+    moves thresholds: faces change sides only within the bands); a veto changes its persona."""
+    training, _testing, _noise = split
+    trained, predictor = train(training)
+    old = predictor.parameters
+    assert old is not None and old.persona_ids == trained.persona_ids
+    person, embedding = training[-1]
+    other = next(p for p, _ in training if p != person)
+    _retrained, repredictor = train(training + [(other, embedding)])  # a lookalike labelled as someone else
+    new = repredictor.parameters
+    changed = modelling.changed_personas(old, new)
+    assert other in changed and changed <= {other, person}  # the face's own persona may gain an exemplar
+    for persona_id, (low, high) in modelling.threshold_bands(old, new, set(old.persona_ids) - changed).items():
+        k = old.persona_ids.index(persona_id)
+        moved = old.limits_of(k) != new.limits_of(k)
+        assert moved.any() and low == min(old.limits_of(k)[moved].min(), new.limits_of(k)[moved].min())
+    assert modelling.changed_personas(old, train(training)[1].parameters) == set()
+    _rejected, vetoed = train(training, rejected=[(person, training[0][1])])
+    assert modelling.changed_personas(old, vetoed.parameters) == {person}

@@ -515,9 +515,15 @@ class Store(abc.ABC):
         every face (Cassandra: token ranges; SQLite: face id ranges)."""
 
     @abc.abstractmethod
-    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float) -> ShardRecord | None:
+    def shard_of(self, face_id: str, shards: int) -> int:
+        """The one of `shards` parts whose iter_shard_embeddings holds this face id."""
+
+    @abc.abstractmethod
+    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float,
+                    prefer: Sequence[int] = ()) -> ShardRecord | None:
         """Claims a shard of the job nobody holds: never claimed, or its lease ended before
-        `now` and it is not finished. None when every shard is finished or held."""
+        `now` and it is not finished; the `prefer`red ones first (those a replica remembers).
+        None when every shard is finished or held."""
 
     @abc.abstractmethod
     def renew_shard(self, job: str, shard: int, owner: str, lease_until: float, faces: int) -> bool:
@@ -543,3 +549,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_meta(self, key: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    def swap_meta(self, key: str, change: Callable[[str], str]) -> str:
+        """Atomically sets the key to change(current) ("" = absent) and returns the value it
+        replaced; of concurrent swaps each sees the value the one before it left (SQLite: one
+        write transaction; Cassandra: a lightweight transaction, decided again against the
+        value that won a lost race). A key written with swap_meta is written only that way
+        (Cassandra: lightweight transactions and plain writes of one cell do not mix)."""

@@ -63,7 +63,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from cassandra import (
@@ -79,6 +79,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.connection import ConnectionException
 from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
+from cassandra.metadata import Murmur3Token
 from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 from cassandra.util import min_uuid_from_time, unix_time_from_uuid1, uuid_from_time
@@ -694,7 +695,7 @@ class CassandraStore(Store):
         # activation racing this sees the state after its own compare-and-set and undoes it.
         withdrawn = {str(record.version) for record in versions}
         if withdrawn:
-            self._swap_active(lambda current: "" if current in withdrawn else current)
+            self.swap_meta(ACTIVE_VERSION_KEY, lambda current: "" if current in withdrawn else current)
         return [record.version for record in versions]
 
     # ---- images and faces -----------------------------------------------
@@ -1313,10 +1314,10 @@ class CassandraStore(Store):
             self._run("UPDATE {ks}.model_versions SET gate_reason = ? WHERE version = ?", (gate_reason, version))
         # The one conditional transition: the active-version cell, compare-and-set from what
         # it held to this version. Rows' states follow as hints (see _version).
-        previous = self._swap_active(lambda _current: str(version))
+        previous = self.swap_meta(ACTIVE_VERSION_KEY, lambda _current: str(version))
         row = self._run("SELECT state FROM {ks}.model_versions WHERE version = ?", (version,)).one()
         if row is not None and row.state == pb.MODEL_STATE_WITHDRAWN:  # an erasure raced this activation
-            self._swap_active(lambda current: "" if current == str(version) else current)
+            self.swap_meta(ACTIVE_VERSION_KEY, lambda current: "" if current == str(version) else current)
             if gate_reason is not None:  # the withdrawal's reason, which ours may have overwritten
                 self._run("UPDATE {ks}.model_versions SET gate_reason = ? WHERE version = ?",
                           (WITHDRAWN_REASON, version))
@@ -1329,23 +1330,19 @@ class CassandraStore(Store):
         self.append_event(pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED, str(version))
         return self.get_model_version(version)
 
-    def _swap_active(self, change: Callable[[str], str]) -> str:
-        """Compare-and-set of the active-version cell to change(current) ("" = none); returns
-        the value it replaced. On a lost race decides again against the value that won."""
-        row = self._run("SELECT value FROM {ks}.meta WHERE key = ?", (ACTIVE_VERSION_KEY,), serial=True).one()
+    def swap_meta(self, key: str, change: Callable[[str], str]) -> str:
+        row = self._run("SELECT value FROM {ks}.meta WHERE key = ?", (key,), serial=True).one()
         current = row.value if row else None
         for _attempt in range(LWT_ATTEMPTS):
             wanted = change(current or "")
             if current is None:
-                result = self._run("INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS",
-                                   (ACTIVE_VERSION_KEY, wanted))
+                result = self._run("INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS", (key, wanted))
             else:
-                result = self._run("UPDATE {ks}.meta SET value = ? WHERE key = ? IF value = ?",
-                                   (wanted, ACTIVE_VERSION_KEY, current))
+                result = self._run("UPDATE {ks}.meta SET value = ? WHERE key = ? IF value = ?", (wanted, key, current))
             if result.was_applied:
                 return current or ""
             current = result.one().value  # what won the race
-        raise StoreConflict(f"the active model version kept changing under {LWT_ATTEMPTS} attempts; retry")
+        raise StoreConflict(f"{key} kept changing under {LWT_ATTEMPTS} attempts; retry")
 
     def active_model_version(self) -> ModelVersionRecord | None:
         value = self.get_meta(ACTIVE_VERSION_KEY)
@@ -1541,12 +1538,22 @@ class CassandraStore(Store):
                              "AND token(face_id) < ?", (low, high), fetch_size=min(batch_size, 5000), timeout=120)
         yield from _embedding_batches(rows, batch_size)
 
-    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float) -> ShardRecord | None:
+    def shard_of(self, face_id: str, shards: int) -> int:
+        token = Murmur3Token.hash_fn(face_id.encode())  # the partitioner's token of the faces row
+        shard = min(shards - 1, (token - MIN_TOKEN) * shards >> 64)
+        while shard > 0 and _token_bounds(shard, shards)[0] > token:  # integer rounding of the bounds
+            shard -= 1
+        while shard < shards - 1 and _token_bounds(shard + 1, shards)[0] <= token:
+            shard += 1
+        return shard
+
+    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float,
+                    prefer: Sequence[int] = ()) -> ShardRecord | None:
         held = {row.shard: row for row in self._run(
             "SELECT shard, owner, lease_until, done FROM {ks}.work_shards WHERE job = ? AND shard >= 0", (job,))}
         # (a plain read: a stale row only costs a lost compare-and-set below, never a double claim)
         start = zlib.crc32(owner.encode()) % shards  # replicas start at different shards: fewer lost races
-        for shard in [*range(start, shards), *range(start)]:
+        for shard in dict.fromkeys([*prefer, *range(start, shards), *range(start)]):
             row = held.get(shard)
             if row is None:
                 claimed = self._run("INSERT INTO {ks}.work_shards (job, shard, owner, lease_until, faces, done) "
@@ -1585,6 +1592,6 @@ class CassandraStore(Store):
 
     def set_meta(self, key: str, value: str) -> None:
         if key == ACTIVE_VERSION_KEY:  # only ever compare-and-set (LWT and plain writes do not mix)
-            self._swap_active(lambda _current: value)
+            self.swap_meta(key, lambda _current: value)
             return
         self._run("INSERT INTO {ks}.meta (key, value) VALUES (?, ?)", (key, value))

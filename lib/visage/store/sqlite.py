@@ -3,12 +3,14 @@ several threads and several processes on one machine (the whole local mesh
 shares one file); each thread has its own connection."""
 from __future__ import annotations
 
+import bisect
+
 import itertools
 import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -721,11 +723,15 @@ class SqliteStore(Store):
             ids = [row[0] for row in rows]
             yield ids, np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), -1)
 
-    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float) -> ShardRecord | None:
+    def shard_of(self, face_id: str, shards: int) -> int:
+        return bisect.bisect_right([face_id_bounds(shard, shards)[0] for shard in range(1, shards)], face_id)
+
+    def claim_shard(self, job: str, shards: int, owner: str, lease_until: float, now: float,
+                    prefer: Sequence[int] = ()) -> ShardRecord | None:
         with self._tx() as conn:
             held = {shard: (until, done) for shard, until, done in conn.execute(
                 "SELECT shard, lease_until, done FROM work_shards WHERE job = ? AND shard >= 0", (job,))}
-            for shard in range(shards):
+            for shard in dict.fromkeys([*prefer, *range(shards)]):
                 until, done = held.get(shard, (None, False))
                 if until is None or (not done and until < now):
                     conn.execute("INSERT OR REPLACE INTO work_shards VALUES (?, ?, ?, ?, ?, ?)",
@@ -762,3 +768,10 @@ class SqliteStore(Store):
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as conn:
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def swap_meta(self, key: str, change: Callable[[str], str]) -> str:
+        with self._tx() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            current = row[0] if row else ""
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, change(current)))
+            return current
