@@ -44,6 +44,7 @@ from PIL import Image
 
 from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
+from visage.store.base import StoreUnavailable
 from visage.store.cassandra import CassandraStore, _bucket
 from visage.store.records import FaceRecord, LabelRecord, UnknownFaceKey
 from visage.v1 import query_pb2, query_pb2_grpc
@@ -201,10 +202,19 @@ def generate(store: CassandraStore, faces: int, seed: int = 0) -> tuple[list[str
 
 def wait_active(store, version: int, timeout: float = 900.0) -> None:
     deadline = time.monotonic() + timeout
-    while (active := store.active_model_version()) is None or active.version < version:
+    while (active := active_or_none(store)) is None or active.version < version:
         if time.monotonic() > deadline:
             raise RuntimeError(f"version {version} not active; jobs {store.list_training_jobs(3)}")
         time.sleep(0.05)
+
+
+def active_or_none(store):
+    """The active version; None while the node is too busy to say (the trainer, in this process,
+    reads every label with many requests in flight on the same connection)."""
+    try:
+        return store.active_model_version()
+    except StoreUnavailable:
+        return None
 
 
 class Trainer:
