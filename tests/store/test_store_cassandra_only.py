@@ -3,6 +3,8 @@ arrival, row sizes, the versioned schema, stale index rows."""
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
 import time
 
 import numpy as np
@@ -153,3 +155,65 @@ def test_count_faces_counts_every_token_range_once(cassandra_store):
     _, high_of_first = _token_bounds(0, COUNT_RANGES)
     assert any(t >= low_of_last for t in tokens) and any(t < high_of_first for t in tokens)
     assert store.count_faces() == len(face_ids)
+
+
+class PausableForwarder:
+    """A TCP forwarder to the real node that, while paused, stops reading what clients send:
+    as a node too loaded to keep up, it lets a client's socket buffer fill."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, self.flowing), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, flowing: threading.Event | None) -> None:
+        try:
+            while (flowing is None or flowing.wait()) and (data := source.recv(65536)):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_request_behind_megabytes_the_node_has_not_read_yet_waits_for_them(cassandra_config):
+    """Under load the node reads slower than a store writes image chunks; the driver then
+    refuses every new request at once ("Connection is overloaded": its socket buffer is full)
+    and a `make test` failed on it. Such a request was never sent: the store sends it again."""
+    forwarder = PausableForwarder(cassandra_config.port)
+    store = CassandraStore(dataclasses.replace(cassandra_config, port=forwarder.port))
+    try:
+        store.set_meta("before", "x")
+        connection = next(iter(store._session._pools.values()))._connection
+        forwarder.flowing.clear()  # the node stops reading
+        chunk = np.random.default_rng(2).integers(0, 256, CHUNK_BYTES, dtype=np.uint8).tobytes()
+        insert = store._stmt("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, ?, ?)")
+        chunks = []
+        while connection._socket_writable:  # chunks an image write sends, until the socket's buffer is full
+            chunks.append(store._session.execute_async(insert.bind(("huge", len(chunks), chunk)), timeout=120))
+        threading.Timer(0.5, forwarder.flowing.set).start()  # the node catches up later
+        assert store.get_meta("before") == "x"  # sent once the buffer drained, not refused
+        for written in chunks:
+            written.result()
+        assert len(list(store._run("SELECT chunk FROM {ks}.image_chunks WHERE image_id = 'huge'"))) == len(chunks)
+    finally:
+        forwarder.flowing.set()
+        store.close()
+        forwarder.close()

@@ -52,6 +52,7 @@ race would lose or duplicate data (see "Conditional writes" below):
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -76,9 +77,8 @@ from cassandra import (
 )
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.connection import ConnectionException
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
-from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.metadata import Murmur3Token
 from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
@@ -135,6 +135,7 @@ EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
 EVENT_APPEND_ATTEMPTS = 3   # copies of one event at most (each after a late acknowledgement)
 REQUEST_TIMEOUT_S = 30      # the driver's limit for one request: no write is acknowledged later
+BUSY_BACKOFF_S = 0.01       # first wait before sending a request the busy connection refused again
 # A copy is stamped at most this long after its origin: readers remember origins that long.
 COPY_HORIZON_S = EVENT_APPEND_ATTEMPTS * REQUEST_TIMEOUT_S + EVENT_LAG_S
 FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
@@ -415,6 +416,27 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
         raise StoreUnavailable(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
 
 
+class _BusyWait:
+    """Requests the driver did not send because every host's connection was busy (its socket
+    buffer full: the node reads slower than we write, e.g. megabyte chunks on a loaded
+    machine) are sent again after a short, growing wait, for up to REQUEST_TIMEOUT_S without
+    progress. They never left, so sending them again is safe even for a compare-and-set."""
+
+    def __init__(self) -> None:
+        self._backoff, self._stalled_since = BUSY_BACKOFF_S, None
+
+    def progressed(self) -> None:
+        self._backoff, self._stalled_since = BUSY_BACKOFF_S, None
+
+    def wait_or_raise(self, error: NoHostAvailable) -> None:
+        busy = bool(error.errors) and all(isinstance(e, ConnectionBusy) for e in error.errors.values())
+        self._stalled_since = self._stalled_since or time.monotonic()
+        if not busy or time.monotonic() - self._stalled_since > REQUEST_TIMEOUT_S:
+            raise error
+        time.sleep(self._backoff)
+        self._backoff = min(2 * self._backoff, 0.5)
+
+
 def _protocol_refused(error: NoHostAvailable) -> bool:
     """Whether every host refused the protocol version (not: unreachable, bad credentials)."""
     return bool(error.errors) and all("protocol" in str(e).lower() for e in error.errors.values())
@@ -453,7 +475,12 @@ class CassandraStore(Store):
     def _stmt(self, cql: str) -> PreparedStatement:
         stmt = self._prepared.get(cql)
         if stmt is None:
-            stmt = self._session.prepare(cql.format(ks=self.keyspace))
+            busy = _BusyWait()
+            while stmt is None:
+                try:
+                    stmt = self._session.prepare(cql.format(ks=self.keyspace))
+                except NoHostAvailable as error:
+                    busy.wait_or_raise(error)
             self._prepared[cql] = stmt
         return stmt
 
@@ -465,15 +492,12 @@ class CassandraStore(Store):
             bound.fetch_size = fetch_size
         if serial:
             bound.consistency_level = ConsistencyLevel.LOCAL_SERIAL
-        return self._session.execute(bound, timeout=timeout)
+        return self._execute_each([bound], timeout)[0]
 
     def _run_many(self, cql: str, rows: list[tuple]) -> list:
         """Executes one prepared statement for many argument tuples, CONCURRENCY at a time."""
-        if not rows:
-            return []
-        results = execute_concurrent_with_args(self._session, self._stmt(cql), rows,
-                                               concurrency=CONCURRENCY, raise_on_first_error=True)
-        return [result for _ok, result in results]
+        stmt = self._stmt(cql)
+        return self._execute_each([stmt.bind(row) for row in rows])
 
     def _select_in(self, cql: str, ids: list[str]) -> list:
         """Rows of `cql` (with `IN ?`) for many ids, ID_CHUNK per request."""
@@ -484,15 +508,27 @@ class CassandraStore(Store):
 
     def _execute_all(self, statements: Iterable[Statement]) -> None:
         """Runs bound statements and batches, CONCURRENCY in flight; raises the first error."""
-        statements = list(statements)
-        if len(statements) <= CONCURRENCY:  # all in flight at once: skip the window's bookkeeping
-            for future in [self._session.execute_async(statement, timeout=30) for statement in statements]:
-                future.result()
-            return
-        results = execute_concurrent(self._session, ((statement, None) for statement in statements),
-                                     concurrency=CONCURRENCY, raise_on_first_error=True, results_generator=True)
-        for _ok, _result in results:
-            pass
+        self._execute_each(list(statements))
+
+    def _execute_each(self, statements: list[Statement], timeout: float = REQUEST_TIMEOUT_S) -> list:
+        """The statements' results in order, CONCURRENCY in flight; raises the first error (a
+        busy connection's refusal is no error: see _BusyWait)."""
+        results: list = [None] * len(statements)
+        waiting = collections.deque(range(len(statements)))
+        in_flight: collections.deque = collections.deque()
+        busy = _BusyWait()
+        while waiting or in_flight:
+            while waiting and len(in_flight) < CONCURRENCY:
+                i = waiting.popleft()
+                in_flight.append((i, self._session.execute_async(statements[i], timeout=timeout)))
+            i, future = in_flight.popleft()
+            try:
+                results[i] = future.result()
+                busy.progressed()
+            except NoHostAvailable as error:
+                busy.wait_or_raise(error)
+                waiting.append(i)
+        return results
 
     def _batches(self, cql: str, rows: Iterable[tuple], partition: Callable[[tuple], object]) -> Iterator[Statement]:
         """`cql` for every row, as unlogged batches of rows that share a partition (`partition(row)`)."""
@@ -849,8 +885,7 @@ class CassandraStore(Store):
         last = self._stmt("SELECT COUNT(*) FROM {ks}.faces WHERE token(face_id) >= ?")
         ranges = [_token_bounds(shard, COUNT_RANGES) for shard in range(COUNT_RANGES)]
         statements = [(bounded, (low, high)) if high is not None else (last, (low,)) for low, high in ranges]
-        results = execute_concurrent(self._session, statements, concurrency=CONCURRENCY, raise_on_first_error=True)
-        return sum(result.one()[0] for _ok, result in results)
+        return sum(result.one()[0] for result in self._execute_each([stmt.bind(args) for stmt, args in statements]))
 
     def iter_embeddings(self, batch_size: int = 8192) -> Iterator[tuple[list[str], np.ndarray]]:
         # One paged scan in token order; the driver fetches the next page while we build this batch.
@@ -1172,8 +1207,7 @@ class CassandraStore(Store):
             statements = [statement for bucket in range(UNKNOWN_BUCKETS) for statement in (
                 same_time.bind((bucket, after.image_time, after.image_id, after.index, limit)),
                 older.bind((bucket, after.image_time, limit)))]
-        futures = [self._session.execute_async(statement, timeout=30) for statement in statements]
-        keys = [UnknownFaceKey(*row) for future in futures for row in future.result()]
+        keys = [UnknownFaceKey(*row) for result in self._execute_each(statements) for row in result]
         return sorted(keys, key=UnknownFaceKey.order)[:limit]
 
     def list_unknown_faces(self, after: UnknownFaceKey | None, limit: int) -> list[UnknownFaceKey]:
