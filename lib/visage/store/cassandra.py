@@ -134,6 +134,8 @@ EVENT_BUCKET_S = 60         # one events partition per minute
 EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
 EVENT_APPEND_ATTEMPTS = 3   # copies of one event at most (each after a late acknowledgement)
 REQUEST_TIMEOUT_S = 30      # the driver's limit for one request: no write is acknowledged later
+CONNECT_ATTEMPTS = 3        # a node still starting, or a connect slower than its timeout, is tried again
+CONNECT_BACKOFF_S = 1.0     # before the second attempt; doubled before each later one
 # A copy is stamped at most this long after its origin: readers remember origins that long.
 COPY_HORIZON_S = EVENT_APPEND_ATTEMPTS * REQUEST_TIMEOUT_S + EVENT_LAG_S
 FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
@@ -395,7 +397,9 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
 
     def open_session(protocol_version: int) -> tuple[Cluster, Session]:
         cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=protocol_version,
-                          execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10,
+                          execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                          connect_timeout=config.connect_timeout_seconds,
+                          control_connection_timeout=config.connect_timeout_seconds,
                           sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **options)
         try:
             return cluster, cluster.connect()
@@ -403,15 +407,33 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
             cluster.shutdown()
             raise
 
-    try:
+    def open_either_protocol() -> tuple[Cluster, Session]:
         try:
             return open_session(ProtocolVersion.V5)
         except NoHostAvailable as e:
             if not _protocol_refused(e):
                 raise
             return open_session(ProtocolVersion.V4)
-    except Exception as e:
-        raise StoreUnavailable(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
+
+    where = f"{','.join(config.contact_points)}:{config.port}"
+    for attempt in itertools.count(1):
+        try:
+            return open_either_protocol()
+        except Exception as e:
+            if attempt == CONNECT_ATTEMPTS or not _not_ready(e):
+                raise StoreUnavailable(f"cannot connect to Cassandra at {where}: {e}") from e
+            backoff = CONNECT_BACKOFF_S * 2 ** (attempt - 1)
+            log.warning("Cassandra at %s not ready (%s); retrying in %.0f s", where, e, backoff)
+            time.sleep(backoff)
+
+
+def _not_ready(error: Exception) -> bool:
+    """Whether a failed connect may succeed when tried again: the node is not up yet, or
+    did not answer in time (not: refused credentials, a protocol nobody speaks, a bug)."""
+    if isinstance(error, OperationTimedOut):
+        return True
+    return (isinstance(error, NoHostAvailable) and not _protocol_refused(error)
+            and not any(isinstance(e, (AuthenticationFailed, Unauthorized)) for e in error.errors.values()))
 
 
 def _protocol_refused(error: NoHostAvailable) -> bool:
