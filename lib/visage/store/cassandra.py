@@ -709,7 +709,8 @@ class CassandraStore(Store):
 
     def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:
         for record in versions:
-            self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ?",
+            # IF EXISTS: a lightweight transaction, ordered after a gate decision's (record_gate_decision).
+            self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ? IF EXISTS",
                       (pb.MODEL_STATE_WITHDRAWN, WITHDRAWN_REASON, record.version))
             self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
         # Nothing serves a withdrawn version from here on. Rows are WITHDRAWN first, so an
@@ -1298,6 +1299,13 @@ class CassandraStore(Store):
                   "WHERE version = ?",
                   (record.state, record.gate_reason, json.dumps(record.metrics), record.activate_time,
                    record.version))
+
+    def record_gate_decision(self, version: int, state: int, gate_reason: str) -> bool:
+        # Conditional on every state but WITHDRAWN (a missing row has none: not applied, not created).
+        # The withdrawal is a lightweight transaction too, so whichever comes later wins.
+        live = ", ".join(str(s) for s in pb.ModelState.values() if s != pb.MODEL_STATE_WITHDRAWN)
+        return self._run(f"UPDATE {{ks}}.model_versions SET state = ?, gate_reason = ? WHERE version = ? "
+                         f"IF state IN ({live})", (state, gate_reason, version)).was_applied
 
     def get_model_version(self, version: int) -> ModelVersionRecord | None:
         rows = list(self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions WHERE version = ?",
