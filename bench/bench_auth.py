@@ -64,8 +64,9 @@ def p50_ms(samples: list[float]) -> float:
 def rpc_rows(store: SqliteStore, token: str) -> tuple[list[float], list[float], list[float]]:
     """p50s in ms per round: with the auth interceptor, without any, with a pass-through one."""
     checked = query_server.start(Config(data_dir=Path(tempfile.gettempdir())), store, "127.0.0.1:0")
-    bare, bare_port = bare_server(query_server.QueryServicer(store, 4))
-    noop, noop_port = bare_server(query_server.QueryServicer(store, 4), [PassThrough()])
+    # GetPersona reads no suggested people: the servicers' default (not started) is enough.
+    bare, bare_port = bare_server(query_server.QueryServicer(store=store))
+    noop, noop_port = bare_server(query_server.QueryServicer(store=store), [PassThrough()])
     persona = store.create_persona("Bench")
     request = query_pb2.GetPersonaRequest(persona_id=persona.persona_id)
     p50s: tuple[list[float], list[float], list[float]] = ([], [], [])

@@ -145,6 +145,8 @@ def _grpc_server(request, grpc_interceptors):
 # Tests get a keyspace of their own, emptied before each test (creating a keyspace per
 # test would cost seconds; truncating the few tables a test touched costs milliseconds).
 CASSANDRA_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))
+# Tests share 2 cores with other jobs: a connect may wait far longer than production's 10 s.
+CASSANDRA_CONNECT_TIMEOUT_S = 120.0
 
 
 def _cassandra_unavailable(reason: str):
@@ -166,7 +168,8 @@ def cassandra_session_keyspace():
     from visage.store.cassandra import CassandraStore
 
     config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
-                             keyspace=f"visage_test_{uuid_module.uuid4().hex[:12]}")
+                             keyspace=f"visage_test_{uuid_module.uuid4().hex[:12]}",
+                             connect_timeout_seconds=CASSANDRA_CONNECT_TIMEOUT_S)
     admin = CassandraStore(config)
     admin.migrate()
     yield config, admin

@@ -24,6 +24,9 @@ class CassandraConfig:
     tls: bool = False
     tls_ca_file: str = ""
     local_dc: str = ""
+    # Bounds opening a connection and the driver's own setup queries (topology, schema).
+    # Production's default; tests on a loaded machine set a long one.
+    connect_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls) -> "CassandraConfig":
@@ -37,6 +40,7 @@ class CassandraConfig:
             tls=_env("CASSANDRA_TLS", "false").lower() in ("1", "true", "yes"),
             tls_ca_file=_env("CASSANDRA_TLS_CA_FILE", ""),
             local_dc=_env("CASSANDRA_LOCAL_DC", ""),
+            connect_timeout_seconds=float(_env("CASSANDRA_CONNECT_TIMEOUT_SECONDS", "10")),
         )
 
 

@@ -37,6 +37,18 @@ SERVER_OPTIONS = (
 # no gRPC code maps to (413 for an image over the byte limit); see visage_gateway.limits.
 STATUS_HINT_HEADER = "x-visage-http-status"
 
+# Initial metadata that a response stream which may wait before its first item (a watch:
+# maybe hours) sends once it was let in (past the auth check and its request's
+# validation): the caller knows the stream is open. A refusal has no initial metadata
+# of its own (its status comes alone), so this header tells the two apart even before
+# that status is read (tests/auth/rpc_matrix.py).
+STREAM_OPEN = (("x-visage-stream", "open"),)
+
+
+def open_stream(context: grpc.ServicerContext) -> None:
+    """Sends a response stream's initial metadata now (STREAM_OPEN), not with its first item."""
+    context.send_initial_metadata(STREAM_OPEN)
+
 SERVICE_NAMES = {
     "ingest": ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     "classifier": classify_pb2.DESCRIPTOR.services_by_name["ClassifyService"].full_name,

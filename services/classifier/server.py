@@ -24,7 +24,7 @@ from visage.faces.pipeline import FoundFace
 from visage.faces.pool import PipelinePool
 from visage.faces.status import ANALYSIS_ERRORS, analysis_failure
 from visage.model import Predictor
-from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
+from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server, open_stream
 from visage.errors import store_status
 from visage.store.base import Store, StoreError
 from visage.store.records import EMBEDDING_DIM
@@ -149,6 +149,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
         answered as they finish, matched by request_id. A reader thread pulls
         requests only while fewer than STREAM_IN_FLIGHT are pending, so a fast
         caller is slowed down instead of queueing without bound."""
+        open_stream(context)  # open before the first answer, which waits for the caller's first item
         answers: queue.Queue = queue.Queue()
         slots = threading.Semaphore(STREAM_IN_FLIGHT)
         end = object()
@@ -207,6 +208,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServiceServicer):
 
     def Reclassify(self, request, context):
         run = self._classifier.reclassifier.start_or_join()
+        open_stream(context)
         yield from follow(run, context.is_active)
 
 

@@ -21,7 +21,7 @@ from visage.auth import identity
 from visage.auth.roles import Role
 from visage.config import Config
 from visage.errors import register_status
-from visage.server import SERVICE_NAMES, RunningService, build_server
+from visage.server import SERVICE_NAMES, RunningService, build_server, open_stream
 from visage.store import NotFound, Store
 from visage.store.records import LabelRecord, UnknownFaceKey
 from visage.v1 import query_pb2, query_pb2_grpc
@@ -184,7 +184,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         context.add_callback(on_done)
         start = request.after_cursor or self.store.latest_cursor()
         first_batch = events.read_after(self.store, start)  # validates the cursor
-        context.send_initial_metadata(())  # the stream is open even before the first event
+        open_stream(context)  # the stream is open even before the first event
         for record in events.follow(self.store, start, types, cancelled, self._closing.is_set, first_batch,
                                     self._new_events):
             yield convert.event(record)

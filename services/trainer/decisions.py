@@ -211,23 +211,32 @@ def decide(store: Store, record: ModelVersionRecord, checks: CheckSet, margin: f
         else:
             verdict = gate(candidate, active, load_predictor(store, active), checks, set(names), margin, names)
         pinned = pinned_version(store)
+        # An erasure may withdraw the version while the gate decides: the withdrawal stands.
         if not verdict.passed:
+            if not store.record_gate_decision(record.version, pb.MODEL_STATE_REJECTED, verdict.reason):
+                return False, _withdrawn_meanwhile(record)
             record.state, record.gate_reason = pb.MODEL_STATE_REJECTED, verdict.reason
-            store.update_model_version(record)
             store.append_event(pb.EVENT_TYPE_MODEL_VERSION_REJECTED, str(record.version), {
                 "reason": verdict.reason, "persona_ids": ",".join(sorted(verdict.persona_ids)),
                 "active_version": str(active.version if active else 0)})
             return False, verdict.reason
         if pinned:
-            record.gate_reason = (f"{verdict.reason}; not activated: version {pinned} was activated by hand and is "
-                                  "pinned (release the pin to activate)")
-            store.update_model_version(record)
-            return False, record.gate_reason
+            reason = (f"{verdict.reason}; not activated: version {pinned} was activated by hand and is "
+                      "pinned (release the pin to activate)")
+            if not store.record_gate_decision(record.version, pb.MODEL_STATE_CANDIDATE, reason):
+                return False, _withdrawn_meanwhile(record)
+            record.gate_reason = reason
+            return False, reason
         try:
             store.activate_model_version(record.version, gate_reason=verdict.reason)
         except Withdrawn as withdrawn:  # an erasure raced this training: its labels are gone
             return False, str(withdrawn)
         return True, verdict.reason
+
+
+def _withdrawn_meanwhile(record: ModelVersionRecord) -> str:
+    return (f"version {record.version} was withdrawn while the gate decided on it (an erasure of labels "
+            "it was trained on); it stays withdrawn")
 
 
 def activate_by_hand(store: Store, version: int) -> ModelVersionRecord:

@@ -23,7 +23,7 @@ import grpc
 from visage import convert, paging, tracing
 from visage.config import Config
 from visage.errors import register_status
-from visage.server import SERVICE_NAMES, RunningService, build_server
+from visage.server import SERVICE_NAMES, RunningService, build_server, open_stream
 from visage.store.base import NotFound, Store
 from visage.store.records import TrainingJobRecord
 from visage.v1 import resources_pb2 as pb
@@ -238,12 +238,13 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         try:
             if request.job_id:
                 job = self._job(request.job_id, context)
+                open_stream(context)  # after the lookup: an unknown job is NOT_FOUND (REST 404), not a 200
                 yield convert.training_job(job)
                 sent[job.job_id] = job.update_time
                 if job.phase in TERMINAL_PHASES:
                     return
             else:
-                context.send_initial_metadata(())  # the stream is open (REST: headers sent) before any update
+                open_stream(context)  # the stream is open (REST: headers sent) before any update
             while context.is_active() and not self.trainer.board.closed.is_set():
                 try:
                     job = subscriber.get(timeout=WATCH_POLL_SECONDS)

@@ -29,6 +29,9 @@ class Context:
     def time_remaining(self):
         return None
 
+    def send_initial_metadata(self, metadata):
+        self.initial_metadata = metadata
+
     def abort(self, code, details):
         self.code, self.details = code, details
         raise Aborted(details)

@@ -51,6 +51,13 @@ def poll(page, condition, seconds: float) -> None:
         page.wait_for_timeout(200)
 
 
+def live_updates_connected(page) -> None:
+    """Waits until the page's event stream is open (its headers came: the service watches
+    from its start cursor), so an event appended from here on reaches the page. A page
+    (re)loaded connects without a cursor: an event appended before that is not shown."""
+    page.locator("#live-dot.on").wait_for(timeout=LIVE_SECONDS * 1000)
+
+
 def drawn_boxes(page) -> int:
     """Face boxes drawn over a loaded photo (not collapsed) with a name on them."""
     if not page.locator("#photo img").evaluate("img => img.complete && img.naturalWidth > 0"):
@@ -184,16 +191,17 @@ def test_long_lists_page_with_show_more(page, mesh, faces_dir, test_output_dir):
     cards.first.wait_for()
     assert cards.count() == step
     page.click("button.more")
-    poll(page, lambda: cards.count() == 2 * step, 30)
+    poll(page, lambda: cards.count() == 2 * step, LIVE_SECONDS)
     # An upload elsewhere refreshes this page live: it still shows two pages.
+    live_updates_connected(page)
     rendered = page.locator("#main").get_attribute("data-ready")
     mesh.ingest_files([faces_dir / "edge/obama_small.jpg"])
-    poll(page, lambda: page.locator("#main").get_attribute("data-ready") != rendered, 30)
+    poll(page, lambda: page.locator("#main").get_attribute("data-ready") != rendered, LIVE_SECONDS)
     assert cards.count() == 2 * step
     while page.locator("button.more").count():
         page.click("button.more")
         page.wait_for_timeout(300)
-    poll(page, lambda: cards.count() == mesh.store.count_images(), 30)
+    poll(page, lambda: cards.count() == mesh.store.count_images(), LIVE_SECONDS)
     shoot(page, test_output_dir, "images-all-pages")
 
 
@@ -207,15 +215,16 @@ def test_a_gate_rejection_shows_live_in_the_header_and_on_the_persona_it_affects
     page.locator(".persona-card", has_text="Gated").click()
     page.locator("#persona-name").wait_for()
     page.evaluate("window.__noReload = true")
+    live_updates_connected(page)
     mesh.store.append_event(pb.EVENT_TYPE_TRAINING_PROGRESS, "job-x", {
         "job_id": "job-x", "phase": "TRAINING_PHASE_SUCCEEDED", "done": "1", "total": "1",
         "model_version": "97", "activated": "false", "message": "version 97: rejected: …"})
     training = page.locator("#progress-training .progress-label")
-    poll(page, lambda: training.inner_text() == "Training: v97 not activated", 30)
+    poll(page, lambda: training.inner_text() == "Training: v97 not activated", LIVE_SECONDS)
     mesh.store.append_event(pb.EVENT_TYPE_MODEL_VERSION_REJECTED, "97", {
         "reason": "rejected: 3 of 40 faces the new labels did not touch would be named worse; affected: Gated",
         "persona_ids": gated.persona_id, "active_version": "1"})
-    page.locator("#gate-status", has_text="v97 rejected").wait_for(timeout=30_000)
-    page.locator("#rejection", has_text="Model v97 was not activated").wait_for(timeout=30_000)
+    page.locator("#gate-status", has_text="v97 rejected").wait_for(timeout=LIVE_SECONDS * 1000)
+    page.locator("#rejection", has_text="Model v97 was not activated").wait_for(timeout=LIVE_SECONDS * 1000)
     assert page.evaluate("window.__noReload") is True
     shoot(page, test_output_dir, "gate-rejection")

@@ -98,6 +98,7 @@ def version_of(store, labelled: dict[str, str]) -> ModelVersionRecord:
 def test_replicas_over_one_cassandra(cassandra_config, tmp_path, faces_dir):
     env = {**os.environ, "VISAGE_STORE": "cassandra", "VISAGE_CASSANDRA_HOSTS": "127.0.0.1",
            "VISAGE_CASSANDRA_PORT": str(cassandra_config.port), "VISAGE_CASSANDRA_KEYSPACE": cassandra_config.keyspace,
+           "VISAGE_CASSANDRA_CONNECT_TIMEOUT_SECONDS": str(cassandra_config.connect_timeout_seconds),
            "VISAGE_WORKERS": "1", "VISAGE_METRICS_PORT": "0", "VISAGE_DATA_DIR": str(tmp_path / "data"),
            "VISAGE_RECLASSIFY_SHARDS": str(SHARDS), "VISAGE_RECLASSIFY_LEASE_SECONDS": "3",
            "VISAGE_RECLASSIFY_BATCH_ROWS": "100"}

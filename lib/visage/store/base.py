@@ -12,7 +12,8 @@ Rules both backends keep:
   numbers; activate_model_version is one conditional transition, so however activations
   and withdrawals interleave exactly one version (or none) is ACTIVE and it is the one
   active_model_version returns; of concurrent BELONGS labels of one face exactly one
-  stands. SQLite: one write transaction each. Cassandra: lightweight transactions. A
+  stands; a gate decision (record_gate_decision) never overwrites a withdrawal, whichever
+  lands first. SQLite: one write transaction each. Cassandra: lightweight transactions. A
   conditional write that keeps losing races raises StoreConflict (retry).
 - Errors: only StoreError kinds (NotFound, Withdrawn, StoreUnavailable, StoreConflict,
   StoreCorrupt) and ValueError for a malformed argument; visage.errors maps them to gRPC.
@@ -410,6 +411,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def update_model_version(self, record: ModelVersionRecord) -> None:
         """Updates state/gate_reason/metrics of a stored version."""
+
+    @abc.abstractmethod
+    def record_gate_decision(self, version: int, state: int, gate_reason: str) -> bool:
+        """Records the gate's decision on a stored version (its state: REJECTED, or CANDIDATE
+        held back by a pin; and why) unless the version is WITHDRAWN: a withdrawal (an erasure
+        of labels it was trained on) stands even when it lands while the gate decides. One
+        conditional write (SQLite: one UPDATE; Cassandra: a lightweight transaction, as the
+        withdrawal's own write is). Returns whether it was recorded (False: withdrawn, or
+        no such version)."""
 
     @abc.abstractmethod
     def get_model_version(self, version: int) -> ModelVersionRecord | None: ...

@@ -136,6 +136,8 @@ EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
 EVENT_APPEND_ATTEMPTS = 3   # copies of one event at most (each after a late acknowledgement)
 REQUEST_TIMEOUT_S = 30      # the driver's limit for one request: no write is acknowledged later
 BUSY_BACKOFF_S = 0.01       # first wait before sending a request the busy connection refused again
+CONNECT_ATTEMPTS = 3        # a node still starting, or a connect slower than its timeout, is tried again
+CONNECT_BACKOFF_S = 1.0     # before the second attempt; doubled before each later one
 # A copy is stamped at most this long after its origin: readers remember origins that long.
 COPY_HORIZON_S = EVENT_APPEND_ATTEMPTS * REQUEST_TIMEOUT_S + EVENT_LAG_S
 FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the oldest thing erased was created
@@ -397,7 +399,9 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
 
     def open_session(protocol_version: int) -> tuple[Cluster, Session]:
         cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=protocol_version,
-                          execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=10,
+                          execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                          connect_timeout=config.connect_timeout_seconds,
+                          control_connection_timeout=config.connect_timeout_seconds,
                           sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **options)
         try:
             return cluster, cluster.connect()
@@ -405,15 +409,33 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
             cluster.shutdown()
             raise
 
-    try:
+    def open_either_protocol() -> tuple[Cluster, Session]:
         try:
             return open_session(ProtocolVersion.V5)
         except NoHostAvailable as e:
             if not _protocol_refused(e):
                 raise
             return open_session(ProtocolVersion.V4)
-    except Exception as e:
-        raise StoreUnavailable(f"cannot connect to Cassandra at {','.join(config.contact_points)}:{config.port}: {e}") from e
+
+    where = f"{','.join(config.contact_points)}:{config.port}"
+    for attempt in itertools.count(1):
+        try:
+            return open_either_protocol()
+        except Exception as e:
+            if attempt == CONNECT_ATTEMPTS or not _not_ready(e):
+                raise StoreUnavailable(f"cannot connect to Cassandra at {where}: {e}") from e
+            backoff = CONNECT_BACKOFF_S * 2 ** (attempt - 1)
+            log.warning("Cassandra at %s not ready (%s); retrying in %.0f s", where, e, backoff)
+            time.sleep(backoff)
+
+
+def _not_ready(error: Exception) -> bool:
+    """Whether a failed connect may succeed when tried again: the node is not up yet, or
+    did not answer in time (not: refused credentials, a protocol nobody speaks, a bug)."""
+    if isinstance(error, OperationTimedOut):
+        return True
+    return (isinstance(error, NoHostAvailable) and not _protocol_refused(error)
+            and not any(isinstance(e, (AuthenticationFailed, Unauthorized)) for e in error.errors.values()))
 
 
 class _BusyWait:
@@ -724,7 +746,8 @@ class CassandraStore(Store):
 
     def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:
         for record in versions:
-            self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ?",
+            # IF EXISTS: a lightweight transaction, ordered after a gate decision's (record_gate_decision).
+            self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ? IF EXISTS",
                       (pb.MODEL_STATE_WITHDRAWN, WITHDRAWN_REASON, record.version))
             self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
         # Nothing serves a withdrawn version from here on. Rows are WITHDRAWN first, so an
@@ -1311,6 +1334,13 @@ class CassandraStore(Store):
                   "WHERE version = ?",
                   (record.state, record.gate_reason, json.dumps(record.metrics), record.activate_time,
                    record.version))
+
+    def record_gate_decision(self, version: int, state: int, gate_reason: str) -> bool:
+        # Conditional on every state but WITHDRAWN (a missing row has none: not applied, not created).
+        # The withdrawal is a lightweight transaction too, so whichever comes later wins.
+        live = ", ".join(str(s) for s in pb.ModelState.values() if s != pb.MODEL_STATE_WITHDRAWN)
+        return self._run(f"UPDATE {{ks}}.model_versions SET state = ?, gate_reason = ? WHERE version = ? "
+                         f"IF state IN ({live})", (state, gate_reason, version)).was_applied
 
     def get_model_version(self, version: int) -> ModelVersionRecord | None:
         rows = list(self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions WHERE version = ?",

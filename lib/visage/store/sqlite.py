@@ -642,6 +642,11 @@ class SqliteStore(Store):
                 (record.state, record.gate_reason, json.dumps(record.metrics), record.activate_time,
                  record.version))
 
+    def record_gate_decision(self, version: int, state: int, gate_reason: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute("UPDATE model_versions SET state = ?, gate_reason = ? WHERE version = ? AND state != ?",
+                                (state, gate_reason, version, pb.MODEL_STATE_WITHDRAWN)).rowcount > 0
+
     def get_model_version(self, version: int) -> ModelVersionRecord | None:
         rows = self._query("SELECT * FROM model_versions WHERE version = ?", (version,))
         return self._version(rows[0]) if rows else None
