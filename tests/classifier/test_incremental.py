@@ -11,14 +11,14 @@ import pytest
 
 from tests.classifier.conftest import activate_model, personas_for, put_faces
 from tests.classifier.test_reclassify import noisy_copies
-from tests.classifier.test_shared_reclassify import replica_config  # noqa: F401 - the fixture is used below
+from tests.classifier.test_shared_reclassify import replica_config, replicas  # noqa: F401 - fixtures used below
 from visage import metrics
 from visage.store import open_store
 from visage.store.base import PREDICTION_TOLERANCE
 from visage.store.records import LabelRecord
 from visage.v1 import resources_pb2 as pb
 from visage_classifier.models import ActiveModel
-from visage_classifier.reclassify import SUCCEEDED, Reclassifier, SharedWork, belonging_face_ids, follow, known_or_unknown
+from visage_classifier.reclassify import SUCCEEDED, Reclassifier, belonging_face_ids, follow, known_or_unknown
 
 SHARDS = 4
 FACES = 1500
@@ -40,21 +40,13 @@ def world(replica_config, crop_embeddings):  # noqa: F811 - the imported fixture
 
 
 @pytest.fixture
-def replica(replica_config):  # noqa: F811 - the imported fixture
-    """make() -> a classifier replica's Reclassifier (own store instance, own memory)."""
-    made = []
-
-    def make() -> Reclassifier:
-        store = open_store(replica_config)
-        reclassifier = Reclassifier(store, ActiveModel(store), batch_rows=200,
-                                    work=SharedWork(shards=SHARDS, poll_seconds=0.05))
-        made.append((reclassifier, store))
-        return reclassifier
-
-    yield make
-    for reclassifier, store in made:
-        reclassifier.stop()
-        store.close()
+def classified(world, replicas):
+    """The world after version 1's run on one replica: (store, ids, face_ids, training, that replica)."""
+    store, ids, face_ids, training = world
+    reclassifier = replicas()
+    activate_model(store, training)
+    assert after_activation(reclassifier) == FACES  # nothing remembered yet: every face
+    return store, ids, face_ids, training, reclassifier
 
 
 def after_activation(reclassifier: Reclassifier) -> int:
@@ -89,37 +81,27 @@ def assert_every_verdict_is_the_active_versions(store) -> None:
     assert not wrong, f"{len(wrong)} faces hold another verdict, e.g. {wrong[:3]}"
 
 
-def test_after_a_one_label_change_only_faces_it_can_change_are_predicted(world, replica, crop_embeddings):
-    store, ids, face_ids, training = world
-    reclassifier = replica()
-    activate_model(store, training)
-    assert after_activation(reclassifier) == FACES  # nothing remembered yet: every face
+def test_after_a_one_label_change_only_faces_it_can_change_are_predicted(classified, crop_embeddings):
+    store, ids, face_ids, training, reclassifier = classified
     assert_every_verdict_is_the_active_versions(store)
-
     activate_model(store, one_more_label(training, ids, crop_embeddings))
     predicted = after_activation(reclassifier)
     assert 0 < predicted < FACES // 2  # Amy's lookalikes and the faces near her, not the rest
     assert_every_verdict_is_the_active_versions(store)
 
 
-def test_shards_another_replica_wrote_are_predicted_in_full(world, replica, crop_embeddings):
-    store, ids, face_ids, training = world
-    first, second = replica(), replica()
-    activate_model(store, training)
-    after_activation(first)  # the only replica then: it remembers every shard
+def test_shards_another_replica_wrote_are_predicted_in_full(classified, replicas, crop_embeddings):
+    store, ids, face_ids, training, first = classified  # it remembers every shard
     training = one_more_label(training, ids, crop_embeddings)
     activate_model(store, training)
-    after_activation(second)  # alone this time: it wrote every shard after the first one did
+    after_activation(replicas())  # another replica alone: it writes every shard after the first did
     activate_model(store, one_more_label(training, ids, crop_embeddings, "penny", "bernadette"))
     assert after_activation(first) == FACES  # what it remembers is not what the store holds
     assert_every_verdict_is_the_active_versions(store)
 
 
-def test_faces_ingested_since_get_the_new_versions_verdict(world, replica, crop_embeddings):
-    store, ids, face_ids, training = world
-    reclassifier = replica()
-    activate_model(store, training)
-    after_activation(reclassifier)
+def test_faces_ingested_since_get_the_new_versions_verdict(classified, crop_embeddings):
+    store, ids, face_ids, training, reclassifier = classified
     rows, _names = noisy_copies(crop_embeddings, 200, seed=6)
     put_faces(store, rows, faces_per_image=50)  # no classifier follows the log here: only the run predicts them
     activate_model(store, one_more_label(training, ids, crop_embeddings))
@@ -127,11 +109,8 @@ def test_faces_ingested_since_get_the_new_versions_verdict(world, replica, crop_
     assert_every_verdict_is_the_active_versions(store)
 
 
-def test_a_face_unlabelled_since_gets_a_verdict(world, replica, crop_embeddings):
-    store, ids, face_ids, training = world
-    reclassifier = replica()
-    activate_model(store, training)
-    after_activation(reclassifier)
+def test_a_face_unlabelled_since_gets_a_verdict(classified, crop_embeddings):
+    store, ids, face_ids, training, reclassifier = classified
     labelled = store.labels_of_face(face_ids[0])[0]
     assert store.get_prediction(face_ids[0]) is None  # a labelled face has its label only
     store.delete_label(labelled.face_id, labelled.persona_id)
@@ -141,11 +120,8 @@ def test_a_face_unlabelled_since_gets_a_verdict(world, replica, crop_embeddings)
     assert_every_verdict_is_the_active_versions(store)
 
 
-def test_faces_of_a_deleted_persona_get_the_next_versions_verdict(world, replica, crop_embeddings):
-    store, ids, face_ids, training = world
-    reclassifier = replica()
-    activate_model(store, training)
-    after_activation(reclassifier)
+def test_faces_of_a_deleted_persona_get_the_next_versions_verdict(classified):
+    store, ids, face_ids, training, reclassifier = classified
     howards = [p.face_id for p in store.get_predictions(face_ids).values() if p.persona_id == ids["howard"]]
     assert howards
     store.delete_persona(ids["howard"])  # its verdicts go with it (and the version naming it)
@@ -156,27 +132,19 @@ def test_faces_of_a_deleted_persona_get_the_next_versions_verdict(world, replica
     assert_every_verdict_is_the_active_versions(store)
 
 
-def test_an_erasure_makes_a_replica_start_over(world, replica, crop_embeddings):
-    store, ids, face_ids, training = world
-    reclassifier = replica()
-    activate_model(store, training)
-    after_activation(reclassifier)
-    erased = store.get_face(face_ids[-1]).image_id
-    store.delete_image(erased)
-    remaining = FACES - 300
+def test_an_erasure_makes_a_replica_start_over(classified, crop_embeddings):
+    store, ids, face_ids, training, reclassifier = classified
+    store.delete_image(store.get_face(face_ids[-1]).image_id)  # its last 300 faces
     activate_model(store, one_more_label(training, ids, crop_embeddings))
-    assert after_activation(reclassifier) == remaining
+    assert after_activation(reclassifier) == FACES - 300
     assert not store.get_predictions(face_ids[-300:])
     assert_every_verdict_is_the_active_versions(store)
 
 
-def test_a_moved_threshold_turns_only_faces_at_the_edge(world, replica):
+def test_a_moved_threshold_turns_only_faces_at_the_edge(classified):
     """Every persona's threshold moves (the shared one is calibrated from all labels), no
     centre does: the faces between the old and new threshold are answered again."""
-    store, ids, face_ids, training = world
-    reclassifier = replica()
-    activate_model(store, training, distance_threshold=0.55)
-    after_activation(reclassifier)
+    store, ids, face_ids, training, reclassifier = classified
     activate_model(store, training, distance_threshold=0.35)
     predicted = after_activation(reclassifier)
     assert 0 < predicted < FACES

@@ -3,9 +3,8 @@ long one), and a node that is not ready yet is tried again instead of failing th
 from __future__ import annotations
 
 import dataclasses
-import socket
-import threading
 
+from forwarder import Forwarder
 from visage.config import CassandraConfig
 from visage.store.cassandra import CassandraStore
 
@@ -25,46 +24,8 @@ def test_the_driver_uses_the_configured_connect_timeout(cassandra_config):
         store.close()
 
 
-class HangUpFirst:
-    """A TCP forwarder to the real node that hangs up on its first `refused` connections,
-    as a node that is still starting does, and forwards every later one."""
-
-    def __init__(self, target_port: int, refused: int):
-        self.target_port, self.refused, self.accepted = target_port, refused, 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # closed
-                return
-            self.accepted += 1
-            if self.accepted <= self.refused:
-                client.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for end in (source, sink):
-            end.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_a_node_that_hangs_up_at_first_is_tried_again(cassandra_config):
-    proxy = HangUpFirst(cassandra_config.port, refused=1)
+    proxy = Forwarder(cassandra_config.port, refused=1)  # as a node still starting
     try:
         store = CassandraStore(dataclasses.replace(cassandra_config, port=proxy.port))
         try:

@@ -3,7 +3,6 @@ arrival, row sizes, the versioned schema, stale index rows."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 import time
 
@@ -19,6 +18,7 @@ from visage.store.cassandra import (
     _bucket,
     _token_bounds,
 )
+from forwarder import Forwarder
 from test_store_conformance import make_image
 from visage.store.records import ImageRecord, LabelRecord, ModelVersionRecord, PredictionRecord, UnknownFaceKey
 from visage.v1 import resources_pb2 as pb
@@ -157,47 +157,11 @@ def test_count_faces_counts_every_token_range_once(cassandra_store):
     assert store.count_faces() == len(face_ids)
 
 
-class PausableForwarder:
-    """A TCP forwarder to the real node that, while paused, stops reading what clients send:
-    as a node too loaded to keep up, it lets a client's socket buffer fill."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # closed
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, self.flowing), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket, flowing: threading.Event | None) -> None:
-        try:
-            while (flowing is None or flowing.wait()) and (data := source.recv(65536)):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for end in (source, sink):
-            end.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_a_request_behind_megabytes_the_node_has_not_read_yet_waits_for_them(cassandra_config):
     """Under load the node reads slower than a store writes image chunks; the driver then
     refuses every new request at once ("Connection is overloaded": its socket buffer is full)
     and a `make test` failed on it. Such a request was never sent: the store sends it again."""
-    forwarder = PausableForwarder(cassandra_config.port)
+    forwarder = Forwarder(cassandra_config.port)
     store = CassandraStore(dataclasses.replace(cassandra_config, port=forwarder.port))
     try:
         store.set_meta("before", "x")
