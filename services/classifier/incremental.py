@@ -25,7 +25,7 @@ only when the mark is still the one it left. Faces ingested since (IMAGE_INGESTE
 are added as due; an erasure (ERASED) forgets everything.
 
 The memory is bounded (VISAGE_RECLASSIFY_CACHE_FACES faces, least recently used shards
-go first; 0 turns it off): 128 floats and a few numbers per face, ~0.6 GB per million.
+go first; 0 turns it off): 128 floats, the id and a few numbers per face, ~0.7 GB per million.
 """
 from __future__ import annotations
 
