@@ -26,7 +26,9 @@ RPC_SECONDS = Histogram("visage_rpc_duration_seconds", "Time to answer an RPC (a
                         ["method"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
 RPC_IN_FLIGHT = Gauge("visage_rpc_in_flight", "RPCs being answered now", ["method"])
 QUEUE_DEPTH = Gauge("visage_queue_depth", "Work waiting in a queue of this process", ["queue"])
-RECLASSIFIED_FACES = Counter("visage_reclassified_faces", "Faces this replica re-classified (evaluated)")
+RECLASSIFIED_FACES = Counter("visage_reclassified_faces",
+                             "Faces this replica's re-classification covered (predicted again, or an incremental run "
+                             "found their verdict cannot change)")
 RECLASSIFY_RATE = Gauge("visage_reclassify_faces_per_second",
                         "Re-classification rate of the current run, all replicas' shards together")
 FACES_PREDICTED = Counter("visage_reclassify_faces_predicted",

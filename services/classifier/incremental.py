@@ -237,8 +237,8 @@ class ReclassifyMemory:
         return self.capacity_faces > 0
 
     def remembered(self, shards: int) -> list[int]:
-        """Shards this replica remembers, most recently used first (claimed first: a claim of
-        one of them costs no store read)."""
+        """Shards this replica remembers, most recently used first (claimed first: a pass over
+        one of them reads no embeddings back)."""
         with self._lock:
             return [shard for (count, shard) in reversed(self._shards) if count == shards]
 
