@@ -63,6 +63,7 @@ def cluster_of(gateway, face_ids: list[str]) -> dict:
 def test_reported_defects_stay_fixed(page, mesh, gateway, faces, faces_dir, test_output_dir):
     """Hidden progress bars hidden; a live update does not slide the face under the
     pointer away; image cards are small thumbnails titled by file name."""
+    poll(page, mesh.learning_settled, LIVE_SECONDS * 4)  # no live refresh re-renders the list under the test
     page.goto("/#/unknown")
     page.locator("#unknown .face-card").first.wait_for()
     assert page.locator("#progress-training").is_hidden() and page.locator("#progress-reclassify").is_hidden()
@@ -244,6 +245,7 @@ def test_merge_hide_and_search_personas(page, mesh, faces, test_output_dir):
     page.goto(f"/#/persona/{raj.persona_id}")
     page.click("#hide-persona")
     page.locator("#persona-tools .tag", has_text="hidden").wait_for()
+    poll(page, mesh.learning_settled, LIVE_SECONDS * 4)  # the merge's training and re-classification are over
     page.goto("/#/")
     page.locator(".persona-card").first.wait_for()
     # The list may first show what the page last knew; the hide reaches it as a live update.
