@@ -153,9 +153,11 @@ class ShardPass:
     read from the store, or a remembered shard's due faces) and what it leaves to remember."""
 
     def __init__(self, shard: int, base: ShardMemory | None = None, due: np.ndarray | None = None,
-                 carried: np.ndarray | None = None, ticket: PassTicket | None = None, remember: bool = True):
+                 carried: np.ndarray | None = None, labelled_now: np.ndarray | None = None,
+                 ticket: PassTicket | None = None, remember: bool = True):
         self.shard, self.ticket = shard, ticket
         self._base, self._rows, self._carried = base, (np.flatnonzero(due) if due is not None else None), carried
+        self._labelled_now = labelled_now  # of the base's faces, by the run's labels
         self._remember = remember and ticket is not None
         self.arrived: list[tuple[list[str], np.ndarray]] = []  # faces ingested into the shard meanwhile
         self._face_ids: list[str] = []
@@ -186,13 +188,13 @@ class ShardPass:
             self._nearest.append(np.where(nearest < personas, nearest, -1))
             self._distance.append(distance)
 
-    def carried_faces(self, labelled: set[str]) -> int:
+    def carried_faces(self) -> int:
         """Unlabelled faces whose verdict stands without being predicted (progress counts them)."""
         if self._base is None:
             return 0
         skipped = np.ones(len(self._base), bool)
         skipped[self._rows] = False
-        return int((skipped & ~labelled_flags(self._base.face_ids, labelled)).sum())
+        return int((skipped & ~self._labelled_now).sum())
 
     def memory(self, parameters: ModelParameters, labelled: set[str], mark: str) -> ShardMemory | None:
         if not self._remember:
@@ -207,8 +209,8 @@ class ShardPass:
         base = self._base
         all_nearest, all_distance = self._carried.copy(), base.distance.copy()
         all_nearest[self._rows], all_distance[self._rows] = nearest, distance
-        return ShardMemory(base.face_ids, base.embeddings, all_nearest, all_distance,
-                           labelled_flags(base.face_ids, labelled), parameters, mark)
+        return ShardMemory(base.face_ids, base.embeddings, all_nearest, all_distance, self._labelled_now,
+                           parameters, mark)
 
 
 class ReclassifyMemory:
@@ -257,8 +259,9 @@ class ReclassifyMemory:
             ticket = PassTicket(self._epoch, shards, writing, writer)
         if memory is not None and memory.mark == previous and incremental and parameters is not None:
             change = self._change(memory.parameters, parameters, known_personas)
-            due, carried = due_faces(memory, change, labelled_flags(memory.face_ids, labelled))
-            shard_pass = ShardPass(shard, memory, due, carried, ticket=ticket)
+            labelled_now = labelled_flags(memory.face_ids, labelled)
+            due, carried = due_faces(memory, change, labelled_now)
+            shard_pass = ShardPass(shard, memory, due, carried, labelled_now, ticket=ticket)
         else:
             shard_pass = ShardPass(shard, ticket=ticket, remember=parameters is not None)
         with self._lock:

@@ -422,8 +422,6 @@ class Run:
                                  known_personas: set[str]) -> None:
         """Predicts the shards it claims; one writer for all of them, so reading, predicting and
         writing overlap across shard boundaries. A shard is finished after its last write."""
-        open_passes: dict[int, ShardPass] = {}  # a run stopped mid-shard leaves its pass unclosed: forgotten
-
         def write(batch) -> None:
             if isinstance(batch, _ShardBatch):
                 batch.write_to(self.store)
@@ -431,8 +429,7 @@ class Run:
                 return
             progress.add(batch.shard, batch.carried)  # the end of a shard
             finished = progress.finish(batch)
-            self.memory.close_pass(self.store, open_passes.pop(batch.shard), finished, self.predictor.parameters,
-                                   labelled)
+            self.memory.close_pass(self.store, batch.shard_pass, finished, self.predictor.parameters, labelled)
 
         writer = BackgroundWriter(write, progress.written)
         personas = len(self.predictor.persona_ids)
@@ -441,9 +438,8 @@ class Run:
                 if self._stop.is_set():
                     break
                 shard = shard_pass.shard
-                open_passes[shard] = shard_pass
-                if matrix is None:
-                    carried = shard_pass.carried_faces(labelled)
+                if matrix is None:  # a run stopped mid-shard never gets here: its pass is forgotten unclosed
+                    carried = shard_pass.carried_faces()
                     writer.submit(_ShardEnd(shard_pass, carried), carried)
                     continue
                 nearest, distance, limit = self.predictor.nearest(matrix)
