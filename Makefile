@@ -71,7 +71,7 @@ test:
 	status=0; VISAGE_TESTS_REQUIRE_ALL=1 $(PY) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
 	  $(MAKE) --no-print-directory cassandra-stop; exit $$status
 
-test-setup: gen lint breaking openapi chromium grpcurl deploy-tools cassandra-fetch
+test-setup: gen lint breaking openapi clients chromium grpcurl deploy-tools cassandra-fetch
 
 bench: gen openapi h2load
 	$(PY) -m bench

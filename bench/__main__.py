@@ -1,6 +1,7 @@
 """`make bench`: runs every bench/bench_*.py script's main() in turn; each
 prints its own table (candidate vs the baseline its issue names, as ratios).
-`python -m bench store ingest` runs only those."""
+`python -m bench store ingest` runs only those. `python -m bench store --nodes 3`:
+the store bench on one Cassandra node vs a 3-node cluster instead (see bench_store)."""
 from __future__ import annotations
 
 import atexit
@@ -31,6 +32,10 @@ def use_a_bench_issuer() -> None:
 
 
 def main(selected: list[str]) -> int:
+    if "--nodes" in selected:  # passed on to bench_store (an environment variable, as its other settings)
+        at = selected.index("--nodes")
+        os.environ["VISAGE_BENCH_STORE_NODES"] = selected[at + 1]
+        selected = selected[:at] + selected[at + 2:]
     use_a_bench_issuer()
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
     for name in names:

@@ -6,7 +6,10 @@ a re-classification by a new version that replaces every face's prediction), and
 through put_prediction_columns (the re-classification's own write): replacing
 predictions written in face id order, and replacing ones first written in ingest
 order (face ids arrive at random, as content hashes do), for N synthetic faces of
-128 floats."""
+128 floats.
+
+`python -m bench store --nodes 3` instead: writes/s and reads/s on the single node vs a
+3-node cluster with replication factor 3 (main_nodes below)."""
 from __future__ import annotations
 
 import os
@@ -145,6 +148,9 @@ def on_cassandra(measure: Callable[[str, Store], dict], keyspace: str) -> dict |
 
 
 def main() -> None:
+    if NODES > 1:
+        main_nodes(NODES)
+        return
     sqlite, cassandra = on_sqlite(measure), on_cassandra(measure, "visage_bench_store")
     print(f"\nstore backends, {FACES} faces x 128 float32, {FACES_PER_IMAGE} faces/image, "
           f"{WRITER_THREADS} writer threads, {os.cpu_count()} cores")
@@ -159,3 +165,138 @@ def main() -> None:
         c = fmt.format(cassandra[key]) if cassandra else "n/a"
         ratio = f"{sqlite[key] / cassandra[key]:.2f}" if cassandra else "n/a"
         print(f"{label:<36}{fmt.format(sqlite[key]):>12}{c:>12}{ratio:>18}")
+
+
+# ---- one node vs a cluster (`python -m bench store --nodes 3`) --------------------------
+# The same store calls on the single node (`make cassandra-start`, replication factor 1) and
+# on the N-node cluster of scripts/cassandra.py (127.0.0.1..N, replication factor N; started
+# here unless it runs, and then stopped again), both at the store's consistency (LOCAL_QUORUM,
+# LOCAL_SERIAL for conditional writes). Every node of the cluster shares this machine's cores,
+# so this measures what replication costs (N copies of every write, quorum round trips), not
+# what more machines would add.
+NODES = int(os.environ.get("VISAGE_BENCH_STORE_NODES", "1"))
+NODES_FACES = int(os.environ.get("VISAGE_BENCH_STORE_NODES_FACES", "20000"))
+NODES_LABELS = int(os.environ.get("VISAGE_BENCH_STORE_NODES_LABELS", "2000"))
+READ_BATCH = 100  # face ids per get_faces call (the query service's page of faces)
+CLUSTER_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_CLUSTER_PORT", "9242"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+def measure_replicated(name: str, store: Store) -> dict:
+    """Faces written / s (put_image), embeddings read / s (the trainer's scan), faces read / s by
+    id (get_faces, READ_BATCH a call) and labels written / s (put_label: a conditional write),
+    WRITER_THREADS callers each."""
+    from visage.store.records import LabelRecord
+
+    began = time.perf_counter()
+    deadline = began + WRITE_BUDGET_S
+
+    def write(item) -> list[str]:
+        if time.perf_counter() > deadline:
+            return []
+        store.put_image(*item)
+        return [f.face_id for f in item[2]]
+
+    face_ids: list[str] = []
+    with ThreadPoolExecutor(WRITER_THREADS) as pool, \
+            tqdm(total=NODES_FACES, desc=f"{name}: write", unit="face") as bar:
+        for written in pool.map(write, synthetic_images(NODES_FACES)):
+            face_ids.extend(written)
+            bar.update(len(written))
+    write_s = time.perf_counter() - began
+
+    began = time.perf_counter()
+    scanned = sum(matrix.shape[0] for _ids, matrix in store.iter_embeddings())
+    scan_s = time.perf_counter() - began
+    assert scanned == len(face_ids), f"{name}: scanned {scanned} of {len(face_ids)} faces"
+
+    shuffled = list(np.random.default_rng(1).permutation(face_ids))
+    batches = [shuffled[i:i + READ_BATCH] for i in range(0, len(shuffled), READ_BATCH)]
+    began = time.perf_counter()
+    with ThreadPoolExecutor(WRITER_THREADS) as pool:
+        read = sum(len(faces) for faces in pool.map(store.get_faces, batches))
+    read_s = time.perf_counter() - began
+    assert read == len(face_ids), f"{name}: read {read} of {len(face_ids)} faces by id"
+
+    personas = [store.create_persona(f"bench {i}").persona_id for i in range(10)]
+    labels = [LabelRecord(face_id, personas[i % len(personas)], pb.VERDICT_BELONGS)
+              for i, face_id in enumerate(shuffled[:NODES_LABELS])]
+    began = time.perf_counter()
+    with ThreadPoolExecutor(WRITER_THREADS) as pool, \
+            tqdm(total=len(labels), desc=f"{name}: label", unit="label") as bar:
+        for _ in pool.map(store.put_label, labels):
+            bar.update(1)
+    label_s = time.perf_counter() - began
+    return {"write": len(face_ids) / write_s, "scan": scanned / scan_s, "read": read / read_s,
+            "label": len(labels) / label_s, "faces": len(face_ids)}
+
+
+def on_config(measure: Callable[[str, Store], dict], name: str, config: CassandraConfig) -> dict | None:
+    """measure(name, store) on a fresh keyspace of `config` (dropped afterwards); None, saying
+    why, when nothing answers."""
+    from visage.store.base import StoreError
+    from visage.store.cassandra import CassandraStore
+    try:
+        store = CassandraStore(config)
+    except StoreError as e:
+        print(f"{name}: not measured ({e})")
+        return None
+    store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+    store.migrate()
+    try:
+        return measure(name, store)
+    finally:
+        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+        store.close()
+
+
+def on_cluster(nodes: int, measure: Callable[[str, Store], dict]) -> dict | None:
+    """measure() on the `nodes`-node cluster, started (and stopped again) unless it runs. Takes
+    the cluster's lock, as tests/store/test_three_nodes.py does: one user at a time."""
+    import fcntl
+    import subprocess
+    import sys
+
+    script = [sys.executable, str(REPO / "scripts/cassandra.py")]
+    lock_path = REPO / "build/cassandra-cluster/in-use.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = subprocess.run([*script, "status", "--cluster", str(nodes)], capture_output=True).returncode == 0
+        if not running and subprocess.run([*script, "start", "--cluster", str(nodes), "--fresh"]).returncode != 0:
+            print(f"{nodes} nodes: not measured (the cluster did not start)")
+            return None
+        try:
+            config = CassandraConfig(contact_points=tuple(f"127.0.0.{i}" for i in range(1, nodes + 1)),
+                                     port=CLUSTER_PORT, keyspace="visage_bench_store_nodes",
+                                     replication=f"{{'class': 'SimpleStrategy', 'replication_factor': {nodes}}}",
+                                     connect_timeout_seconds=120)
+            return on_config(measure, f"{nodes} nodes", config)
+        finally:
+            if not running:
+                subprocess.run([*script, "stop", "--cluster", str(nodes)])
+
+
+def main_nodes(nodes: int) -> None:
+    one = on_config(measure_replicated, "1 node",
+                    CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
+                                    keyspace="visage_bench_store_nodes", connect_timeout_seconds=120))
+    if one is None:
+        print("1 node: run `make cassandra-start`")
+    many = on_cluster(nodes, measure_replicated)
+    print(f"\nstore on 1 node (replication factor 1) vs {nodes} nodes (replication factor {nodes}), all on this "
+          f"machine's {os.cpu_count()} cores: {NODES_FACES} faces x 128 float32, {FACES_PER_IMAGE} faces/image, "
+          f"{NODES_LABELS} labels, {WRITER_THREADS} caller threads, LOCAL_QUORUM / LOCAL_SERIAL")
+    many_name = f"{nodes} nodes"
+    print(f"{'metric':<44}{'1 node':>10}{many_name:>10}{f'{nodes} nodes / 1 node':>20}")
+    rows = [("faces written / s (put_image)", "write"), ("embeddings read / s (scan, iter_embeddings)", "scan"),
+            (f"faces read / s (get_faces, {READ_BATCH} ids a call)", "read"),
+            ("labels written / s (put_label, conditional)", "label")]
+    for label, key in rows:
+        a = f"{one[key]:.0f}" if one else "n/a"
+        b = f"{many[key]:.0f}" if many else "n/a"
+        ratio = f"{many[key] / one[key]:.2f}" if one and many else "n/a"
+        print(f"{label:<44}{a:>10}{b:>10}{ratio:>20}")
+    for name, result in (("1 node", one), (many_name, many)):
+        if result and result["faces"] < NODES_FACES:
+            print(f"{name}: wrote {result['faces']} of {NODES_FACES} faces in the {WRITE_BUDGET_S:.0f}s budget")

@@ -222,3 +222,60 @@ def _cut_off(store, tmp_path: Path) -> None:
     unopenable.mkdir(exist_ok=True)
     store.path = unopenable
     store._local = threading.local()  # every thread opens the (unopenable) path again
+
+
+# ---- portable CQL (issue 23) --------------------------------------------------
+# Every statement any test makes the Cassandra store prepare or send, and every batch, is
+# checked against the CQL that Cosmos DB, Managed Instance and Apache Cassandra all accept
+# (visage.store.portable_cql): a test that makes the store send anything else fails.
+def _record_cql_violations() -> list[str]:
+    """Patches the driver's Session once (this module may be imported twice); returns the list."""
+    from cassandra.cluster import Session
+    from cassandra.query import BatchStatement, BatchType, SimpleStatement
+
+    from visage.store import portable_cql
+
+    if hasattr(Session, "visage_cql_violations"):
+        return Session.visage_cql_violations
+    violations: list[str] = []
+    prepare, execute_async = Session.prepare, Session.execute_async
+
+    def checked_prepare(self, query, *args, **kwargs):
+        violations.extend(f"{v}: {query}" for v in portable_cql.violations(str(query)))
+        return prepare(self, query, *args, **kwargs)
+
+    def checked_execute_async(self, query, *args, **kwargs):
+        if isinstance(query, BatchStatement):
+            prepared = self.cluster._prepared_statements
+            statements = [prepared[key].query_string if is_prepared and key in prepared else str(key)
+                          for is_prepared, key, _values in query._statements_and_parameters]
+            violations.extend(f"{v}: {statements}" for v in portable_cql.batch_violations(
+                query.batch_type == BatchType.LOGGED, statements))
+        elif isinstance(query, (str, SimpleStatement)):
+            text = query if isinstance(query, str) else query.query_string
+            violations.extend(f"{v}: {text}" for v in portable_cql.violations(text))
+        return execute_async(self, query, *args, **kwargs)
+
+    Session.prepare, Session.execute_async = checked_prepare, checked_execute_async
+    Session.visage_cql_violations = violations
+    return violations
+
+
+CQL_VIOLATIONS = _record_cql_violations()
+
+
+@pytest.fixture
+def cql_violations() -> list[str]:
+    """What the store sent this test that one of Azure's Cassandra offerings refuses."""
+    return CQL_VIOLATIONS
+
+
+@pytest.fixture(autouse=True)
+def _cql_stays_portable():
+    """Fails the test during which the store sent CQL one of Azure's Cassandra offerings refuses."""
+    CQL_VIOLATIONS.clear()
+    yield
+    found, CQL_VIOLATIONS[:] = list(CQL_VIOLATIONS), []
+    if found:
+        pytest.fail("non-portable CQL sent (see visage.store.portable_cql):\n" + "\n".join(found[:10]),
+                    pytrace=False)

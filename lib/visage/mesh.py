@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage import lifeline
 from visage.auth.local import LocalIssuer
+from visage.datadir import secure_tree
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig
 from visage.config import Config
@@ -240,6 +241,7 @@ def main() -> int:
                   "`make run`?) or choose other ports with VISAGE_<NAME>_PORT", ", ".join(taken), config.host)
         return 2
     auth = AuthConfig.from_env()
+    secure_tree(config.data_dir)  # 0700 / 0600 on every start, also what an older version left readable
     if auth.is_local:
         LocalIssuer(auth).ensure()  # before any service or Envoy reads the keys
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from visage.config import ServerSettings, env_name
+
 log = logging.getLogger(__name__)
 
-METRICS_PORT_ENV = "VISAGE_METRICS_PORT"
+METRICS_PORT_ENV = env_name(ServerSettings, "metrics_port")  # VISAGE_METRICS_PORT
 METRICS_PORT_OFFSET = 1000
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 RPC_REQUESTS = Counter("visage_rpc_requests", "RPCs answered, by full method name and status code",
                        ["method", "code"])
@@ -35,6 +37,9 @@ FACES_PREDICTED = Counter("visage_reclassify_faces_predicted",
                           "Faces this replica's re-classification ran the model on (an incremental pass: "
                           "only those whose verdict may change)")
 SHARDS_CLAIMED = Counter("visage_reclassify_shards_claimed", "Re-classification shards this replica claimed")
+STORE_OVERLOADED_RETRIES = Counter("visage_store_overloaded_retries",
+                                   "Store requests sent again after the database answered overloaded "
+                                   "(Cosmos DB's 429, Cassandra's Overloaded)")
 PREDICTIONS_WRITTEN = Counter("visage_predictions_written",
                               "Verdicts this replica's re-classification wrote (only those that changed)")
 
@@ -46,15 +51,11 @@ def watch_queue(name: str, depth: Callable[[], int]) -> None:
 
 def metrics_port(service_port: int) -> int:
     """The port to serve /metrics on (0: none). Raises ValueError for a malformed setting."""
-    value = os.environ.get(METRICS_PORT_ENV, "")
-    if not value:
+    port = ServerSettings.read("metrics_port")  # "nine": "VISAGE_METRICS_PORT='nine' is not a port number"
+    if port is None:
         return service_port + METRICS_PORT_OFFSET if service_port else 0
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"{METRICS_PORT_ENV}={value!r} is not a port number") from None
     if not 0 <= port <= 65535:
-        raise ValueError(f"{METRICS_PORT_ENV}={value!r} is not a port number (0-65535; 0 turns metrics off)")
+        raise ValueError(f"{METRICS_PORT_ENV}={port!r} is not a port number (0-65535; 0 turns metrics off)")
     return port
 
 
@@ -76,8 +77,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        # Health is answered as grpc's servicer answers it (its Watch holds no thread: wrapping would add one).
+        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+            return handler
         method = handler_call_details.method
         for kind, wrap in (("unary_unary", _unary), ("stream_unary", _unary),
                            ("unary_stream", _streaming), ("stream_stream", _streaming)):
@@ -90,6 +92,10 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 def _code(context, failed: bool) -> str:
     code = context.code() if hasattr(context, "code") else None
     if code is None:
+        # The caller went away (cancelled, or its deadline passed) before a status was set.
+        if hasattr(context, "is_active") and not context.is_active():
+            remaining = context.time_remaining() if hasattr(context, "time_remaining") else None
+            return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         return "UNKNOWN" if failed else "OK"
     return code.name
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 
+from visage import config
+
 log = logging.getLogger(__name__)
 
-GATEWAY_CPUS_ENV = "VISAGE_GATEWAY_CPUS"
-SERVICE_CPUS_ENV = "VISAGE_SERVICE_CPUS"
+GATEWAY_CPUS_ENV = config.env_name(config.GatewayConfig, "cpus")  # VISAGE_GATEWAY_CPUS
+SERVICE_CPUS_ENV = config.env_name(config.ServerSettings, "cpus")  # VISAGE_SERVICE_CPUS
 
 
 class PlacementError(ValueError):
@@ -44,10 +46,10 @@ def parse_cpu_list(text: str) -> frozenset[int]:
 
 
 def cpus_from_env(name: str) -> frozenset[int] | None:
-    """The CPU set an environment variable names, or None when it is unset or
-    empty. For a process that is starting: a bad list is logged, naming the
-    variable, and the process exits with status 2."""
-    text = os.environ.get(name, "").strip()
+    """The CPU set the variable `name` (GATEWAY_CPUS_ENV or SERVICE_CPUS_ENV) names,
+    or None when it is unset or empty. For a process that is starting: a bad list is
+    logged, naming the variable, and the process exits with status 2."""
+    text = config.read(name).strip()
     try:
         return parse_cpu_list(text) if text else None
     except PlacementError as error:

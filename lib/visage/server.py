@@ -7,20 +7,24 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from visage import guard, metrics, placement, tracing
+from visage import datadir, guard, metrics, placement, tracing
+from visage.auth.identity import with_actor
 from visage.auth.interceptor import AuthInterceptor
 from visage.auth.tokens import TokenVerifier
 from visage.config import Config
 from visage.errors import ErrorStatusInterceptor
 from visage.store import Store, open_store
+from visage.store.base import stamp_events_with
 from visage.v1 import classify_pb2, ingest_pb2, query_pb2, train_pb2
+
+# Every event a request causes names its caller and trace (the store itself knows no identity).
+stamp_events_with(with_actor)
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +36,6 @@ SERVER_OPTIONS = (
     # gRPC's default would let a second server (another test run) silently share the port.
     ("grpc.so_reuseport", 0),
 )
-
-# Trailing metadata by which a service asks the gateway for a REST status that
-# no gRPC code maps to (413 for an image over the byte limit); see visage_gateway.limits.
-STATUS_HINT_HEADER = "x-visage-http-status"
 
 # Initial metadata that a response stream which may wait before its first item (a watch:
 # maybe hours) sends once it was let in (past the auth check and its request's
@@ -70,11 +70,12 @@ def build_server(
     streaming calls get threads of their own on top (visage.guard). Every RPC but
     reflection and health needs a token (visage.auth); `verifier` defaults to the
     issuer VISAGE_AUTH_* configures (the local one by default)."""
-    pool = _executor(max_workers, max_streams)
+    # Threads named by service (grpc_workers_query_1, ...): a process may run several.
+    pool = _executor(max_workers, max_streams, worker_queue_name(service_names[0]) if service_names else "grpc")
     # Requests waiting for a worker thread (the executor keeps no public count of them),
     # one gauge per service: several share a process in `make run` and the tests.
     for name in service_names:
-        metrics.watch_queue(worker_queue_name(name), pool._work_queue.qsize)
+        metrics.watch_queue(worker_queue_name(name), pool.queue_depth)
     server = grpc.server(pool, options=SERVER_OPTIONS, interceptors=service_interceptors(max_streams, verifier))
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -102,36 +103,21 @@ def worker_queue_name(service_name: str) -> str:
 def service_interceptors(max_streams: int | None = None,
                          verifier: TokenVerifier | None = None) -> list[grpc.ServerInterceptor]:
     """Every service's interceptor chain. Metrics outermost, so they see the status
-    every other layer answers with; error statuses innermost, so the guard sees store
-    errors already mapped (not as unexpected)."""
+    every other layer answers with; error statuses (visage.errors) innermost, so the
+    guard sees every registered kind already answered (not as unexpected)."""
     # Tracing (when OTEL_EXPORTER_OTLP_ENDPOINT is set) outermost of all: its span covers every layer.
     return [*tracing.server_interceptors(), metrics.MetricsInterceptor(), *_guard_interceptors(max_streams),
             AuthInterceptor(verifier or TokenVerifier.from_env()), ErrorStatusInterceptor()]
 
 
-def _executor(unary_workers: int, max_streams: int | None) -> futures.ThreadPoolExecutor:
-    return guard.server_executor(unary_workers, guard.max_streams_from_env() if max_streams is None else max_streams)
+def _executor(unary_workers: int, max_streams: int | None, name: str = "grpc") -> guard.ElasticThreadPool:
+    return guard.server_executor(unary_workers, guard.max_streams_from_env() if max_streams is None else max_streams,
+                                 name)
 
 
 def _guard_interceptors(max_streams: int | None) -> list[grpc.ServerInterceptor]:
     """Stream cap, bad request bytes, unexpected exceptions: see visage.guard."""
     return [guard.StreamGuard(guard.max_streams_from_env() if max_streams is None else max_streams)]
-
-
-class RpcFailure(Exception):
-    """One request, or one item of a stream, failed: carries the gRPC status to
-    answer with, so the code that finds the problem needs no servicer context."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.http_status = http_status  # for REST, when the gRPC code's usual status is wrong
-
-    def abort(self, context: grpc.ServicerContext):
-        if self.http_status is not None:
-            context.set_trailing_metadata(((STATUS_HINT_HEADER, str(self.http_status)),))
-        context.abort(self.code, self.message)
 
 
 def _nothing() -> None:
@@ -187,6 +173,7 @@ def run_service(name: str, start: Callable[[Config, Store, str], RunningService]
     if scrape_port := metrics.metrics_port(port):
         metrics.serve_metrics(scrape_port, config.host)
     tracing.install(f"visage-{name}")
+    datadir.secure_tree(config.data_dir)  # 0700 / 0600, also what an older version left readable
     store = open_store(config)
     running = start(config, store, f"{config.host}:{port}")
     serve_until_signalled(running)

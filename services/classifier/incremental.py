@@ -30,7 +30,6 @@ go first; 0 turns it off): 128 floats, the id and a few numbers per face, ~0.7 G
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -39,14 +38,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visage.config import ClassifierSettings, env_name
 from visage.model import ModelParameters, changed_personas, threshold_bands
 from visage.store.base import Store
 from visage.v1 import resources_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-CACHE_FACES_ENV = "VISAGE_RECLASSIFY_CACHE_FACES"
-DEFAULT_CACHE_FACES = 1_000_000
+CACHE_FACES_ENV = env_name(ClassifierSettings, "cache_faces")  # VISAGE_RECLASSIFY_CACHE_FACES
+DEFAULT_CACHE_FACES = ClassifierSettings.cache_faces  # 1_000_000
 SHARD_MARK_KEY = "reclassify.shard-mark.{shards}.{shard}"
 # Distances are computed here in numpy and in the graph by ONNX Runtime: a centre this much
 # farther than the old nearest one could still win by rounding, so it makes the face due.
@@ -229,7 +229,7 @@ class ReclassifyMemory:
 
     @classmethod
     def from_env(cls) -> "ReclassifyMemory":
-        capacity = int(os.environ.get(CACHE_FACES_ENV, str(DEFAULT_CACHE_FACES)))
+        capacity = ClassifierSettings.read("cache_faces")
         if capacity < 0:
             raise ValueError(f"{CACHE_FACES_ENV} ({capacity}) must be 0 (off) or more")
         return cls(capacity)

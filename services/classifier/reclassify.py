@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from visage import metrics
+from visage.config import ClassifierSettings
 from visage.model import Predictor
 from visage.store.base import RECLASSIFIED_VERSION_KEY, Store
 from visage.store.records import PredictionRecord, ShardRecord
@@ -43,9 +44,10 @@ from visage_classifier.models import ActiveModel, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-BATCH_ROWS = 8192
-SHARDS = 64          # parts of one version's re-classification that replicas claim (a few per replica)
-LEASE_SECONDS = 60.0  # a shard whose holder has not renewed for this long is taken over
+BATCH_ROWS = ClassifierSettings.batch_rows  # 8192 (VISAGE_RECLASSIFY_BATCH_ROWS)
+# Parts of one version's re-classification that replicas claim (a few per replica): 64.
+SHARDS = ClassifierSettings.shards
+LEASE_SECONDS = ClassifierSettings.lease_seconds  # 60 s: a shard whose holder has not renewed for this long is taken over
 PROGRESS_READ_SECONDS = 0.5  # how often a replica re-reads the others' progress while it works
 EVENT_INTERVAL_SECONDS = 0.25  # progress events: at most ~4 per second
 
@@ -190,8 +192,7 @@ class SharedWork:
     @classmethod
     def from_env(cls) -> "SharedWork":
         """VISAGE_RECLASSIFY_SHARDS / _LEASE_SECONDS (every replica must use the same shards)."""
-        shards = int(os.environ.get("VISAGE_RECLASSIFY_SHARDS", str(SHARDS)))
-        lease = float(os.environ.get("VISAGE_RECLASSIFY_LEASE_SECONDS", str(LEASE_SECONDS)))
+        shards, lease = ClassifierSettings.read("shards"), ClassifierSettings.read("lease_seconds")
         if shards < 1 or lease <= 0:
             raise ValueError(f"VISAGE_RECLASSIFY_SHARDS ({shards}) and _LEASE_SECONDS ({lease}) must be positive")
         return cls(shards=shards, lease_seconds=lease)

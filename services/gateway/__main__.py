@@ -12,6 +12,7 @@ from visage.auth.local import LocalIssuer
 from visage.config import Config
 from visage.server import setup_logging
 from visage_gateway import envoy_config
+from visage.datadir import secure_tree
 from visage_gateway.supervisor import EnvoyProcess, ensure_openapi
 
 log = logging.getLogger("visage_gateway")
@@ -22,6 +23,7 @@ def main() -> int:
     cpus = placement.cpus_from_env(placement.GATEWAY_CPUS_ENV)
     config = Config.from_env()
     settings = envoy_config.GatewaySettings.from_config(config)
+    secure_tree(config.data_dir)  # 0700 / 0600 (the generated Envoy config lands there too)
     if settings.auth.is_local:
         LocalIssuer(settings.auth).ensure()  # Envoy reads its JWKS when it starts
     if not settings.descriptor_set.is_file():

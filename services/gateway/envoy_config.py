@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -102,9 +102,11 @@ from envoy_data_plane.envoy.type.matcher.v3 import (
 from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from visage.auth.roles import RPC_ROLES, Role
+from visage.auth.roles import ROLE_NAME_SEPARATORS, RPC_ROLES, Role
 from visage.auth.tokens import AuthConfig
-from visage.config import Config
+from visage.config import Config, GatewayConfig, environment
+from visage import guard
+from visage.datadir import private_dir, private_file
 from visage.server import SERVICE_NAMES
 from visage_gateway import limits
 from visage_gateway import tracing as gateway_tracing
@@ -138,9 +140,11 @@ UI_SECURITY_HEADERS = {
 }
 REFLECTION_PREFIX = "/grpc.reflection."
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-# gRPC reflection and health have one path for every service: this header
-# (grpcurl -reflect-header / -H) picks which service answers; query by default.
+# gRPC reflection has one path for every service: this header (grpcurl
+# -reflect-header / -H) picks which service answers; query by default. gRPC
+# health is not routed (only /healthz).
 SERVICE_HEADER = "x-visage-service"
+CALLER_HEADER = guard.CALLER_HEADER  # set by Envoy (a client's own is overwritten)
 JWT_PROVIDER = "visage"
 JWT_PAYLOAD_METADATA = "jwt_payload"  # where jwt_authn leaves the verified claims for rbac
 JWKS_CLUSTER = "visage_jwks"
@@ -178,6 +182,7 @@ class GatewaySettings:
     cors_origins: tuple[str, ...] = ()
     max_request_body_bytes: int = MAX_REQUEST_BODY_BYTES
     access_log: bool = True
+    trusted_hops: int = 0  # X-Forwarded-For entries of proxies in front (VISAGE_GATEWAY_TRUSTED_HOPS)
     image_calls: limits.CallerRate = field(default_factory=limits.CallerRate)
     auth: AuthConfig = AuthConfig()
     hostnames: tuple[str, ...] = LOCAL_HOSTNAMES
@@ -190,41 +195,43 @@ class GatewaySettings:
         return self.tls_cert is not None
 
     @classmethod
-    def from_config(cls, config: Config, env: dict[str, str] | None = None) -> "GatewaySettings":
+    def from_config(cls, config: Config, env: Mapping[str, str] | None = None) -> "GatewaySettings":
         """Ports come from Config; VISAGE_<NAME>_HOST lets a deployment put a
         service on another host (Kubernetes service names), VISAGE_CORS_ORIGINS
         is a comma-separated list of extra origins allowed to call /v1, and
         VISAGE_GATEWAY_ACCESS_LOG=0 turns the per-request JSON log line off.
         VISAGE_GATEWAY_HOSTNAMES lists the host names clients use (default:
         loopback names); VISAGE_GATEWAY_TLS_CERT / _KEY (PEM files) turn TLS on.
-        Tokens are checked against the issuer VISAGE_AUTH_* configures."""
-        env = os.environ if env is None else env
-        hostnames = tuple(h.strip().lower() for h in env.get("VISAGE_GATEWAY_HOSTNAMES", "").split(",") if h.strip())
-        cert, key = env.get("VISAGE_GATEWAY_TLS_CERT", ""), env.get("VISAGE_GATEWAY_TLS_KEY", "")
+        Tokens are checked against the issuer VISAGE_AUTH_* configures. The
+        variables are read from `env` (default: this process's environment)."""
+        gateway = GatewayConfig.from_env(env)
+        hostnames = tuple(h.lower() for h in gateway.hostnames)
+        cert, key = gateway.tls_cert, gateway.tls_key
         if bool(cert) != bool(key):
             raise ValueError("set both VISAGE_GATEWAY_TLS_CERT and VISAGE_GATEWAY_TLS_KEY, or neither")
         upstreams = tuple(
-            Upstream(name, grpc_service, env.get(f"VISAGE_{name.upper()}_HOST", config.host),
+            Upstream(name, grpc_service, getattr(gateway, f"{name}_host") or config.host,
                      getattr(config.ports, name))
             for name, grpc_service in SERVICE_NAMES.items()
         )
-        origins = tuple(o.strip().rstrip("/") for o in env.get("VISAGE_CORS_ORIGINS", "").split(",") if o.strip())
+        origins = tuple(o.rstrip("/") for o in gateway.cors_origins)
         return cls(
-            bind_host=env.get("VISAGE_GATEWAY_HOST", config.host),
+            bind_host=gateway.host or config.host,
             port=config.ports.gateway,
             upstreams=upstreams,
-            descriptor_set=Path(env.get("VISAGE_DESCRIPTOR_SET", REPO / "build/visage.pb")),
-            openapi_json=Path(env.get("VISAGE_OPENAPI_JSON", REPO / "build/openapi.json")),
+            descriptor_set=gateway.descriptor_set or REPO / "build/visage.pb",
+            openapi_json=gateway.openapi_json or REPO / "build/openapi.json",
             cors_origins=origins,
-            access_log=env.get("VISAGE_GATEWAY_ACCESS_LOG", "1") != "0",
-            image_calls=limits.CallerRate.from_env(env),
+            access_log=gateway.access_log,
+            trusted_hops=gateway.trusted_hops,
+            image_calls=limits.CallerRate.from_config(gateway),
             # Unlike the rest, read from the process environment too: a caller's
             # partial `env` (tests) still gets the issuer everything else uses.
-            auth=AuthConfig.from_env({**os.environ, **env}, config.data_dir),
+            auth=AuthConfig.from_env(environment(env), config.data_dir),
             hostnames=hostnames or LOCAL_HOSTNAMES,
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
-            collector=gateway_tracing.Collector.from_env(env),
+            collector=gateway_tracing.Collector.from_env(environment() if env is None else env),  # OTEL_*
         )
 
 
@@ -296,8 +303,12 @@ def _grpc_routes(settings: GatewaySettings) -> list[Route]:
         for u in settings.upstreams
     ]
     default = by_service[SERVICE_NAMES["query"]]
-    for prefix in (REFLECTION_PREFIX, HEALTH_PREFIX):
-        # Reflection is a bidi stream: no timeout.
+    # gRPC health is open to anyone and its Watch is a stream that never ends: through the
+    # gateway health is only /healthz, answered by Envoy itself (issue 25).
+    routes.append(Route(name=HEALTH_PREFIX, match=RouteMatch(prefix=HEALTH_PREFIX), direct_response=_error(
+        404, "gRPC health is not served through the gateway; use GET /healthz"), typed_per_filter_config=NATIVE_GRPC))
+    for prefix in (REFLECTION_PREFIX,):
+        # Reflection is a bidi stream: no timeout (the services give it a small budget of its own).
         routes += [
             Route(name=f"{prefix}{u.name}",
                   match=RouteMatch(prefix=prefix, headers=[HeaderMatcher(
@@ -350,7 +361,7 @@ def ui_config(settings: GatewaySettings) -> dict:
     return {"roleClaim": settings.auth.role_claim, "subjectClaim": settings.auth.subject_claim}
 
 
-def _fallback_routes() -> list[Route]:
+def _fallback_routes(settings: GatewaySettings) -> list[Route]:
     """Reached by REST paths the transcoder did not map to an RPC, and - for
     the filters before the transcoder (CORS, CSRF) - by every REST request."""
     unknown = _error(404, "no REST method matches this path and HTTP method; see /openapi.json")
@@ -358,12 +369,19 @@ def _fallback_routes() -> list[Route]:
     # writes: a request without Origin (curl, scripts, other systems) skips the check.
     without_origin = HeaderMatcher(name="origin", present_match=True, invert_match=True)
     csrf_off = CsrfPolicy(filter_enabled=_enabled(percent=0))
-    # The CORS filter only acts on routes that forward somewhere: preflights get
-    # one (the filter answers them itself, so nothing reaches the query service).
+    # The CORS filter only acts on routes that forward somewhere: preflights from an
+    # allowed origin get one (the filter answers them itself, so nothing reaches the
+    # query service); any other preflight is refused here, without a token or a service.
     preflight = HeaderMatcher(name=":method", string_match=StringMatcher(exact="OPTIONS"))
+    allowed = [Route(name=f"cors-preflight {origin}", match=RouteMatch(prefix="/v1/", headers=[
+                   preflight, HeaderMatcher(name="origin", string_match=StringMatcher(exact=origin))]),
+                     route=RouteAction(cluster=cluster_name("query"), timeout=UNARY_TIMEOUT))
+               for origin in settings.cors_origins]
     return [
-        Route(name="cors-preflight", match=RouteMatch(prefix="/v1/", headers=[preflight]),
-              route=RouteAction(cluster=cluster_name("query"), timeout=UNARY_TIMEOUT)),
+        *allowed,
+        Route(name="cors-preflight-refused", match=RouteMatch(prefix="/v1/", headers=[preflight]),
+              direct_response=_error(403, "cross-origin requests from this origin are not allowed "
+                                          "(VISAGE_CORS_ORIGINS lists the origins that are)")),
         Route(name="unknown-rest-no-origin", match=RouteMatch(prefix="/v1/", headers=[without_origin]),
               direct_response=unknown, typed_per_filter_config={"envoy.filters.http.csrf": _any(csrf_off)}),
         Route(name="unknown-rest", match=RouteMatch(prefix="/v1/"), direct_response=unknown),
@@ -464,7 +482,7 @@ def _jwt_authn(settings: GatewaySettings) -> JwtAuthentication:
 
 def _has_role_at_least(settings: GatewaySettings, least: Role) -> Principal:
     """A token whose role claim (a list, or one string of names separated by spaces or
-    commas, as visage.auth.tokens.role_of reads it) names `least` or a higher role."""
+    commas, as visage.auth.roles.claim_role reads it: exact names) names `least` or a higher role."""
     def claim_is(value_matcher: ValueMatcher) -> Principal:
         return Principal(metadata=MetadataMatcher(
             filter="envoy.filters.http.jwt_authn",
@@ -472,10 +490,12 @@ def _has_role_at_least(settings: GatewaySettings, least: Role) -> Principal:
                   MetadataMatcherPathSegment(key=settings.auth.role_claim)],
             value=value_matcher))
     ids = []
+    separators = ROLE_NAME_SEPARATORS  # plain characters, literal inside an RE2 class
     for role in (r for r in Role if r >= least):
-        exact = ValueMatcher(string_match=StringMatcher(exact=role.label, ignore_case=True))
-        named_in_string = ValueMatcher(string_match=StringMatcher(
-            safe_regex=RegexMatcher(regex=rf"(?i)(.*[ ,])?{role.label}([ ,].*)?")))  # RE2 matches the whole value
+        # Exactly as claim_role reads it: the exact name, no trimming, no case folding.
+        exact = ValueMatcher(string_match=StringMatcher(exact=role.label))
+        named_in_string = ValueMatcher(string_match=StringMatcher(safe_regex=RegexMatcher(
+            regex=rf"(.*[{separators}])?{role.label}([{separators}].*)?")))  # RE2 matches the whole value
         ids += [claim_is(ValueMatcher(list_match=ListMatcher(one_of=exact))), claim_is(named_in_string)]
     return Principal(or_ids=PrincipalSet(ids=ids))
 
@@ -503,7 +523,8 @@ def _access_logs(settings: GatewaySettings) -> list[AccessLog]:
     if not settings.access_log:
         return []
     fmt = {"ts": "%START_TIME%", "service": "gateway", "method": "%REQ(:METHOD)%",
-           "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "grpc_path": "%REQ(:PATH)%",
+           # Never the query string: it may hold a person's name (?query=...).
+           "path": "%PATH(NQ:ORIG)%", "grpc_path": "%PATH(NQ)%",
            "status": "%RESPONSE_CODE%", "grpc_status": "%GRPC_STATUS%", "ms": "%DURATION%",
            "bytes_in": "%BYTES_RECEIVED%", "bytes_out": "%BYTES_SENT%", "upstream": "%UPSTREAM_CLUSTER%",
            "flags": "%RESPONSE_FLAGS%"}
@@ -512,7 +533,7 @@ def _access_logs(settings: GatewaySettings) -> list[AccessLog]:
 
 
 def _listener(settings: GatewaySettings) -> Listener:
-    routes = _grpc_routes(settings) + _static_routes(settings) + _fallback_routes()
+    routes = _grpc_routes(settings) + _static_routes(settings) + _fallback_routes(settings)
     # A page on another origin that rebinds its DNS name to this machine reaches
     # Envoy with its own name as Host: only the configured names are served.
     other_hosts = VirtualHost(name="other-hosts", domains=["*"], routes=[
@@ -529,6 +550,8 @@ def _listener(settings: GatewaySettings) -> Listener:
         virtual_hosts=[VirtualHost(name="visage", domains=[d for h in settings.hostnames for d in (h, f"{h}:*")],
                                    routes=routes,
                                    typed_per_filter_config=_cors_policy(settings),
+                                   # The caller as Envoy verified it, for the services' fairness (visage.guard.caller_of).
+                                   request_headers_to_add=_headers({CALLER_HEADER: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}),
                                    response_headers_to_add=_headers({"strict-transport-security": HSTS})
                                    if settings.tls else []),
                        other_hosts],
@@ -541,7 +564,7 @@ def _listener(settings: GatewaySettings) -> Listener:
         local_reply_config=_local_reply_config(),
         server_name="visage",
         tracing=gateway_tracing.connection_manager_tracing(settings.collector) if settings.collector else None,
-    ))
+    ), trusted_hops=settings.trusted_hops)
     return Listener(
         name="visage_http",
         address=Address(socket_address=SocketAddress(address=settings.bind_host, port_value=settings.port)),
@@ -623,6 +646,6 @@ def build_bootstrap(settings: GatewaySettings) -> dict:
 
 
 def write_bootstrap(settings: GatewaySettings, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(build_bootstrap(settings), indent=1))
+    private_dir(path.parent)
+    private_file(path).write_text(json.dumps(build_bootstrap(settings), indent=1))
     return path

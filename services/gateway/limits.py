@@ -17,18 +17,20 @@ and so every error has one REST shape.
 - Errors: every local reply (Envoy's own 4xx/5xx) is the JSON the transcoder
   gives service errors: {"code": <gRPC code>, "message", "details": [...]};
   a service may ask for an HTTP status no gRPC code maps to (413 for an image
-  over the byte limit) with the STATUS_HINT_HEADER trailer.
+  over the byte limit) with the STATUS_HINT_HEADER trailer (visage.errors sets it
+  for a kind registered with an HTTP status).
 """
 from __future__ import annotations
 
 import datetime
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy_data_plane.envoy.config.accesslog.v3 import (
     AccessLogFilter,
     ComparisonFilter,
     ComparisonFilterOp,
+    ExtensionFilter,
     StatusCodeFilter,
 )
 from envoy_data_plane.envoy.config.cluster.v3 import CircuitBreakers, CircuitBreakersThresholds
@@ -43,6 +45,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
 from envoy_data_plane.envoy.config.route.v3 import RateLimit, RateLimitAction, RateLimitActionRemoteAddress
 from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import LocalRateLimitDescriptor, RateLimitDescriptorEntry
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -52,8 +55,10 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType, TokenBucket
 from envoy_data_plane.google.protobuf import Any, Struct
 
+from visage.errors import STATUS_HINT_HEADER
+from visage.config import GatewayConfig
 from visage.guard import max_streams_from_env
-from visage.server import SERVICE_NAMES, STATUS_HINT_HEADER
+from visage.server import SERVICE_NAMES
 
 CLIENT_STREAM_IDLE = datetime.timedelta(minutes=5)
 SERVER_STREAM_IDLE = datetime.timedelta(hours=1)
@@ -62,7 +67,7 @@ REQUEST_HEADERS_TIMEOUT = datetime.timedelta(seconds=10)
 CONNECTION_IDLE_TIMEOUT = datetime.timedelta(minutes=15)
 # Calls that run the face pipeline on an uploaded image (a stream counts once, when it opens).
 COSTLY_METHODS = {
-    SERVICE_NAMES["classifier"]: ("Classify", "ClassifyStream"),
+    SERVICE_NAMES["classifier"]: ("Classify", "ClassifyStream", "FindSimilarFaces", "VerifyFaces"),
     SERVICE_NAMES["ingest"]: ("IngestImage", "IngestImages"),
 }
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
@@ -83,10 +88,14 @@ class CallerRate:
     burst: int = 8
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "CallerRate":
-        env = os.environ if env is None else env
-        per_second = int(env.get("VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND", cls.per_second))
-        burst = int(env.get("VISAGE_GATEWAY_IMAGE_CALLS_BURST", max(per_second * 2, 1)))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "CallerRate":
+        return cls.from_config(GatewayConfig.from_env(env))
+
+    @classmethod
+    def from_config(cls, gateway: GatewayConfig) -> "CallerRate":
+        """VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND and _BURST (default twice the rate, at least 1)."""
+        per_second = gateway.image_calls_per_second
+        burst = gateway.image_calls_burst if gateway.image_calls_burst is not None else max(per_second * 2, 1)
         if per_second < 0 or burst < 1:
             raise ValueError("VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND must be >= 0 and _BURST >= 1")
         return cls(per_second, burst)
@@ -176,13 +185,15 @@ def status_hint_filter() -> HttpFilter:
                       typed_config=Any.pack(Lua(default_source_code=DataSource(inline_string=_STATUS_HINT_LUA))))
 
 
-def harden(hcm: HttpConnectionManager) -> HttpConnectionManager:
-    """Per-connection limits and timeouts on the listener's connection manager."""
+def harden(hcm: HttpConnectionManager, trusted_hops: int = 0) -> HttpConnectionManager:
+    """Per-connection limits and timeouts on the listener's connection manager. `trusted_hops`:
+    proxies in front whose X-Forwarded-For entries name the caller (VISAGE_GATEWAY_TRUSTED_HOPS)."""
     hcm.http2_protocol_options = Http2ProtocolOptions(max_concurrent_streams=MAX_STREAMS_PER_CONNECTION)
     hcm.common_http_protocol_options = HttpProtocolOptions(idle_timeout=CONNECTION_IDLE_TIMEOUT)
     hcm.request_headers_timeout = REQUEST_HEADERS_TIMEOUT
     # Envoy is the edge: the caller is the peer address, never a client-sent X-Forwarded-For.
     hcm.use_remote_address = True
+    hcm.xff_num_trusted_hops = trusted_hops
     return hcm
 
 
@@ -198,10 +209,21 @@ def _error_body(grpc_code: int) -> SubstitutionFormatString:
     return SubstitutionFormatString(json_format=Struct.from_dict(body), content_type="application/json")
 
 
+# jwt_authn answers a well-signed token for another audience with 403; the services and
+# README say UNAUTHENTICATED / 401 for every token that is not valid here (issue 25).
+_JWT_REFUSED_AS_403 = ("response.code == 403 && "
+                       "response.code_details.startsWith('jwt_authn_access_denied')")
+
+
 def error_mappers() -> list[ResponseMapper]:
     """Every local reply >= 400 as {"code": <gRPC code>, "message", "details"}:
-    the shape the transcoder gives a service's error, so a client reads one shape."""
-    mappers = [ResponseMapper(filter=_status_filter(ComparisonFilterOp.EQ, status), body_format_override=_error_body(code))
+    the shape the transcoder gives a service's error, so a client reads one shape.
+    A token jwt_authn refused is 401 / UNAUTHENTICATED, whatever status it chose."""
+    jwt_refused = AccessLogFilter(extension_filter=ExtensionFilter(
+        name="envoy.access_loggers.extension_filters.cel",
+        typed_config=Any.pack(ExpressionFilter(expression=_JWT_REFUSED_AS_403))))
+    mappers = [ResponseMapper(filter=jwt_refused, status_code=401, body_format_override=_error_body(16))]
+    mappers += [ResponseMapper(filter=_status_filter(ComparisonFilterOp.EQ, status), body_format_override=_error_body(code))
                for status, code in GRPC_CODE_FOR_HTTP.items()]
     mappers.append(ResponseMapper(filter=_status_filter(ComparisonFilterOp.GE, 500),
                                   body_format_override=_error_body(GRPC_CODE_OTHER_5XX)))

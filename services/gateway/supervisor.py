@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from visage import lifeline, placement
+from visage.config import GatewayConfig
 from visage_gateway import openapi
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,15 @@ def envoy_binary() -> str:
 def envoy_command(bootstrap: Path, mode: str = "serve", cpus: frozenset[int] | None = None) -> list[str]:
     # One worker per core Envoy is pinned to; unpinned, one worker beats
     # several on a 2-core machine shared with the services.
-    workers = os.environ.get("VISAGE_GATEWAY_CONCURRENCY", str(len(cpus) if cpus else 1))
+    workers = GatewayConfig.read("concurrency")  # VISAGE_GATEWAY_CONCURRENCY
+    if workers is None:
+        workers = len(cpus) if cpus else 1
     return [
         envoy_binary(), "-c", str(bootstrap), "--mode", mode,
         # Several Envoys may run on one machine (tests, other checkouts): no shared-memory hot restart.
         "--disable-hot-restart",
-        "--concurrency", workers,
-        "--log-level", os.environ.get("VISAGE_GATEWAY_LOG_LEVEL", "warn"),
+        "--concurrency", str(workers),
+        "--log-level", GatewayConfig.read("log_level"),
     ]
 
 

@@ -128,13 +128,20 @@ def run(args: argparse.Namespace) -> int:
     with auth_client.channel(address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         with tqdm(total=len(files), unit="img", desc="ingest", file=sys.stderr) as progress:
-            for batch in batches(files, max(1, args.batch_size)):
+            size = max(1, args.batch_size)
+            for start, batch in zip(range(0, len(files), size), batches(files, size)):
                 try:
                     send_batch(stub, batch, summary)
                 except grpc.RpcError as error:
                     progress.close()
                     print(f"ingest service at {address} failed: {error.code().name}: {error.details()}",
                           file=sys.stderr)
+                    # This batch's images and every later one's were never confirmed stored: failures.
+                    unconfirmed = files[start:]
+                    summary.images += len(unconfirmed)
+                    summary.failures += [(str(path), f"not ingested: the service failed ({error.code().name}); "
+                                                     "run again (images already stored are skipped as duplicates)")
+                                         for path in unconfirmed]
                     print(summary.table())
                     return 2
                 progress.update(len(batch))

@@ -19,13 +19,12 @@ import grpc
 
 from visage import convert, metrics
 from visage.config import Config
-from visage.errors import store_status
+from visage.errors import answer_errors, item_status
 from visage.faces import metadata
 from visage.faces.pipeline import AnalyzedImage
-from visage.faces.pool import IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
-from visage.faces.status import ANALYSIS_ERRORS, analysis_failure
-from visage.server import SERVICE_NAMES, RpcFailure, RunningService, build_server
-from visage.store import Store, StoreError
+from visage.faces.pool import ANALYSIS_ERRORS, IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
+from visage.server import SERVICE_NAMES, RunningService, build_server
+from visage.store import Store
 from visage.store.records import FaceRecord, ImageRecord
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
 from visage.v1 import resources_pb2 as pb
@@ -79,6 +78,7 @@ class ActiveWork:
             return self._idle.wait_for(lambda: self._count == 0, timeout)
 
 
+@answer_errors
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, store: Store, pool: PipelinePool) -> None:
         self.store = store
@@ -92,10 +92,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     # ---- RPCs --------------------------------------------------------------
     def IngestImage(self, request, context):
-        try:
-            done = self.ingest(request.content, request.filename)
-        except RpcFailure as failure:
-            failure.abort(context)
+        done = self.ingest(request.content, request.filename)
         return ingest_pb2.IngestImageResponse(
             image=convert.image(done.image), faces=[convert.face(face) for face in done.faces],
             duplicate=done.duplicate)
@@ -119,7 +116,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     # ---- one image -----------------------------------------------------------
     def ingest(self, content: bytes, filename: str) -> Ingested:
-        """Analyses and stores one image; raises RpcFailure with the status to answer."""
+        """Analyses and stores one image; raises a kind visage.errors answers (bad image, store error, ...)."""
         filename = clean_filename(filename)
         if 0 < len(content) <= self.pool.config.max_image_bytes:  # larger ones are refused unread
             content = metadata.minimise(content)  # what is stored, hashed and served has no metadata
@@ -133,7 +130,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             created = self.store.put_image(image, content, faces)  # a StoreError: see _result / visage.errors
         if not created:  # a concurrent call stored the same bytes first
             return Ingested(self.store.get_image(image_id), self.store.faces_of_image(image_id), duplicate=True)
-        log.info("ingested image %s (%s): %d faces", image_id, filename or "unnamed", len(faces))
+        # Ids only: a file name can name a person, and logs outlive an erasure (issue 25).
+        log.info("ingested image %s: %d faces", image_id, len(faces))
         return Ingested(image, faces, duplicate=False)
 
     def _analyze(self, content: bytes, filename: str) -> AnalyzedImage:
@@ -142,24 +140,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             return self.pool.analyze(content)
         except ANALYSIS_ERRORS as error:
             if isinstance(error, WorkerCrashed):
-                log.error("face pipeline crashed on %s", name)
-            raise analysis_failure(error, f"{name}: {error}") from None
+                log.error("face pipeline crashed on an image of %d bytes", len(content))  # no file name
+            raise type(error)(f"{name}: {error}") from None  # the same kind, naming the image
 
     def _result(self, filename: str, future: Future) -> ingest_pb2.IngestResult:
         try:
             done = future.result()
-        except RpcFailure as failure:
-            return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
-                                           error_code=failure.code.name, error_message=failure.message)
-        except StoreError as error:  # e.g. UNAVAILABLE for this image; the stream goes on
-            code, message = store_status(error, "IngestImages")
+        except Exception as error:  # noqa: BLE001 - this image fails (a bug too: INTERNAL), never the stream
+            code, message = item_status(error, f"IngestImages {filename!r}")
             return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
                                            error_code=code.name, error_message=message)
-        except Exception as error:  # a bug must fail this image only, never the stream
-            log.exception("unexpected error ingesting %s", filename)
-            return ingest_pb2.IngestResult(filename=filename, outcome=ingest_pb2.INGEST_OUTCOME_FAILED,
-                                           error_code=grpc.StatusCode.INTERNAL.name,
-                                           error_message=f"internal error: {error}")
         return ingest_pb2.IngestResult(filename=filename, image_id=done.image.image_id,
                                        outcome=outcome_of(done), face_count=len(done.faces),
                                        face_ids=[face.face_id for face in done.faces])

@@ -14,7 +14,7 @@ from visage.auth import client as auth_client
 from visage.config import Config
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
-from visage_query import privacy_cli
+from visage_query import backup_cli, privacy_cli
 
 CALL_TIMEOUT_SECONDS = 30
 UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -48,6 +48,7 @@ def register(subparsers) -> None:
     verdict.add_argument("--remove", action="store_true", help="remove the face's label for this persona")
     label.set_defaults(run=label_face)
     privacy_cli.register(subparsers, _address_option, _call)
+    backup_cli.register(subparsers, _address_option, _call)
 
     face_actions = privacy_cli.resource_actions(
         subparsers, "faces", _address_option, "unknown faces, one face (file, box, prediction), or erase one")

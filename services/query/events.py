@@ -39,22 +39,26 @@ def read_after(store: Store, cursor: str) -> list[EventRecord]:
 
 class NewEvents:
     """One thread per service polls the log and bumps `generation` when it
-    grew; watchers wait on it instead of each polling the store. `poke` wakes
-    waiters without new events, so one that was cancelled can leave."""
+    grew, waking every waiting watcher once; watchers wait on an event of their
+    own instead of each polling the store. `wake(stop)` wakes only the watcher
+    whose stop event that is (a cancelled one leaves: closing 1,000 watchers is
+    1,000 wake-ups, not 1,000 × 1,000 on one shared condition); `poke` wakes all."""
 
     def __init__(self, store: Store, poll_seconds: float = POLL_SECONDS) -> None:
         self._store = store
         self._poll_seconds = poll_seconds
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiting: dict[threading.Event, threading.Event] = {}  # a watcher's stop event -> its wake-up
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.generation = 0
+        self.wakeups = 0  # wake-ups handed out (tests: cancelling n watchers costs O(n))
 
     def start(self) -> None:
         """Idempotent: the first watcher starts the poller. Its starting cursor
         is read here, before the watcher's own first read, so every event the
         watcher's reads can miss comes after it and bumps `generation`."""
-        with self._changed:
+        with self._lock:
             if self._thread is None and not self._stopped.is_set():
                 cursor = self._store.latest_cursor()
                 self._thread = threading.Thread(target=self._poll, args=(cursor,), name="watch-events-poller",
@@ -66,15 +70,41 @@ class NewEvents:
         self.poke()
 
     def poke(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+        """Wakes every waiting watcher (they re-check whether to stop)."""
+        with self._lock:
+            waiting = list(self._waiting.values())
+            self.wakeups += len(waiting)
+        for wake in waiting:
+            wake.set()
+
+    def cancel(self, stop: threading.Event) -> None:
+        """A watcher's caller went away: sets its stop event and wakes it alone."""
+        stop.set()
+        self.wake(stop)
+
+    def wake(self, stop: threading.Event) -> None:
+        """Wakes the one watcher waiting with this stop event (set it first)."""
+        with self._lock:
+            wake = self._waiting.get(stop)
+            if wake is not None:
+                self.wakeups += 1
+        if wake is not None:
+            wake.set()
 
     def wait(self, seen_generation: int, stop: threading.Event, should_stop: Callable[[], bool]) -> bool:
         """Blocks until the log grew past `seen_generation`, the watcher must
         stop, or REREAD_SECONDS pass; True when the watcher must stop."""
-        with self._changed:
-            self._changed.wait_for(lambda: self.generation != seen_generation or stop.is_set() or should_stop(),
-                                   timeout=REREAD_SECONDS)
+        wake = threading.Event()
+        with self._lock:
+            # Checked under the lock that wake-ups take: none set after this is missed.
+            if self.generation != seen_generation or stop.is_set() or should_stop():
+                return stop.is_set() or should_stop()
+            self._waiting[stop] = wake
+        try:
+            wake.wait(REREAD_SECONDS)
+        finally:
+            with self._lock:
+                self._waiting.pop(stop, None)
         return stop.is_set() or should_stop()
 
     def _poll(self, cursor: str) -> None:
@@ -86,9 +116,12 @@ class NewEvents:
                 continue
             if batch:
                 cursor = batch[-1].cursor
-                with self._changed:
+                with self._lock:
                     self.generation += 1
-                    self._changed.notify_all()
+                    waiting = list(self._waiting.values())
+                    self.wakeups += len(waiting)
+                for wake in waiting:
+                    wake.set()
 
 
 def follow(store: Store, after_cursor: str, types: frozenset[int], stop: threading.Event,

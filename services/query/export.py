@@ -1,5 +1,6 @@
 """ExportPersona: a subject-access export of one persona as a zip, built while it
 streams, so memory stays at about one image however many faces the persona has.
+Backup: the whole store's archive (visage.store.archive), streamed the same way.
 
 The zip holds persona.json (the persona and its BELONGS labels: face, image, box,
 who labelled and when), crops/<face id>.jpg and images/<image id><ext> (the stored
@@ -11,7 +12,7 @@ import mimetypes
 import zipfile
 from collections.abc import Iterator
 
-from visage.store import NotFound, Store
+from visage.store import NotFound, Store, archive
 from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
@@ -84,3 +85,31 @@ def _summary(persona, labels, faces) -> dict:
                     "create_time": label.create_time, "crop": f"crops/{label.face_id}.jpg"}
                    for label in labels if label.face_id in faces],
     }
+
+
+def backup_chunks(store: Store) -> Iterator[query_pb2.BackupChunk]:
+    """The plain archive as messages of about CHUNK_BYTES, each with the progress so far (a
+    message goes out at least after every page of images, so a watcher sees it move)."""
+    state = archive.Progress()
+    pending = bytearray()
+    moved = [False]
+
+    def progress(now: archive.Progress) -> None:
+        state.faces_done, state.faces_total, state.phase = now.faces_done, now.faces_total, now.phase
+        moved[0] = True
+
+    def message(data: bytes) -> query_pb2.BackupChunk:
+        return query_pb2.BackupChunk(data=data, faces_done=state.faces_done, faces_total=state.faces_total,
+                                     phase=state.phase)
+
+    for data in archive.backup(store, progress):
+        pending += data
+        while len(pending) >= CHUNK_BYTES:
+            yield message(bytes(pending[:CHUNK_BYTES]))
+            del pending[:CHUNK_BYTES]
+            moved[0] = False
+        if moved[0]:
+            yield message(bytes(pending))
+            pending.clear()
+            moved[0] = False
+    yield message(bytes(pending))

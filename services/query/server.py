@@ -20,7 +20,7 @@ from visage import convert, paging
 from visage.auth import identity
 from visage.auth.roles import Role
 from visage.config import Config
-from visage.errors import register_status
+from visage.errors import answer_errors, register_status
 from visage.server import SERVICE_NAMES, RunningService, build_server, open_stream
 from visage.store import NotFound, Store
 from visage.store.records import LabelRecord, UnknownFaceKey
@@ -28,7 +28,7 @@ from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_query import events, validation
 from visage_query.catalogue import Catalogue, LabelIndex
-from visage_query.export import export_persona
+from visage_query.export import backup_chunks, export_persona
 from visage_query.retention import EventCompactor
 from visage_query.clusters import SuggestedPeople
 from visage_query.thumbnails import ThumbnailCache
@@ -49,12 +49,12 @@ class AlreadyExists(Exception):
     pass
 
 
-register_status(validation.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT)
 register_status(events.InvalidCursor, grpc.StatusCode.INVALID_ARGUMENT)
 register_status(AlreadyExists, grpc.StatusCode.ALREADY_EXISTS)
 register_status(ShuttingDown, grpc.StatusCode.UNAVAILABLE)  # WatchEvents ended by a stop: reconnect elsewhere
 
 
+@answer_errors
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def __init__(self, store: Store, suggested: SuggestedPeople | None = None):
         self.store = store
@@ -179,8 +179,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         cancelled = threading.Event()
 
         def on_done() -> None:  # client cancel, deadline, or server stop
-            cancelled.set()
-            self._new_events.poke()
+            self._new_events.cancel(cancelled)  # wakes this watcher only
         context.add_callback(on_done)
         start = request.after_cursor or self.store.latest_cursor()
         first_batch = events.read_after(self.store, start)  # validates the cursor
@@ -200,6 +199,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     def ExportPersona(self, request, context):
         yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
+
+    def Backup(self, request, context):
+        yield from backup_chunks(self.store)
 
     # ---- organising many faces (suggested people, batches, merge, hide) ----
     def _refuse_duplicate_name(self, name: str, force: bool, persona_id: str = "") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from visage.errors import InvalidArgument
 from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
@@ -20,10 +21,6 @@ MAX_BATCH_LABELS = 1000
 MAX_MERGE_SOURCES = 100
 MAX_SAMPLE_FACES = 50
 THUMBNAIL_SIZES = (16, 2048)
-
-
-class InvalidArgument(ValueError):
-    pass
 
 
 def required_id(value: str, field: str) -> str:

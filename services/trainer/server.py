@@ -22,7 +22,7 @@ import grpc
 
 from visage import convert, paging, tracing
 from visage.config import Config
-from visage.errors import register_status
+from visage.errors import InvalidArgument, answer_errors, register_status
 from visage.server import SERVICE_NAMES, RunningService, build_server, open_stream
 from visage.store.base import NotFound, Store
 from visage.store.records import TrainingJobRecord
@@ -39,6 +39,7 @@ CURSOR_META_KEY = "trainer.event_cursor"
 TRIGGER_EVENTS = {pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED, pb.EVENT_TYPE_PERSONA_CREATED,
                   pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED, pb.EVENT_TYPE_ERASED}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+NO_ACTIVE_VERSION = "no model version is active yet: label some faces first"
 # A watch stream is woken by a job update, its client leaving (a callback) or the
 # board closing; this is only a safety net, so idle watchers cost no CPU.
 WATCH_POLL_SECONDS = 30.0
@@ -212,6 +213,7 @@ class Trainer:
             self._stop.wait(self.settings.poll_seconds)
 
 
+@answer_errors
 class TrainServicer(train_pb2_grpc.TrainServiceServicer):
     def __init__(self, store: Store, trainer: Trainer):
         self.store, self.trainer = store, trainer
@@ -221,7 +223,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         return convert.training_job(self.trainer.submit(pb.TRAINING_TRIGGER_MANUAL, reason))
 
     def GetTrainingJob(self, request, context):
-        return convert.training_job(self._job(request.job_id, context))
+        return convert.training_job(self._job(request.job_id))
 
     def ListTrainingJobs(self, request, context):
         def fetch(offset: int, size: int) -> tuple[list, bool]:
@@ -237,7 +239,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         sent: dict[str, float] = {}  # job id -> update_time of the newest update sent
         try:
             if request.job_id:
-                job = self._job(request.job_id, context)
+                job = self._job(request.job_id)
                 open_stream(context)  # after the lookup: an unknown job is NOT_FOUND (REST 404), not a 200
                 yield convert.training_job(job)
                 sent[job.job_id] = job.update_time
@@ -276,13 +278,13 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
     def GetModelVersion(self, request, context):
         record = self.store.get_model_version(request.version) if request.version > 0 else None
         if record is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model version {request.version} not found")
+            raise NotFound(f"model version {request.version} not found")
         return self._version(record)
 
     def GetActiveModelVersion(self, request, context):
         record = self.store.active_model_version()
         if record is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no model version is active yet: label some faces first")
+            raise NotFound(NO_ACTIVE_VERSION)
         return self._version(record)
 
     def ActivateModelVersion(self, request, context):
@@ -295,7 +297,7 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
     def ReleaseModelPin(self, request, context):
         record = decisions.release_pin(self.store)
         if record is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no model version is active yet: label some faces first")
+            raise NotFound(NO_ACTIVE_VERSION)
         return self._version(record)
 
     # ---- helpers ---------------------------------------------------------
@@ -305,12 +307,12 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         message.pinned = record.version == (decisions.pinned_version(self.store) if pinned is None else pinned)
         return message
 
-    def _job(self, job_id: str, context) -> TrainingJobRecord:
+    def _job(self, job_id: str) -> TrainingJobRecord:
         if not job_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")
+            raise InvalidArgument("job_id is required")
         job = self.store.get_training_job(job_id)
         if job is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"training job {job_id[:100]!r} not found")
+            raise NotFound(f"training job {job_id[:100]!r} not found")
         return job
 
     @staticmethod

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from visage import model as modelling
+from visage.config import TrainerSettings  # VISAGE_TRAIN_*, VISAGE_GATE_MARGIN, VISAGE_MODEL_RETENTION
 from visage.store.base import Store
 from visage.store.records import ModelVersionRecord, TrainingJobRecord, now
 from visage.v1 import resources_pb2 as pb
@@ -31,21 +31,6 @@ log = logging.getLogger(__name__)
 READ_CHUNK_FACES = 2000  # faces fetched per store call: bounds memory while reading
 PROGRESS_INTERVAL_SECONDS = 0.25  # at most ~4 progress writes/events per second
 TERMINAL_PHASES = (pb.TRAINING_PHASE_SUCCEEDED, pb.TRAINING_PHASE_FAILED)
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    debounce_seconds: float = 1.0  # quiet period after a label event before training
-    gate_margin: float = 0.05  # a candidate may be this much worse than the active version
-    poll_seconds: float = 0.1  # how often the event log is read
-    retention: int = 20  # models kept: the newest N versions' (plus the active and pinned ones)
-
-    @classmethod
-    def from_env(cls) -> "TrainerSettings":
-        return cls(debounce_seconds=float(os.environ.get("VISAGE_TRAIN_DEBOUNCE_SECONDS", "1")),
-                   gate_margin=float(os.environ.get("VISAGE_GATE_MARGIN", "0.05")),
-                   poll_seconds=float(os.environ.get("VISAGE_TRAIN_POLL_SECONDS", "0.1")),
-                   retention=int(os.environ.get("VISAGE_MODEL_RETENTION", "20")))
 
 
 class JobReporter:

@@ -99,8 +99,13 @@ def test_prod_provisions_serverless_cosmos_with_credentials_in_key_vault(fake_az
     assert main(["apply"], credential=credential, settings=prod) == 0, capsys.readouterr().err
     account = fake_azure.find("/microsoft.documentdb/databaseaccounts/")
     capabilities = {c["name"] for c in account["properties"]["capabilities"]}
-    assert capabilities == {"EnableCassandra", "EnableServerless"}
+    assert capabilities == {"EnableCassandra", "EnableServerless", "DisableRateLimitingResponses"}
     assert account["properties"]["minimalTlsVersion"] == "Tls12"
+    # The store's LOCAL_QUORUM / LOCAL_SERIAL requests are refused on a Session-consistency account.
+    assert account["properties"]["consistencyPolicy"] == {"defaultConsistencyLevel": "Strong"}
+    # The account's own backup: periodic (the API for Cassandra has no continuous mode), 4-hourly, kept a week.
+    assert account["properties"]["backupPolicy"] == {"type": "Periodic", "periodicModeProperties": {
+        "backupIntervalInMinutes": 240, "backupRetentionIntervalInHours": 168, "backupStorageRedundancy": "Geo"}}
     secrets = {key.rsplit("/", 1)[1] for key in fake_azure.resources if "/microsoft.keyvault/vaults/" in key and "/secrets/" in key}
     assert secrets == {"cassandra-username", "cassandra-password"}
     federated = fake_azure.find("/federatedidentitycredentials/visage")["properties"]
@@ -116,7 +121,8 @@ def test_cosmos_throughput_mode_by_config(fake_azure, deploy_settings, credentia
     provisioned = replace(deploy_settings, overlay="prod", cosmos_throughput=4000)
     assert main(["apply"], credential=credential, settings=provisioned) == 0, capsys.readouterr().err
     account = fake_azure.find("/microsoft.documentdb/databaseaccounts/")
-    assert {c["name"] for c in account["properties"]["capabilities"]} == {"EnableCassandra"}
+    assert {c["name"] for c in account["properties"]["capabilities"]} == {"EnableCassandra",
+                                                                         "DisableRateLimitingResponses"}
     keyspace = fake_azure.find("/cassandrakeyspaces/visage")["properties"]
     assert keyspace["options"] == {"autoscaleSettings": {"maxThroughput": 4000}}
 

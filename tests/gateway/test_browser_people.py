@@ -47,6 +47,33 @@ def belongs(mesh, persona_id: str) -> set[str]:
     return {label.face_id for label in mesh.store.labels_of_persona(persona_id, pb.VERDICT_BELONGS)}
 
 
+def point_at(page, selector: str, face_id: str) -> tuple[float, float]:
+    """Puts the pointer on the card and returns where, once the card is what lies under
+    the pointer. A live re-render may replace the card (Playwright: "Element is not
+    attached to the DOM") or move it between finding it and pointing at it: then try
+    again, with the card as it is now (issue 25, finding 9)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    deadline = time.monotonic() + LIVE_SECONDS
+    while True:
+        try:
+            card = page.locator(selector)
+            card.scroll_into_view_if_needed()
+            box = card.bounding_box()
+            if box is not None:
+                x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                page.mouse.move(x, y)
+                if page.evaluate(f"document.elementFromPoint({x}, {y})?.closest('.face-card')?.dataset.faceId") \
+                        == face_id:
+                    return x, y
+        except PlaywrightError as error:  # the card was replaced mid-action
+            last = error
+        else:
+            last = None
+        assert time.monotonic() < deadline, f"could not point at face {face_id}: {last}"
+        page.mouse.move(5, 5)
+
+
 def cluster_of(gateway, face_ids: list[str]) -> dict:
     """The suggested person holding at least 3 of these faces (REST, as the UI reads it)."""
     deadline = time.monotonic() + LIVE_SECONDS
@@ -69,11 +96,7 @@ def test_reported_defects_stay_fixed(page, mesh, gateway, faces, faces_dir, test
     assert page.locator("#progress-training").is_hidden() and page.locator("#progress-reclassify").is_hidden()
 
     watched = faces["raj"][0]
-    card = page.locator(f'#unknown .face-card[data-face-id="{watched}"]')
-    card.scroll_into_view_if_needed()
-    box = card.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x, y)
+    x, y = point_at(page, f'#unknown .face-card[data-face-id="{watched}"]', watched)
     arrived = mesh.ingest_files([faces_dir / "noise" / "happy.jpg"])  # newest first: would land above
     new_face = next(iter(arrived.values()))[0]
     page.locator("#main[data-pending=pointer]").wait_for(timeout=LIVE_SECONDS * 1000)  # the change waits for the pointer

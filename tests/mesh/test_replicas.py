@@ -96,7 +96,10 @@ def version_of(store, labelled: dict[str, str]) -> ModelVersionRecord:
 
 
 def test_replicas_over_one_cassandra(cassandra_config, tmp_path, faces_dir):
-    env = {**os.environ, "VISAGE_STORE": "cassandra", "VISAGE_CASSANDRA_HOSTS": "127.0.0.1",
+    # The config's nodes and replication: tests/store/test_three_nodes.py runs this on its 3-node cluster.
+    env = {**os.environ, "VISAGE_STORE": "cassandra",
+           "VISAGE_CASSANDRA_HOSTS": ",".join(cassandra_config.contact_points),
+           "VISAGE_CASSANDRA_REPLICATION": cassandra_config.replication,
            "VISAGE_CASSANDRA_PORT": str(cassandra_config.port), "VISAGE_CASSANDRA_KEYSPACE": cassandra_config.keyspace,
            "VISAGE_CASSANDRA_CONNECT_TIMEOUT_SECONDS": str(cassandra_config.connect_timeout_seconds),
            "VISAGE_WORKERS": "1", "VISAGE_METRICS_PORT": "0", "VISAGE_DATA_DIR": str(tmp_path / "data"),

@@ -185,3 +185,17 @@ def test_one_caller_sending_images_fast_is_limited_and_another_is_not(stack):
     assert_error_shape(limited[0], 8)
     status, body = rest(gateway, "POST", "/v1/images:classify", not_an_image, source="127.0.0.3")
     assert status == 400 and "not an image" in body["message"]  # the other caller reached the classifier
+
+
+@pytest.mark.parametrize("path, body, source", [
+    ("/v1/faces:verify", {"face": {"faceId": "no-such-face"}, "personaId": "no-such-persona"}, "127.0.0.4"),
+    ("/v1/faces:findSimilar", {"faceId": "no-such-face"}, "127.0.0.5"),
+])
+def test_verify_and_find_similar_are_limited_like_the_image_routes(stack, path, body, source):
+    """VerifyFaces and FindSimilarFaces (issue 29) share the image routes' per-caller bucket."""
+    gateway = stack[1]
+    payload = json.dumps(body).encode()
+    with ThreadPoolExecutor(max_workers=12) as threads:
+        statuses = list(threads.map(lambda _: rest(gateway, "POST", path, payload, source=source), range(12)))
+    assert any(status == 429 for status, _ in statuses), statuses
+    assert {status for status, _ in statuses} <= {429, 404}  # the others reached the classifier: not found

@@ -13,6 +13,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from store_spec import open_spec, spec_of  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cassandra_cluster: starts a real 3-node Cassandra cluster "
+                            "(tests/store/test_three_nodes.py; scripts/cassandra.py start --cluster 3)")
+
+
 @pytest.fixture(params=["sqlite", "cassandra"])
 def store_spec(request, tmp_path) -> dict:
     """A spec any process can open (open_spec) naming one empty, migrated store."""

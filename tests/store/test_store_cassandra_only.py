@@ -169,3 +169,25 @@ def test_a_request_refused_by_a_busy_connection_is_sent_when_it_drains(cassandra
     connection._socket_writable = False  # as the event loop leaves it when send() would block
     threading.Timer(0.5, setattr, (connection, "_socket_writable", True)).start()  # drained later
     assert store.get_meta("before") == "x"  # sent once the buffer drained, not refused
+
+
+def test_a_belongs_row_its_writer_never_published_does_not_stand(cassandra_store):
+    """A BELONGS label whose writer died between writing its row and setting the face's
+    BELONGS cell (face_belongs) is not a label: every reader skips it, and the face's
+    standing label is still the one the cell names."""
+    store = cassandra_store
+    image, content, faces = make_image(store, "half", 1)
+    store.put_image(image, content, faces)
+    kept, ghost = store.create_persona("Kept").persona_id, store.create_persona("Ghost").persona_id
+    face = faces[0].face_id
+    store.put_label(LabelRecord(face, kept, pb.VERDICT_BELONGS))
+    store._run("INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time) "
+               "VALUES (?, ?, ?, ?, ?)", (face, ghost, pb.VERDICT_BELONGS, "crashed", 1.0))
+    store._run("INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)",
+               (ghost, pb.VERDICT_BELONGS, face))
+    assert [(l.persona_id, l.verdict) for l in store.labels_of_face(face)] == [(kept, pb.VERDICT_BELONGS)]
+    assert store.labels_of_persona(ghost, pb.VERDICT_BELONGS) == []
+    assert [l.persona_id for l in store.iter_labels()] == [kept]
+    store.put_label(LabelRecord(face, ghost, pb.VERDICT_BELONGS))  # a retry publishes it and retires Kept's
+    assert [l.persona_id for l in store.labels_of_face(face)] == [ghost]
+    assert store.count_labels([kept, ghost], pb.VERDICT_BELONGS) == {kept: 0, ghost: 1}

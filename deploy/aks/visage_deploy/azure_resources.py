@@ -106,11 +106,28 @@ def desired_cluster(settings: DeploySettings) -> dict:
     }
 
 
+# The account's own backup (issue 26). Continuous backup (point-in-time restore) is not offered for
+# the API for Cassandra (Microsoft's "Continuous backup with point-in-time restore" applies to NoSQL,
+# MongoDB, Gremlin and Table), so: periodic, every 4 hours, each kept 7 days, geo-redundant. A
+# restore of it is a support request to Azure into a new account; `visage backup` (a CronJob or an
+# operator) gives self-service archives on top (README "Backups and moving to Cassandra").
+COSMOS_BACKUP_POLICY = {"type": "Periodic", "periodicModeProperties": {
+    "backupIntervalInMinutes": 240, "backupRetentionIntervalInHours": 168, "backupStorageRedundancy": "Geo"}}
+
+
 def desired_cosmos(settings: DeploySettings) -> dict:
-    """Cosmos DB for Apache Cassandra: serverless unless a throughput is configured; TLS 1.2 only."""
-    capabilities = [{"name": "EnableCassandra"}] + ([] if settings.cosmos_throughput else [{"name": "EnableServerless"}])
+    """Cosmos DB for Apache Cassandra: serverless unless a throughput is configured; TLS 1.2 only.
+    Strong consistency (one write region): the store's conditional writes read and write at
+    LOCAL_SERIAL / LOCAL_QUORUM, which Cosmos DB refuses on the default Session account; and
+    server-side retry (DisableRateLimitingResponses): Cosmos DB retries a throttled request itself
+    before answering 429, which the store then retries with backoff (README "Choosing a Cassandra").
+    The account's own backup is on (COSMOS_BACKUP_POLICY; restore: deploy/aks/README.md "Backups")."""
+    capabilities = [{"name": "EnableCassandra"}, {"name": "DisableRateLimitingResponses"}] + (
+        [] if settings.cosmos_throughput else [{"name": "EnableServerless"}])
     return {"location": settings.location, "tags": settings.tags, "kind": "GlobalDocumentDB",
             "properties": {"databaseAccountOfferType": "Standard", "capabilities": capabilities,
+                           "consistencyPolicy": {"defaultConsistencyLevel": "Strong"},
+                           "backupPolicy": COSMOS_BACKUP_POLICY,
                            "locations": [{"locationName": settings.location, "failoverPriority": 0}],
                            "minimalTlsVersion": "Tls12", "publicNetworkAccess": "Enabled"}}
 

@@ -10,13 +10,14 @@ import grpc
 from visage import tracing
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig
+from visage.config import AuthSettings, env_name
 
-TOKEN_ENV = "VISAGE_TOKEN"
+TOKEN_ENV = env_name(AuthSettings, "token")  # VISAGE_TOKEN
 LOCAL_CLI_TOKEN_SECONDS = 3600
 
 
 def find_token(config: AuthConfig | None = None) -> str | None:
-    token = os.environ.get(TOKEN_ENV, "").strip()
+    token = AuthSettings.read("token").strip()
     if token:
         return token
     config = config or AuthConfig.from_env()

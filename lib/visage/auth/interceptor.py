@@ -2,16 +2,16 @@
 reflection and health stay open; every other RPC needs a verified token whose
 role is at least the RPC's least role. The check runs in the handler's worker
 thread (not gRPC's polling thread) and the identity stays set while the
-servicer runs, including every step of a response stream."""
+servicer runs, including every step of a response stream. A refusal is answered by
+visage.errors (its kind's status), here, since this interceptor may also run alone."""
 from __future__ import annotations
 
 import grpc
 
+from visage import errors
 from visage.auth import identity, roles
-from visage.auth.tokens import AuthError, TokenVerifier, bearer_token
+from visage.auth.tokens import AuthError, PermissionDenied, TokenVerifier, bearer_token
 
-STATUS = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED, "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
-          "unavailable": grpc.StatusCode.UNAVAILABLE}
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
@@ -23,9 +23,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         caller = self.verifier.verify(bearer_token(metadata))
         needed = roles.least_role(method)
         if caller.role < needed:
-            raise AuthError("permission_denied",
-                            f"{method.rsplit('/', 1)[-1]} needs the {needed.label} role; "
-                            f"{caller.subject} is {caller.role.label}")
+            raise PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {needed.label} role; "
+                                   f"{caller.subject} is {caller.role.label}")
         return caller
 
     def intercept_service(self, continuation, handler_call_details):
@@ -41,7 +40,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             try:
                 caller = self.authorize(method, context.invocation_metadata())
             except AuthError as error:
-                context.abort(STATUS[error.status], error.message)
+                errors.answer(context, error)
             token = identity.set_current(caller)
             try:
                 result = behavior(request, context)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from visage.auth.roles import Role
+from visage.datadir import private_dir, private_file
 from visage.auth.tokens import AuthConfig
 
 KEY_FILE = "signing-key.pem"
@@ -55,7 +56,7 @@ class LocalIssuer:
     def ensure(self) -> "LocalIssuer":
         """Creates the key once (several processes may race: the first link wins)
         and (re)writes the JWKS that matches it. Returns self."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         if not self.key_path.exists():
             pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -72,7 +73,7 @@ class LocalIssuer:
         jwks = json.dumps(self.jwks(), indent=1)
         jwks_path = self.dir / JWKS_FILE
         if not jwks_path.is_file() or jwks_path.read_text() != jwks:
-            tmp = self.dir / f".{JWKS_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+            tmp = private_file(self.dir / f".{JWKS_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
             tmp.write_text(jwks)
             tmp.replace(jwks_path)
         return self

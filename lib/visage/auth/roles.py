@@ -25,6 +25,28 @@ class Role(enum.IntEnum):
             raise ValueError(f"unknown role {value!r}: one of {', '.join(r.label for r in cls)}") from None
 
 
+# The one reading of a token's role claim, at both doors (the services: claim_role; Envoy's
+# rbac: visage_gateway.envoy_config builds its matchers from the same names and separators):
+# a list of names, or one string of names separated by these characters. Names match
+# exactly (no trimming, no case folding: "admin " or "Admın" is no role); unknown names
+# (other applications' roles in the same claim) are ignored.
+ROLE_NAME_SEPARATORS = " ,"
+
+
+def claim_role(values: object) -> "Role | None":
+    """The highest role the claim's value names exactly (a list of names or one string
+    of names separated by ROLE_NAME_SEPARATORS); None when it names none."""
+    if isinstance(values, str):
+        names = values
+        for separator in ROLE_NAME_SEPARATORS[1:]:
+            names = names.replace(separator, ROLE_NAME_SEPARATORS[0])
+        values = names.split(ROLE_NAME_SEPARATORS[0])
+    if not isinstance(values, list):
+        return None
+    by_name = {role.label: role for role in Role}
+    return max((by_name[value] for value in values if isinstance(value, str) and value in by_name), default=None)
+
+
 # Reflection and health answer anyone (load balancers, grpcurl `list`).
 OPEN_PREFIXES = ("/grpc.reflection.", "/grpc.health.v1.Health/")
 
@@ -49,6 +71,7 @@ RPC_ROLES: dict[str, Role] = {
     _Q + "DeleteImage": Role.ADMIN,    # erasure
     _Q + "DeleteFace": Role.ADMIN,     # erasure
     _Q + "ExportPersona": Role.ADMIN,  # everything held about a person, embeddings included
+    _Q + "Backup": Role.OPERATOR,  # the whole store, to restore it (issue 26); the local key works too
     _Q + "ListFaceClusters": Role.VIEWER,
     _Q + "BatchLabelFaces": Role.LABELLER,
     _Q + "MergePersonas": Role.LABELLER,
@@ -58,6 +81,8 @@ RPC_ROLES: dict[str, Role] = {
     _C + "ClassifyEmbeddings": Role.VIEWER,
     _C + "ClassifyStream": Role.VIEWER,
     _C + "Reclassify": Role.OPERATOR,
+    _C + "VerifyFaces": Role.VIEWER,       # like Classify: answers about faces, names no one new
+    _C + "FindSimilarFaces": Role.VIEWER,  # like Classify; erased faces are never answered
     _I + "IngestImage": Role.OPERATOR,
     _I + "IngestImages": Role.OPERATOR,
     _T + "StartTraining": Role.OPERATOR,

@@ -7,20 +7,21 @@ mounted from a Secret), with the issuer and audience it puts in its tokens."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
 
 from visage.auth.identity import Identity
-from visage.auth.roles import Role
+from visage.auth.roles import Role, claim_role
+from visage.config import AuthSettings, Config
 
-LOCAL_ISSUER = "visage-local"
-DEFAULT_AUDIENCE = "visage"
+LOCAL_ISSUER = AuthSettings.issuer  # "visage-local": VISAGE_AUTH_ISSUER's default
+DEFAULT_AUDIENCE = AuthSettings.audience  # "visage"
 # Asymmetric algorithms only: a JWKS never holds a shared secret, and "none" is never accepted.
 ALGORITHMS = ["EdDSA", "ES256", "RS256", "PS256"]
 CLOCK_SKEW_SECONDS = 30
@@ -28,22 +29,28 @@ CACHE_SIZE = 4096
 
 
 class AuthError(Exception):
-    """A token is missing, invalid, or does not grant what is asked: `status`
-    is "unauthenticated" (401) or "permission_denied" (403); "unavailable" (503)
-    when the issuer's keys cannot be fetched, so the token cannot be judged yet."""
+    """The caller is refused: a token is missing, invalid, or does not grant what is
+    asked. Each subclass is a kind visage.errors answers with its own status."""
+    status = ""  # the kind's name, for logs and tests
 
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def unauthenticated(message: str) -> AuthError:
-    return AuthError("unauthenticated", message)
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
-def permission_denied(message: str) -> AuthError:
-    return AuthError("permission_denied", message)
+class Unauthenticated(AuthError):
+    """No token, or one this service cannot accept (UNAUTHENTICATED, REST 401)."""
+    status = "unauthenticated"
+
+
+class PermissionDenied(AuthError):
+    """A valid token whose role does not grant the call (PERMISSION_DENIED, REST 403)."""
+    status = "permission_denied"
+
+
+class IssuerUnavailable(AuthError):
+    """The issuer's keys cannot be fetched, so the token cannot be judged yet (UNAVAILABLE, REST 503)."""
+    status = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -66,18 +73,16 @@ class AuthConfig:
         return Path(self.jwks_file) if self.jwks_file else self.local_dir / "jwks.json"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, data_dir: Path | None = None) -> "AuthConfig":
-        env = os.environ if env is None else env
-        data_dir = data_dir or Path(env.get("VISAGE_DATA_DIR", "data"))
-        return cls(
-            issuer=env.get("VISAGE_AUTH_ISSUER", LOCAL_ISSUER),
-            audience=env.get("VISAGE_AUTH_AUDIENCE", DEFAULT_AUDIENCE),
-            jwks_url=env.get("VISAGE_AUTH_JWKS_URL", ""),
-            jwks_file=env.get("VISAGE_AUTH_JWKS_FILE", ""),
-            role_claim=env.get("VISAGE_AUTH_ROLE_CLAIM", "roles"),
-            subject_claim=env.get("VISAGE_AUTH_SUBJECT_CLAIM", "sub"),
-            local_dir=Path(env.get("VISAGE_AUTH_DIR", str(data_dir / "auth"))),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None, data_dir: Path | None = None) -> "AuthConfig":
+        """From VISAGE_AUTH_* (visage.config.AuthSettings); the local issuer's keys in
+        VISAGE_AUTH_DIR, else `data_dir` (default VISAGE_DATA_DIR) / auth."""
+        return cls.from_settings(AuthSettings.from_env(env), data_dir or Config.read("data_dir", env))
+
+    @classmethod
+    def from_settings(cls, settings: AuthSettings, data_dir: Path) -> "AuthConfig":
+        return cls(issuer=settings.issuer, audience=settings.audience, jwks_url=settings.jwks_url,
+                   jwks_file=settings.jwks_file, role_claim=settings.role_claim,
+                   subject_claim=settings.subject_claim, local_dir=settings.dir or data_dir / "auth")
 
 
 def bearer_token(metadata) -> str | None:
@@ -92,17 +97,9 @@ def bearer_token(metadata) -> str | None:
 
 
 def role_of(claims: dict, claim: str) -> Role | None:
-    """The highest known role among the claim's values (a string or a list)."""
-    values = claims.get(claim)
-    if isinstance(values, str):
-        values = values.replace(",", " ").split()
-    roles = []
-    for value in values if isinstance(values, list) else []:
-        try:
-            roles.append(Role.parse(str(value)))
-        except ValueError:
-            continue  # other applications' roles in the same claim
-    return max(roles, default=None)
+    """The highest role the claim names exactly (visage.auth.roles.claim_role: the one
+    reading, which Envoy's rbac matchers are built from too)."""
+    return claim_role(claims.get(claim))
 
 
 class TokenVerifier:
@@ -136,7 +133,7 @@ class TokenVerifier:
 
     def verify(self, token: str | None) -> Identity:
         if not token:
-            raise unauthenticated("this call needs a token: send `authorization: Bearer <token>` "
+            raise Unauthenticated("this call needs a token: send `authorization: Bearer <token>` "
                                   "(`visage token create --role ROLE` makes one)")
         now = time.time()
         with self._lock:
@@ -156,7 +153,7 @@ class TokenVerifier:
         kid = jwt.get_unverified_header(token).get("kid", "")
         key = self._keys.get(kid) or (next(iter(self._keys.values())) if len(self._keys) == 1 and not kid else None)
         if key is None:
-            raise unauthenticated("the token was not signed by a key this service trusts")
+            raise Unauthenticated("the token was not signed by a key this service trusts")
         return key
 
     def _verify_uncached(self, token: str) -> Identity:
@@ -169,13 +166,13 @@ class TokenVerifier:
             raise
         except jwt.PyJWKClientConnectionError as error:
             # The issuer is down, not the caller wrong: a retryable status, and nothing cached.
-            raise AuthError("unavailable", f"the token issuer's keys cannot be fetched now: {error}") from None
+            raise IssuerUnavailable(f"the token issuer's keys cannot be fetched now: {error}") from None
         except jwt.ExpiredSignatureError:
-            raise unauthenticated("the token has expired: sign in again") from None
+            raise Unauthenticated("the token has expired: sign in again") from None
         except (jwt.PyJWTError, ValueError) as error:
-            raise unauthenticated(f"invalid token: {error}") from None
+            raise Unauthenticated(f"invalid token: {error}") from None
         role = role_of(claims, self.config.role_claim)
         if role is None:
-            raise permission_denied(f"the token grants no Visage role (claim {self.config.role_claim!r})")
+            raise PermissionDenied(f"the token grants no Visage role (claim {self.config.role_claim!r})")
         subject = claims.get(self.config.subject_claim) or claims["sub"]
         return Identity(subject=str(subject), role=role, expires_at=float(claims["exp"]))

@@ -17,8 +17,8 @@ not fit (the head) may pass it only within the room the head leaves: the units
 held by such passing requests never exceed capacity minus the head's cost, so
 the head starts as soon as the requests ahead of it leave, never later.
 
-The caller is named per gRPC call by visage.guard (CALLER): the client address
-Envoy forwards (x-forwarded-for), else the peer address."""
+The caller is named per gRPC call by visage.guard (CALLER): the address Envoy
+verified (its x-visage-caller header; never a client's X-Forwarded-For), else the peer address."""
 from __future__ import annotations
 
 import itertools

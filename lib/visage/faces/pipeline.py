@@ -87,7 +87,18 @@ def open_image(content: bytes, max_bytes: int, max_pixels: int, min_side: int = 
     if min(width, height) < min_side:
         raise InvalidImage(f"image is {width}x{height} pixels; each side must be at least {min_side} pixels "
                            "(the smallest face searched for)")
+    if image.format == "JPEG" and len(content) < (least := jpeg_least_bytes(width, height)):
+        raise InvalidImage(f"image header claims {width}x{height} pixels in only {len(content):,} bytes; a JPEG "
+                           f"that size has at least {least:,}: truncated, or a decompression bomb")
     return image
+
+
+def jpeg_least_bytes(width: int, height: int) -> int:
+    """Half the bytes the smallest complete JPEG of this size has: every 8x8 block's DC
+    coefficient costs at least one bit (a Huffman code), so a file holding fewer is
+    mostly missing and would cost a full decode for nothing (issue 25)."""
+    blocks = -(-width // 8) * -(-height // 8)
+    return blocks // 16
 
 
 def _unaccepted_format_message(content: bytes) -> str:

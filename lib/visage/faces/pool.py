@@ -30,8 +30,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 from visage import lifeline
 from visage.config import Config
+from visage.faces.detectors import DetectorUnavailable
 from visage.faces.fair import FairSlots
-from visage.faces.pipeline import AnalyzedImage, FacePipeline, detection_pixels, open_image
+from visage.faces.pipeline import AnalyzedImage, FacePipeline, ImageTooLarge, InvalidImage, detection_pixels, open_image
 from visage.faces.settings import FaceSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ UNIT_PIXELS = 1_000_000
 
 class WorkerCrashed(RuntimeError):
     """A worker process died twice while analysing the same image."""
+
+
+# What PipelinePool.analyze raises for one image it cannot analyse (each a kind visage.errors answers).
+ANALYSIS_ERRORS = (InvalidImage, ImageTooLarge, DetectorUnavailable, WorkerCrashed)
 
 
 _pipeline: FacePipeline | None = None  # the worker process's own pipeline

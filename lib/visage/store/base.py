@@ -34,6 +34,7 @@ finishes the erasure.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -144,7 +145,27 @@ def withdraw_candidates(versions: Iterable[ModelVersionRecord], persona_ids: Ite
     return [v for v in versions if v.state != pb.MODEL_STATE_WITHDRAWN and personas & set(v.persona_ids)]
 
 
+# Meta key of the erasure ledger (ids only, see visage.store.archive.Ledger): every erasure adds
+# what it erased, so a restore of an archive made before it does not bring it back.
+ERASURE_LEDGER_KEY = "erasure.ledger"
+
 HIDDEN_KINDS = ("face", "persona")
+
+EventStamp = Callable[[dict[str, str]], dict[str, str]]
+_event_stamp: EventStamp = dict
+
+
+def stamp_events_with(stamp: EventStamp) -> None:
+    """Who caused an event (and the trace it belongs to) is the request's business, not
+    storage's: the server layer (visage.server) registers the stamp that every appended
+    event's attributes pass through, so no backend imports auth or tracing."""
+    global _event_stamp
+    _event_stamp = stamp
+
+
+def event_attributes(attributes: dict | None) -> dict[str, str]:
+    """An event's attributes as stored: stamped, every value text."""
+    return {str(k): str(v) for k, v in _event_stamp(dict(attributes or {})).items()}
 
 
 def is_unknown(labels: Iterable[LabelRecord], prediction: PredictionRecord | None) -> bool:
@@ -196,14 +217,13 @@ def face_id_bounds(shard: int, shards: int) -> tuple[str, str | None]:
     return ("" if shard == 0 else bound(shard)), (None if shard == shards - 1 else bound(shard + 1))
 
 
-class Store(abc.ABC):
-    # ---- lifecycle -------------------------------------------------------
-    @abc.abstractmethod
-    def migrate(self) -> None:
-        """Create or upgrade the schema (versioned, idempotent)."""
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
+# ---- storage roles --------------------------------------------------------------------
+# Each backend implements these storage primitives; the rules over them (erasure cascade,
+# label exclusivity and existence, events after changes, withdrawal) are written once in
+# visage.store.domain, and Store's rule methods call them. A part of Visage that needs only
+# one role is typed with that role.
+class Catalogue(abc.ABC):
+    """Personas, images and faces, and the marks of hidden ones."""
 
     # ---- personas --------------------------------------------------------
     @abc.abstractmethod
@@ -220,24 +240,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def rename_persona(self, persona_id: str, display_name: str) -> PersonaRecord:
         """Raises NotFound; appends PERSONA_RENAMED."""
-
-    @abc.abstractmethod
-    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
-        """Removes the persona, its labels, predictions naming it and earlier events naming
-        it, and withdraws the versions that name it. With erase_faces, first erases the
-        images of the faces labelled as belonging to it (as delete_image). Raises NotFound;
-        appends PERSONA_DELETED, then ERASED."""
-
-    @abc.abstractmethod
-    def delete_image(self, image_id: str) -> Erasure:
-        """Erases the image: bytes, faces (crops, embeddings), their labels and predictions,
-        earlier events naming the image or its faces; withdraws versions naming a persona
-        of a removed label. Raises NotFound (also on a second call); appends ERASED."""
-
-    @abc.abstractmethod
-    def delete_face(self, face_id: str) -> Erasure:
-        """Erases one face like delete_image erases each of its faces; the image stays
-        with face_count lowered. Raises NotFound; appends ERASED."""
 
     # Verdicts and erasure: delete_persona deletes the stored verdicts naming the persona.
     # An erasure of labels of a persona that stays (delete_image, delete_face) withdraws the
@@ -291,16 +293,96 @@ class Store(abc.ABC):
         """Every stored face as (face_ids, float32 matrix [n, 128]) batches,
         so callers read millions of faces in bounded memory."""
 
-    # ---- labels ----------------------------------------------------------
+    # ---- hidden faces and personas ----------------------------------------
     @abc.abstractmethod
-    def put_label(self, label: LabelRecord) -> None:
-        """Upserts the (face, persona) label. A BELONGS label removes the
-        face's BELONGS labels for other personas. Raises NotFound for an
-        unknown face or persona. Appends FACE_LABELLED."""
+    def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
+        """Hides (or shows again) a "face" or a "persona". Raises NotFound for an
+        unknown one. Appends HIDDEN_CHANGED when the state changes."""
 
     @abc.abstractmethod
-    def delete_label(self, face_id: str, persona_id: str) -> bool:
-        """True if a label was removed (then appends FACE_UNLABELLED)."""
+    def hidden_ids(self, kind: str) -> set[str]:
+        """Every hidden item of this kind ("face" or "persona"): users hide few."""
+
+    # ---- erasure primitives (the cascade is visage.store.domain's) -------------
+    @abc.abstractmethod
+    def existing_faces(self, face_ids: Iterable[str]) -> set[str]:
+        """The ids of these that name a stored face."""
+
+    @abc.abstractmethod
+    def face_ids_of_images(self, image_ids: Sequence[str]) -> list[str]: ...
+
+    @abc.abstractmethod
+    def recount_faces(self, image_id: str, erased: Sequence[str]) -> None:
+        """Sets the image's face_count to its faces but the `erased` ones (whose rows go last)."""
+
+    @abc.abstractmethod
+    def drop_face_details(self, face_ids: Sequence[str]) -> None:
+        """Erasure: the faces' crops and their places in their images' face lists."""
+
+    @abc.abstractmethod
+    def drop_face_rows(self, face_ids: Sequence[str]) -> None:
+        """Erasure: the face rows (embeddings, boxes): a face's commit point."""
+
+    @abc.abstractmethod
+    def drop_image_content(self, image_ids: Sequence[str]) -> None:
+        """Erasure: the images' bytes and their places in the by-time index."""
+
+    @abc.abstractmethod
+    def drop_image_rows(self, image_ids: Sequence[str]) -> None:
+        """Erasure: the image rows: an image's commit point."""
+
+    @abc.abstractmethod
+    def drop_hidden(self, kind: str, item_ids: Sequence[str]) -> None:
+        """Erasure: these items' hidden marks."""
+
+    @abc.abstractmethod
+    def drop_persona_row(self, persona_id: str) -> None:
+        """Erasure: the persona row: a persona's commit point."""
+
+    # ---- restore primitives (the rule and the archive: visage.store.archive) -----
+    @abc.abstractmethod
+    def restore_persona(self, persona: PersonaRecord) -> None:
+        """Upserts the persona with its own id, name and times (an archive's). No event."""
+
+    @abc.abstractmethod
+    def restore_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> None:
+        """put_image of an archive's image with its own ids and times, as an upsert (a restore
+        run again rewrites the same rows): dependents first, the image row (its commit point)
+        last, the faces in the unknown-faces index as their labels and verdicts say. No event."""
+
+    @abc.abstractmethod
+    def restore_hidden(self, kind: str, item_ids: Sequence[str]) -> None:
+        """Marks these items hidden (they exist: the restore rule checks). No event."""
+
+
+class LabelStore(abc.ABC):
+    """Labels: who said a face is (or is not) a persona."""
+
+    # ---- labels ----------------------------------------------------------
+    @abc.abstractmethod
+    def write_label(self, label: LabelRecord) -> None:
+        """Upserts the (face, persona) label, which replaces the face's BELONGS label for
+        another persona when it is BELONGS itself (so one BELONGS label stands: SQLite in
+        the write's transaction, Cassandra through the face's BELONGS cell), and keeps the
+        unknown-faces index. The face and persona exist (the domain checks); no event."""
+
+    @abc.abstractmethod
+    def remove_label(self, face_id: str, persona_id: str) -> bool:
+        """Deletes the (face, persona) label and keeps the unknown-faces index; True if one
+        was removed. No event."""
+
+    @abc.abstractmethod
+    def personas_labelling(self, face_ids: Sequence[str]) -> set[str]:
+        """Every persona a stored label row of these faces names (replaced BELONGS rows a
+        backend keeps too: withdrawal is conservative)."""
+
+    @abc.abstractmethod
+    def drop_labels_of_faces(self, face_ids: Sequence[str]) -> None:
+        """Erasure: every label row of these faces and what indexes them."""
+
+    @abc.abstractmethod
+    def drop_labels_of_persona(self, persona_id: str) -> None:
+        """Erasure: every label naming the persona (its faces may become unknown)."""
 
     @abc.abstractmethod
     def labels_of_face(self, face_id: str) -> list[LabelRecord]: ...
@@ -318,22 +400,13 @@ class Store(abc.ABC):
     def iter_labels(self) -> Iterator[LabelRecord]:
         """Every label (training input)."""
 
-    def put_labels(self, labels: Sequence[LabelRecord]) -> None:
-        """put_label for many labels (BatchLabelFaces, MergePersonas). Callers check
-        faces and personas first; a backend with transactions writes all or none.
-        Idempotent, so a batch cut short by a store failure is completed by a retry."""
-        for label in labels:
-            self.put_label(label)
+    def labels_of_faces(self, face_ids: Iterable[str]) -> dict[str, list[LabelRecord]]:
+        """labels_of_face for many faces in a few reads; every id given is a key."""
+        return {face_id: self.labels_of_face(face_id) for face_id in dict.fromkeys(face_ids)}
 
-    # ---- hidden faces and personas ----------------------------------------
-    @abc.abstractmethod
-    def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
-        """Hides (or shows again) a "face" or a "persona". Raises NotFound for an
-        unknown one. Appends HIDDEN_CHANGED when the state changes."""
 
-    @abc.abstractmethod
-    def hidden_ids(self, kind: str) -> set[str]:
-        """Every hidden item of this kind ("face" or "persona"): users hide few."""
+class PredictionStore(abc.ABC):
+    """The stored verdicts and the index of unknown faces."""
 
     # ---- predictions -----------------------------------------------------
     @abc.abstractmethod
@@ -394,12 +467,22 @@ class Store(abc.ABC):
         pages are read is listed once, in order, however writes interleave; no offsets
         are skipped over."""
 
-    def labels_of_faces(self, face_ids: Iterable[str]) -> dict[str, list[LabelRecord]]:
-        """labels_of_face for many faces in a few reads; every id given is a key."""
-        return {face_id: self.labels_of_face(face_id) for face_id in dict.fromkeys(face_ids)}
-
     @abc.abstractmethod
     def iter_predictions(self) -> Iterator[PredictionRecord]: ...
+
+    @abc.abstractmethod
+    def drop_predictions_of_faces(self, face_ids: Sequence[str]) -> None:
+        """Erasure: the faces' verdicts and their rows in the persona and unknown-faces indexes
+        (before the face rows go: a backend may need them to find those rows)."""
+
+    @abc.abstractmethod
+    def drop_verdicts_naming(self, persona_ids: Sequence[str]) -> None:
+        """A deleted persona's verdicts: their faces are unknown until a version trained on what
+        remains decides them again (unless a label says otherwise)."""
+
+
+class ModelRegistry(abc.ABC):
+    """Model versions with their artifacts, and training jobs."""
 
     # ---- model versions --------------------------------------------------
     @abc.abstractmethod
@@ -448,29 +531,15 @@ class Store(abc.ABC):
         version active (the classifier then answers unknown until a retrained version is
         activated). Returns their numbers."""
 
-    def check_activatable(self, record: ModelVersionRecord) -> None:
-        """Raises Withdrawn when the version may not serve: it was withdrawn, or it was
-        trained from labels read before an erasure of labels of a persona it names (a
-        training that raced the erasure); such a version is withdrawn here."""
-        if record.state == pb.MODEL_STATE_WITHDRAWN:
-            raise Withdrawn(f"model version {record.version} was {WITHDRAWN_REASON}; it cannot be activated")
-        if withdraw_candidates([record], self.personas_erased_since(record.lineage.get("event_cursor", ""))):
-            self.withdraw_model_versions([record])
-            raise Withdrawn(f"model version {record.version} was trained before an erasure of labels it "
-                            "was trained on; it is withdrawn and cannot be activated")
-
-    def personas_erased_since(self, cursor: str) -> set[str]:
-        """Personas whose labels an ERASED event after the cursor removed."""
-        erased: set[str] = set()
-        while events := self.read_events(cursor, 1000):
-            for event in events:
-                if event.type == pb.EVENT_TYPE_ERASED:
-                    erased.update(filter(None, event.attributes.get("persona_ids", "").split(",")))
-            cursor = events[-1].cursor
-        return erased
-
     @abc.abstractmethod
     def active_model_version(self) -> ModelVersionRecord | None: ...
+
+    @abc.abstractmethod
+    def restore_model_version(self, record: ModelVersionRecord, artifact: bytes | None) -> None:
+        """Upserts an archive's version with its own number, state, reason, metrics and times,
+        and its artifact (None: withdrawn or deleted by retention). Its number is claimed, so
+        a later put_model_version(version=0) gets a higher one; an ACTIVE record becomes the
+        active version. No event."""
 
     # ---- training jobs ---------------------------------------------------
     @abc.abstractmethod
@@ -483,6 +552,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_training_jobs(self, limit: int) -> list[TrainingJobRecord]:
         """Newest first."""
+
+
+class EventLog(abc.ABC):
+    """The event log every consumer follows."""
 
     # ---- event log -------------------------------------------------------
     @abc.abstractmethod
@@ -511,6 +584,25 @@ class Store(abc.ABC):
         """Removes events appended before this time (the retention limit); returns how many
         (Cassandra: by whole minute partitions, so events up to a minute newer may stay
         until the next compaction)."""
+
+    @abc.abstractmethod
+    def restore_events(self, events: Sequence[EventRecord]) -> None:
+        """Appends an archive's events in the order given (their create_times strictly
+        increasing: the restore rule makes them so), with their own type, subject, attributes
+        (not stamped again) and times; cursors are this log's own. SQLite: after the log's end
+        (inside atomic(), the restore rule counts them in the same transaction). Cassandra:
+        at their own times, with ids derived from each event's time and source cursor, so a
+        batch written again overwrites itself."""
+
+    @abc.abstractmethod
+    def forget_events(self, subjects: set[str], persona_ids: set[str] = frozenset(), since: float = 0.0) -> None:
+        """Erasure: deletes every event whose subject is one of these ids or that names one of
+        these personas, appended from `since` on (the creation of the oldest thing erased:
+        nothing names it before)."""
+
+
+class WorkShards(abc.ABC):
+    """Leases on the shards of shared jobs (re-classification)."""
 
     # ---- shared work (re-classification shards) ----------------------------
     # A job (e.g. "reclassify-v7") is split into `shards` fixed parts of the faces
@@ -552,6 +644,10 @@ class Store(abc.ABC):
     def complete_job(self, job: str) -> bool:
         """True for exactly one caller per job (whoever announces its end)."""
 
+
+class MetaStore(abc.ABC):
+    """Small durable key/value state."""
+
     # ---- consumer state --------------------------------------------------
     @abc.abstractmethod
     def get_meta(self, key: str) -> str | None:
@@ -567,3 +663,82 @@ class Store(abc.ABC):
         write transaction; Cassandra: a lightweight transaction, decided again against the
         value that won a lost race). A key written with swap_meta is written only that way
         (Cassandra: lightweight transactions and plain writes of one cell do not mix)."""
+
+
+class Store(Catalogue, LabelStore, PredictionStore, ModelRegistry, EventLog, WorkShards, MetaStore):
+    """Every role, and the rules over them: what services open (visage.store.open_store)."""
+
+    # ---- lifecycle -------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema (versioned, idempotent)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # ---- the rules (visage.store.domain), over the roles above ---------------
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A rule's writes as one unit where the backend has transactions (SQLite: one
+        write transaction; the calls inside share it). Cassandra has none: there the rules'
+        commit-point order alone keeps a crash from leaving a half-visible change."""
+        yield
+
+    def put_label(self, label: LabelRecord) -> None:
+        """Upserts the (face, persona) label. A BELONGS label removes the face's BELONGS
+        labels for other personas. Raises NotFound for an unknown face or persona. Appends
+        FACE_LABELLED."""
+        self.put_labels([label])
+
+    def put_labels(self, labels: Sequence[LabelRecord]) -> None:
+        """put_label for many labels (BatchLabelFaces, MergePersonas): SQLite writes all or
+        none; idempotent, so a batch cut short by a store failure is completed by a retry."""
+        from visage.store import domain
+        domain.put_labels(self, labels)
+
+    def delete_label(self, face_id: str, persona_id: str) -> bool:
+        """True if a label was removed (then appends FACE_UNLABELLED)."""
+        from visage.store import domain
+        return domain.delete_label(self, face_id, persona_id)
+
+    def delete_image(self, image_id: str) -> Erasure:
+        """Erases the image: bytes, faces (crops, embeddings), their labels and predictions,
+        earlier events naming the image or its faces; withdraws versions naming a persona
+        of a removed label. Raises NotFound (also on a second call); appends ERASED."""
+        from visage.store import domain
+        return domain.erase_image(self, image_id)
+
+    def delete_face(self, face_id: str) -> Erasure:
+        """Erases one face like delete_image erases each of its faces; the image stays
+        with face_count lowered. Raises NotFound; appends ERASED."""
+        from visage.store import domain
+        return domain.erase_face(self, face_id)
+
+    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
+        """Removes the persona, its labels, predictions naming it and earlier events naming
+        it, and withdraws the versions that name it. With erase_faces, first erases the
+        images of the faces labelled as belonging to it (as delete_image). Raises NotFound;
+        appends PERSONA_DELETED, then ERASED."""
+        from visage.store import domain
+        return domain.erase_persona(self, persona_id, erase_faces)
+
+    def check_activatable(self, record: ModelVersionRecord) -> None:
+        """Raises Withdrawn when the version may not serve: it was withdrawn, or it was
+        trained from labels read before an erasure of labels of a persona it names (a
+        training that raced the erasure); such a version is withdrawn here."""
+        if record.state == pb.MODEL_STATE_WITHDRAWN:
+            raise Withdrawn(f"model version {record.version} was {WITHDRAWN_REASON}; it cannot be activated")
+        if withdraw_candidates([record], self.personas_erased_since(record.lineage.get("event_cursor", ""))):
+            self.withdraw_model_versions([record])
+            raise Withdrawn(f"model version {record.version} was trained before an erasure of labels it "
+                            "was trained on; it is withdrawn and cannot be activated")
+
+    def personas_erased_since(self, cursor: str) -> set[str]:
+        """Personas whose labels an ERASED event after the cursor removed."""
+        erased: set[str] = set()
+        while events := self.read_events(cursor, 1000):
+            for event in events:
+                if event.type == pb.EVENT_TYPE_ERASED:
+                    erased.update(filter(None, event.attributes.get("persona_ids", "").split(",")))
+            cursor = events[-1].cursor
+        return erased

@@ -23,16 +23,23 @@ race would lose or duplicate data (see "Conditional writes" below):
   rows of different partitions are never batched together. Predictions are stored in
   PREDICTION_BUCKETS partitions keyed by a hash of the face id, so the classifier's
   re-classification writes them a few dozen rows per request instead of one.
-- Conditional writes (LWT; they run at LOCAL_SERIAL, and the cells they guard are never
-  written without one but by erasure, since plain and conditional writes of one cell do not order):
-  the image row (INSERT IF NOT EXISTS: of concurrent ingests of the same bytes one stores
-  it and appends IMAGE_INGESTED; the others wrote identical dependent rows, the ids derive
-  from the bytes); model version numbers (claimed in version_numbers before the artifact is
-  written); the active-version cell in meta (compare-and-set: the one transition an
-  activation or withdrawal makes; a version row's ACTIVE/RETIRED state is a hint read
-  through that cell, so no two versions ever read as ACTIVE); a face's `belongs` static
-  cell in its labels partition (a label and the BELONGS label it replaces change in one
-  conditional batch, so two BELONGS labels never both stand).
+- Portable CQL: only what Apache Cassandra 3-5, Azure Managed Instance for Apache Cassandra
+  AND Azure Cosmos DB for Apache Cassandra all accept (visage.store.portable_cql states the
+  limits and tests/store/test_portable_cql.py checks every statement sent against them):
+  protocol v4, unlogged single-partition batches only, conditions only as IF [NOT] EXISTS or
+  equalities on regular columns, no conditional deletes, at most 25 tables. Consistency
+  levels come from the config (README "Choosing a Cassandra"); requests answered Overloaded
+  (Cosmos DB's 429) are sent again after a backoff (_Overload).
+- Conditional writes (LWT; they run at the serial consistency, and the cells they guard are
+  never written without one but by erasure, which stamps its deletes after them: see
+  _delete_after_writes): the image row (INSERT IF NOT EXISTS: of concurrent ingests of the
+  same bytes one stores it and appends IMAGE_INGESTED; the others wrote identical dependent
+  rows, the ids derive from the bytes); model version numbers (claimed in version_numbers
+  before the artifact is written); the active-version cell in meta (compare-and-set: the one
+  transition an activation or withdrawal makes; a version row's ACTIVE/RETIRED state is a
+  hint read through that cell, so no two versions ever read as ACTIVE); a face's BELONGS
+  cell in face_belongs (the one BELONGS label that stands is the one it names, so two never
+  both stand: see "labels" in CassandraStore).
 - Event log: partitions of one minute (events_by_minute), clustered by timeuuid;
   cursor = hex timestamp + timeuuid, so cursors order as strings too. Writers in
   different processes can land out of order, so read_events re-reads a short lag
@@ -53,6 +60,7 @@ race would lose or duplicate data (see "Conditional writes" below):
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import json
 import logging
@@ -69,6 +77,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from cassandra import (
     AuthenticationFailed,
+    ReadTimeout,
+    WriteTimeout,
     ConsistencyLevel,
     OperationTimedOut,
     ProtocolVersion,
@@ -80,12 +90,12 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage, ServerError
 from cassandra.metadata import Murmur3Token
-from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 from cassandra.util import min_uuid_from_time, unix_time_from_uuid1, uuid_from_time
 
-from visage.auth.identity import with_actor
 from visage.config import CassandraConfig
+from visage.metrics import STORE_OVERLOADED_RETRIES
 from visage.store.base import (
     ACTIVE_VERSION_KEY,
     WITHDRAWN_REASON,
@@ -98,12 +108,11 @@ from visage.store.base import (
     Withdrawn,
     changed_rows,
     check_prediction_columns,
+    event_attributes,
     is_unknown,
     translate_errors,
-    withdraw_candidates,
 )
 from visage.store.records import (
-    Erasure,
     EventRecord,
     FaceRecord,
     ImageRecord,
@@ -136,6 +145,8 @@ EVENT_LAG_S = 2.0           # re-read window before a cursor (see module doc)
 EVENT_APPEND_ATTEMPTS = 3   # copies of one event at most (each after a late acknowledgement)
 REQUEST_TIMEOUT_S = 30      # the driver's limit for one request: no write is acknowledged later
 BUSY_BACKOFF_S = 0.01       # first wait before sending a request the busy connection refused again
+OVERLOAD_BACKOFF_S = 0.05   # first wait before sending a request the node refused as overloaded again
+OVERLOAD_BACKOFF_MAX_S = 5.0
 CONNECT_ATTEMPTS = 3        # a node still starting, or a connect slower than its timeout, is tried again
 CONNECT_BACKOFF_S = 1.0     # before the second attempt; doubled before each later one
 # A copy is stamped at most this long after its origin: readers remember origins that long.
@@ -144,6 +155,8 @@ FORGET_CLOCK_MARGIN_S = 300  # an erasure's scan starts this long before the old
 REMEMBERED_CURSORS = 50_000
 COUNT_RANGES = 256          # token ranges count_faces counts separately (~4k faces each at 1M)
 LWT_ATTEMPTS = 50           # a conditional write that keeps losing races raises StoreConflict
+# Timeouts after which a conditional write (or a serial read finishing one) may or may not have applied.
+_OUTCOME_UNKNOWN = (WriteTimeout, ReadTimeout, OperationTimedOut)
 SCHEMA_COMPONENT = "visage"
 
 # Append-only list of migrations; index + 1 is the schema version. `{ks}` is the keyspace.
@@ -227,7 +240,68 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
 ], [
     # Exact event appends: a copy of a late-acknowledged event names its first copy (see the module doc).
     lambda store: store._add_column("events_by_minute", "origin", "timeuuid"),
+], [
+    # Portable conditional writes (see "labels" in CassandraStore): a face's BELONGS persona moves
+    # from a static column of its labels partition to a table of its own.
+    """CREATE TABLE IF NOT EXISTS {ks}.face_belongs (face_id text PRIMARY KEY, persona_id text)""",
+    lambda store: store._move_belongs_cells(),
+], [
+    # An image row names the put_image call that committed it, so a commit whose outcome was
+    # unknown (CassandraStore._cas) is settled as this call's or a racing ingest's.
+    lambda store: store._add_column("images", "committed_by", "text"),
 ]]
+
+# A new keyspace gets the schema MIGRATIONS end with in one step (schema version len(MIGRATIONS)):
+# the steps' peak of 26 tables is over the 25 a Cosmos DB keyspace with shared throughput holds,
+# and no data needs moving. tests/store/test_portable_cql.py checks both paths end alike.
+BASELINE: list[str | Callable[["CassandraStore"], None]] = [
+    """CREATE TABLE IF NOT EXISTS {ks}.personas (persona_id text PRIMARY KEY, display_name text,
+        create_time double, update_time double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.images (image_id text PRIMARY KEY, filename text, content_type text,
+        width int, height int, size_bytes bigint, face_count int, status int, create_time double,
+        chunk_count int, committed_by text)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.image_chunks (image_id text, chunk int, data blob,
+        PRIMARY KEY ((image_id), chunk))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.images_by_day (day int, create_time double, image_id text,
+        PRIMARY KEY ((day), create_time, image_id)) WITH CLUSTERING ORDER BY (create_time DESC, image_id ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.days (kind text, day int, PRIMARY KEY ((kind), day))
+        WITH CLUSTERING ORDER BY (day DESC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.faces (face_id text PRIMARY KEY, image_id text, idx int, box text,
+        landmarks text, embedding blob, create_time double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.face_crops (face_id text PRIMARY KEY, crop blob)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.faces_by_image (image_id text, idx int, face_id text,
+        PRIMARY KEY ((image_id), idx))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.labels (face_id text, persona_id text, verdict int, labelled_by text,
+        create_time double, PRIMARY KEY ((face_id), persona_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.face_belongs (face_id text PRIMARY KEY, persona_id text)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.labels_by_persona (persona_id text, verdict int, face_id text,
+        PRIMARY KEY ((persona_id), verdict, face_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.face_predictions (bucket int, face_id text, persona_id text,
+        confidence double, model_version int, create_time double, PRIMARY KEY ((bucket), face_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.persona_predictions (persona_id text, face_id text,
+        PRIMARY KEY ((persona_id), face_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.unknown_faces (bucket int, image_time double, image_id text, idx int,
+        face_id text, PRIMARY KEY ((bucket), image_time, image_id, idx))
+        WITH CLUSTERING ORDER BY (image_time DESC, image_id ASC, idx ASC)""",
+    lambda store: store._shorten_grace("unknown_faces"),
+    """CREATE TABLE IF NOT EXISTS {ks}.hidden (kind text, item_id text, PRIMARY KEY ((kind), item_id))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.model_versions (version int PRIMARY KEY, state int, algorithm text,
+        unknown_threshold double, persona_ids text, metrics text, lineage text, gate_reason text,
+        create_time double, activate_time double, chunk_count int)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.model_artifact_chunks (version int, chunk int, data blob,
+        PRIMARY KEY ((version), chunk))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.version_numbers (version int PRIMARY KEY, claimed_at double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.training_jobs (job_id text PRIMARY KEY, body text, create_time double)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.jobs_by_day (day int, create_time double, job_id text,
+        PRIMARY KEY ((day), create_time, job_id)) WITH CLUSTERING ORDER BY (create_time DESC, job_id ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.work_shards (job text, shard int, owner text, lease_until double,
+        faces int, done boolean, PRIMARY KEY ((job), shard))""",
+    """CREATE TABLE IF NOT EXISTS {ks}.events_by_minute (bucket bigint, id timeuuid, type int, subject text,
+        attributes map<text, text>, origin timeuuid, PRIMARY KEY ((bucket), id)) WITH CLUSTERING ORDER BY (id ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.event_buckets (shard int, bucket bigint, PRIMARY KEY ((shard), bucket))
+        WITH CLUSTERING ORDER BY (bucket ASC)""",
+    """CREATE TABLE IF NOT EXISTS {ks}.meta (key text PRIMARY KEY, value text)""",
+]
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
@@ -372,23 +446,44 @@ class _Delivered:
 _Delivered.NOTHING = _Delivered(_Batch(frozenset(), [], [], None), -1)
 
 
+def consistency_level(name: str) -> int:
+    """The driver's level of a setting's name (e.g. LOCAL_QUORUM); ValueError names the valid ones."""
+    level = ConsistencyLevel.name_to_value.get(name.upper())
+    if level is None:
+        raise ValueError(f"unknown Cassandra consistency level {name!r} "
+                         f"(one of {', '.join(sorted(ConsistencyLevel.name_to_value))})")
+    return level
+
+
+class _OverloadRethrows(RetryPolicy):
+    """The driver's default policy, except that an Overloaded answer (Cosmos DB's 429) reaches
+    the store at once instead of being tried on the next host without a pause: the store waits
+    (honouring the hint the error carries) before sending it again (_Overload)."""
+
+    def on_request_error(self, query, consistency, error, retry_num):
+        if isinstance(error, OverloadedErrorMessage):
+            return self.RETHROW, None
+        return super().on_request_error(query, consistency, error, retry_num)
+
+
 def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
     """A driver session for this config: TLS / auth / DC options for Cosmos DB
     (port 10350, TLS, username = account name) and Managed Instance.
 
     - Token-aware routing: prepared statements and single-partition batches go
       straight to a replica of their partition.
-    - LOCAL_QUORUM for reads and writes: a read after an acknowledged write sees it
-      on any replica count (W + R > RF), which the commit-point order relies on.
+    - Consistency from the config (default LOCAL_QUORUM for reads and writes, LOCAL_SERIAL
+      for conditional writes): a read after an acknowledged write sees it on any replica
+      count (W + R > RF), which the commit-point order relies on.
     - TCP_NODELAY: without it a request bigger than one TCP segment (a crop, an
       image chunk, a batch) waits ~40 ms for a delayed ACK (Nagle) on every write.
-    - Protocol v5 (Cassandra 4/5), else v4 (Cassandra 3, Cosmos DB): named, so the driver
-      does not first try the DataStax-only versions it would otherwise start from."""
+    - Protocol v4: the one every Cassandra Visage runs on speaks (Apache Cassandra 3-5,
+      Managed Instance, Cosmos DB); named, so the driver does not try others first."""
     policy = (TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)) if config.local_dc
               else TokenAwarePolicy(RoundRobinPolicy()))
-    profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=ConsistencyLevel.LOCAL_QUORUM,
-                               serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
-                               request_timeout=REQUEST_TIMEOUT_S)
+    profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=consistency_level(config.consistency),
+                               serial_consistency_level=consistency_level(config.serial_consistency),
+                               retry_policy=_OverloadRethrows(), request_timeout=REQUEST_TIMEOUT_S)
     options: dict = {}
     if config.username:
         options["auth_provider"] = PlainTextAuthProvider(config.username, config.password)
@@ -397,8 +492,8 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
         options["ssl_context"] = context
         options["ssl_options"] = {"server_hostname": config.contact_points[0]}
 
-    def open_session(protocol_version: int) -> tuple[Cluster, Session]:
-        cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=protocol_version,
+    def open_session() -> tuple[Cluster, Session]:
+        cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=ProtocolVersion.V4,
                           execution_profiles={EXEC_PROFILE_DEFAULT: profile},
                           connect_timeout=config.connect_timeout_seconds,
                           control_connection_timeout=config.connect_timeout_seconds,
@@ -409,18 +504,10 @@ def connect(config: CassandraConfig) -> tuple[Cluster, Session]:
             cluster.shutdown()
             raise
 
-    def open_either_protocol() -> tuple[Cluster, Session]:
-        try:
-            return open_session(ProtocolVersion.V5)
-        except NoHostAvailable as e:
-            if not _protocol_refused(e):
-                raise
-            return open_session(ProtocolVersion.V4)
-
     where = f"{','.join(config.contact_points)}:{config.port}"
     for attempt in itertools.count(1):
         try:
-            return open_either_protocol()
+            return open_session()
         except Exception as e:
             if attempt == CONNECT_ATTEMPTS or not _not_ready(e):
                 raise StoreUnavailable(f"cannot connect to Cassandra at {where}: {e}") from e
@@ -459,6 +546,29 @@ class _BusyWait:
         self._backoff = min(2 * self._backoff, 0.5)
 
 
+class _Overload:
+    """Requests the node answered Overloaded (Cosmos DB's 429 "request rate is large", or a
+    Cassandra coordinator shedding load) were not executed, so they are sent again, compare-
+    and-sets included: after Cosmos' RetryAfterMs hint when the error carries one, else after a
+    growing wait; at most `retries` times a request, then the error stands (StoreUnavailable)."""
+
+    HINT = re.compile(r"RetryAfterMs=(\d+)", re.IGNORECASE)
+
+    def __init__(self, retries: int) -> None:
+        self.retries, self.attempts = retries, collections.Counter()
+
+    def wait_or_raise(self, key: int, error: OverloadedErrorMessage) -> None:
+        self.attempts[key] += 1
+        if self.attempts[key] > self.retries:
+            raise error
+        hint = self.HINT.search(str(error))
+        backoff = (int(hint.group(1)) / 1000 if hint
+                   else min(OVERLOAD_BACKOFF_S * 2 ** (self.attempts[key] - 1), OVERLOAD_BACKOFF_MAX_S))
+        STORE_OVERLOADED_RETRIES.inc()
+        log.info("Cassandra overloaded (%s); sending again in %.2f s", error.summary, backoff)
+        time.sleep(backoff)
+
+
 def _protocol_refused(error: NoHostAvailable) -> bool:
     """Whether every host refused the protocol version (not: unreachable, bad credentials)."""
     return bool(error.errors) and all("protocol" in str(e).lower() for e in error.errors.values())
@@ -492,6 +602,7 @@ class CassandraStore(Store):
         self._sighted: OrderedDict[uuid.UUID, float] = OrderedDict()  # event id -> first seen (wall time)
         self._late: set[uuid.UUID] = set()  # first copies first seen long after their stamp
         self.clock: Callable[[], float] = time.time  # stamps events (tests inject a slow acknowledgement)
+        self._serial = consistency_level(config.serial_consistency)
 
     # ---- plumbing --------------------------------------------------------
     def _stmt(self, cql: str) -> PreparedStatement:
@@ -513,8 +624,37 @@ class CassandraStore(Store):
         if fetch_size:
             bound.fetch_size = fetch_size
         if serial:
-            bound.consistency_level = ConsistencyLevel.LOCAL_SERIAL
+            bound.consistency_level = self._serial
         return self._execute_each([bound], timeout)[0]
+
+    def _cas(self, cql: str, args: tuple, read: str, key: tuple, ours: Callable[[object], bool]) -> bool:
+        """A conditional write (LWT): whether it applied. Its outcome is unknown when it timed
+        out after replicas may have accepted its proposal (a WriteTimeout at the CAS or commit
+        stage, or no answer in time: with several replicas, racing writers or a slow node); a
+        serial read of its row then settles it (it finishes any round in progress), and
+        `ours(row)` says whether the row holds what this write made. If it does not, the write
+        is sent again: after the serial read no round of it is in progress, so the answer
+        that comes back is the outcome."""
+        for _attempt in range(LWT_ATTEMPTS):
+            try:
+                return self._run(cql, args).was_applied
+            except _OUTCOME_UNKNOWN as error:
+                log.info("conditional write's outcome unknown (%s); settling it with a serial read", error)
+            row = self._serial_read(read, key)
+            if row is not None and ours(row):
+                return True
+        raise StoreConflict(f"a conditional write's outcome stayed unknown in {LWT_ATTEMPTS} attempts; retry")
+
+    def _serial_read(self, cql: str, args: tuple):
+        """The one row of a linearizable read (None: none). Such a read finishes any round of a
+        conditional write in progress on the row, so it may time out like one (a WriteTimeout
+        of type CAS under contention); it is read again, LWT_ATTEMPTS times."""
+        for _attempt in range(LWT_ATTEMPTS):
+            try:
+                return self._run(cql, args, serial=True).one()
+            except _OUTCOME_UNKNOWN as error:
+                log.info("serial read timed out (%s); reading again", error)
+        raise StoreConflict(f"a serial read kept timing out in {LWT_ATTEMPTS} attempts; retry")
 
     def _run_many(self, cql: str, rows: list[tuple]) -> list:
         """Executes one prepared statement for many argument tuples, CONCURRENCY at a time."""
@@ -538,7 +678,7 @@ class CassandraStore(Store):
         results: list = [None] * len(statements)
         waiting = collections.deque(range(len(statements)))
         in_flight: collections.deque = collections.deque()
-        busy = _BusyWait()
+        busy, overload = _BusyWait(), _Overload(self.config.overload_retries)
         while waiting or in_flight:
             while waiting and len(in_flight) < CONCURRENCY:
                 i = waiting.popleft()
@@ -549,6 +689,9 @@ class CassandraStore(Store):
                 busy.progressed()
             except NoHostAvailable as error:
                 busy.wait_or_raise(error)
+                waiting.append(i)
+            except OverloadedErrorMessage as error:
+                overload.wait_or_raise(i, error)
                 waiting.append(i)
         return results
 
@@ -568,14 +711,17 @@ class CassandraStore(Store):
 
     def migrate(self, target: int | None = None) -> None:
         """Applies the migrations not applied yet (up to schema version `target`; tests
-        use it to build an older schema)."""
+        use it to build an older schema). A new keyspace gets BASELINE in one step."""
         self._session.execute(f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} "
                               f"WITH replication = {self.config.replication}")
         self._session.execute(f"CREATE TABLE IF NOT EXISTS {self.keyspace}.schema_version "
                               "(component text, version int, applied_at double, PRIMARY KEY ((component), version))")
         rows = self._run("SELECT version FROM {ks}.schema_version WHERE component = ?", (SCHEMA_COMPONENT,))
         current = max((row.version for row in rows), default=0)
-        for version, statements in enumerate(MIGRATIONS[current:target], start=current + 1):
+        steps = list(enumerate(MIGRATIONS[current:target], start=current + 1))
+        if current == 0 and target is None:
+            steps = [(len(MIGRATIONS), BASELINE)]
+        for version, statements in steps:
             for statement in statements:
                 if callable(statement):
                     statement(self)
@@ -619,26 +765,112 @@ class CassandraStore(Store):
         self.append_event(pb.EVENT_TYPE_PERSONA_RENAMED, persona_id)  # ids only: no name in the log
         return self.get_persona(persona_id)
 
-    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
-        persona = self.get_persona(persona_id)
-        if persona is None:
-            raise NotFound(f"persona {persona_id!r} not found")
-        # Dependents first, the persona row last: a crash midway leaves the persona, so a retry finishes.
-        erasure = Erasure(persona_ids=[persona_id])
-        if erase_faces:
-            labelled = [row.face_id for row in self._run(
-                "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ?",
-                (persona_id, pb.VERDICT_BELONGS), fetch_size=5000)]
-            image_ids = list(dict.fromkeys(row.image_id for row in self._select_in(
-                "SELECT image_id FROM {ks}.faces WHERE face_id IN ?", labelled)))
-            erasure = erasure.merge(self._erase_images(image_ids))
-        # Before the image rows go (a retry would no longer find these images through their
-        # labels); one scan of the log for the persona, its images and their faces.
-        self._forget_events({*erasure.image_ids, *erasure.face_ids, persona_id}, {persona_id},
-                            since=0.0 if erasure.image_ids else persona.create_time)
-        self._drop_image_rows(erasure.image_ids)
-        erasure = erasure.merge(Erasure(withdrawn_versions=self.withdraw_model_versions(
-            withdraw_candidates(self.list_model_versions(), [persona_id]))))
+    def drop_persona_row(self, persona_id: str) -> None:
+        self._run("DELETE FROM {ks}.personas WHERE persona_id = ?", (persona_id,))
+
+    # ---- restore primitives (visage.store.archive) ------------------------------
+    def restore_persona(self, persona: PersonaRecord) -> None:
+        self._run("INSERT INTO {ks}.personas (persona_id, display_name, create_time, update_time) "
+                  "VALUES (?, ?, ?, ?)",
+                  (persona.persona_id, persona.display_name, persona.create_time, persona.update_time))
+
+    def restore_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> None:
+        chunks = _chunks(content)
+        day = _day(image.create_time)
+        self._remember_day("images", day)
+        again = bool(list(self._run("SELECT image_id FROM {ks}.images WHERE image_id = ?", (image.image_id,))))
+        # Its faces enter the unknown-faces index (the labels and verdicts restored after the
+        # images take the known ones out; a restore run again re-decides them below).
+        self._execute_all([
+            *self._bound("INSERT INTO {ks}.image_chunks (image_id, chunk, data) VALUES (?, ?, ?)",
+                         [(image.image_id, i, chunk) for i, chunk in enumerate(chunks)]),
+            *self._face_writes(faces),
+            *self._unknown_rows(UnknownFaceKey(image.create_time, image.image_id, f.index, f.face_id) for f in faces),
+            self._stmt("INSERT INTO {ks}.images_by_day (day, create_time, image_id) VALUES (?, ?, ?)").bind(
+                (day, image.create_time, image.image_id)),
+        ])
+        if again:
+            self._sync_unknown([f.face_id for f in faces])
+        # The commit point last (a plain upsert: a restore writes into a store nobody else writes).
+        self._run("INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
+                  "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (image.image_id, image.filename, image.content_type, image.width, image.height,
+                   image.size_bytes, image.face_count, image.status, image.create_time, len(chunks)))
+
+    def restore_hidden(self, kind: str, item_ids: Sequence[str]) -> None:
+        self._run_many("INSERT INTO {ks}.hidden (kind, item_id) VALUES (?, ?)", [(kind, i) for i in item_ids])
+
+    # ---- erasure primitives (the cascade: visage.store.domain) ----------------
+    def existing_faces(self, face_ids: Iterable[str]) -> set[str]:
+        return {row.face_id for row in self._select_in("SELECT face_id FROM {ks}.faces WHERE face_id IN ?",
+                                                       list(face_ids))}
+
+    def face_ids_of_images(self, image_ids: Sequence[str]) -> list[str]:
+        return [row.face_id for row in self._select_in(
+            "SELECT face_id FROM {ks}.faces_by_image WHERE image_id IN ?", list(image_ids))]
+
+    def recount_faces(self, image_id: str, erased: Sequence[str]) -> None:
+        if self.get_image(image_id) is None:  # an UPDATE of a missing row would create it
+            return
+        kept = [row.face_id for row in self._run("SELECT face_id FROM {ks}.faces_by_image WHERE image_id = ?",
+                                                 (image_id,)) if row.face_id not in set(erased)]
+        self._run("UPDATE {ks}.images SET face_count = ? WHERE image_id = ?", (len(kept), image_id))
+
+    def drop_face_details(self, face_ids: Sequence[str]) -> None:
+        placed = [(row.image_id, row.idx) for row in self._select_in(
+            "SELECT image_id, idx FROM {ks}.faces WHERE face_id IN ?", list(face_ids))]
+        self._execute_all([
+            *self._bound("DELETE FROM {ks}.face_crops WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
+            *self._bound("DELETE FROM {ks}.faces_by_image WHERE image_id = ? AND idx = ?", placed),
+        ])
+
+    def drop_face_rows(self, face_ids: Sequence[str]) -> None:
+        self._execute_all(self._bound("DELETE FROM {ks}.faces WHERE face_id = ?", [(f,) for f in face_ids]))
+
+    def drop_image_content(self, image_ids: Sequence[str]) -> None:
+        images = self._select_in("SELECT image_id, create_time FROM {ks}.images WHERE image_id IN ?", list(image_ids))
+        self._execute_all([
+            *self._bound("DELETE FROM {ks}.image_chunks WHERE image_id = ?", [(i,) for i in image_ids]),
+            *self._bound("DELETE FROM {ks}.images_by_day WHERE day = ? AND create_time = ? AND image_id = ?",
+                         [(_day(row.create_time), row.create_time, row.image_id) for row in images]),
+            *self._bound("DELETE FROM {ks}.faces_by_image WHERE image_id = ?", [(i,) for i in image_ids]),
+        ])
+
+    def drop_image_rows(self, image_ids: Sequence[str]) -> None:
+        self._delete_after_writes("images", "image_id", ("filename", "face_count"), list(image_ids))
+
+    def _delete_after_writes(self, table: str, key: str, columns: Sequence[str], ids: list[str]) -> None:
+        """Deletes these rows of a table that compare-and-sets write. Such a write carries its
+        Paxos ballot's timestamp, which may run ahead of this client's clock, so a plain delete
+        could land "before" it and leave the row standing; a conditional delete would order
+        itself, but Cosmos DB refuses DELETE ... IF on tables made without its LWT flags. So
+        the delete is stamped after the newest write of the row's `columns`."""
+        written = ", ".join(f"WRITETIME({column})" for column in columns)
+        rows = self._execute_each([self._stmt(f"SELECT {written} FROM {{ks}}.{table} WHERE {key} = ?").bind((i,))
+                                   for i in ids])
+        stamped = [(max(self._cluster.timestamp_generator(), *(w + 1 for w in row if w is not None)), row_id)
+                   for row_id, result in zip(ids, rows) if (row := result.one()) is not None]
+        self._execute_all(self._bound(f"DELETE FROM {{ks}}.{table} USING TIMESTAMP ? WHERE {key} = ?", stamped))
+
+    def drop_hidden(self, kind: str, item_ids: Sequence[str]) -> None:
+        self._execute_all(self._bound("DELETE FROM {ks}.hidden WHERE kind = ? AND item_id = ?",
+                                      [(kind, item_id) for item_id in item_ids]))
+
+    def personas_labelling(self, face_ids: Sequence[str]) -> set[str]:
+        return {row.persona_id for row in self._select_in(
+            f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", list(face_ids)) if _is_label(row)}
+
+    def drop_labels_of_faces(self, face_ids: Sequence[str]) -> None:
+        rows = [row for row in self._select_in(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?",
+                                               list(face_ids)) if _is_label(row)]
+        self._execute_all([
+            *self._bound("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
+                         [(row.persona_id, row.verdict, row.face_id) for row in rows]),
+            *self._bound("DELETE FROM {ks}.labels WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
+        ])
+        self._delete_after_writes("face_belongs", "face_id", ("persona_id",), list(face_ids))
+
+    def drop_labels_of_persona(self, persona_id: str) -> None:
         labelled = [row.face_id for row in self._run(
             "SELECT face_id FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,), fetch_size=5000)]
         self._mark_unknown(labelled)  # losing their labels may make them unknown: rows first
@@ -646,87 +878,18 @@ class CassandraStore(Store):
                        [(face_id, persona_id) for face_id in labelled])
         self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ?", (persona_id,))
         self._sync_unknown(labelled)
-        self._drop_verdicts_naming([persona_id])
-        self._run("DELETE FROM {ks}.hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
-        self.append_event(pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
-        self.append_event(pb.EVENT_TYPE_ERASED, persona_id, erasure.event_attributes())
-        self._run("DELETE FROM {ks}.personas WHERE persona_id = ?", (persona_id,))
-        return erasure
 
-    # ---- erasure -----------------------------------------------------------
-    # Each erasure deletes everything its commit row (image, face or persona) makes
-    # visible, appends ERASED, and deletes the commit row last: a retry after a crash
-    # finds the row and finishes the erasure (appending ERASED again: at-least-once).
-    def delete_image(self, image_id: str) -> Erasure:
-        image = self.get_image(image_id)
-        if image is None:
-            raise NotFound(f"image {image_id!r} not found")
-        erasure = self._erase_images([image_id])
-        self._forget_events({*erasure.image_ids, *erasure.face_ids}, since=image.create_time)
-        self.append_event(pb.EVENT_TYPE_ERASED, image_id, erasure.event_attributes())
-        self._drop_image_rows([image_id])
-        return erasure
-
-    def delete_face(self, face_id: str) -> Erasure:
-        rows = list(self._run("SELECT image_id, idx, create_time FROM {ks}.faces WHERE face_id = ?", (face_id,)))
-        if not rows:
-            raise NotFound(f"face {face_id!r} not found")
-        image_id, idx, created = rows[0]
-        erasure = self._erase_faces([face_id])
-        self._forget_events({face_id}, since=created)
-        self._run("DELETE FROM {ks}.faces_by_image WHERE image_id = ? AND idx = ?", (image_id, idx))
-        if self.get_image(image_id) is not None:  # an UPDATE of a missing row would create it
-            remaining = self._run("SELECT COUNT(*) FROM {ks}.faces_by_image WHERE image_id = ?", (image_id,)).one()[0]
-            self._run("UPDATE {ks}.images SET face_count = ? WHERE image_id = ?", (remaining, image_id))
-        self.append_event(pb.EVENT_TYPE_ERASED, face_id, erasure.event_attributes())
-        self._run("DELETE FROM {ks}.faces WHERE face_id = ?", (face_id,))
-        return erasure
-
-    def _erase_images(self, image_ids: list[str]) -> Erasure:
-        """Everything of these images but their image rows (the commit points)."""
-        images = self._select_in("SELECT image_id, create_time FROM {ks}.images WHERE image_id IN ?", image_ids)
-        face_ids = [row.face_id for row in self._select_in(
-            "SELECT face_id FROM {ks}.faces_by_image WHERE image_id IN ?", image_ids)]
-        erasure = self._erase_faces(face_ids)
-        self._execute_all([
-            *self._bound("DELETE FROM {ks}.faces WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
-            *self._bound("DELETE FROM {ks}.image_chunks WHERE image_id = ?", [(i,) for i in image_ids]),
-            *self._bound("DELETE FROM {ks}.images_by_day WHERE day = ? AND create_time = ? AND image_id = ?",
-                         [(_day(row.create_time), row.create_time, row.image_id) for row in images]),
-        ])
-        self._execute_all(self._bound("DELETE FROM {ks}.faces_by_image WHERE image_id = ?", [(i,) for i in image_ids]))
-        erasure.image_ids = list(image_ids)
-        return erasure
-
-    def _drop_image_rows(self, image_ids: list[str]) -> None:
-        # Conditional like the insert (LWT and plain writes on one row do not order reliably).
-        self._execute_all(self._bound("DELETE FROM {ks}.images WHERE image_id = ? IF EXISTS",
-                                      [(i,) for i in image_ids]))
-
-    def _erase_faces(self, face_ids: list[str]) -> Erasure:
-        """Labels, predictions and crops of these faces (not the face rows), after withdrawing
-        the versions their labels may have trained."""
-        labels = [LabelRecord(*row) for row in self._select_in(
-            f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", face_ids) if _is_label(row)]
-        persona_ids = sorted({label.persona_id for label in labels})
-        withdrawn = (self.withdraw_model_versions(withdraw_candidates(self.list_model_versions(), persona_ids))
-                     if persona_ids else [])
+    def drop_predictions_of_faces(self, face_ids: Sequence[str]) -> None:
         predictions = self.get_predictions(face_ids).values()
         self._execute_all([
             *self._unknown_rows(self._keys_of(face_ids).values(), present=False),
-            *self._bound("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
-                         [(l.persona_id, l.verdict, l.face_id) for l in labels]),
-            *self._bound("DELETE FROM {ks}.labels WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
             *self._bound("DELETE FROM {ks}.persona_predictions WHERE persona_id = ? AND face_id = ?",
                          [(_persona_key(p.persona_id), p.face_id) for p in predictions]),
             *self._bound("DELETE FROM {ks}.face_predictions WHERE bucket = ? AND face_id = ?",
                          [(_prediction_bucket(p.face_id), p.face_id) for p in predictions]),
-            *self._bound("DELETE FROM {ks}.face_crops WHERE face_id = ?", [(face_id,) for face_id in face_ids]),
-            *self._bound("DELETE FROM {ks}.hidden WHERE kind = 'face' AND item_id = ?", [(f,) for f in face_ids]),
         ])
-        return Erasure(face_ids=list(face_ids), persona_ids=persona_ids, withdrawn_versions=withdrawn)
 
-    def _forget_events(self, subjects: set[str], persona_ids: set[str] = frozenset(), since: float = 0.0) -> None:
+    def forget_events(self, subjects: set[str], persona_ids: set[str] = frozenset(), since: float = 0.0) -> None:
         """Deletes every event whose subject is one of these ids or that names one of these
         personas: one scan of the log (which retention keeps bounded) from `since`, the
         creation of the oldest thing erased (nothing names it before), less a margin for
@@ -747,8 +910,10 @@ class CassandraStore(Store):
     def withdraw_model_versions(self, versions: list[ModelVersionRecord]) -> list[int]:
         for record in versions:
             # IF EXISTS: a lightweight transaction, ordered after a gate decision's (record_gate_decision).
-            self._run("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ? IF EXISTS",
-                      (pb.MODEL_STATE_WITHDRAWN, WITHDRAWN_REASON, record.version))
+            self._cas("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ? IF EXISTS",
+                      (pb.MODEL_STATE_WITHDRAWN, WITHDRAWN_REASON, record.version),
+                      "SELECT state FROM {ks}.model_versions WHERE version = ?", (record.version,),
+                      lambda row: row.state == pb.MODEL_STATE_WITHDRAWN)
             self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
         # Nothing serves a withdrawn version from here on. Rows are WITHDRAWN first, so an
         # activation racing this sees the state after its own compare-and-set and undoes it.
@@ -777,11 +942,15 @@ class CassandraStore(Store):
         # Conditional, so of concurrent ingests of the same bytes exactly one stores the image
         # and appends IMAGE_INGESTED (the others wrote identical dependent rows: the ids
         # derive from the bytes).
-        committed = self._run(
+        committer = uuid.uuid4().hex  # tells this call's commit from a racing ingest's of the same bytes
+        committed = self._cas(
             "INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
-            "face_count, status, create_time, chunk_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            "face_count, status, create_time, chunk_count, committed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "IF NOT EXISTS",
             (image.image_id, image.filename, image.content_type, image.width, image.height,
-             image.size_bytes, image.face_count, image.status, image.create_time, len(chunks))).was_applied
+             image.size_bytes, image.face_count, image.status, image.create_time, len(chunks), committer),
+            "SELECT committed_by FROM {ks}.images WHERE image_id = ?", (image.image_id,),
+            lambda row: row.committed_by == committer)
         if not committed:
             return False
         self.append_event(pb.EVENT_TYPE_IMAGE_INGESTED, image.image_id, {"face_count": image.face_count})
@@ -917,94 +1086,122 @@ class CassandraStore(Store):
         yield from _embedding_batches(rows, batch_size)
 
     # ---- labels ----------------------------------------------------------
-    def put_label(self, label: LabelRecord) -> None:
-        if not list(self._run("SELECT face_id FROM {ks}.faces WHERE face_id = ?", (label.face_id,))):
-            raise NotFound(f"face {label.face_id!r} not found")
-        if self.get_persona(label.persona_id) is None:
-            raise NotFound(f"persona {label.persona_id!r} not found")
-        # Index row first (readers check the base rows), then one conditional batch on the
-        # face's labels partition: the label, the BELONGS label it replaces and the face's
-        # `belongs` cell change together or not at all, so two BELONGS labels never both stand.
-        self._run("INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)",
-                  (label.persona_id, label.verdict, label.face_id))
-        if label.verdict != pb.VERDICT_BELONGS:  # may make the face unknown: its row first
+    # A face's one BELONGS label: face_belongs holds the persona the face belongs to ("": none),
+    # changed only by compare-and-set on that one regular column (conditions every Cassandra
+    # Visage runs on accepts: no batch, no static column). A BELONGS row of `labels` stands only
+    # while the cell names its persona; any other BELONGS row is stale (replaced, or its writer
+    # died before its compare-and-set) and every reader skips it (_standing). Writers publish
+    # after they write and unpublish before they delete: a BELONGS label writes its rows, then
+    # sets the cell to its persona; a change that ends the standing BELONGS label first moves
+    # the cell away. Rows left stale are deleted USING TIMESTAMP of the change's start, so a row
+    # a concurrent labeller wrote since survives (one missed that way only costs count_labels
+    # an extra count until the face is labelled again).
+    def write_label(self, label: LabelRecord) -> None:
+        belongs = label.verdict == pb.VERDICT_BELONGS
+        if not belongs:  # may make the face unknown: its row first
             self._mark_unknown([label.face_id])
-        belongs, old = self._change_labels(label.face_id, lambda belongs: self._label_batch(label, belongs))
-        stale = [(belongs, pb.VERDICT_BELONGS)] if belongs not in (None, label.persona_id) \
-            and label.verdict == pb.VERDICT_BELONGS else []
-        stale += [(label.persona_id, l.verdict) for l in old
-                  if l.persona_id == label.persona_id and l.verdict != label.verdict]
-        self._run_many("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
-                       [(persona_id, verdict, label.face_id) for persona_id, verdict in stale])
+
+        def write_rows(_started: int) -> None:
+            self._execute_all([
+                self._stmt("INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)").bind(
+                    (label.persona_id, label.verdict, label.face_id)),
+                self._stmt(f"INSERT INTO {{ks}}.labels ({self._LABEL_COLUMNS}) VALUES (?, ?, ?, ?, ?)").bind(
+                    (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time)),
+            ])
+
+        def change(cell: str) -> str | None:
+            if belongs:
+                return label.persona_id
+            return "" if cell == label.persona_id else None  # None: the cell stays as it is
+
+        cell, rows, started = self._relabel(label.face_id, change, write_rows, publishes=belongs)
+        stale = [(label.persona_id, row.verdict) for row in rows
+                 if row.persona_id == label.persona_id and row.verdict != label.verdict]
+        if belongs and cell not in ("", label.persona_id):  # the BELONGS label this one replaced
+            stale.append((cell, pb.VERDICT_BELONGS))
+            self._run("DELETE FROM {ks}.labels USING TIMESTAMP ? WHERE face_id = ? AND persona_id = ?",
+                      (started, label.face_id, cell))
+        self._forget_index_rows(label.face_id, stale, started)
         self._sync_unknown([label.face_id])
-        self.append_event(pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
-                          {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
 
-    def _label_batch(self, label: LabelRecord, belongs: str | None) -> BatchStatement:
-        """The conditional batch storing `label` when the face's BELONGS persona is `belongs`."""
-        batch = BatchStatement(BatchType.LOGGED)  # a conditional batch: one partition, all or nothing
-        if label.verdict == pb.VERDICT_BELONGS:
-            now_belongs = label.persona_id
-            if belongs not in (None, label.persona_id):
-                batch.add(self._stmt("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?"),
-                          (label.face_id, belongs))
-        else:
-            now_belongs = None if belongs == label.persona_id else belongs
-        batch.add(self._stmt("INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time) "
-                             "VALUES (?, ?, ?, ?, ?)"),
-                  (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
-        batch.add(self._stmt("UPDATE {ks}.labels SET belongs = ? WHERE face_id = ? IF belongs = ?"),
-                  (now_belongs, label.face_id, belongs))
-        return batch
+    def remove_label(self, face_id: str, persona_id: str) -> bool:
+        def delete_rows(started: int) -> None:
+            self._run("DELETE FROM {ks}.labels USING TIMESTAMP ? WHERE face_id = ? AND persona_id = ?",
+                      (started, face_id, persona_id))
 
-    def _change_labels(self, face_id: str, batch_for: Callable[[str | None], Statement | None]
-                       ) -> tuple[str | None, list[LabelRecord]]:
-        """Applies batch_for(belongs) to the face's labels partition, conditional on `belongs`
-        (the face's BELONGS persona) still being what it read; on a lost race reads again and
-        retries. Returns the `belongs` and labels it applied over."""
-        for _attempt in range(LWT_ATTEMPTS):
-            rows = list(self._run(f"SELECT {self._LABEL_COLUMNS}, belongs FROM {{ks}}.labels WHERE face_id = ?",
-                                  (face_id,)))
-            belongs = rows[0].belongs if rows else None
-            old = [LabelRecord(*row[:5]) for row in rows if _is_label(row)]
-            batch = batch_for(belongs)
-            if batch is None or self._session.execute(batch, timeout=30).was_applied:
-                return belongs, old
-        raise StoreConflict(f"labels of face {face_id!r} kept changing under {LWT_ATTEMPTS} attempts; retry")
-
-    def delete_label(self, face_id: str, persona_id: str) -> bool:
-        removed: list[LabelRecord] = []
-
-        def batch_for(belongs: str | None) -> Statement | None:
-            existing = [l for l in self.labels_of_face(face_id) if l.persona_id == persona_id]
-            removed[:] = existing
-            if not existing:
-                return None
-            batch = BatchStatement(BatchType.LOGGED)
-            batch.add(self._stmt("DELETE FROM {ks}.labels WHERE face_id = ? AND persona_id = ?"),
-                      (face_id, persona_id))
-            batch.add(self._stmt("UPDATE {ks}.labels SET belongs = ? WHERE face_id = ? IF belongs = ?"),
-                      (None if belongs == persona_id else belongs, face_id, belongs))
-            return batch
+        def change(cell: str) -> str | None:
+            return "" if cell == persona_id else None
 
         self._mark_unknown([face_id])  # losing a label may make the face unknown: its row first
-        self._change_labels(face_id, batch_for)
+        _cell, rows, started = self._relabel(face_id, change, delete_rows, publishes=False)
+        removed = [row for row in rows if row.persona_id == persona_id]
         self._sync_unknown([face_id])
         if not removed:
             return False
-        self._run("DELETE FROM {ks}.labels_by_persona WHERE persona_id = ? AND verdict = ? AND face_id = ?",
-                  (persona_id, removed[0].verdict, face_id))
-        self.append_event(pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
+        self._forget_index_rows(face_id, [(persona_id, row.verdict) for row in removed], started)
         return True
+
+    def _relabel(self, face_id: str, change: Callable[[str], str | None], write: Callable[[int], None],
+                 publishes: bool) -> tuple[str, list, int]:
+        """One label change of a face: `write(started)` writes (or deletes) its rows and `change(cell)`
+        says what the face's BELONGS cell becomes (None: unchanged). A change that `publishes`
+        writes first, then sets the cell; one that unpublishes sets it first, then writes. A
+        lost compare-and-set reads again and starts over. Returns the cell it replaced, the
+        face's label rows before the change (stale ones too) and the change's start timestamp."""
+        serial = False
+        for _attempt in range(LWT_ATTEMPTS):
+            started = self._cluster.timestamp_generator()
+            read = "SELECT persona_id FROM {ks}.face_belongs WHERE face_id = ?"
+            row = self._serial_read(read, (face_id,)) if serial else self._run(read, (face_id,)).one()
+            cell = None if row is None else (row.persona_id or "")
+            rows = [r for r in self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ?",
+                                         (face_id,)) if _is_label(r)]
+            wanted = change(cell or "")
+            if publishes:
+                write(started)
+            if wanted is None or self._swap_belongs(face_id, cell, wanted):
+                if not publishes:
+                    write(started)
+                return cell or "", rows, started
+            serial = True  # lost a race: read what won it
+        raise StoreConflict(f"labels of face {face_id!r} kept changing under {LWT_ATTEMPTS} attempts; retry")
+
+    def _swap_belongs(self, face_id: str, current: str | None, wanted: str) -> bool:
+        """Compare-and-set of the face's BELONGS cell (current None: no row yet)."""
+        read, ours = "SELECT persona_id FROM {ks}.face_belongs WHERE face_id = ?", lambda row: row.persona_id == wanted
+        if current is None:
+            return self._cas("INSERT INTO {ks}.face_belongs (face_id, persona_id) VALUES (?, ?) IF NOT EXISTS",
+                             (face_id, wanted), read, (face_id,), ours)
+        return self._cas("UPDATE {ks}.face_belongs SET persona_id = ? WHERE face_id = ? IF persona_id = ?",
+                         (wanted, face_id, current), read, (face_id,), ours)
+
+    def _forget_index_rows(self, face_id: str, entries: list[tuple[str, int]], started: int) -> None:
+        """Deletes labels_by_persona rows (persona, verdict) of the face written before `started`."""
+        self._execute_all(self._bound(
+            "DELETE FROM {ks}.labels_by_persona USING TIMESTAMP ? WHERE persona_id = ? AND verdict = ? AND face_id = ?",
+            [(started, persona_id, verdict, face_id) for persona_id, verdict in dict.fromkeys(entries)]))
+
+    def _standing(self, rows: list) -> list[LabelRecord]:
+        """The labels of these rows that stand: every row but a BELONGS row whose face's cell
+        names another persona (see "labels" above)."""
+        rows = [row for row in rows if _is_label(row)]
+        cells = {row.face_id: row.persona_id for row in self._select_in(
+            "SELECT face_id, persona_id FROM {ks}.face_belongs WHERE face_id IN ?",
+            [row.face_id for row in rows if row.verdict == pb.VERDICT_BELONGS])}
+        return [LabelRecord(*row[:5]) for row in rows
+                if row.verdict != pb.VERDICT_BELONGS or cells.get(row.face_id) == row.persona_id]
 
     def _add_column(self, table: str, column: str, kind: str) -> None:
         """ALTER TABLE ADD, once (Cassandra 3 / Cosmos DB know no ADD IF NOT EXISTS)."""
-        if not list(self._run("SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? "
-                              "AND table_name = ? AND column_name = ?", (self.keyspace, table, column))):
+        if not self._has_column(table, column):
             self._session.execute(f"ALTER TABLE {self.keyspace}.{table} ADD {column} {kind}", timeout=120)
 
+    def _has_column(self, table: str, column: str) -> bool:
+        return bool(list(self._run("SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? "
+                                   "AND table_name = ? AND column_name = ?", (self.keyspace, table, column))))
+
     def _fill_belongs(self) -> None:
-        """Migration 4: each face's `belongs` cell names its (newest) BELONGS label's persona."""
+        """Migration 5: each face's `belongs` cell names its (newest) BELONGS label's persona."""
         newest: dict[str, tuple[float, str]] = {}
         for row in self._session.execute(f"SELECT face_id, persona_id, verdict, create_time "
                                          f"FROM {self.keyspace}.labels", timeout=120):
@@ -1012,6 +1209,16 @@ class CassandraStore(Store):
                 newest[row.face_id] = (row.create_time, row.persona_id)
         self._run_many("UPDATE {ks}.labels SET belongs = ? WHERE face_id = ?",
                        [(persona_id, face_id) for face_id, (_t, persona_id) in newest.items()])
+
+    def _move_belongs_cells(self) -> None:
+        """Migration 8: the static `belongs` cells of labels partitions move to face_belongs
+        (a static column in a condition is refused by Cosmos DB), then the column goes."""
+        if not self._has_column("labels", "belongs"):
+            return  # moved already (a retry after the drop)
+        cells = [(row.face_id, row.belongs or "") for row in self._session.execute(
+            f"SELECT DISTINCT face_id, belongs FROM {self.keyspace}.labels", timeout=120)]
+        self._run_many("INSERT INTO {ks}.face_belongs (face_id, persona_id) VALUES (?, ?) IF NOT EXISTS", cells)
+        self._session.execute(f"ALTER TABLE {self.keyspace}.labels DROP belongs", timeout=120)
 
     _LABEL_COLUMNS = "face_id, persona_id, verdict, labelled_by, create_time"
 
@@ -1033,14 +1240,13 @@ class CassandraStore(Store):
                                                  fetch_size=5000)}
 
     def labels_of_face(self, face_id: str) -> list[LabelRecord]:
-        rows = self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id = ?", (face_id,))
-        return sorted((LabelRecord(*row) for row in rows if _is_label(row)), key=lambda l: -l.create_time)
+        return self.labels_of_faces([face_id])[face_id]
 
     def labels_of_faces(self, face_ids: Iterable[str]) -> dict[str, list[LabelRecord]]:
         labels: dict[str, list[LabelRecord]] = {face_id: [] for face_id in face_ids}
-        for row in self._select_in(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", list(labels)):
-            if _is_label(row):
-                labels[row.face_id].append(LabelRecord(*row))
+        rows = self._select_in(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ?", list(labels))
+        for label in self._standing(rows):
+            labels[label.face_id].append(label)
         for face_labels in labels.values():
             face_labels.sort(key=lambda l: -l.create_time)
         return labels
@@ -1052,8 +1258,8 @@ class CassandraStore(Store):
         results = self._run_many(
             f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels WHERE face_id IN ? AND persona_id = ?",
             [(group, persona_id) for group in _groups(face_ids, ID_CHUNK)])
-        labels = [LabelRecord(*row) for result in results for row in result]
-        return sorted((l for l in labels if l.verdict == verdict), key=lambda l: -l.create_time)
+        labels = self._standing([row for result in results for row in result if row.verdict == verdict])
+        return sorted(labels, key=lambda l: -l.create_time)
 
     def count_labels(self, persona_ids: Iterable[str], verdict: int) -> dict[str, int]:
         # Counts the index (one small read per persona); see count_predictions on crashed writes.
@@ -1063,9 +1269,9 @@ class CassandraStore(Store):
         return {persona_id: result.one()[0] for persona_id, result in zip(persona_ids, results)}
 
     def iter_labels(self) -> Iterator[LabelRecord]:
-        for row in self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels", fetch_size=5000, timeout=120):
-            if _is_label(row):
-                yield LabelRecord(*row)
+        rows = iter(self._run(f"SELECT {self._LABEL_COLUMNS} FROM {{ks}}.labels", fetch_size=5000, timeout=120))
+        while page := list(itertools.islice(rows, 5000)):
+            yield from self._standing(page)
 
     # ---- predictions -----------------------------------------------------
     _PREDICTION_COLUMNS = "face_id, persona_id, confidence, model_version, create_time"
@@ -1166,7 +1372,7 @@ class CassandraStore(Store):
         counts.update({persona_id: result.one()[0] for persona_id, result in zip(named, results)})
         return counts
 
-    def _drop_verdicts_naming(self, persona_ids: Iterable[str]) -> None:
+    def drop_verdicts_naming(self, persona_ids: Sequence[str]) -> None:
         """Deletes the stored verdicts naming these (deleted) personas; their faces become
         unknown unless a label says otherwise."""
         for persona_id in persona_ids:
@@ -1321,8 +1527,10 @@ class CassandraStore(Store):
         taken += [row.version for row in self._run("SELECT version FROM {ks}.model_versions")]  # older schemas
         candidate = max(taken, default=0) + 1
         for _attempt in range(LWT_ATTEMPTS):
-            if self._run("INSERT INTO {ks}.version_numbers (version, claimed_at) VALUES (?, ?) IF NOT EXISTS",
-                         (candidate, now())).was_applied:
+            claimed_at = now()
+            if self._cas("INSERT INTO {ks}.version_numbers (version, claimed_at) VALUES (?, ?) IF NOT EXISTS",
+                         (candidate, claimed_at), "SELECT claimed_at FROM {ks}.version_numbers WHERE version = ?",
+                         (candidate,), lambda row: row.claimed_at == claimed_at):
                 return candidate
             candidate += 1
         raise StoreConflict(f"could not claim a model version number in {LWT_ATTEMPTS} attempts; retry")
@@ -1336,11 +1544,19 @@ class CassandraStore(Store):
                    record.version))
 
     def record_gate_decision(self, version: int, state: int, gate_reason: str) -> bool:
-        # Conditional on every state but WITHDRAWN (a missing row has none: not applied, not created).
-        # The withdrawal is a lightweight transaction too, so whichever comes later wins.
-        live = ", ".join(str(s) for s in pb.ModelState.values() if s != pb.MODEL_STATE_WITHDRAWN)
-        return self._run(f"UPDATE {{ks}}.model_versions SET state = ?, gate_reason = ? WHERE version = ? "
-                         f"IF state IN ({live})", (state, gate_reason, version)).was_applied
+        # Compare-and-set from the state read (one equality condition: what every Cassandra
+        # Visage runs on accepts), never from WITHDRAWN. The withdrawal is a lightweight
+        # transaction too, so whichever comes later wins.
+        for _attempt in range(LWT_ATTEMPTS):
+            row = self._serial_read("SELECT state FROM {ks}.model_versions WHERE version = ?", (version,))
+            if row is None or row.state == pb.MODEL_STATE_WITHDRAWN:
+                return False
+            if self._cas("UPDATE {ks}.model_versions SET state = ?, gate_reason = ? WHERE version = ? IF state = ?",
+                         (state, gate_reason, version, row.state),
+                         "SELECT state, gate_reason FROM {ks}.model_versions WHERE version = ?", (version,),
+                         lambda row: (row.state, row.gate_reason) == (state, gate_reason)):
+                return True
+        raise StoreConflict(f"model version {version} kept changing under {LWT_ATTEMPTS} attempts; retry")
 
     def get_model_version(self, version: int) -> ModelVersionRecord | None:
         rows = list(self._run(f"SELECT {self._VERSION_COLUMNS} FROM {{ks}}.model_versions WHERE version = ?",
@@ -1395,22 +1611,41 @@ class CassandraStore(Store):
         return self.get_model_version(version)
 
     def swap_meta(self, key: str, change: Callable[[str], str]) -> str:
-        row = self._run("SELECT value FROM {ks}.meta WHERE key = ?", (key,), serial=True).one()
+        row = self._serial_read("SELECT value FROM {ks}.meta WHERE key = ?", (key,))
         current = row.value if row else None
+        read = "SELECT value FROM {ks}.meta WHERE key = ?"
         for _attempt in range(LWT_ATTEMPTS):
             wanted = change(current or "")
             if current is None:
-                result = self._run("INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS", (key, wanted))
+                applied = self._cas("INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS", (key, wanted),
+                                    read, (key,), lambda row: row.value == wanted)
             else:
-                result = self._run("UPDATE {ks}.meta SET value = ? WHERE key = ? IF value = ?", (wanted, key, current))
-            if result.was_applied:
+                applied = self._cas("UPDATE {ks}.meta SET value = ? WHERE key = ? IF value = ?", (wanted, key, current),
+                                    read, (key,), lambda row: row.value == wanted)
+            if applied:
                 return current or ""
-            current = result.one().value  # what won the race
+            row = self._serial_read(read, (key,))  # what won the race
+            current = row.value if row else None
         raise StoreConflict(f"{key} kept changing under {LWT_ATTEMPTS} attempts; retry")
 
     def active_model_version(self) -> ModelVersionRecord | None:
         value = self.get_meta(ACTIVE_VERSION_KEY)
         return self.get_model_version(int(value)) if value else None
+
+    def restore_model_version(self, record: ModelVersionRecord, artifact: bytes | None) -> None:
+        self._run("INSERT INTO {ks}.version_numbers (version, claimed_at) VALUES (?, ?) IF NOT EXISTS",
+                  (record.version, record.create_time))
+        chunks = [] if artifact is None else _chunks(artifact)
+        self._run("DELETE FROM {ks}.model_artifact_chunks WHERE version = ?", (record.version,))
+        self._run_many("INSERT INTO {ks}.model_artifact_chunks (version, chunk, data) VALUES (?, ?, ?)",
+                       [(record.version, i, chunk) for i, chunk in enumerate(chunks)])
+        self._run(f"INSERT INTO {{ks}}.model_versions ({self._VERSION_COLUMNS}, chunk_count) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (record.version, record.state, record.algorithm, float(record.unknown_threshold),
+                   json.dumps(record.persona_ids), json.dumps(record.metrics), json.dumps(record.lineage),
+                   record.gate_reason, record.create_time, record.activate_time, len(chunks)))
+        if record.state == pb.MODEL_STATE_ACTIVE:
+            self.swap_meta(ACTIVE_VERSION_KEY, lambda _current: str(record.version))
 
     # ---- training jobs ---------------------------------------------------
     def put_training_job(self, job: TrainingJobRecord) -> None:
@@ -1435,7 +1670,7 @@ class CassandraStore(Store):
 
     # ---- event log -------------------------------------------------------
     def append_event(self, type: int, subject: str, attributes: dict[str, str] | None = None) -> EventRecord:
-        attributes = {str(k): str(v) for k, v in with_actor(attributes).items()}
+        attributes = event_attributes(attributes)
         origin: uuid.UUID | None = None  # the first copy's id, on every later copy
         for attempt in range(EVENT_APPEND_ATTEMPTS):
             event_id = uuid_from_time(self.clock())  # random node + clock sequence: unique across writers
@@ -1562,6 +1797,20 @@ class CassandraStore(Store):
             while self._sighted and next(iter(self._sighted.values())) < now - COPY_HORIZON_S:
                 self._late.discard(self._sighted.popitem(last=False)[0])
 
+    def restore_events(self, events: Sequence[EventRecord]) -> None:
+        rows = []
+        for event in events:
+            digest = hashlib.sha256((event.origin or event.cursor).encode()).digest()
+            event_id = uuid_from_time(event.create_time, node=int.from_bytes(digest[:6], "big"),
+                                      clock_seq=int.from_bytes(digest[6:8], "big") & 0x3FFF)
+            bucket = _bucket(event_id)
+            if bucket not in self._known_buckets:
+                self._run("INSERT INTO {ks}.event_buckets (shard, bucket) VALUES (0, ?)", (bucket,))
+                self._known_buckets.add(bucket)
+            rows.append((bucket, event_id, event.type, event.subject, dict(event.attributes)))
+        self._execute_all(self._batches("INSERT INTO {ks}.events_by_minute (bucket, id, type, subject, attributes) "
+                                        "VALUES (?, ?, ?, ?, ?)", rows, partition=lambda row: row[0]))
+
     def compact_events(self, before: float) -> int:
         # Whole minute partitions only: one that also holds newer events waits for the next run.
         buckets = [row.bucket for row in self._run(
@@ -1620,25 +1869,36 @@ class CassandraStore(Store):
         for shard in dict.fromkeys([*prefer, *range(start, shards), *range(start)]):
             row = held.get(shard)
             if row is None:
-                claimed = self._run("INSERT INTO {ks}.work_shards (job, shard, owner, lease_until, faces, done) "
-                                    "VALUES (?, ?, ?, ?, 0, false) IF NOT EXISTS", (job, shard, owner, lease_until))
+                claimed = self._cas("INSERT INTO {ks}.work_shards (job, shard, owner, lease_until, faces, done) "
+                                    "VALUES (?, ?, ?, ?, 0, false) IF NOT EXISTS", (job, shard, owner, lease_until),
+                                    *self._shard_is(job, shard, owner, lease_until))
             elif not row.done and row.lease_until < now:  # its holder stopped renewing: take it over
-                claimed = self._run("UPDATE {ks}.work_shards SET owner = ?, lease_until = ?, faces = 0 "
+                claimed = self._cas("UPDATE {ks}.work_shards SET owner = ?, lease_until = ?, faces = 0 "
                                     "WHERE job = ? AND shard = ? IF owner = ? AND lease_until = ?",
-                                    (owner, lease_until, job, shard, row.owner, row.lease_until))
+                                    (owner, lease_until, job, shard, row.owner, row.lease_until),
+                                    *self._shard_is(job, shard, owner, lease_until))
             else:
                 continue
-            if claimed.was_applied:
+            if claimed:
                 return ShardRecord(job, shard, owner, lease_until)
         return None
 
+    def _shard_is(self, job: str, shard: int, owner: str, lease_until: float | None = None, done: bool = False
+                  ) -> tuple[str, tuple, Callable[[object], bool]]:
+        """_cas's settling read of a shard row: held by `owner` (until `lease_until`), done or not."""
+        return ("SELECT owner, lease_until, done FROM {ks}.work_shards WHERE job = ? AND shard = ?", (job, shard),
+                lambda row: row.owner == owner and row.done == done
+                and (lease_until is None or row.lease_until == lease_until))
+
     def renew_shard(self, job: str, shard: int, owner: str, lease_until: float, faces: int) -> bool:
-        return self._run("UPDATE {ks}.work_shards SET lease_until = ?, faces = ? WHERE job = ? AND shard = ? "
-                         "IF owner = ? AND done = false", (lease_until, faces, job, shard, owner)).was_applied
+        return self._cas("UPDATE {ks}.work_shards SET lease_until = ?, faces = ? WHERE job = ? AND shard = ? "
+                         "IF owner = ? AND done = false", (lease_until, faces, job, shard, owner),
+                         *self._shard_is(job, shard, owner, lease_until))
 
     def finish_shard(self, job: str, shard: int, owner: str, faces: int) -> bool:
-        return self._run("UPDATE {ks}.work_shards SET done = true, faces = ? WHERE job = ? AND shard = ? "
-                         "IF owner = ? AND done = false", (faces, job, shard, owner)).was_applied
+        return self._cas("UPDATE {ks}.work_shards SET done = true, faces = ? WHERE job = ? AND shard = ? "
+                         "IF owner = ? AND done = false", (faces, job, shard, owner),
+                         *self._shard_is(job, shard, owner, done=True))
 
     def job_shards(self, job: str) -> list[ShardRecord]:
         rows = self._run("SELECT job, shard, owner, lease_until, faces, done FROM {ks}.work_shards "
@@ -1646,8 +1906,10 @@ class CassandraStore(Store):
         return [ShardRecord(row.job, row.shard, row.owner, row.lease_until, row.faces, row.done) for row in rows]
 
     def complete_job(self, job: str) -> bool:
-        return self._run("INSERT INTO {ks}.work_shards (job, shard, owner, lease_until, faces, done) "
-                         "VALUES (?, -1, '', 0, 0, true) IF NOT EXISTS", (job,)).was_applied  # shard -1: announced
+        announcer = uuid.uuid4().hex  # shard -1's owner: tells this caller's announcement from another's
+        return self._cas("INSERT INTO {ks}.work_shards (job, shard, owner, lease_until, faces, done) "
+                         "VALUES (?, -1, ?, 0, 0, true) IF NOT EXISTS", (job, announcer),
+                         *self._shard_is(job, -1, announcer, done=True))
 
     # ---- meta --------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

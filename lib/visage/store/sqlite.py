@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visage.auth.identity import with_actor
+from visage.datadir import private_sqlite
 from visage.store.base import (
     ACTIVE_VERSION_KEY,
     WITHDRAWN_REASON,
@@ -30,9 +30,9 @@ from visage.store.base import (
     changed_rows,
     unknown_verdict,
     check_prediction_columns,
+    event_attributes,
     face_id_bounds,
     translate_errors,
-    withdraw_candidates,
 )
 from visage.store.records import (
     Erasure,
@@ -174,7 +174,7 @@ def _store_error(error: Exception) -> StoreError | None:
 class SqliteStore(Store):
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(self.path)  # directory 0700, database 0600 (its -wal and -shm take that mode)
         self._local = threading.local()
         self._all_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -187,6 +187,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
             conn.execute("PRAGMA foreign_keys=OFF")
+            conn.execute("PRAGMA secure_delete=ON")  # deleted content is overwritten with zeros (erasure)
             self._local.conn = conn
             with self._lock:
                 self._all_connections.append(conn)
@@ -194,8 +195,12 @@ class SqliteStore(Store):
 
     @contextmanager
     def _tx(self):
-        """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
+        """A write transaction that takes the write lock up front (no upgrade deadlocks).
+        Reentrant: inside atomic() (a domain rule), every write joins the one transaction."""
         conn = self._conn()
+        if conn.in_transaction:
+            yield conn
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -203,6 +208,11 @@ class SqliteStore(Store):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def atomic(self):
+        with self._tx():
+            yield
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         return self._conn().execute(sql, args).fetchall()
@@ -226,6 +236,26 @@ class SqliteStore(Store):
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
 
+    def checkpoint(self) -> None:
+        """Copies the WAL into the database and truncates it: with secure_delete, what an
+        erasure deleted is then zeros in both files, not old frames in the WAL (issue 25)."""
+        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def delete_image(self, image_id: str) -> Erasure:
+        erasure = super().delete_image(image_id)
+        self.checkpoint()
+        return erasure
+
+    def delete_face(self, face_id: str) -> Erasure:
+        erasure = super().delete_face(face_id)
+        self.checkpoint()
+        return erasure
+
+    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
+        erasure = super().delete_persona(persona_id, erase_faces)
+        self.checkpoint()
+        return erasure
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all_connections:
@@ -235,7 +265,7 @@ class SqliteStore(Store):
 
     @staticmethod
     def _append(conn: sqlite3.Connection, type: int, subject: str, attributes: dict | None = None) -> EventRecord:
-        attributes = {k: str(v) for k, v in with_actor(attributes).items()}
+        attributes = event_attributes(attributes)
         created = now()
         cur = conn.execute(
             "INSERT INTO events (type, subject, attributes, create_time) VALUES (?, ?, ?, ?)",
@@ -269,59 +299,46 @@ class SqliteStore(Store):
             self._append(conn, pb.EVENT_TYPE_PERSONA_RENAMED, persona_id)  # ids only: no name in the log
         return self.get_persona(persona_id)
 
-    def delete_persona(self, persona_id: str, erase_faces: bool = False) -> Erasure:
-        with self._tx() as conn:  # one transaction: all of it or nothing
-            cur = conn.execute("DELETE FROM personas WHERE persona_id = ?", (persona_id,))
-            if cur.rowcount == 0:
-                raise NotFound(f"persona {persona_id!r} not found")
-            erasure = Erasure(persona_ids=[persona_id])
-            if erase_faces:
-                image_ids = [row[0] for row in conn.execute(
-                    "SELECT DISTINCT faces.image_id FROM labels JOIN faces ON faces.face_id = labels.face_id "
-                    "WHERE labels.persona_id = ? AND labels.verdict = ?", (persona_id, pb.VERDICT_BELONGS))]
-                erasure = erasure.merge(self._erase_images(conn, image_ids))
-            labelled = [row[0] for row in conn.execute("SELECT face_id FROM labels WHERE persona_id = ?",
-                                                       (persona_id,))]
-            conn.execute("DELETE FROM labels WHERE persona_id = ?", (persona_id,))
-            self._sync_unknown(conn, labelled)
-            self._drop_verdicts_naming(conn, [persona_id])
-            conn.execute("DELETE FROM hidden WHERE kind = 'persona' AND item_id = ?", (persona_id,))
-            erasure.withdrawn_versions += [v for v in self._withdraw_naming(conn, [persona_id])
-                                           if v not in erasure.withdrawn_versions]
-            conn.execute("DELETE FROM events WHERE subject = ? OR json_extract(attributes, '$.persona_id') = ?",
-                         (persona_id, persona_id))
-            self._append(conn, pb.EVENT_TYPE_PERSONA_DELETED, persona_id)
-            self._append(conn, pb.EVENT_TYPE_ERASED, persona_id, erasure.event_attributes())
-        return erasure
-
-    # ---- erasure -----------------------------------------------------------
-    def delete_image(self, image_id: str) -> Erasure:
+    def drop_persona_row(self, persona_id: str) -> None:
         with self._tx() as conn:
-            if not conn.execute("SELECT 1 FROM images WHERE image_id = ?", (image_id,)).fetchone():
-                raise NotFound(f"image {image_id!r} not found")
-            erasure = self._erase_images(conn, [image_id])
-            self._append(conn, pb.EVENT_TYPE_ERASED, image_id, erasure.event_attributes())
-        return erasure
+            conn.execute("DELETE FROM personas WHERE persona_id = ?", (persona_id,))
 
-    def delete_face(self, face_id: str) -> Erasure:
+    # ---- restore primitives (visage.store.archive) ------------------------------
+    def restore_persona(self, persona: PersonaRecord) -> None:
         with self._tx() as conn:
-            row = conn.execute("SELECT image_id FROM faces WHERE face_id = ?", (face_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"face {face_id!r} not found")
-            erasure = self._erase_faces(conn, [face_id])
-            conn.execute("UPDATE images SET face_count = (SELECT COUNT(*) FROM faces WHERE image_id = ?) "
-                         "WHERE image_id = ?", (row[0], row[0]))
-            self._append(conn, pb.EVENT_TYPE_ERASED, face_id, erasure.event_attributes())
-        return erasure
+            conn.execute("INSERT OR REPLACE INTO personas VALUES (?, ?, ?, ?)",
+                         (persona.persona_id, persona.display_name, persona.create_time, persona.update_time))
 
+    def restore_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.face_id, f.image_id, f.index, json.dumps(list(f.box)), json.dumps(f.landmarks),
+                  embedding_to_bytes(f.embedding), f.crop_jpeg, f.create_time) for f in faces])
+            conn.execute("INSERT OR REPLACE INTO image_content VALUES (?, ?)", (image.image_id, content))
+            conn.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (image.image_id, image.filename, image.content_type, image.width, image.height,
+                          image.size_bytes, image.face_count, image.status, image.create_time))
+            self._sync_unknown(conn, [f.face_id for f in faces])
+
+    def restore_hidden(self, kind: str, item_ids: Sequence[str]) -> None:
+        with self._tx() as conn:
+            conn.executemany("INSERT OR IGNORE INTO hidden VALUES (?, ?)", [(kind, i) for i in item_ids])
+
+    # ---- erasure primitives (the cascade: visage.store.domain) ----------------
     @staticmethod
     def _execute_in(conn: sqlite3.Connection, sql: str, ids: Sequence[str]) -> list[tuple]:
         """`sql` (with `{marks}` for an `IN (...)` list) for many ids, MAX_VARIABLES at a time."""
+        ids = list(ids)
         rows: list[tuple] = []
         for start in range(0, len(ids), MAX_VARIABLES):
             chunk = ids[start:start + MAX_VARIABLES]
             rows += conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
         return rows
+
+    def _delete_in(self, sql: str, ids: Sequence[str]) -> None:
+        with self._tx() as conn:
+            self._execute_in(conn, sql, ids)
 
     def _sync_unknown(self, conn: sqlite3.Connection, face_ids: Iterable[str]) -> None:
         """Re-decides these faces' rows of the unknown-faces index from what the
@@ -331,39 +348,65 @@ class SqliteStore(Store):
         self._execute_in(conn, "INSERT INTO unknown_faces " + UNKNOWN_FACES_OF.format(where="f.face_id IN ({marks})"),
                          face_ids)
 
-    def _erase_images(self, conn: sqlite3.Connection, image_ids: list[str]) -> Erasure:
-        face_ids = [row[0] for row in self._execute_in(conn, "SELECT face_id FROM faces WHERE image_id IN ({marks})",
-                                                       image_ids)]
-        erasure = self._erase_faces(conn, face_ids)
-        for table in ("image_content", "images"):
-            self._execute_in(conn, f"DELETE FROM {table} WHERE image_id IN ({{marks}})", image_ids)
-        self._execute_in(conn, "DELETE FROM events WHERE subject IN ({marks})", image_ids)
-        erasure.image_ids = list(image_ids)
-        return erasure
+    def existing_faces(self, face_ids: Iterable[str]) -> set[str]:
+        return {row[0] for row in self._query_in("SELECT face_id FROM faces WHERE face_id IN ({marks})", face_ids)}
 
-    def _erase_faces(self, conn: sqlite3.Connection, face_ids: list[str]) -> Erasure:
-        persona_ids = sorted({row[0] for row in self._execute_in(
-            conn, "SELECT persona_id FROM labels WHERE face_id IN ({marks})", face_ids)})
-        for table in ("labels", "predictions", "faces", "unknown_faces"):
-            self._execute_in(conn, f"DELETE FROM {table} WHERE face_id IN ({{marks}})", face_ids)
-        self._execute_in(conn, "DELETE FROM hidden WHERE kind = 'face' AND item_id IN ({marks})", face_ids)
-        self._execute_in(conn, "DELETE FROM events WHERE subject IN ({marks})", face_ids)
-        return Erasure(face_ids=list(face_ids), persona_ids=persona_ids,
-                       withdrawn_versions=self._withdraw_naming(conn, persona_ids))
+    def face_ids_of_images(self, image_ids: Sequence[str]) -> list[str]:
+        return [row[0] for row in self._query_in("SELECT face_id FROM faces WHERE image_id IN ({marks}) "
+                                                 "ORDER BY image_id, idx", image_ids)]
 
-    def _drop_verdicts_naming(self, conn: sqlite3.Connection, persona_ids: list[str]) -> None:
-        """Deletes the stored verdicts naming these (deleted) personas: their faces are unknown
-        until a version trained on what remains decides them again."""
-        face_ids = [row[0] for row in self._execute_in(
-            conn, "SELECT face_id FROM predictions WHERE persona_id IN ({marks})", persona_ids)]
-        self._execute_in(conn, "DELETE FROM predictions WHERE face_id IN ({marks})", face_ids)
-        self._sync_unknown(conn, face_ids)
+    def recount_faces(self, image_id: str, erased: Sequence[str]) -> None:
+        with self._tx() as conn:
+            kept = [row[0] for row in conn.execute("SELECT face_id FROM faces WHERE image_id = ?", (image_id,))
+                    if row[0] not in set(erased)]
+            conn.execute("UPDATE images SET face_count = ? WHERE image_id = ?", (len(kept), image_id))
 
-    def _withdraw_naming(self, conn: sqlite3.Connection, persona_ids: list[str]) -> list[int]:
-        if not persona_ids:
-            return []
-        versions = [self._version(row) for row in conn.execute("SELECT * FROM model_versions")]
-        return self._withdraw(conn, withdraw_candidates(versions, persona_ids))
+    def drop_face_details(self, face_ids: Sequence[str]) -> None:
+        pass  # a face's crop and place live in its row here (drop_face_rows)
+
+    def drop_face_rows(self, face_ids: Sequence[str]) -> None:
+        self._delete_in("DELETE FROM faces WHERE face_id IN ({marks})", face_ids)
+
+    def drop_image_content(self, image_ids: Sequence[str]) -> None:
+        self._delete_in("DELETE FROM image_content WHERE image_id IN ({marks})", image_ids)
+
+    def drop_image_rows(self, image_ids: Sequence[str]) -> None:
+        self._delete_in("DELETE FROM images WHERE image_id IN ({marks})", image_ids)
+
+    def drop_hidden(self, kind: str, item_ids: Sequence[str]) -> None:
+        with self._tx() as conn:
+            conn.executemany("DELETE FROM hidden WHERE kind = ? AND item_id = ?", [(kind, i) for i in item_ids])
+
+    def personas_labelling(self, face_ids: Sequence[str]) -> set[str]:
+        return {row[0] for row in self._query_in("SELECT persona_id FROM labels WHERE face_id IN ({marks})", face_ids)}
+
+    def drop_labels_of_faces(self, face_ids: Sequence[str]) -> None:
+        self._delete_in("DELETE FROM labels WHERE face_id IN ({marks})", face_ids)
+
+    def drop_labels_of_persona(self, persona_id: str) -> None:
+        with self._tx() as conn:
+            labelled = [row[0] for row in conn.execute("SELECT face_id FROM labels WHERE persona_id = ?",
+                                                       (persona_id,))]
+            conn.execute("DELETE FROM labels WHERE persona_id = ?", (persona_id,))
+            self._sync_unknown(conn, labelled)
+
+    def drop_predictions_of_faces(self, face_ids: Sequence[str]) -> None:
+        with self._tx() as conn:
+            for table in ("predictions", "unknown_faces"):
+                self._execute_in(conn, f"DELETE FROM {table} WHERE face_id IN ({{marks}})", face_ids)
+
+    def drop_verdicts_naming(self, persona_ids: Sequence[str]) -> None:
+        with self._tx() as conn:
+            face_ids = [row[0] for row in self._execute_in(
+                conn, "SELECT face_id FROM predictions WHERE persona_id IN ({marks})", persona_ids)]
+            self._execute_in(conn, "DELETE FROM predictions WHERE face_id IN ({marks})", face_ids)
+            self._sync_unknown(conn, face_ids)
+
+    def forget_events(self, subjects: set[str], persona_ids: set[str] = frozenset(), since: float = 0.0) -> None:
+        with self._tx() as conn:
+            self._execute_in(conn, "DELETE FROM events WHERE subject IN ({marks})", sorted(subjects))
+            self._execute_in(conn, "DELETE FROM events WHERE json_extract(attributes, '$.persona_id') IN ({marks})",
+                             sorted(persona_ids))
 
     @staticmethod
     def _withdraw(conn: sqlite3.Connection, versions: list[ModelVersionRecord]) -> list[int]:
@@ -457,37 +500,20 @@ class SqliteStore(Store):
             yield ids, matrix
 
     # ---- labels ----------------------------------------------------------
-    def put_label(self, label: LabelRecord) -> None:
+    def write_label(self, label: LabelRecord) -> None:
         with self._tx() as conn:
-            self._put_label(conn, label)
+            if label.verdict == pb.VERDICT_BELONGS:
+                conn.execute("DELETE FROM labels WHERE face_id = ? AND verdict = ? AND persona_id != ?",
+                             (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
+            conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
+                         (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
+            self._sync_unknown(conn, [label.face_id])
 
-    def _put_label(self, conn: sqlite3.Connection, label: LabelRecord) -> None:
-        if not conn.execute("SELECT 1 FROM faces WHERE face_id = ?", (label.face_id,)).fetchone():
-            raise NotFound(f"face {label.face_id!r} not found")
-        if not conn.execute("SELECT 1 FROM personas WHERE persona_id = ?", (label.persona_id,)).fetchone():
-            raise NotFound(f"persona {label.persona_id!r} not found")
-        if label.verdict == pb.VERDICT_BELONGS:
-            conn.execute("DELETE FROM labels WHERE face_id = ? AND verdict = ? AND persona_id != ?",
-                         (label.face_id, pb.VERDICT_BELONGS, label.persona_id))
-        conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
-                     (label.face_id, label.persona_id, label.verdict, label.labelled_by, label.create_time))
-        self._sync_unknown(conn, [label.face_id])
-        self._append(conn, pb.EVENT_TYPE_FACE_LABELLED, label.face_id,
-                     {"persona_id": label.persona_id, "verdict": pb.Verdict.Name(label.verdict)})
-
-    def delete_label(self, face_id: str, persona_id: str) -> bool:
+    def remove_label(self, face_id: str, persona_id: str) -> bool:
         with self._tx() as conn:
             cur = conn.execute("DELETE FROM labels WHERE face_id = ? AND persona_id = ?", (face_id, persona_id))
-            if cur.rowcount:
-                self._sync_unknown(conn, [face_id])
-                self._append(conn, pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
+            self._sync_unknown(conn, [face_id])
             return cur.rowcount > 0
-
-    def put_labels(self, labels: Sequence[LabelRecord]) -> None:
-        """All in one transaction: every label or none."""
-        with self._tx() as conn:
-            for label in labels:
-                self._put_label(conn, label)
 
     def set_hidden(self, kind: str, item_id: str, hidden: bool) -> None:
         table, column = _HIDDEN_TABLES[kind]
@@ -683,6 +709,19 @@ class SqliteStore(Store):
         value = self.get_meta(ACTIVE_VERSION_KEY)
         return self.get_model_version(int(value)) if value else None
 
+    def restore_model_version(self, record: ModelVersionRecord, artifact: bytes | None) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM model_artifacts WHERE version = ?", (record.version,))
+            if artifact is not None:
+                conn.execute("INSERT INTO model_artifacts VALUES (?, ?)", (record.version, artifact))
+            conn.execute(
+                "INSERT OR REPLACE INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.version, record.state, record.algorithm, record.unknown_threshold,
+                 json.dumps(record.persona_ids), json.dumps(record.metrics), json.dumps(record.lineage),
+                 record.gate_reason, record.create_time, record.activate_time))
+            if record.state == pb.MODEL_STATE_ACTIVE:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (ACTIVE_VERSION_KEY, str(record.version)))
+
     # ---- training jobs ---------------------------------------------------
     def put_training_job(self, job: TrainingJobRecord) -> None:
         with self._tx() as conn:
@@ -711,6 +750,11 @@ class SqliteStore(Store):
     def latest_cursor(self) -> str:
         seq = self._query("SELECT MAX(seq) FROM events")[0][0]
         return _cursor(seq) if seq else ""
+
+    def restore_events(self, events: Sequence[EventRecord]) -> None:
+        with self._tx() as conn:
+            conn.executemany("INSERT INTO events (type, subject, attributes, create_time) VALUES (?, ?, ?, ?)",
+                             [(e.type, e.subject, json.dumps(e.attributes), e.create_time) for e in events])
 
     def compact_events(self, before: float) -> int:
         with self._tx() as conn:  # AUTOINCREMENT: removed sequence numbers are never reused
