@@ -14,7 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from bench.bench_store import FACES_PER_IMAGE, WRITER_THREADS, on_cassandra, on_sqlite, synthetic_images
+from bench.bench_store import (
+    FACES_PER_IMAGE,
+    NODES,
+    WRITER_THREADS,
+    on_cassandra,
+    on_cluster,
+    on_sqlite,
+    synthetic_images,
+)
 from visage.store.base import Store
 from visage.store.records import LabelRecord, ModelVersionRecord
 from visage.v1 import resources_pb2 as pb
@@ -72,17 +80,22 @@ def measure(name: str, store: Store) -> dict:
 
 
 def main() -> None:
+    """SQLite and the single node; with `python -m bench erasure --nodes 3` also the 3-node
+    cluster (replication factor 3, the same cores), side by side."""
     sqlite, cassandra = on_sqlite(measure), on_cassandra(measure, "visage_bench_erasure")
+    cluster = on_cluster(NODES, measure) if NODES > 1 else None
     print(f"\nerasure with {FACES} faces stored ({FACES_PER_IMAGE}/image, all predicted), {os.cpu_count()} cores")
-    print(f"{'operation':<64}{'target s':>9}{'sqlite s':>10}{'/target':>9}{'cassandra s':>13}{'/target':>9}")
+    print(f"{'operation':<64}{'target s':>9}{'sqlite s':>10}{'/target':>9}{'cassandra s':>13}{'/target':>9}"
+          + (f"{f'{NODES} nodes s':>13}{'/target':>9}" if NODES > 1 else ""))
     rows = [(f"erase one image (median of {IMAGE_ERASURES})", "image"),
             (f"erase a persona, {PERSONA_FACES} labelled faces + images ({sqlite['persona_faces']} faces)",
              "persona")]
     for label, key in rows:
         target = TARGETS_S[key]
-        c = f"{cassandra[key]:.3f}" if cassandra else "n/a"
-        c_ratio = f"{cassandra[key] / target:.2f}" if cassandra else "n/a"
-        print(f"{label:<64}{target:>9.1f}{sqlite[key]:>10.4f}{sqlite[key] / target:>9.2f}{c:>13}{c_ratio:>9}")
-    slowest_cassandra = f"{cassandra['image_max']:.3f}" if cassandra else "n/a"
-    print(f"{'  slowest single-image erasure':<64}{'':>9}{sqlite['image_max']:>10.4f}{'':>9}"
-          f"{slowest_cassandra:>13}")
+        line = f"{label:<64}{target:>9.1f}{sqlite[key]:>10.4f}{sqlite[key] / target:>9.2f}"
+        for result in [cassandra] + ([cluster] if NODES > 1 else []):
+            line += (f"{result[key]:>13.3f}{result[key] / target:>9.2f}" if result else f"{'n/a':>13}{'n/a':>9}")
+        print(line)
+    slowest = "".join(f"{result['image_max']:>13.3f}{'':>9}" if result else f"{'n/a':>13}{'':>9}"
+                      for result in [cassandra] + ([cluster] if NODES > 1 else []))
+    print(f"{'  slowest single-image erasure':<64}{'':>9}{sqlite['image_max']:>10.4f}{'':>9}{slowest}")

@@ -188,24 +188,27 @@ def test_labels_lead_by_links_to_training_then_to_the_reclassification(traced):
                 assert status == 200
     finally:
         store.close()
-    training = collector.wait_for(lambda s: s.name == "visage.training" and s.attributes.get("visage.activated") is True,
-                                  "of a training job that activated a version")
-    # It links to the requests whose label (and persona) events it trained on.
+    # Labels arriving while a version trains may start another training, whose activation supersedes
+    # the first one's re-classification (that run ends RUNNING): follow the chain back from the
+    # run that completed.
+    run = collector.wait_for(lambda s: s.name == "visage.reclassify"
+                             and s.attributes.get("visage.state") == "RECLASSIFY_STATE_SUCCEEDED",
+                             "of a re-classification run that completed")
+    # The run is a child of the classifier's handling of MODEL_VERSION_ACTIVATED ...
+    handled = collector.wait_for(lambda s: s.span_id == run.parent_span_id, "of the handling that started the run")
+    assert handled.name == "visage.classifier EVENT_TYPE_MODEL_VERSION_ACTIVATED"
+    assert run.trace_id == handled.trace_id and run.service == "visage-classifier"
+    # ... which links to the training span the event was appended in ...
+    training = collector.wait_for(lambda s: s.name == "visage.training" and (s.trace_id, s.span_id) in handled.links,
+                                  "of the training job that activated the version")
+    assert training.attributes.get("visage.activated") is True
+    assert run.attributes["visage.model_version"] == training.attributes["visage.model_version"]
+    # ... which links to the requests whose label (and persona) events it trained on.
     linked = [collector.wait_for(lambda s, link=link: (s.trace_id, s.span_id) == link, f"linked as {link}")
               for link in training.links]
     assert "/visage.v1.QueryService/LabelFace" in {span.name for span in linked}
     assert {span.name for span in linked} <= {f"/visage.v1.QueryService/{method}" for method in
                                               ("LabelFace", "CreatePersona", "DeletePersona")}
-    # MODEL_VERSION_ACTIVATED was appended inside the training span: the classifier's handling links to it,
-    # and the re-classification run is a child of that handling.
-    handled = collector.wait_for(lambda s: s.name == "visage.classifier EVENT_TYPE_MODEL_VERSION_ACTIVATED"
-                                 and (training.trace_id, training.span_id) in s.links,
-                                 "of the classifier handling the activation")
-    run = collector.wait_for(lambda s: s.name == "visage.reclassify" and s.parent_span_id == handled.span_id,
-                             "of the re-classification run")
-    assert run.trace_id == handled.trace_id and run.service == "visage-classifier"
-    assert run.attributes["visage.model_version"] == training.attributes["visage.model_version"]
-    assert run.attributes["visage.state"] == "RECLASSIFY_STATE_SUCCEEDED"
 
 
 def test_a_cli_call_is_a_client_span_with_the_service_span_its_child(traced):
