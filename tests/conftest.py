@@ -165,11 +165,16 @@ def cassandra_session_keyspace():
         socket.create_connection(("127.0.0.1", CASSANDRA_PORT), timeout=2).close()
     except OSError:
         _cassandra_unavailable(f"no Cassandra answers on 127.0.0.1:{CASSANDRA_PORT}")
+    yield from migrated_keyspace(CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
+                                                 keyspace=f"visage_test_{uuid_module.uuid4().hex[:12]}",
+                                                 connect_timeout_seconds=CASSANDRA_CONNECT_TIMEOUT_S))
+
+
+def migrated_keyspace(config):
+    """Yields (config, admin store) for the keyspace `config` names, migrated; drops it afterwards
+    (the body of every `cassandra_session_keyspace` fixture: the single node's, the cluster's)."""
     from visage.store.cassandra import CassandraStore
 
-    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
-                             keyspace=f"visage_test_{uuid_module.uuid4().hex[:12]}",
-                             connect_timeout_seconds=CASSANDRA_CONNECT_TIMEOUT_S)
     admin = CassandraStore(config)
     admin.migrate()
     yield config, admin

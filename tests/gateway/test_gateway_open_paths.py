@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage import metrics
+from tests.reflection_stream import OpenReflectionRequests
 from tests.waiting import wait_until
 
 HANG_GUARD_SECONDS = 240
@@ -73,24 +74,6 @@ def test_1000_sse_watches_opened_and_closed_through_envoy_leave_no_threads(gatew
     assert gateway.request("GET", "/v1/personas")[0] == 200
 
 
-class _OpenRequests:
-    """A reflection request stream: one request, then open until closed."""
-
-    def __init__(self) -> None:
-        import queue
-
-        from grpc_reflection.v1alpha import reflection_pb2
-        self._queue: queue.Queue = queue.Queue()
-        self._queue.put(reflection_pb2.ServerReflectionRequest(list_services=""))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def __iter__(self):
-        while (item := self._queue.get()) is not None:
-            yield item
-
-
 def open_reflection_streams(port: int, plain_channel, headers_for) -> tuple[list, list]:
     """Tries 8 reflection streams through Envoy (the n-th with headers_for(n)); returns (opened, refused)."""
     from grpc_reflection.v1alpha import reflection_pb2_grpc
@@ -100,7 +83,7 @@ def open_reflection_streams(port: int, plain_channel, headers_for) -> tuple[list
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         try:
             for n in range(8):
-                requests = _OpenRequests()
+                requests = OpenReflectionRequests()
                 streams.append(requests)
                 call = stub.ServerReflectionInfo(iter(requests), metadata=(*headers_for(n), ("x-visage-service", "query")),
                                                  timeout=HANG_GUARD_SECONDS)

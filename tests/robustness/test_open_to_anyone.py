@@ -8,17 +8,17 @@ service (every cancellation woke every watcher on one shared condition).
 Waits are for conditions, with long hang guards; nothing asserts on time."""
 from __future__ import annotations
 
-import queue
 import threading
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from visage.config import Config
 from visage.store.sqlite import SqliteStore
 from visage.v1 import query_pb2, query_pb2_grpc
+from tests.reflection_stream import OpenReflectionRequests
 from tests.waiting import wait_until
 
 HANG_GUARD_SECONDS = 180
@@ -66,28 +66,13 @@ def test_anonymous_health_watches_take_no_stream_slot_and_no_thread(query_servic
                 watch.cancel()
 
 
-class _Requests:
-    """A reflection request stream that stays open until closed."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue()
-        self._queue.put(reflection_pb2.ServerReflectionRequest(list_services=""))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def __iter__(self):
-        while (item := self._queue.get()) is not None:
-            yield item
-
-
 def test_reflection_streams_have_their_own_budget_per_caller(query_service, plain_channel):
     with plain_channel(f"127.0.0.1:{query_service.port}") as anonymous:
         stub = reflection_pb2_grpc.ServerReflectionStub(anonymous)
         opened, refused, request_streams = [], [], []
         try:
             for _ in range(10):
-                requests = _Requests()
+                requests = OpenReflectionRequests()
                 request_streams.append(requests)
                 call = stub.ServerReflectionInfo(iter(requests), timeout=HANG_GUARD_SECONDS)
                 try:

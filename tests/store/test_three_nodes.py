@@ -38,7 +38,7 @@ import test_store_conformance
 import test_store_races
 from store_spec import spec_of
 from tests.mesh import test_replicas
-from tests.conftest import CASSANDRA_CONNECT_TIMEOUT_S, REPO, missing_prerequisite
+from tests.conftest import CASSANDRA_CONNECT_TIMEOUT_S, REPO, migrated_keyspace, missing_prerequisite
 from visage.config import CassandraConfig
 from visage.store.base import StoreUnavailable
 from visage.store.records import FaceRecord, ImageRecord, LabelRecord
@@ -144,16 +144,9 @@ def cassandra_session_keyspace(three_nodes):
     """Overrides tests/conftest.py's for this module: a keyspace of replication factor 3 on
     the cluster, migrated once, dropped at the end (tests/conftest.py's `cassandra_config`
     empties it before each test, as it does the single node's)."""
-    from visage.store.cassandra import CassandraStore
-
-    config = CassandraConfig(contact_points=HOSTS, port=CLUSTER_PORT, replication=REPLICATION,
-                             keyspace=f"visage_rf3_{uuid.uuid4().hex[:12]}",
-                             connect_timeout_seconds=CASSANDRA_CONNECT_TIMEOUT_S)
-    admin = CassandraStore(config)
-    admin.migrate()
-    yield config, admin
-    admin._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-    admin.close()
+    yield from migrated_keyspace(CassandraConfig(contact_points=HOSTS, port=CLUSTER_PORT, replication=REPLICATION,
+                                                 keyspace=f"visage_rf3_{uuid.uuid4().hex[:12]}",
+                                                 connect_timeout_seconds=CASSANDRA_CONNECT_TIMEOUT_S))
 
 
 @pytest.fixture

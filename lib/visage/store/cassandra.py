@@ -812,8 +812,9 @@ class CassandraStore(Store):
     def recount_faces(self, image_id: str, erased: Sequence[str]) -> None:
         if self.get_image(image_id) is None:  # an UPDATE of a missing row would create it
             return
+        erased = set(erased)
         kept = [row.face_id for row in self._run("SELECT face_id FROM {ks}.faces_by_image WHERE image_id = ?",
-                                                 (image_id,)) if row.face_id not in set(erased)]
+                                                 (image_id,)) if row.face_id not in erased]
         self._run("UPDATE {ks}.images SET face_count = ? WHERE image_id = ?", (len(kept), image_id))
 
     def drop_face_details(self, face_ids: Sequence[str]) -> None:

@@ -357,8 +357,9 @@ class SqliteStore(Store):
 
     def recount_faces(self, image_id: str, erased: Sequence[str]) -> None:
         with self._tx() as conn:
+            erased = set(erased)
             kept = [row[0] for row in conn.execute("SELECT face_id FROM faces WHERE image_id = ?", (image_id,))
-                    if row[0] not in set(erased)]
+                    if row[0] not in erased]
             conn.execute("UPDATE images SET face_count = ? WHERE image_id = ?", (len(kept), image_id))
 
     def drop_face_details(self, face_ids: Sequence[str]) -> None:
