@@ -1,5 +1,6 @@
 """`make bench`: runs every bench/bench_*.py script's main() in turn; each
-prints its own table (candidate vs the baseline its issue names, as ratios).
+prints its own table (candidate vs the baseline its issue names, as ratios);
+then build/bench/report.html (bench.report) shows the figures benches wrote, with plots.
 `python -m bench store ingest` runs only those. `python -m bench store --nodes 3`:
 the store bench on one Cassandra node vs a 3-node cluster instead (see bench_store)."""
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main(selected: list[str]) -> int:
             continue
         print(f"\n=== {name} ===", flush=True)
         importlib.import_module(f"bench.{name}").main()
+    from bench import report
+    if (page := report.write()) is not None:
+        print(f"\nreport with plots: {page}")
     return 0
 
 

@@ -5,9 +5,12 @@
 2. Decompression bombs: a victim's Classify p50 (REST through Envoy, its own
    caller address) idle vs while two other callers send bombs as fast as they
    are answered - a PNG whose header says 8000x8000 (over the pixel limit:
-   refused from the header) and a JPEG whose header claims 6000x6000 (under
-   the limit: decoded until its data runs out). Side by side: the gateway's
-   per-caller image rate limit on (the default) and off.
+   refused from the header), a 63 KB JPEG whose header claims 6000x6000
+   (too few bytes for its size: refused from the header since issue 25; it used
+   to be decoded until its data ran out) and a complete 6000x6000 JPEG (a
+   shared photo upscaled, 2 MB: under the limit, decoded and searched for
+   faces). Side by side: the gateway's per-caller image rate limit on (the
+   default) and off.
 Sizes: BENCH_ROBUSTNESS_CALLS unary calls per side (default 400),
 BENCH_ROBUSTNESS_VICTIM_CALLS victim calls per side (default 15),
 BENCH_ROBUSTNESS_ROUNDS alternating rounds of each comparison (default 3);
@@ -158,6 +161,14 @@ def forged_jpeg(width: int = 6000, height: int = 6000) -> bytes:
     return bytes(data)
 
 
+def large_jpeg(side: int = 6000) -> bytes:
+    """A complete side x side JPEG of a shared photo with two faces (upscaled): real work to decode and search."""
+    buffer = io.BytesIO()
+    Image.open(FACES_DIR / "scenes" / "two_people.jpg").convert("RGB").resize((side, side), Image.BICUBIC).save(
+        buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
 def classify_rest(port: int, source: str, body: bytes) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300, source_address=(source, 0))
     try:
@@ -215,7 +226,8 @@ def bombs(mesh, work_dir: Path) -> None:
     try:
         header("idle", "bombed")
         for bomb_name, bomb in (("PNG header 8000x8000 (over the limit)", png_bomb()),
-                                ("JPEG header claims 6000x6000 (under the limit)", forged_jpeg())):
+                                ("JPEG header claims 6000x6000, 63 KB of data", forged_jpeg()),
+                                ("JPEG 6000x6000, complete (2 MB, under the limit)", large_jpeg())):
             for setting, gateway in gateways.items():
                 idle, loaded, statuses = [], [], {}
                 for _ in range(ROUNDS):  # alternating: drift in the shared machine's load hits both sides alike

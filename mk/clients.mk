@@ -18,12 +18,15 @@ CLIENT_SOURCES             := clients/buf.gen.yaml clients/go/go.mod clients/go/
 client-tools: $(CLIENTS_CACHE)/bin/protoc-gen-go $(CLIENTS_CACHE)/bin/protoc-gen-go-grpc $(CLIENTS_CACHE)/npm/.installed
 
 $(CLIENTS_CACHE)/bin/protoc-gen-go:
+	@echo "==> protoc-gen-go from the Go module proxy (~1 min the first time)"
 	GOBIN=$(CLIENTS_CACHE)/bin GOFLAGS=-buildvcs=false go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 
 $(CLIENTS_CACHE)/bin/protoc-gen-go-grpc:
+	@echo "==> protoc-gen-go-grpc from the Go module proxy (~1 min the first time)"
 	GOBIN=$(CLIENTS_CACHE)/bin GOFLAGS=-buildvcs=false go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 $(CLIENTS_CACHE)/npm/.installed: clients/typescript/package.json clients/typescript/package-lock.json
+	@echo "==> protoc-gen-es, Connect and TypeScript from npm (~1 min the first time)"
 	mkdir -p $(CLIENTS_CACHE)/npm
 	cp clients/typescript/package.json clients/typescript/package-lock.json $(CLIENTS_CACHE)/npm/
 	cd $(CLIENTS_CACHE)/npm && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
@@ -32,6 +35,7 @@ $(CLIENTS_CACHE)/npm/.installed: clients/typescript/package.json clients/typescr
 # Generated code, the Go example (a binary) and the TypeScript example (strict tsc, then node).
 clients: $(CLIENTS_OUT)/.built
 $(CLIENTS_OUT)/.built: $(DESC) $(CLIENT_SOURCES) | client-tools
+	@echo "==> the Go and TypeScript clients into $(CLIENTS_OUT) (Go modules from the proxy; ~2 min the first time)"
 	rm -rf $(CLIENTS_OUT) && mkdir -p $(CLIENTS_OUT)/go $(CLIENTS_OUT)/typescript
 	PATH=$(CLIENTS_PATH) $(VENV)/bin/buf generate '$(DESC)#format=binpb' --template clients/buf.gen.yaml --path visage
 	cp clients/go/api.go.mod $(CLIENTS_OUT)/go/go.mod

@@ -7,13 +7,15 @@ KUSTOMIZE         := $(TOOLS)/bin/kustomize
 CHECKOV_VENV      := $(TOOLS)/checkov-venv
 OVERLAY           ?= dev
 
-.PHONY: deploy deploy-plan undeploy deploy-tools kustomize checkov kube-apiserver deploy-push
+.PHONY: deploy deploy-plan deploy-sign-in undeploy deploy-tools kustomize checkov kube-apiserver deploy-push
 
 $(KUSTOMIZE):
+	@echo "==> kustomize from the Go module proxy (~2 min the first time)"
 	mkdir -p $(TOOLS)/bin
 	GOBIN=$(TOOLS)/bin GOTOOLCHAIN=local go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 $(CHECKOV_VENV)/bin/checkov:
+	@echo "==> checkov into its own venv (~2 min the first time)"
 	python3.11 -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
 
@@ -29,8 +31,13 @@ deploy: gen openapi $(KUSTOMIZE)
 deploy-plan: gen openapi $(KUSTOMIZE)
 	$(PY) -m visage_deploy plan --overlay $(OVERLAY)
 
+# Asks before deleting a store holding faces; UNDEPLOY_FLAGS=--yes (scripts) or --keep-store.
 undeploy: $(STAMP)
-	$(PY) -m visage_deploy destroy
+	$(PY) -m visage_deploy destroy $(UNDEPLOY_FLAGS)
+
+# A new short-lived admin sign-in link (the local issuer's key is in Key Vault).
+deploy-sign-in: $(STAMP)
+	$(PY) -m visage_deploy sign-in --overlay $(OVERLAY)
 
 # A real kube-apiserver + etcd for tests/deploy, compiled from the Go module proxy
 # (scripts/kube/*/go.mod pin the versions). Cached in ~/.cache/visage/kube, outside

@@ -4,6 +4,7 @@
     python scripts/cassandra.py start    # start on 127.0.0.1:9142 (CQL); idempotent
     python scripts/cassandra.py stop     # SIGTERM (Cassandra drains), wait, SIGKILL only as a last resort
     python scripts/cassandra.py status   # prints the pid and port; exit 1 when not answering
+    python scripts/cassandra.py nodetool flush KEYSPACE   # nodetool against the single node (JMX on loopback)
 
 Data and logs live under build/cassandra/ (log: build/cassandra/logs/system.log).
 The CQL port is CQL_PORT below (env VISAGE_TEST_CASSANDRA_PORT overrides it); tests
@@ -51,6 +52,11 @@ LOG_DIR = HOME / "logs"
 HOST = "127.0.0.1"
 CQL_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))  # not 9042: leave a dev's own node alone
 STORAGE_PORT = CQL_PORT - 2000  # inter-node gossip port; unused by clients, must just be free
+# JMX (nodetool) of the single node, loopback only, no auth. The node starts without JMX (as Cassandra
+# does without cassandra-env.sh); `nodetool` turns the JDK's agent on in the running JVM (jcmd), so it
+# also works on a node started before this existed.
+JMX_PORT = CQL_PORT - 1800  # 7342: not the cluster's storage port (7242), nor a dev node's JMX (7199)
+NODETOOL_TIMEOUT_S = 600  # a hang guard: a flush or garbagecollect of a test keyspace takes seconds
 START_TIMEOUT_S = 240
 STOP_TIMEOUT_S = 90
 
@@ -233,6 +239,17 @@ LOGBACK_XML = """\
 </configuration>
 """
 
+# nodetool's own logging: warnings and errors only, to stderr.
+LOGBACK_TOOLS_XML = """\
+<configuration scan="false">
+  <appender name="STDERR" class="ch.qos.logback.core.ConsoleAppender">
+    <target>System.err</target>
+    <encoder><pattern>%-5level %msg%n</pattern></encoder>
+  </appender>
+  <root level="WARN"><appender-ref ref="STDERR"/></root>
+</configuration>
+"""
+
 
 # ---- fetch ----------------------------------------------------------------
 def fetch() -> int:
@@ -243,7 +260,8 @@ def fetch() -> int:
     LIB.mkdir(parents=True, exist_ok=True)
     for old in LIB.glob("*.jar"):  # a version change must not leave two cassandra-all jars
         old.unlink()
-    print("cassandra: resolving cassandra-all and its dependencies from Maven Central (mvn)...", flush=True)
+    print("==> cassandra: cassandra-all and its dependencies from Maven Central (mvn; ~3 min the first time)",
+          flush=True)  # "==> ": shown by scripts/logged.py
     subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
                     "-DincludeScope=runtime", f"-DoutputDirectory={LIB}"], check=True)
     marker.write_text(POM.read_text())
@@ -584,14 +602,44 @@ def kill_node(count: int, number: int) -> int:
     return 0 if running_pid(node) != pid else 1
 
 
+def jmx_listening() -> bool:
+    try:
+        with socket.create_connection((HOST, JMX_PORT), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def nodetool(arguments: list[str]) -> int:
+    """Runs nodetool (org.apache.cassandra.tools.NodeTool from the fetched jars) against the single node."""
+    pid = running_pid(SINGLE)
+    if not pid or not have_jars():
+        print("cassandra: not running; nodetool needs the node", file=sys.stderr)
+        return 1
+    if not jmx_listening():
+        subprocess.run(["jcmd", str(pid), "ManagementAgent.start", f"jmxremote.port={JMX_PORT}",
+                        f"jmxremote.rmi.port={JMX_PORT}", f"jmxremote.host={HOST}", "jmxremote.authenticate=false",
+                        "jmxremote.ssl=false"], check=True, stdout=subprocess.DEVNULL, timeout=NODETOOL_TIMEOUT_S)
+    (SINGLE.home / "conf/logback-tools.xml").write_text(LOGBACK_TOOLS_XML)
+    command = ["java", *JVM17_FLAGS, f"-Dlogback.configurationFile=file://{SINGLE.home / 'conf/logback-tools.xml'}",
+               f"-Duser.home={SINGLE.home}",  # nodetool keeps its history there
+               "-cp", ":".join(str(j) for j in sorted(LIB.glob("*.jar"))),
+               "org.apache.cassandra.tools.NodeTool", "-h", HOST, "-p", str(JMX_PORT), *arguments]
+    return subprocess.run(command, timeout=NODETOOL_TIMEOUT_S).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["fetch", "start", "stop", "status", "kill"])
+    parser.add_argument("command", choices=["fetch", "start", "stop", "status", "kill", "nodetool"])
     parser.add_argument("--cluster", type=int, metavar="N", help="the N-node cluster (127.0.0.1..N) instead")
     parser.add_argument("--node", type=int, metavar="I", help="kill: which node of the cluster (1..N)")
     parser.add_argument("--fresh", action="store_true",
                         help="start --cluster: when no node runs, remove their data first")
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()  # nodetool: its command and arguments follow
+    if args.command == "nodetool":
+        return nodetool(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "kill":
         if not args.cluster or not args.node:
             parser.error("kill needs --cluster N --node I")

@@ -82,8 +82,8 @@ def build(component: Component) -> Path:
     partial = component.path.with_suffix(".partial")
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": os.environ.get("GOFLAGS", "-mod=mod"),
            "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "auto")}  # fetches a newer Go from the proxy if go.mod needs one
-    print(f"{component.binary} {component.version}: building from the Go module proxy (first time only; "
-          "10-40 minutes on 2 cores) ...", flush=True)
+    print(f"==> {component.binary} {component.version}: building from the Go module proxy (once per machine; "
+          "~20 min, 10-40 minutes on 2 cores) ...", flush=True)  # "==> ": shown by scripts/logged.py
     started = time.monotonic()
     subprocess.run([go, "build", "-v", "-trimpath", "-ldflags", _ldflags(component), "-o", str(partial), "."],
                    cwd=component.module_dir, env=env, check=True)

@@ -9,7 +9,7 @@ import sys
 
 # Packages whose `cli` module registers subcommands, in help order.
 COMMAND_MODULES = ["visage_ingest.cli", "visage_trainer.cli", "visage_classifier.cli", "visage_query.cli",
-                   "visage.auth.cli"]
+                   "visage_ingest.faces_cli", "visage.auth.cli"]  # faces_cli joins visage_query.cli's `faces`
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,6 +155,14 @@ class Client:
                       ) -> Iterator[ingest_pb2.IngestImagesResponse]:
         return self.ingest.IngestImages(iter(items), timeout=timeout)
 
+    def add_face(self, image_id: str, box: tuple[int, int, int, int], persona_id: str = "", *,
+                 timeout: float | None = None) -> ingest_pb2.AddFaceResponse:
+        """A face the detector missed: `box` (left, top, right, bottom) drawn on a stored image."""
+        left, top, right, bottom = box
+        request = ingest_pb2.AddFaceRequest(image_id=image_id, persona_id=persona_id, box=resources_pb2.BoundingBox(
+            left=left, top=top, right=right, bottom=bottom))
+        return self.ingest.AddFace(request, timeout=self._t(timeout))
+
     # ---- TrainService: each takes its request message, or the request's fields ---
     def start_training(self, request: train_pb2.StartTrainingRequest | None = None, *,
                        timeout: float | None = None, **fields) -> resources_pb2.TrainingJob:
@@ -226,6 +234,11 @@ class Client:
                        timeout: float | None = None, **fields) -> empty_pb2.Empty:
         request = request or query_pb2.DeletePersonaRequest(**fields)
         return self.query.DeletePersona(request, timeout=self._t(timeout))
+
+    def erase_persona(self, request: query_pb2.ErasePersonaRequest | None = None, *,
+                      timeout: float | None = None, **fields) -> query_pb2.Erasure:
+        request = request or query_pb2.ErasePersonaRequest(**fields)
+        return self.query.ErasePersona(request, timeout=self._t(timeout))
 
     def list_persona_faces(self, request: query_pb2.ListPersonaFacesRequest | None = None, *,
                            timeout: float | None = None, **fields) -> query_pb2.ListPersonaFacesResponse:

@@ -233,6 +233,16 @@ class CassandraConfig(FromEnv):
     overload_retries: int = setting(
         "VISAGE_CASSANDRA_OVERLOAD_RETRIES", 8,
         "times a request the database refused as overloaded (Cosmos DB's 429) is sent again, after a backoff")
+    # Table options for erasure (visage.store.portable_cql): Cosmos DB refuses them (gc_grace_seconds
+    # must be 0 there, and it runs no compaction), so the store sets them only on Apache Cassandra.
+    backend: str = setting(
+        "VISAGE_CASSANDRA_BACKEND", "apache",
+        "`apache` (Apache Cassandra, Azure Managed Instance) or `cosmos` (Cosmos DB): which table options "
+        "the store sets", convert=str.lower)
+    erased_grace_seconds: int = setting(
+        "VISAGE_CASSANDRA_ERASED_GRACE_SECONDS", 10800,
+        "`gc_grace_seconds` of the tables holding photos, crops, embeddings, file names and persona names "
+        "(`apache` only; keep it at least the nodes' `max_hint_window`, 3 h by default)")
 
 
 @dataclass(frozen=True)
@@ -266,7 +276,9 @@ class FaceSettings(FromEnv):
     detect_max_side: int = setting(
         "VISAGE_DETECT_MAX_SIDE", 1600,
         "larger images are downscaled for detection (a large JPEG is decoded at 1/2, 1/4 or 1/8 while its long "
-        "side stays at least this) and charged by the pixels detection sees for fair admission; `0`: never")
+        "side stays at least this) and charged by the pixels detection sees for fair admission; when no face, or "
+        "only faces near the smallest that scale can see, are found there, detection runs again at full size; "
+        "`0`: never")
     # Decoded images above this many pixels are refused (decompression bombs).
     max_pixels: int = setting("VISAGE_MAX_IMAGE_PIXELS", 40_000_000,
                               "images whose header claims more pixels are refused before decoding; only JPEG, "
@@ -337,7 +349,11 @@ class GatewayConfig(FromEnv):
                                          "host names the gateway serves (others: 421)",
                                          shown="`127.0.0.1,localhost,[::1]`")
     tls_cert: str = setting("VISAGE_GATEWAY_TLS_CERT", "", "PEM certificate (with the key below): HTTPS + HSTS")
-    tls_key: str = setting("VISAGE_GATEWAY_TLS_KEY", "", "PEM key of that certificate")
+    tls_key: str = setting("VISAGE_GATEWAY_TLS_KEY", "", "PEM key of that certificate (may be the same file)")
+    redirect_port: int | None = setting("VISAGE_GATEWAY_REDIRECT_PORT", None,
+                                        "with TLS: a plain-http listener on this port that redirects every request "
+                                        "to https (port 443; `/healthz` answers for probes)",
+                                        shown="unset: none", what="a port number")
     cors_origins: tuple[str, ...] = setting("VISAGE_CORS_ORIGINS", (), "extra origins allowed to call `/v1`",
                                             shown="same-origin only")
     access_log: bool = setting("VISAGE_GATEWAY_ACCESS_LOG", True,
@@ -348,9 +364,8 @@ class GatewayConfig(FromEnv):
         "address (fair queueing, rate limits); `0`: the caller is the connection's peer, a client's header is ignored")
     image_calls_per_second: int = setting(
         "VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND", 4,
-        "image calls (Classify, ClassifyStream, VerifyFaces, FindSimilarFaces, IngestImage(s)) per second and "
-        "caller address through Envoy; "
-        "`0` turns the limit off")
+        "image calls (Classify, ClassifyStream, VerifyFaces, FindSimilarFaces, IngestImage(s), AddFace) per "
+        "second and caller address through Envoy; `0` turns the limit off")
     image_calls_burst: int | None = setting("VISAGE_GATEWAY_IMAGE_CALLS_BURST", None,
                                             "image calls a caller address may make at once",
                                             shown="2 × per second (at least 1)")
@@ -366,6 +381,38 @@ class GatewayConfig(FromEnv):
                                           shown="`build/visage.pb`")
     openapi_json: Path | None = setting("VISAGE_OPENAPI_JSON", None, "the document served at `/openapi.json`",
                                         shown="`build/openapi.json`")
+
+
+@dataclass(frozen=True)
+class UiSignInSettings(FromEnv):
+    """The UI's sign-in with the organisation's OpenID Connect provider (authorization code + PKCE);
+    the gateway serves them to the page in `/ui-config.json`. The tokens it gets must pass VISAGE_AUTH_*."""
+    client_id: str = setting("VISAGE_UI_OIDC_CLIENT_ID", "",
+                             "the UI's client id at the OpenID Connect provider (a public client / SPA whose "
+                             "redirect URI is the UI's address, e.g. `https://visage.example.org/`); set, the "
+                             "sign-in page offers *Sign in with …*", shown="unset: tokens are pasted or come in a "
+                             "sign-in link")
+    authority: str = setting("VISAGE_UI_OIDC_AUTHORITY", "",
+                             "the provider's URL (its `/.well-known/openid-configuration` is read by the browser); "
+                             "https, or http on a loopback name", shown="`$VISAGE_AUTH_ISSUER`")
+    scopes: str = setting("VISAGE_UI_OIDC_SCOPES", "openid profile offline_access",
+                          "scopes the UI asks for, separated by spaces; with Entra ID add the API's scope "
+                          "(`api://visage/.default`); `offline_access` gives a refresh token, which renews the "
+                          "access token without a page reload")
+    provider_name: str = setting("VISAGE_UI_OIDC_PROVIDER_NAME", "your organisation",
+                                 "shown on the sign-in button: *Sign in with …*")
+
+
+@dataclass(frozen=True)
+class RunSettings(FromEnv):
+    """What `make run` (visage.mesh) shows on the terminal and where its sign-in link leads."""
+    show_logs: bool = setting(
+        "VISAGE_RUN_SHOW_LOGS", False,
+        "`make run` shows every service's JSON log and Envoy's access log (a JSON line per request) on the "
+        "terminal; otherwise they go to `$VISAGE_DATA_DIR/logs/<service>.log` and the terminal shows a line per "
+        "service, then the sign-in link")
+    open_page: str = setting("VISAGE_RUN_OPEN", "/",
+                             "the UI page `make run`'s sign-in link opens, e.g. `/unknown` (*Unknown faces*)")
 
 
 @dataclass(frozen=True)
@@ -423,8 +470,10 @@ class Config(FromEnv):
     auth: AuthSettings = field(default_factory=AuthSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    ui_sign_in: UiSignInSettings = field(default_factory=UiSignInSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    run: RunSettings = field(default_factory=RunSettings)
 
     @property
     def sqlite_path(self) -> Path:

@@ -68,6 +68,9 @@ def face(record: FaceRecord, labels: list[LabelRecord] = (), prediction_record: 
     )
     if include_embedding:
         message.embedding.extend(record.embedding.tolist())
+    if record.drawn_by:
+        message.drawn_by = record.drawn_by
+        message.draw_time.CopyFrom(timestamp(record.create_time))
     if prediction_record is not None:
         message.prediction.CopyFrom(prediction(prediction_record))
     return message

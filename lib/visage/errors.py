@@ -32,10 +32,18 @@ import grpc
 from visage.auth.identity import RoleRequired
 from visage.auth.tokens import IssuerUnavailable, PermissionDenied, Unauthenticated
 from visage.faces.detectors import DetectorUnavailable
-from visage.faces.pipeline import ImageTooLarge, InvalidImage
+from visage.faces.pipeline import ImageTooLarge, InvalidImage, NotAFace
 from visage.faces.pool import WorkerCrashed
 from visage.paging import InvalidPageRequest
-from visage.store.base import NotFound, StoreConflict, StoreCorrupt, StoreError, StoreUnavailable, Withdrawn
+from visage.store.base import (
+    AlreadyExists,
+    NotFound,
+    StoreConflict,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    Withdrawn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +135,7 @@ def item_status(error: Exception, what: str) -> tuple[grpc.StatusCode, str]:
 for _kind, _code in [
     (StoreError, grpc.StatusCode.UNAVAILABLE),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Withdrawn, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreConflict, grpc.StatusCode.ABORTED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
@@ -138,6 +147,7 @@ for _kind, _code in [
     (InvalidPageRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidImage, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotAFace, grpc.StatusCode.INVALID_ARGUMENT),
     (DetectorUnavailable, grpc.StatusCode.UNAVAILABLE),  # a remote detector (Azure) is down: the caller may retry
     (WorkerCrashed, grpc.StatusCode.INTERNAL),
 ]:

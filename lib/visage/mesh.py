@@ -4,6 +4,11 @@ a bounded backoff; every child dies with the supervisor, even on SIGKILL
 (visage.lifeline). It refuses to start, naming them, when another process
 already listens on its ports. Ctrl-C / SIGTERM stops all gracefully.
 
+The terminal shows a line per service as it comes up, then, once the gateway
+answers through it, the sign-in link, last; each child's log (services' JSON
+lines, Envoy's access log) goes to `<data dir>/logs/<name>.log`, or to the
+terminal with VISAGE_RUN_SHOW_LOGS.
+
 `start_in_process` is the same mesh (without the gateway) inside one process,
 for tests and benchmarks."""
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,8 +36,8 @@ from visage.auth.local import LocalIssuer
 from visage.datadir import secure_tree
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig
-from visage.config import Config
-from visage.server import RunningService, setup_logging
+from visage.config import Config, GatewayConfig, RunSettings, env_name
+from visage.server import RunningService
 from visage.store import Store
 
 if TYPE_CHECKING:
@@ -51,6 +60,8 @@ RESTART_DELAYS_SECONDS = (1, 2, 4, 8, 16, 30)
 HEALTHY_RUN_SECONDS = 60
 SUPERVISE_INTERVAL_SECONDS = 0.5
 LOGIN_LINK_SECONDS = 12 * 3600
+LOG_TAIL_LINES = 10  # of a child's log, shown when it exits
+UI_PAGE = re.compile(r"/[A-Za-z0-9/_-]*")  # a page the sign-in link may open (the UI's #/... routes)
 
 
 class ChildExited(RuntimeError):
@@ -100,16 +111,32 @@ class Child:
     name: str
     module: str
     health_address: str | None = None
+    log_path: Path | None = None  # its stdout and stderr, appended; None: the terminal
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     quick_failures: int = 0
     restart_at: float | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=os.environ.copy(),
-                                        preexec_fn=lifeline.preexec_die_with_parent(signal.SIGTERM))
+        # Appended (a restart adds to it), readable by this user only, like the rest of the data dir.
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") \
+            if self.log_path else None
+        try:
+            self.process = subprocess.Popen([sys.executable, "-m", self.module], env=os.environ.copy(),
+                                            stdout=log, stderr=subprocess.STDOUT if log else None,
+                                            preexec_fn=lifeline.preexec_die_with_parent(signal.SIGTERM))
+        finally:
+            if log:
+                log.close()  # the child holds its own descriptor
         self.started_at = time.monotonic()
         self.restart_at = None
+
+    def log_tail(self) -> str:
+        """The last lines of its log file (indented), to show why it exited."""
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        return "".join(f"\n    {line}" for line in lines) + f"\n  (its whole log: {self.log_path})"
 
     def check(self, now: float) -> None:
         """Schedules a restart once the child has exited; starts it when due."""
@@ -118,32 +145,73 @@ class Child:
                 self.quick_failures = 0
             delay = RESTART_DELAYS_SECONDS[min(self.quick_failures, len(RESTART_DELAYS_SECONDS) - 1)]
             self.quick_failures += 1
-            log.error("%s exited with %d; restarting it in %ds", self.name, self.process.returncode, delay)
+            log.error("%s exited with %d; restarting it in %ds%s", self.name, self.process.returncode, delay,
+                      self.log_tail())
             self.restart_at = now + delay
         elif self.restart_at is not None and now >= self.restart_at:
             self.start()
             log.info("%s restarted (pid %d)", self.name, self.process.pid)
 
 
-def start_all(config: Config) -> list[Child]:
-    """Starts each service in order, waiting until it serves, then the gateway.
-    On failure, what was started is stopped again."""
+def say(line: str) -> None:
+    """A line for the person who typed `make run`."""
+    print(line, flush=True)
+
+
+def log_dir(config: Config) -> Path | None:
+    """Where the children's logs go (None: the terminal, VISAGE_RUN_SHOW_LOGS)."""
+    if config.run.show_logs:
+        return None
+    path = config.data_dir / "logs"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def start_all(config: Config, gateway_url: str) -> list[Child]:
+    """Starts each service in order, waiting until it serves, then the gateway,
+    waiting until it answers at `gateway_url`; a line for each. On failure, what
+    was started is stopped again."""
     children: list[Child] = []
+    logs = log_dir(config)
     try:
         for name, module in SERVICES:
             address = f"{config.host}:{getattr(config.ports, name)}"
-            child = Child(name, module, address)
+            child = Child(name, module, address, logs / f"{name}.log" if logs else None)
             children.append(child)
             child.start()
             wait_serving(address, READY_TIMEOUT_SECONDS, child.process)
-            log.info("%s is serving on %s", name, address)
-        gateway = Child("gateway", "visage_gateway")
+            say(f"  {name:<11} serving on {address}")
+        gateway = Child("gateway", "visage_gateway", log_path=logs / "gateway.log" if logs else None)
         children.append(gateway)
         gateway.start()
-    except BaseException:
+        wait_answering(gateway_url, READY_TIMEOUT_SECONDS, gateway.process)
+        say(f"  {'gateway':<11} {gateway_url} (UI, REST /v1, gRPC)")
+    except BaseException as error:
         stop_all(children)
+        if isinstance(error, (ChildExited, TimeoutError)):  # say why, from the child's own log
+            raise type(error)(f"{error}{children[-1].log_tail()}") from None
         raise
     return children
+
+
+def wait_answering(url: str, timeout: float, process: subprocess.Popen) -> None:
+    """Until `url` answers 200 (Envoy listens, routes and serves the UI); fails at
+    once if `process` (the gateway) exits first."""
+    deadline = time.monotonic() + timeout
+    unverified = ssl.create_default_context()  # our own gateway on this machine: is it up, not who it is
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    while True:
+        if process.poll() is not None:
+            raise ChildExited(f"the gateway exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=unverified) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # refused, reset, or an HTTP error status: not yet
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway did not answer at {url} within {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def stop_all(children: list[Child]) -> None:
@@ -221,20 +289,36 @@ def start_in_process(config: Config, store: Store, pool: PipelinePool | None = N
     return mesh
 
 
-def login_link(config: Config, auth: AuthConfig) -> str | None:
+def gateway_url(config: Config) -> str:
+    """The UI's address on this machine (the gateway's host, or loopback when it binds every address)."""
+    scheme = "https" if GatewayConfig.read("tls_cert") else "http"
+    host = GatewayConfig.read("host") or config.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"{scheme}://{host}:{config.ports.gateway}/"
+
+
+def login_link(url: str, auth: AuthConfig, page: str = "/") -> str | None:
     """The UI's address with an admin token for whoever started the mesh (in the
     URL fragment, which browsers never send to a server; the UI moves it into
-    sessionStorage and out of the address bar)."""
+    sessionStorage and out of the address bar), then opens `page` (e.g. /unknown)."""
     if not auth.is_local:
         return None
     token = LocalIssuer(auth).mint(Role.ADMIN, ttl_seconds=LOGIN_LINK_SECONDS)
-    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    return f"http://{host}:{config.ports.gateway}/#token={token}"
+    return f"{url}#token={token}" + (f"&open={page}" if page != "/" else "")
+
+
+def setup_terminal_logging() -> None:
+    """The supervisor's own warnings and errors, as plain lines (children log JSON to their files)."""
+    logging.basicConfig(level=logging.INFO, format="visage: %(message)s", stream=sys.stderr, force=True)
 
 
 def main() -> int:
-    setup_logging("mesh")
+    setup_terminal_logging()
     config = Config.from_env()
+    if not UI_PAGE.fullmatch(config.run.open_page):
+        log.error("%s=%r is not a page of the UI: give its path, e.g. /unknown",
+                  env_name(RunSettings, "open_page"), config.run.open_page)
+        return 2
     taken = ports_in_use(config)
     if taken:
         log.error("cannot start: another process already listens on %s (host %s). Stop it (an earlier "
@@ -246,13 +330,17 @@ def main() -> int:
         LocalIssuer(auth).ensure()  # before any service or Envoy reads the keys
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     children: list[Child] = []
+    url = gateway_url(config)
+    logs = "on this terminal" if config.run.show_logs else f"in {config.data_dir / 'logs'}/"
+    say(f"Starting Visage (data in {config.data_dir}/, logs {logs}):")
     try:
-        children = start_all(config)
-        log.info("Visage is up: open http://%s:%d/", config.host, config.ports.gateway)
-        link = login_link(config, auth)
+        children = start_all(config, url)
+        link = login_link(url, auth, config.run.open_page)
         if link:
-            print(f"\nVisage is up. Sign in to the UI as admin with this link (valid 12 h; "
-                  f"`visage token create` makes more):\n\n    {link}\n", flush=True)
+            say(f"\nVisage is up. Sign in to the UI as admin with this link (valid 12 h; "
+                f"`visage token create` makes more):\n\n    {link}\n")
+        else:
+            say(f"\nVisage is up: {url} (sign in with a token of your issuer)\n")
         supervise(children)
     except KeyboardInterrupt:
         return 0

@@ -50,6 +50,7 @@ class EventWatcher:
             pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED: self._on_activated,
             pb.EVENT_TYPE_IMAGE_INGESTED: self._on_image_ingested,
             pb.EVENT_TYPE_FACE_UNLABELLED: self._on_face_unlabelled,
+            pb.EVENT_TYPE_FACE_ADDED: self._on_face_unlabelled,  # a face drawn on an image: as a new one
             pb.EVENT_TYPE_ERASED: self._on_erased,
         }
 

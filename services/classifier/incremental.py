@@ -313,6 +313,7 @@ class ReclassifyMemory:
         while events := store.read_events(cursor, EVENT_PAGE):
             cursor = events[-1].cursor
             ingested += [e.subject for e in events if e.type == pb.EVENT_TYPE_IMAGE_INGESTED]
+            ingested += [e.attributes.get("image_id", "") for e in events if e.type == pb.EVENT_TYPE_FACE_ADDED]
             erased |= any(e.type == pb.EVENT_TYPE_ERASED for e in events)
         faces = [face for image_faces in store.faces_of_images(dict.fromkeys(ingested)).values()
                  for face in image_faces] if ingested else []

@@ -125,6 +125,8 @@ class FaceIndex:
                 for event in events:
                     if event.type == pb.EVENT_TYPE_IMAGE_INGESTED:
                         ingested.append(event.subject)
+                    elif event.type == pb.EVENT_TYPE_FACE_ADDED:  # a face drawn on an image (added once: _add)
+                        ingested.append(event.attributes.get("image_id", ""))
                     elif event.type == pb.EVENT_TYPE_ERASED:
                         erased.update(filter(None, event.attributes.get("face_ids", "").split(",")))
             if ingested:

@@ -46,6 +46,7 @@ from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Liste
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
+    RedirectAction,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -60,7 +61,15 @@ from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 impo
     GrpcJsonTranscoder,
     GrpcJsonTranscoderPrintOptions,
 )
-from envoy_data_plane.envoy.config.rbac.v3 import Permission, PermissionSet, Policy, Principal, PrincipalSet
+from envoy_data_plane.envoy.config.rbac.v3 import (
+    MetadataSource,
+    Permission,
+    PermissionSet,
+    Policy,
+    Principal,
+    PrincipalSet,
+    SourcedMetadata,
+)
 from envoy_data_plane.envoy.config.rbac.v3 import Rbac as RbacRules
 from envoy_data_plane.envoy.config.rbac.v3 import RbacAction
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3 import (
@@ -103,8 +112,8 @@ from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentD
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from visage.auth.roles import ROLE_NAME_SEPARATORS, RPC_ROLES, Role
-from visage.auth.tokens import AuthConfig
-from visage.config import Config, GatewayConfig, environment
+from visage.auth.tokens import JWKS_URL_SETTING, AuthConfig, check_key_url
+from visage.config import AuthSettings, Config, GatewayConfig, UiSignInSettings, env_name, environment
 from visage import guard
 from visage.datadir import private_dir, private_file
 from visage.server import SERVICE_NAMES
@@ -130,10 +139,12 @@ CONTENT_TYPES = {
     ".json": "application/json",
     ".svg": "image/svg+xml",
 }
-# The UI loads only its own files and calls only its own origin; crops are same-origin too.
+# The UI loads only its own files (its one library is vendored: ui/vendor) and calls only its own
+# origin, and the sign-in provider's (ui_security_headers); crops are same-origin too.
+UI_CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
+                              "style-src 'self'; connect-src {connect}; frame-ancestors 'none'; base-uri 'none'")
 UI_SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
-                               "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "content-security-policy": UI_CONTENT_SECURITY_POLICY.format(connect="'self'"),
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cache-control": "no-cache",
@@ -188,6 +199,8 @@ class GatewaySettings:
     hostnames: tuple[str, ...] = LOCAL_HOSTNAMES
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    redirect_port: int | None = None  # plain http → https (VISAGE_GATEWAY_REDIRECT_PORT)
+    sign_in: "UiSignIn | None" = None  # sign-in with the organisation's OpenID Connect provider
     collector: gateway_tracing.Collector | None = None  # OTLP traces (OTEL_EXPORTER_OTLP_ENDPOINT)
 
     @property
@@ -215,6 +228,9 @@ class GatewaySettings:
             for name, grpc_service in SERVICE_NAMES.items()
         )
         origins = tuple(o.rstrip("/") for o in gateway.cors_origins)
+        # Unlike the rest, read from the process environment too: a caller's
+        # partial `env` (tests) still gets the issuer everything else uses.
+        auth = AuthConfig.from_env(environment(env), config.data_dir)
         return cls(
             bind_host=gateway.host or config.host,
             port=config.ports.gateway,
@@ -225,14 +241,39 @@ class GatewaySettings:
             access_log=gateway.access_log,
             trusted_hops=gateway.trusted_hops,
             image_calls=limits.CallerRate.from_config(gateway),
-            # Unlike the rest, read from the process environment too: a caller's
-            # partial `env` (tests) still gets the issuer everything else uses.
-            auth=AuthConfig.from_env(environment(env), config.data_dir),
+            auth=auth,
             hostnames=hostnames or LOCAL_HOSTNAMES,
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
+            redirect_port=gateway.redirect_port if cert else None,
+            sign_in=UiSignIn.from_settings(UiSignInSettings.from_env(env), auth),
             collector=gateway_tracing.Collector.from_env(environment() if env is None else env),  # OTEL_*
         )
+
+
+@dataclass(frozen=True)
+class UiSignIn:
+    """The UI's OpenID Connect sign-in (authorization code + PKCE, in the browser with the
+    vendored oidc-client-ts): the provider the page sends people to, and which of its tokens
+    the page sends on (the access token: VISAGE_AUTH_* must accept it)."""
+    authority: str
+    client_id: str
+    scopes: str
+    provider_name: str
+
+    @property
+    def origin(self) -> str:
+        url = urlsplit(self.authority)
+        return f"{url.scheme}://{url.netloc}"
+
+    @classmethod
+    def from_settings(cls, settings: UiSignInSettings, auth: AuthConfig) -> "UiSignIn | None":
+        if not settings.client_id:
+            return None
+        authority = (settings.authority or auth.issuer).rstrip("/")
+        check_key_url(authority, f"{env_name(UiSignInSettings, 'authority')} (default: "
+                                 f"{env_name(AuthSettings, 'issuer')})")
+        return cls(authority, settings.client_id, settings.scopes, settings.provider_name)
 
 
 def streaming_methods(descriptor_set: Path, grpc_services: set[str]) -> list[str]:
@@ -331,11 +372,12 @@ def _static_routes(settings: GatewaySettings) -> list[Route]:
     """`/` and every UI file, plus /openapi.json; a missing OpenAPI document is
     a 503 that says how to make it, so the UI still works."""
     routes = []
-    for path in sorted(settings.ui_dir.iterdir()):
+    for path in sorted(settings.ui_dir.rglob("*")):  # ui/vendor/ too
         if path.suffix not in CONTENT_TYPES or not path.is_file():
             continue
-        headers = {"content-type": CONTENT_TYPES[path.suffix], **UI_SECURITY_HEADERS}
-        for url in (["/", "/index.html"] if path.name == "index.html" else [f"/{path.name}"]):
+        headers = {"content-type": CONTENT_TYPES[path.suffix], **ui_security_headers(settings)}
+        url_path = f"/{path.relative_to(settings.ui_dir).as_posix()}"
+        for url in (["/", "/index.html"] if url_path == "/index.html" else [url_path]):
             routes.append(Route(name=url, match=RouteMatch(path=url),
                                 direct_response=DirectResponseAction(status=200, body=DataSource(filename=str(path))),
                                 response_headers_to_add=_headers(headers)))
@@ -356,9 +398,25 @@ def _static_routes(settings: GatewaySettings) -> list[Route]:
     return routes
 
 
+def ui_security_headers(settings: GatewaySettings) -> dict[str, str]:
+    """UI_SECURITY_HEADERS; with OpenID Connect sign-in the page may also call the provider
+    (discovery, token and refresh requests: the provider answers them with CORS)."""
+    if settings.sign_in is None:
+        return UI_SECURITY_HEADERS
+    connect = f"'self' {settings.sign_in.origin}"
+    return {**UI_SECURITY_HEADERS, "content-security-policy": UI_CONTENT_SECURITY_POLICY.format(connect=connect)}
+
+
 def ui_config(settings: GatewaySettings) -> dict:
-    """What the UI needs to read a token as the services do: which claims carry the role and the name."""
-    return {"roleClaim": settings.auth.role_claim, "subjectClaim": settings.auth.subject_claim}
+    """What the UI needs to read a token as the services do (which claims carry the role and the
+    name), and how fast it may send image calls (uploads pace themselves under the limit; 0: none)."""
+    config = {"roleClaim": settings.auth.role_claim, "subjectClaim": settings.auth.subject_claim,
+              "imageCallsPerSecond": settings.image_calls.per_second}
+    if settings.sign_in is not None:  # the "Sign in with …" button (oidc-client-ts's settings)
+        sign_in = settings.sign_in
+        config["signIn"] = {"authority": sign_in.authority, "clientId": sign_in.client_id, "scope": sign_in.scopes,
+                            "providerName": sign_in.provider_name}
+    return config
 
 
 def _fallback_routes(settings: GatewaySettings) -> list[Route]:
@@ -484,11 +542,14 @@ def _has_role_at_least(settings: GatewaySettings, least: Role) -> Principal:
     """A token whose role claim (a list, or one string of names separated by spaces or
     commas, as visage.auth.roles.claim_role reads it: exact names) names `least` or a higher role."""
     def claim_is(value_matcher: ValueMatcher) -> Principal:
-        return Principal(metadata=MetadataMatcher(
-            filter="envoy.filters.http.jwt_authn",
-            path=[MetadataMatcherPathSegment(key=JWT_PAYLOAD_METADATA),
-                  MetadataMatcherPathSegment(key=settings.auth.role_claim)],
-            value=value_matcher))
+        # sourced_metadata: Principal.metadata is deprecated (Envoy warns once per use).
+        return Principal(sourced_metadata=SourcedMetadata(
+            metadata_source=MetadataSource.DYNAMIC,
+            metadata_matcher=MetadataMatcher(
+                filter="envoy.filters.http.jwt_authn",
+                path=[MetadataMatcherPathSegment(key=JWT_PAYLOAD_METADATA),
+                      MetadataMatcherPathSegment(key=settings.auth.role_claim)],
+                value=value_matcher)))
     ids = []
     separators = ROLE_NAME_SEPARATORS  # plain characters, literal inside an RE2 class
     for role in (r for r in Role if r >= least):
@@ -576,6 +637,26 @@ def _listener(settings: GatewaySettings) -> Listener:
     )
 
 
+def _redirect_listener(settings: GatewaySettings) -> Listener:
+    """Plain http on a public address (port 80 behind the load balancer): every request is sent to the
+    same host and path over https; nothing else is served there. /healthz answers for probes."""
+    routes = [Route(name="/healthz", match=RouteMatch(path="/healthz"),
+                    direct_response=DirectResponseAction(status=200, body=DataSource(inline_string="ok\n"))),
+              Route(name="to-https", match=RouteMatch(prefix="/"),
+                    redirect=RedirectAction(https_redirect=True, port_redirect=443))]
+    hcm = HttpConnectionManager(
+        stat_prefix="visage_redirect",
+        route_config=RouteConfiguration(name="redirect", virtual_hosts=[
+            VirtualHost(name="any", domains=["*"], routes=routes)]),
+        http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=_any(Router()))],
+        server_name="visage")
+    return Listener(
+        name="visage_http_redirect",
+        address=Address(socket_address=SocketAddress(address=settings.bind_host, port_value=settings.redirect_port)),
+        filter_chains=[FilterChain(filters=[Filter(name="envoy.filters.network.http_connection_manager",
+                                                   typed_config=_any(hcm))])])
+
+
 def _downstream_tls(settings: GatewaySettings) -> TransportSocket | None:
     if not settings.tls:
         return None
@@ -587,18 +668,21 @@ def _downstream_tls(settings: GatewaySettings) -> TransportSocket | None:
 
 
 def _jwks_cluster(jwks_url: str) -> Cluster:
-    """The external issuer's key endpoint (e.g. login.microsoftonline.com), over TLS."""
+    """The external issuer's key endpoint (e.g. login.microsoftonline.com), over TLS; plain
+    http only to a provider on this machine (visage.auth.tokens.check_key_url)."""
+    check_key_url(jwks_url, JWKS_URL_SETTING)
     url = urlsplit(jwks_url)
     tls = UpstreamTlsContext(sni=url.hostname, common_tls_context=CommonTlsContext(
         validation_context=CertificateValidationContext(trusted_ca=DataSource(filename=SYSTEM_CA_BUNDLE))))
     endpoint = LbEndpoint(endpoint=Endpoint(address=Address(socket_address=SocketAddress(
-        address=url.hostname, port_value=url.port or 443))))
+        address=url.hostname, port_value=url.port or (443 if url.scheme == "https" else 80)))))
     return Cluster(
         name=JWKS_CLUSTER,
         type=ClusterDiscoveryType.STRICT_DNS,
         dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=datetime.timedelta(seconds=5),
-        transport_socket=TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(tls)),
+        transport_socket=TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(tls))
+        if url.scheme == "https" else None,
         load_assignment=ClusterLoadAssignment(cluster_name=JWKS_CLUSTER,
                                               endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]),
     )
@@ -635,7 +719,7 @@ def build_bootstrap(settings: GatewaySettings) -> dict:
     """The whole Envoy config as the JSON-ready dict Envoy's `-c` accepts."""
     bootstrap = Bootstrap(
         static_resources=BootstrapStaticResources(
-            listeners=[_listener(settings)],
+            listeners=[_listener(settings)] + ([_redirect_listener(settings)] if settings.redirect_port else []),
             clusters=[_cluster(u, streams) for u in settings.upstreams for streams in (False, True)]
             + ([_jwks_cluster(settings.auth.jwks_url)] if settings.auth.jwks_url else [])
             + ([gateway_tracing.collector_cluster(settings.collector)] if settings.collector else []),

@@ -13,7 +13,8 @@ and so every error has one REST shape.
   REQUEST_HEADERS_TIMEOUT (slowloris).
 - Cost: the image routes (COSTLY_METHODS) have a token bucket per caller
   address (Envoy local rate limit with a wildcard descriptor), so one caller
-  sending big images cannot take every worker from another.
+  sending big images cannot take every worker from another; a refused call
+  (429 / RESOURCE_EXHAUSTED) carries `retry-after` (seconds until the refill).
 - Errors: every local reply (Envoy's own 4xx/5xx) is the JSON the transcoder
   gives service errors: {"code": <gRPC code>, "message", "details": [...]};
   a service may ask for an HTTP status no gRPC code maps to (413 for an image
@@ -23,6 +24,7 @@ and so every error has one REST shape.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,6 +38,9 @@ from envoy_data_plane.envoy.config.accesslog.v3 import (
 from envoy_data_plane.envoy.config.cluster.v3 import CircuitBreakers, CircuitBreakersThresholds
 from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
     Http2ProtocolOptions,
     HttpProtocolOptions,
     RuntimeFractionalPercent,
@@ -68,9 +73,13 @@ CONNECTION_IDLE_TIMEOUT = datetime.timedelta(minutes=15)
 # Calls that run the face pipeline on an uploaded image (a stream counts once, when it opens).
 COSTLY_METHODS = {
     SERVICE_NAMES["classifier"]: ("Classify", "ClassifyStream", "FindSimilarFaces", "VerifyFaces"),
-    SERVICE_NAMES["ingest"]: ("IngestImage", "IngestImages"),
+    SERVICE_NAMES["ingest"]: ("IngestImage", "IngestImages", "AddFace"),
 }
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+REFILL_INTERVAL = datetime.timedelta(seconds=1)  # each caller's bucket gains `per_second` tokens this often
+RETRY_AFTER_HEADER = "retry-after"  # on every 429 / RESOURCE_EXHAUSTED of the rate limit (seconds)
+RATE_LIMITED_MESSAGE = ("too many image calls from this address (VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND): "
+                        "try again after the seconds in the retry-after header")
 # Distinct caller addresses whose buckets Envoy keeps (least recently used beyond).
 MAX_TRACKED_CALLERS = 10_000
 
@@ -139,7 +148,7 @@ def caller_rate_limit(rate: CallerRate) -> dict[str, Any]:
     if not rate.enabled:
         return {}
     bucket = TokenBucket(max_tokens=rate.burst, tokens_per_fill=rate.per_second,
-                         fill_interval=datetime.timedelta(seconds=1))
+                         fill_interval=REFILL_INTERVAL)
     per_caller = LocalRateLimit(
         stat_prefix="visage_image_calls",
         # The route-wide bucket is a backstop only; the per-caller buckets decide.
@@ -153,6 +162,11 @@ def caller_rate_limit(rate: CallerRate) -> dict[str, Any]:
         rate_limits=[RateLimit(actions=[RateLimitAction(remote_address=RateLimitActionRemoteAddress())])],
         max_dynamic_descriptors=MAX_TRACKED_CALLERS,
         rate_limited_as_resource_exhausted=True,
+        # When to try again: the bucket refills every REFILL_INTERVAL. A REST caller reads
+        # `retry-after` (RFC 9110); a gRPC caller finds it in the trailing metadata.
+        response_headers_to_add=[HeaderValueOption(
+            header=HeaderValue(key=RETRY_AFTER_HEADER, value=str(math.ceil(REFILL_INTERVAL.total_seconds()))),
+            append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD)],
     )
     return {RATE_LIMIT_FILTER: Any.pack(per_caller)}
 
@@ -202,8 +216,8 @@ def _status_filter(op: ComparisonFilterOp, status: int) -> AccessLogFilter:
         op=op, value=RuntimeUInt32(default_value=status, runtime_key=f"visage.local_reply_{status}"))))
 
 
-def _error_body(grpc_code: int) -> SubstitutionFormatString:
-    body = {"code": grpc_code, "message": "%LOCAL_REPLY_BODY%",
+def _error_body(grpc_code: int, message: str = "%LOCAL_REPLY_BODY%") -> SubstitutionFormatString:
+    body = {"code": grpc_code, "message": message,
             "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
                          "reason": "%RESPONSE_CODE_DETAILS%", "domain": "gateway.visage"}]}
     return SubstitutionFormatString(json_format=Struct.from_dict(body), content_type="application/json")
@@ -214,6 +228,8 @@ def _error_body(grpc_code: int) -> SubstitutionFormatString:
 _JWT_REFUSED_AS_403 = ("response.code == 403 && "
                        "response.code_details.startsWith('jwt_authn_access_denied')")
 
+_RATE_LIMITED = "response.code == 429 && response.code_details == 'local_rate_limited'"
+
 
 def error_mappers() -> list[ResponseMapper]:
     """Every local reply >= 400 as {"code": <gRPC code>, "message", "details"}:
@@ -223,6 +239,12 @@ def error_mappers() -> list[ResponseMapper]:
         name="envoy.access_loggers.extension_filters.cel",
         typed_config=Any.pack(ExpressionFilter(expression=_JWT_REFUSED_AS_403))))
     mappers = [ResponseMapper(filter=jwt_refused, status_code=401, body_format_override=_error_body(16))]
+    # Envoy's own body says only "local_rate_limited": say what to do. (Matched by the reply's
+    # details: the filter sets its RL response flag only after the reply is mapped.)
+    rate_limited = AccessLogFilter(extension_filter=ExtensionFilter(
+        name="envoy.access_loggers.extension_filters.cel",
+        typed_config=Any.pack(ExpressionFilter(expression=_RATE_LIMITED))))
+    mappers.append(ResponseMapper(filter=rate_limited, body_format_override=_error_body(8, RATE_LIMITED_MESSAGE)))
     mappers += [ResponseMapper(filter=_status_filter(ComparisonFilterOp.EQ, status), body_format_override=_error_body(code))
                for status, code in GRPC_CODE_FOR_HTTP.items()]
     mappers.append(ResponseMapper(filter=_status_filter(ComparisonFilterOp.GE, 500),

@@ -1,11 +1,13 @@
 """`visage ingest PATH [PATH...]`: walks folders, streams the images to the
 ingest service in bounded IngestImages batches with a progress bar, and ends
-with a summary table. Exit code 1 if any image failed, 2 if the service could
-not be reached."""
+with a summary table. Through the gateway (`--address host:8080`) a batch its rate
+limit refuses is sent again after the `retry-after` it gives. Exit code 1 if any
+image failed, 2 if the service could not be reached."""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from visage.auth import client as auth_client
 from visage.config import Config
+from visage.retry_after import retry_after_seconds
 from visage.server import MAX_MESSAGE_BYTES
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -22,6 +25,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 DEFAULT_BATCH = 16
 # Headroom for the request's other fields under the server's message limit.
 MAX_FILE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+MAX_RATE_LIMIT_WAITS = 60  # per batch: through a gateway (--address host:8080) the image calls are rate-limited
 
 
 def register(subparsers) -> None:
@@ -120,6 +124,23 @@ def send_batch(stub, files: list[Path], summary: Summary) -> None:
     summary.failures += unreadable
 
 
+def send_batch_within_rate_limit(stub, files: list[Path], summary: Summary, progress: tqdm) -> None:
+    """send_batch, again after the wait the gateway asks for when its rate limit refuses the
+    stream (it refuses a stream as it opens, before any image is stored)."""
+    for _attempt in range(MAX_RATE_LIMIT_WAITS):
+        try:
+            send_batch(stub, files, summary)
+            return
+        except grpc.RpcError as error:
+            wait = retry_after_seconds(error)
+            if wait is None:
+                raise
+            progress.write(f"the gateway limits image calls: sending the next {len(files)} image(s) "
+                           f"again in {wait:.0f} s")
+            time.sleep(wait)
+    send_batch(stub, files, summary)
+
+
 def run(args: argparse.Namespace) -> int:
     config = Config.from_env()
     address = args.address or f"{config.host}:{config.ports.ingest}"
@@ -131,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             size = max(1, args.batch_size)
             for start, batch in zip(range(0, len(files), size), batches(files, size)):
                 try:
-                    send_batch(stub, batch, summary)
+                    send_batch_within_rate_limit(stub, batch, summary, progress)
                 except grpc.RpcError as error:
                     progress.close()
                     print(f"ingest service at {address} failed: {error.code().name}: {error.details()}",

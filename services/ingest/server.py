@@ -18,14 +18,17 @@ from dataclasses import dataclass
 import grpc
 
 from visage import convert, metrics
+from visage.auth import identity
 from visage.config import Config
-from visage.errors import answer_errors, item_status
+from visage.errors import InvalidArgument, answer_errors, item_status
 from visage.faces import metadata
 from visage.faces.pipeline import AnalyzedImage
 from visage.faces.pool import ANALYSIS_ERRORS, IN_FLIGHT_PER_WORKER, PipelinePool, WorkerCrashed
 from visage.server import SERVICE_NAMES, RunningService, build_server
 from visage.store import Store
-from visage.store.records import FaceRecord, ImageRecord
+from visage.store.base import NotFound
+from visage.store.domain import check_not_stored
+from visage.store.records import FaceRecord, ImageRecord, face_id_of
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 
@@ -43,10 +46,6 @@ class Ingested:
 
 def image_id_of(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
-
-
-def face_id_of(image_id: str, index: int) -> str:
-    return f"{image_id}-{index}"
 
 
 def clean_filename(filename: str) -> str:
@@ -113,6 +112,31 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             pending.append((filename, self._threads.submit(job, self.ingest, request.content, filename)))
         results.extend(self._result(*item) for item in pending)
         return summarize(results)
+
+    def AddFace(self, request, context):
+        face = self.add_face(request.image_id, (request.box.left, request.box.top, request.box.right,
+                                                request.box.bottom), request.persona_id)
+        return ingest_pb2.AddFaceResponse(face=convert.face(face, self.store.labels_of_face(face.face_id)))
+
+    # ---- one drawn face --------------------------------------------------------
+    def add_face(self, image_id: str, box: tuple[int, int, int, int], persona_id: str = "") -> FaceRecord:
+        """A face drawn on a stored image: found in the box by the face pipeline, stored by the
+        store's rule (visage.store.domain.add_face) as drawn by the caller."""
+        if not image_id:
+            raise InvalidArgument("image_id is required")
+        image = self.store.get_image(image_id)
+        content = self.store.get_image_content(image_id) if image is not None else None
+        if content is None:
+            raise NotFound(f"image {image_id!r} not found")
+        check_not_stored(self.store.faces_of_images([image_id])[image_id], box)  # before the pipeline's work
+        with self.active:
+            found = self.pool.describe_box(content, box)
+            face = FaceRecord(face_id="", image_id=image_id, index=-1, box=found.box, landmarks=found.landmarks,
+                              embedding=found.embedding, crop_jpeg=found.crop_jpeg,
+                              drawn_by=identity.current_subject())
+            face = self.store.add_face(face, persona_id)
+        log.info("face %s drawn on image %s", face.face_id, image_id)  # ids only (issue 25)
+        return face
 
     # ---- one image -----------------------------------------------------------
     def ingest(self, content: bytes, filename: str) -> Ingested:

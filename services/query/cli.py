@@ -18,6 +18,7 @@ from visage_query import backup_cli, privacy_cli
 
 CALL_TIMEOUT_SECONDS = 30
 UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+COUNT_AT_MOST = 10_000  # unknown faces counted past a list's limit ("50 of more than 10050")
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,7 @@ def register(subparsers) -> None:
     face_actions = privacy_cli.resource_actions(
         subparsers, "faces", _address_option, "unknown faces, one face (file, box, prediction), or erase one")
     unknown = face_actions.add_parser("unknown", help="faces nobody is known for, newest first")
-    unknown.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    unknown.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
     unknown.set_defaults(run=unknown_faces)
     show = face_actions.add_parser("show", help="one face: file, box, labels and prediction")
     show.add_argument("face_id")
@@ -119,9 +120,11 @@ def rename_persona(args: argparse.Namespace) -> int:
 
 def delete_persona(args: argparse.Namespace) -> int:
     def work(stub):
-        stub.DeletePersona(query_pb2.DeletePersonaRequest(persona_id=args.persona_id, erase_faces=args.erase_faces),
-                           timeout=privacy_cli.ERASE_TIMEOUT_SECONDS)
+        erasure = stub.ErasePersona(query_pb2.ErasePersonaRequest(persona_id=args.persona_id,
+                                                                  erase_faces=args.erase_faces),
+                                    timeout=privacy_cli.ERASE_TIMEOUT_SECONDS)
         print(f"deleted {args.persona_id}{' and erased its faces with their images' if args.erase_faces else ''}")
+        privacy_cli.print_erasure(erasure)
     return _call(args, work)
 
 
@@ -130,14 +133,19 @@ def label_face(args: argparse.Namespace) -> int:
         if args.remove:
             stub.UnlabelFace(query_pb2.UnlabelFaceRequest(face_id=args.face_id, persona_id=args.persona_id),
                              timeout=CALL_TIMEOUT_SECONDS)
-            print(f"removed the label of face {args.face_id} for {args.persona_id}")
+            print(f"removed the label of face {args.face_id} for {persona_named(stub, args.persona_id)}")
             return
         verdict = pb.VERDICT_NOT_BELONGS if args.not_belongs else pb.VERDICT_BELONGS
         stub.LabelFace(query_pb2.LabelFaceRequest(face_id=args.face_id, persona_id=args.persona_id,
                                                   verdict=verdict),
                        timeout=CALL_TIMEOUT_SECONDS)
-        print(f"face {args.face_id} {'is not' if args.not_belongs else 'is'} {args.persona_id}")
+        print(f"face {args.face_id} {'is not' if args.not_belongs else 'is'} {persona_named(stub, args.persona_id)}")
     return _call(args, work)
+
+
+def persona_named(stub, persona_id: str) -> str:
+    """'Penny (ID)': people read the name, commands take the id."""
+    return f"{FaceDescriber(stub).name_of(persona_id)} ({persona_id})"
 
 
 class FaceDescriber:
@@ -186,11 +194,14 @@ class FaceDescriber:
 
 def unknown_faces(args: argparse.Namespace) -> int:
     def work(stub):
-        describe, faces, token = FaceDescriber(stub), [], ""
-        while len(faces) < args.limit:
-            response = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(
-                page_size=min(500, args.limit - len(faces)), page_token=token), timeout=CALL_TIMEOUT_SECONDS)
-            faces += response.faces
+        describe, faces, total, token = FaceDescriber(stub), [], 0, ""
+        limit = args.limit if args.limit > 0 else None
+        # The faces beyond the limit are counted (up to COUNT_AT_MOST), not described.
+        while limit is None or total < limit + COUNT_AT_MOST:
+            response = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=500, page_token=token),
+                                             timeout=CALL_TIMEOUT_SECONDS)
+            total += len(response.faces)
+            faces += response.faces[:max(limit - len(faces), 0)] if limit is not None else response.faces
             if not (token := response.next_page_token):
                 break
         if not faces:
@@ -202,6 +213,10 @@ def unknown_faces(args: argparse.Namespace) -> int:
         widths = [max(len(row[column]) for row in rows) for column in range(3)]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        if total > len(faces):  # on stderr: a pipe (awk, wc) reads the table only
+            sys.stdout.flush()
+            print(f"{len(faces)} of {'more than ' if token else ''}{total} unknown faces; --limit 0 for all",
+                  file=sys.stderr)
     return _call(args, work)
 
 

@@ -28,7 +28,7 @@ from visage.v1 import resources_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-RECLUSTER_ON = {pb.EVENT_TYPE_IMAGE_INGESTED, pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED,
+RECLUSTER_ON = {pb.EVENT_TYPE_IMAGE_INGESTED, pb.EVENT_TYPE_FACE_ADDED, pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED,
                 pb.EVENT_TYPE_PERSONA_DELETED, pb.EVENT_TYPE_MODEL_VERSION_ACTIVATED,
                 pb.EVENT_TYPE_PREDICTIONS_WRITTEN, pb.EVENT_TYPE_HIDDEN_CHANGED}
 QUIET_SECONDS = 0.5
@@ -73,6 +73,7 @@ class SuggestedPeople:
         self.result = ClusterResult()
         self._dirty = threading.Event()
         self._dirty.set()  # compute once when first asked
+        self._computing = threading.Event()  # dirty is cleared when a computation starts: stale until it ends
         self._wanted = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="suggested-people", daemon=True)
@@ -88,7 +89,8 @@ class SuggestedPeople:
 
     @property
     def stale(self) -> bool:
-        return self._dirty.is_set()
+        """A change is waiting for a computation, or one is running: the result is older than the faces."""
+        return self._dirty.is_set() or self._computing.is_set()
 
     def current(self) -> ClusterResult:
         """The latest result; the first call starts the background computations."""
@@ -114,8 +116,12 @@ class SuggestedPeople:
                         continue  # catch up before computing
                 quiet = time.monotonic() - last_change >= self.quiet_seconds
                 if self._dirty.is_set() and quiet:
+                    self._computing.set()
                     self._dirty.clear()  # events arriving during the computation set it again
-                    self._compute(cursor)
+                    try:
+                        self._compute(cursor)
+                    finally:
+                        self._computing.clear()
             except Exception:  # noqa: BLE001 - store briefly unavailable: keep the last result, retry
                 log.exception("computing suggested people failed; retrying")
                 self._dirty.set()

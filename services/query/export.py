@@ -3,8 +3,8 @@ streams, so memory stays at about one image however many faces the persona has.
 Backup: the whole store's archive (visage.store.archive), streamed the same way.
 
 The zip holds persona.json (the persona and its BELONGS labels: face, image, box,
-who labelled and when), crops/<face id>.jpg and images/<image id><ext> (the stored
-originals, metadata already stripped at ingest)."""
+who labelled and when; for a face drawn by hand, who drew it and when), crops/<face id>.jpg
+and images/<image id><ext> (the stored originals, metadata already stripped at ingest)."""
 from __future__ import annotations
 
 import json
@@ -82,9 +82,15 @@ def _summary(persona, labels, faces) -> dict:
         "create_time": persona.create_time,
         "labels": [{"face_id": label.face_id, "image_id": faces[label.face_id].image_id,
                     "box": list(faces[label.face_id].box), "labelled_by": label.labelled_by,
-                    "create_time": label.create_time, "crop": f"crops/{label.face_id}.jpg"}
+                    "create_time": label.create_time, "crop": f"crops/{label.face_id}.jpg",
+                    **_drawn(faces[label.face_id])}
                    for label in labels if label.face_id in faces],
     }
+
+
+def _drawn(face) -> dict:
+    """Who drew a face the detector missed, and when (IngestService.AddFace); nothing for a detected one."""
+    return {"drawn_by": face.drawn_by, "draw_time": face.create_time} if face.drawn_by else {}
 
 
 def backup_chunks(store: Store) -> Iterator[query_pb2.BackupChunk]:

@@ -42,7 +42,10 @@ def register(subparsers, address_option, call) -> None:
 
 def erase(stub, args: argparse.Namespace, field: str, rpc: str) -> None:
     request = getattr(query_pb2, f"{rpc}Request")(**{field: getattr(args, field)})
-    erasure = getattr(stub, rpc)(request, timeout=ERASE_TIMEOUT_SECONDS)
+    print_erasure(getattr(stub, rpc)(request, timeout=ERASE_TIMEOUT_SECONDS))
+
+
+def print_erasure(erasure) -> None:
     print(f"erased {len(erasure.image_ids)} image(s), {len(erasure.face_ids)} face(s); "
           f"withdrew model version(s): {', '.join(map(str, erasure.withdrawn_versions)) or 'none'}")
 

@@ -60,7 +60,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.store = store
         self.catalogue = Catalogue(store)
         self.suggested = suggested or SuggestedPeople(store)
-        self.thumbnails = ThumbnailCache()
+        self.thumbnails = ThumbnailCache(store)
         self._closing = threading.Event()
         self._new_events = events.NewEvents(store)
 
@@ -69,6 +69,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self._closing.set()
         self._new_events.stop()
         self.suggested.stop()
+        self.thumbnails.close()
 
     # ---- personas --------------------------------------------------------
     def CreatePersona(self, request, context):
@@ -94,10 +95,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return self.catalogue.persona(persona_id)
 
     def DeletePersona(self, request, context):
+        self.ErasePersona(request, context)
+        return empty_pb2.Empty()
+
+    def ErasePersona(self, request, context):
         if request.erase_faces:  # erasure: more than deleting a persona (labeller)
             identity.require_role(Role.ADMIN, "erase_faces (erasure)")
-        self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"), request.erase_faces)
-        return empty_pb2.Empty()
+        return self._erased(self.store.delete_persona(validation.required_id(request.persona_id, "persona_id"),
+                                                      request.erase_faces))
 
     def ListPersonaFaces(self, request, context):
         persona_id = validation.required_id(request.persona_id, "persona_id")
@@ -144,10 +149,27 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def GetFaceCrop(self, request, context):
         face_id = validation.required_id(request.face_id, "face_id")
         face = self.catalogue.require_face(face_id)
+        if request.upright:
+            return self._upright_crop(face, context)
         if not face.crop_jpeg:
             raise NotFound(f"face {face_id!r} has no stored crop")
         context.send_initial_metadata(IMMUTABLE)
         return httpbody_pb2.HttpBody(content_type="image/jpeg", data=face.crop_jpeg)
+
+    def _upright_crop(self, face, context) -> httpbody_pb2.HttpBody:
+        image = self.store.get_image(face.image_id)
+        if image is None:
+            raise NotFound(f"the image of face {face.face_id!r} is not stored")
+        crop = self.thumbnails.upright_crop(image.image_id, face.face_id, face.box, (image.width, image.height),
+                                            lambda: self._image_content(image.image_id))
+        context.send_initial_metadata(IMMUTABLE)
+        return httpbody_pb2.HttpBody(content_type="image/jpeg", data=crop)
+
+    def _image_content(self, image_id: str) -> bytes:
+        content = self.store.get_image_content(image_id)
+        if content is None:  # erased meanwhile
+            raise NotFound(f"image {image_id!r} not found")
+        return content
 
     # ---- images ----------------------------------------------------------
     def ListImages(self, request, context):
@@ -165,7 +187,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if record:
             context.send_initial_metadata(IMMUTABLE)
         if size and record:
-            thumbnail = self.thumbnails.get(image_id, size, lambda: self.store.get_image_content(image_id))
+            thumbnail = self.thumbnails.thumbnail(image_id, size, lambda: self._image_content(image_id))
             return httpbody_pb2.HttpBody(content_type="image/jpeg", data=thumbnail)
         if content is None:
             raise NotFound(f"image {image_id!r} not found")
@@ -192,10 +214,15 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     # ---- erasure and export (privacy) -------------------------------------
     def DeleteImage(self, request, context):
-        return convert.erasure(self.store.delete_image(validation.required_id(request.image_id, "image_id")))
+        return self._erased(self.store.delete_image(validation.required_id(request.image_id, "image_id")))
 
     def DeleteFace(self, request, context):
-        return convert.erasure(self.store.delete_face(validation.required_id(request.face_id, "face_id")))
+        return self._erased(self.store.delete_face(validation.required_id(request.face_id, "face_id")))
+
+    def _erased(self, erasure) -> query_pb2.Erasure:
+        """What went leaves this replica's cache at once (others follow the ERASED event)."""
+        self.thumbnails.forget(erasure.image_ids, erasure.face_ids)
+        return convert.erasure(erasure)
 
     def ExportPersona(self, request, context):
         yield from export_persona(self.store, validation.required_id(request.persona_id, "persona_id"))
@@ -217,6 +244,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ListFaceClusters(self, request, context):
         size = paging.page_size(request.page_size, default=20)
         samples = validation.sample_size(request.sample_size)
+        stale = self.suggested.stale  # read before the result: a computation ending between them is not missed
         result = self.suggested.current()
         offset, = paging.decode_token(request.page_token, "face-clusters", 1)
         clusters = self._current_clusters(result)
@@ -229,7 +257,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         token = paging.encode_token("face-clusters", [offset + size]) if offset + size < len(clusters) else ""
         return query_pb2.ListFaceClustersResponse(
             clusters=messages, next_page_token=token, unknown_faces=result.unknown_faces,
-            clustered_faces=sum(len(face_ids) for _cluster, face_ids in clusters), stale=self.suggested.stale)
+            clustered_faces=sum(len(face_ids) for _cluster, face_ids in clusters), stale=stale)
 
     def _current_clusters(self, result) -> list[tuple]:
         """The last computation's groups less faces labelled or hidden since (the

@@ -10,9 +10,10 @@ from tqdm import tqdm
 from visage.auth import client as auth_client
 from visage.config import Config
 from visage.v1 import resources_pb2 as pb
-from visage.v1 import train_pb2, train_pb2_grpc
+from visage.v1 import query_pb2, query_pb2_grpc, train_pb2, train_pb2_grpc
 
 TERMINAL = (pb.TRAINING_PHASE_SUCCEEDED, pb.TRAINING_PHASE_FAILED)
+NAME_LOOKUP_SECONDS = 5
 CONFIDENCE_MEANING = ("similarity to the persona, 1 - distance/1.2 (0.5 = dlib's same-person limit 0.6); "
                       "a face is named when it reaches the persona's threshold; for 'unknown', 1 - the "
                       "similarity to the nearest persona")
@@ -88,25 +89,46 @@ def _print_metrics(metrics: pb.ModelMetrics) -> None:
           f"{metrics.evaluated_unknowns} unknowns  faces {metrics.labelled_faces}  personas {metrics.personas}")
     print(f"evaluation: {metrics.evaluation_method}")
     print(f"confidence: {CONFIDENCE_MEANING}")
+    names = _persona_names([item.persona_id for item in metrics.per_persona])
+    width = max((len(name) for name in names.values()), default=0)
     for item in metrics.per_persona:
-        print(f"  {item.persona_id:<36} precision {item.precision:.3f}  recall {item.recall:.3f}  "
-              f"support {item.support}  named at confidence >= {item.threshold:.2f}")
+        print(f"  {names.get(item.persona_id, ''):<{width}} {item.persona_id:<36} precision {item.precision:.3f}  "
+              f"recall {item.recall:.3f}  support {item.support}  named at confidence >= {item.threshold:.2f}")
+
+
+def _persona_names(persona_ids: list[str]) -> dict[str, str]:
+    """Each persona's name, from the query service (VISAGE_QUERY_PORT); none that it cannot give."""
+    config, names = Config.from_env(), {}
+    with auth_client.channel(f"{config.host}:{config.ports.query}") as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        for persona_id in persona_ids:
+            try:
+                names[persona_id] = stub.GetPersona(query_pb2.GetPersonaRequest(persona_id=persona_id),
+                                                    timeout=NAME_LOOKUP_SECONDS).display_name
+            except grpc.RpcError as error:  # the id alone
+                if error.code() != grpc.StatusCode.NOT_FOUND:  # the query service is elsewhere
+                    break
+    return names
 
 
 def run_models_list(args: argparse.Namespace) -> int:
-    stub, token = _stub(args.address), ""
+    stub, token, pinned, listed = _stub(args.address), "", False, 0
     print(f"{'version':>7}  {'state':<9} {'accuracy':>8} {'unknown':>8} {'faces':>7} {'personas':>8}  gate")
     try:
         while True:
             page = stub.ListModelVersions(train_pb2.ListModelVersionsRequest(page_size=100, page_token=token))
             for v in page.model_versions:
+                pinned, listed = pinned or v.pinned, listed + 1
                 state = pb.ModelState.Name(v.state).removeprefix("MODEL_STATE_").lower() + ("*" if v.pinned else "")
                 m = v.metrics
                 print(f"{v.version:>7}  {state:<9} {_rate(m.accuracy, m.evaluated_faces):>8} "
                       f"{_rate(m.unknown_rejection_rate, m.evaluated_unknowns):>8} "
                       f"{v.metrics.labelled_faces:>7} {v.metrics.personas:>8}  {v.gate_reason}")
             if not (token := page.next_page_token):
-                print("* pinned: activated by hand; new versions wait until `visage models release`")
+                if not listed:
+                    print("no model versions yet: one is trained a moment after faces are labelled (`visage label`)")
+                if pinned:  # the legend of the "*", only where one is shown
+                    print("* pinned: activated by hand; new versions wait until `visage models release`")
                 return 0
     except grpc.RpcError as error:
         return _fail(error)

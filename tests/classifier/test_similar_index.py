@@ -65,3 +65,18 @@ def test_answers_are_a_brute_force_scans(sqlite_store, monkeypatch, spread):
         assert all(pruning)  # the projection did the work, and stayed exact
     else:
         assert not all(pruning)  # mostly it cannot prune here: then every face is scanned
+
+
+def test_a_face_drawn_after_loading_is_found(sqlite_store):
+    """A face drawn on a stored image (AddFace: FACE_ADDED) joins the index on the next catch-up."""
+    from visage.store.records import FaceRecord
+
+    [face_id] = put_faces(sqlite_store, np.random.default_rng(30).normal(0, 0.1, (1, 128)).astype(np.float32))
+    index = FaceIndex(sqlite_store)
+    index.load()
+    image_id = sqlite_store.get_face(face_id).image_id
+    embedding = np.full(128, 0.05, np.float32)
+    drawn = sqlite_store.add_face(FaceRecord("", image_id, -1, (500, 500, 560, 560), [], embedding, b"", drawn_by="a"))
+    index.catch_up()
+    assert np.array_equal(index.embedding_of(drawn.face_id), embedding)
+    assert len(index) == 2

@@ -10,8 +10,10 @@ from google.protobuf import descriptor_pb2
 from visage.server import SERVICE_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
-# RPCs that are gRPC-only by design (client/bidi streaming cannot be transcoded to REST).
-GRPC_ONLY = {"IngestImages", "ClassifyEmbeddings", "ClassifyStream"}
+# RPCs that are gRPC-only by design: client/bidi streaming cannot be transcoded to REST, and
+# DeletePersona answers Empty for older gRPC clients (REST's DELETE is ErasePersona, which
+# answers the erased ids).
+GRPC_ONLY = {"IngestImages", "ClassifyEmbeddings", "ClassifyStream", "DeletePersona"}
 
 
 def load_descriptor_set() -> descriptor_pb2.FileDescriptorSet:

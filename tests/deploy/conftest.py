@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -126,12 +125,14 @@ def namespace() -> str:
 class StandInControllers:
     """What kube-controller-manager, kubelets and Azure's cloud controller would do, which need
     nodes this machine does not have: report every Deployment as rolled out (observed generation,
-    ready replicas) and give LoadBalancer Services an address. Deployments named in `held` are
-    left un-ready, to see how the deploy reports a rollout that does not finish."""
+    ready replicas), every Job as complete, and give LoadBalancer Services an address. Deployments
+    named in `held` are left un-ready, to see how the deploy reports a rollout that does not finish;
+    Jobs named in `failing` fail as the Job controller reports a Job whose pods failed every try."""
 
     def __init__(self, api):
-        self.apps, self.core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+        self.apps, self.core, self.batch = k8s.AppsV1Api(api), k8s.CoreV1Api(api), k8s.BatchV1Api(api)
         self.held: set[str] = set()
+        self.failing: set[str] = set()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -155,6 +156,9 @@ class StandInControllers:
             self.apps.patch_namespaced_deployment_status(meta.name, meta.namespace, {"status": {
                 "observedGeneration": meta.generation, "replicas": want, "updatedReplicas": ready,
                 "readyReplicas": ready, "availableReplicas": ready, "conditions": conditions}})
+        for job in self.batch.list_job_for_all_namespaces().items:
+            if not (job.status and job.status.conditions):
+                finish_job(self.batch, job.metadata.namespace, job.metadata.name, failed=job.metadata.name in self.failing)
         for service in self.core.list_service_for_all_namespaces().items:
             if service.spec.type == "LoadBalancer" and not (service.status.load_balancer and service.status.load_balancer.ingress):
                 self.core.patch_namespaced_service_status(service.metadata.name, service.metadata.namespace,
@@ -163,6 +167,24 @@ class StandInControllers:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join()
+
+
+def finish_job(batch, namespace: str, name: str, failed: bool) -> None:
+    """The status the Job controller writes (Kubernetes 1.33 validates it: a terminal condition comes
+    with its interim one, SuccessCriteriaMet / FailureTarget, and start and completion times)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if failed:
+        why = {"reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+        status = {"startTime": now, "failed": 7, "conditions": [
+            {"type": "FailureTarget", "status": "True", **why, "lastTransitionTime": now, "lastProbeTime": now},
+            {"type": "Failed", "status": "True", **why, "lastTransitionTime": now, "lastProbeTime": now}]}
+    else:
+        status = {"startTime": now, "completionTime": now, "succeeded": 1, "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+             "message": "Reached expected number of succeeded pods", "lastTransitionTime": now, "lastProbeTime": now},
+            {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+             "message": "Reached expected number of succeeded pods", "lastTransitionTime": now, "lastProbeTime": now}]}
+    batch.patch_namespaced_job_status(name, namespace, {"status": status})
 
 
 @pytest.fixture(scope="session")
@@ -178,37 +200,10 @@ def held_deployments(controllers):
     controllers.held.clear()
 
 
-class GatewayHealth:
-    """Answers /healthz where the load balancer would forward to the gateway (200 unless told)."""
-
-    def __init__(self):
-        health = self
-        self.status = 200
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                code = health.status if self.path == "/healthz" else 404
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer((LB_IP, 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def gateway_health():
-    health = GatewayHealth()
-    yield health
-    health.close()
+def failing_jobs(controllers):
+    yield controllers.failing
+    controllers.failing.clear()
 
 
 @pytest.fixture
@@ -219,14 +214,27 @@ def fake_azure(tmp_path, local_kube):
 
 
 @pytest.fixture
+def gateway_health(fake_azure, tmp_path):
+    """Where the load balancer would forward to the gateway: tests/deploy/stand_in_gateway.py (the
+    real gateway's answers to the last check are tested in tests/gateway/test_deploy_final_check.py)."""
+    from tests.deploy.stand_in_gateway import StandInGateway
+    gateway = StandInGateway(fake_azure, tmp_path / "stand-in-gateway")
+    yield gateway
+    gateway.close()
+
+
+@pytest.fixture
 def deploy_settings(fake_azure, kustomize, tmp_path, namespace, controllers, gateway_health) -> DeploySettings:
     faces = tmp_path / "faces" / "bbt" / "someone"
     faces.mkdir(parents=True)
     (faces / "1.jpg").write_bytes(b"\xff\xd8 not decoded by the deploy")
     return replace(DeploySettings(), subscription_id="00000000-0000-0000-0000-000000000001",
                    arm_endpoint=fake_azure.base, poll_seconds=0.05, connection_verify=str(fake_azure.cert),
+                   vault_endpoint=f"{fake_azure.base}/keyvault/{{vault}}",
                    kustomize=kustomize, faces_dir=tmp_path / "faces", registry="visagetest",
-                   namespace=namespace, gateway_probe_port=gateway_health.port, rollout_timeout=120)
+                   namespace=namespace, gateway_probe_port=gateway_health.port,
+                   gateway_redirect_probe_port=gateway_health.redirect_port, gateway_probe_address=LB_IP,
+                   rollout_timeout=120)
 
 
 @pytest.fixture

@@ -13,7 +13,17 @@ Shapes follow what the real services answer, not what is convenient:
   whatever its name;
 - a registry can refuse ACR Tasks with TasksOperationsNotAllowed (free and some
   sponsored subscriptions);
-- a body sent with DELETE must be valid JSON.
+- a body sent with DELETE must be valid JSON;
+- GET answers what ARM stores, normalised, not the body that was sent: Cosmos DB spells its
+  location "West Europe" in `locationName` and adds ids, endpoints, failover priorities and
+  provisioning states; Key Vault adds `vaultUri`; a public IP gets its address and `fqdn`
+  (shapes from the REST API specs' examples: azure-rest-api-specs, cosmos-db
+  DatabaseAccountGet, keyvault getVault, network PublicIpAddressGet);
+- a Key Vault PUT needs `accessPolicies` unless createMode is recover; a deleted vault is kept
+  soft-deleted (its name stays taken: 409 ConflictError) until recovered or purged;
+- every secret PUT makes a new version, and ARM never echoes a secret's value;
+- Key Vault's data plane (https://<vault>.vault.azure.net: secrets read back, certificates made
+  by a policy or imported) is served under /keyvault/<vault>.
 Every request is recorded so tests can tell a change from a read."""
 from __future__ import annotations
 
@@ -47,19 +57,33 @@ API_VERSIONS = {
     "microsoft.documentdb": {"2026-03-15", "2025-04-15"},
     "microsoft.keyvault": {"2024-11-01"},
     "microsoft.managedidentity": {"2024-11-30"},
+    "microsoft.network": {"2024-05-01"},
 }
+KEY_VAULT_DATA_API = "7.4"
+LOCATION_NAMES = {"westeurope": "West Europe", "northeurope": "North Europe", "mars": "Mars"}
 
 
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+def certificate(common_name: str, names: list[x509.GeneralName]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(hours=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.SubjectAlternativeName(names), False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def pem_of(key, cert: x509.Certificate) -> str:
+    """Key Vault's PEM secret of a certificate: the key, then the certificate."""
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM)).decode()
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    key, cert = certificate("127.0.0.1", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -78,6 +102,10 @@ class FakeAzure:
         self.requests: list[tuple[str, str]] = []
         self.failures: dict[tuple[str, str], tuple[int, str, str]] = {}  # (method, path regex) → error
         self.tasks_allowed = True
+        self.deleted_vaults: dict[str, dict[str, dict]] = {}   # vault name → its resources, soft-deleted
+        self.secret_values: dict[tuple[str, str], str] = {}     # (vault, secret) → current value
+        self.certificates: dict[tuple[str, str], dict] = {}    # (vault, name) → Key Vault's certificate bundle
+        self.certificate_pems: dict[tuple[str, str], str] = {}  # (vault, name) → key + certificate
         self.ids = itertools.count(1)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -93,6 +121,9 @@ class FakeAzure:
     def mutations(self) -> list[tuple[str, str]]:
         return [(method, path) for method, path in self.requests if method in ("PUT", "POST", "PATCH", "DELETE")
                 and not path.lower().endswith(("/listclusterusercredential", "/listkeys"))]
+
+    def secret_writes(self, name: str) -> int:
+        return sum(1 for method, path in self.mutations() if method == "PUT" and path.lower().endswith(f"/secrets/{name}"))
 
     def find(self, fragment: str) -> dict:
         """The one stored resource whose id contains `fragment` (lower case)."""
@@ -131,7 +162,8 @@ class FakeAzure:
                 for (method, pattern), (status, code, message) in fake.failures.items():
                     if method == self.command and re.search(pattern, url.path, re.IGNORECASE):
                         return self._send(status, {"error": {"code": code, "message": message}})
-                status, document, headers = fake.handle(self.command, url.path, parse_qs(url.query), body)
+                status, document, headers = fake.handle(self.command, url.path, parse_qs(url.query), body,
+                                                        self.headers)
                 self._send(status, document, headers)
 
             do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _dispatch
@@ -156,11 +188,13 @@ class FakeAzure:
                                f"'{', '.join(sorted(known))}'.")
         return None
 
-    def handle(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict | None, dict]:
+    def handle(self, method: str, path: str, query: dict, body: bytes, headers=None) -> tuple[int, dict | None, dict]:
         key = path.lower().rstrip("/")
         if path.startswith("/blob/"):
             self.uploads.append(len(body))
             return 201, None, {}
+        if path.startswith("/keyvault/"):
+            return self.key_vault_data(method, path, query, body, headers or {})
         if key.startswith("/operations/"):
             return self.poll_operation(key)
         refused = self.check_api_version(key, query)
@@ -181,12 +215,17 @@ class FakeAzure:
                                                   "is set to disable local accounts.")
         if key.endswith("/listkeys") and "/microsoft.documentdb/" in key:
             return 200, {"primaryMasterKey": "cosmos-primary-key==", "secondaryMasterKey": "cosmos-secondary=="}, {}
+        if "/deletedvaults/" in key:
+            return self.deleted_vault(method, key)
         if method == "GET" and re.fullmatch(r"/subscriptions/[^/]+/resourcegroups/[^/]+/resources", key):
             return 200, {"value": self.resources_in(key.removesuffix("/resources"))}, {}
         if method == "GET":
             found = self.resources.get(key)
-            return (200, found, {}) if found else self._error(404, "ResourceNotFound", path)
+            return (200, normalised(key, found), {}) if found else self._error(404, "ResourceNotFound", path)
         if method == "PUT":
+            refused = self.refuse_vault(key, json.loads(body))
+            if refused:
+                return refused
             return self.put(key, path, json.loads(body))
         if method == "DELETE":
             if body:
@@ -239,8 +278,23 @@ class FakeAzure:
             stored["properties"]["vaultUri"] = f"https://{stored['name']}.vault.azure.net/"
         if "/microsoft.documentdb/databaseaccounts/" in key:
             stored["properties"]["documentEndpoint"] = f"https://{stored['name']}.documents.azure.com:443/"
-        if "/secrets/" in key:  # ARM never echoes a secret's value
-            stored["properties"] = {k: v for k, v in stored["properties"].items() if k != "value"}
+        if "/secrets/" in key:  # ARM never echoes a secret's value; each PUT is a new version
+            vault, name = key.split("/vaults/")[1].split("/secrets/")
+            self.secret_values[(vault, name)] = stored["properties"].pop("value")
+            uri = f"https://{vault}.vault.azure.net/secrets/{name}"
+            stored["properties"].update(secretUri=uri, secretUriWithVersion=f"{uri}/{uuid.uuid4().hex}",
+                                        attributes={"enabled": True, "created": next(self.ids)})
+        if re.search(r"/microsoft\.network/publicipaddresses/[^/]+$", key):
+            label = stored["properties"].get("dnsSettings", {}).get("domainNameLabel")
+            stored["properties"].update(ipAddress=f"20.{next(self.ids) % 250}.0.1", idleTimeoutInMinutes=4, ipTags=[])
+            if label:
+                stored["properties"]["dnsSettings"]["fqdn"] = f"{label}.{stored['location']}.cloudapp.azure.com"
+        if re.search(r"/microsoft\.containerservice/managedclusters/[^/]+$", key):
+            stored["identity"] = {**stored.get("identity", {}), "principalId": str(uuid_for(key, "cluster")),
+                                  "tenantId": "72f988bf-0000-0000-0000-000000000000"}
+        if "/microsoft.keyvault/vaults/" in key and "/secrets/" not in key and \
+                stored["properties"].pop("createMode", None) == "recover":
+            return self.recover_vault(key, stored)
         self.resources[key] = stored
         if "/providers/" not in key or "/roleassignments/" in key or "/secrets/" in key:  # synchronous ones
             return 201, stored, {}
@@ -262,8 +316,99 @@ class FakeAzure:
 
     def delete(self, key: str) -> tuple[int, None, dict]:
         for resource in [name for name in self.resources if name == key or name.startswith(key + "/")]:
+            if re.search(r"/microsoft\.keyvault/vaults/[^/]+$", resource):  # soft-deleted, with its contents
+                vault = resource.rsplit("/", 1)[1]
+                self.deleted_vaults[vault] = {name: doc for name, doc in self.resources.items()
+                                              if name == resource or name.startswith(resource + "/")}
+        for resource in [name for name in self.resources if name == key or name.startswith(key + "/")]:
             del self.resources[resource]
         return 202, None, {"Location": self._operation(), "Retry-After": "0"}
+
+    # -- Key Vault: soft delete, recover, purge ----------------------------------------------------------------
+    def refuse_vault(self, key: str, document: dict) -> tuple[int, dict, dict] | None:
+        if not re.search(r"/microsoft\.keyvault/vaults/[^/]+$", key):
+            return None
+        properties = document.get("properties", {})
+        vault = key.rsplit("/", 1)[1]
+        if properties.get("createMode") == "recover":
+            if vault not in self.deleted_vaults:
+                return self._error(404, "SoftDeletedVaultDoesNotExist",
+                                   f"A soft deleted vault with the given name {vault} does not exist.")
+            return None
+        if "accessPolicies" not in properties:  # required by the spec unless createMode is recover
+            return self._error(400, "BadRequest", "The parameter accessPolicies is not specified.")
+        if vault in self.deleted_vaults and key not in self.resources:
+            return self._error(409, "ConflictError", "Exist soft deleted vault with the same name.")
+        return None
+
+    def recover_vault(self, key: str, stored: dict) -> tuple[int, dict, dict]:
+        vault = key.rsplit("/", 1)[1]
+        self.resources.update(self.deleted_vaults.pop(vault))
+        return 200, self.resources[key], {"Azure-AsyncOperation": self._operation()}
+
+    def deleted_vault(self, method: str, key: str) -> tuple[int, dict | None, dict]:
+        vault = key.split("/deletedvaults/")[1].split("/")[0]
+        if vault not in self.deleted_vaults:
+            return self._error(404, "ResourceNotFound", f"deleted vault {vault}")
+        if method == "POST" and key.endswith("/purge"):
+            del self.deleted_vaults[vault]
+            for secret in [k for k in self.secret_values if k[0] == vault]:
+                del self.secret_values[secret]
+            for cert in [k for k in self.certificates if k[0] == vault]:
+                del self.certificates[cert]
+            return 202, None, {"Location": self._operation(), "Retry-After": "0"}
+        return 200, {"id": key, "name": vault, "type": "Microsoft.KeyVault/deletedVaults",
+                     "properties": {"vaultId": next(iter(self.deleted_vaults[vault])), "scheduledPurgeDate": "later"}}, {}
+
+    # -- Key Vault's data plane -------------------------------------------------------------------------------
+    def key_vault_data(self, method: str, path: str, query: dict, body: bytes, headers) -> tuple[int, dict | None, dict]:
+        if query.get("api-version", [""])[0] != KEY_VAULT_DATA_API:
+            return self._error(400, "BadParameter", "The api-version is not supported")
+        if not (headers.get("authorization") or "").startswith("Bearer "):
+            return self._error(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
+        _, _, vault, collection, name, *rest = path.lower().rstrip("/").split("/")
+        if f"{vault}" not in {key.rsplit("/", 1)[1] for key in self.resources if "/microsoft.keyvault/vaults/" in key
+                              and "/secrets/" not in key}:
+            return self._error(404, "VaultNotFound", vault)
+        if collection == "secrets" and method == "GET":
+            value = self.secret_values.get((vault, name))
+            return (200, {"value": value, "id": f"https://{vault}.vault.azure.net/secrets/{name}"}, {}) \
+                if value is not None else self._error(404, "SecretNotFound", name)
+        if collection == "certificates":
+            return self.certificate_call(method, vault, name, rest, json.loads(body or b"{}"))
+        return self._error(400, "BadRequest", f"{method} {path}")
+
+    def certificate_call(self, method: str, vault: str, name: str, rest: list[str], request: dict):
+        if method == "GET" and not rest:
+            found = self.certificates.get((vault, name))
+            return (200, found, {}) if found else self._error(404, "CertificateNotFound", name)
+        if method == "GET" and rest == ["pending"]:
+            return 200, {"status": "completed"}, {}
+        if method == "POST" and rest == ["create"]:
+            x509_props = request["policy"]["x509_props"]
+            key, cert = certificate(x509_props["subject"].removeprefix("CN="),
+                                    [x509.DNSName(n) for n in x509_props["sans"]["dns_names"]])
+            self.store_certificate(vault, name, key, cert, request["policy"])
+            return 202, {"status": "inProgress"}, {}
+        if method == "POST" and rest == ["import"]:
+            pem = request["value"].encode()
+            key = serialization.load_pem_private_key(pem, password=None)
+            cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE"):])
+            policy = {"secret_props": request["policy"]["secret_props"], "issuer": {"name": "Unknown"}}
+            return 200, self.store_certificate(vault, name, key, cert, policy), {}
+        return self._error(400, "BadRequest", f"{method} certificates/{name}/{'/'.join(rest)}")
+
+    def store_certificate(self, vault: str, name: str, key, cert: x509.Certificate, policy: dict) -> dict:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        version = uuid.uuid4().hex
+        bundle = {"id": f"https://{vault}.vault.azure.net/certificates/{name}/{version}",
+                  "cer": base64.b64encode(der).decode(),
+                  "x5t": base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("="),
+                  "policy": policy, "attributes": {"enabled": True}}
+        self.certificates[(vault, name)] = bundle
+        self.certificate_pems[(vault, name)] = pem_of(key, cert)
+        self.secret_values[(vault, name)] = pem_of(key, cert)  # a certificate's secret: what the CSI driver mounts
+        return bundle
 
     def schedule_run(self, key: str, request: dict) -> tuple[int, dict, dict]:
         if not self.tasks_allowed:
@@ -308,6 +453,36 @@ class FakeAzure:
                                "6dae42f8-4368-4678-94ff-3960e28e3630"]}}}],
                   "contexts": [{"name": "aks", "context": {"cluster": "aks", "user": "clusterUser"}}]}
         return base64.b64encode(yaml.safe_dump(config).encode()).decode()
+
+
+def normalised(key: str, stored: dict) -> dict:
+    """What ARM's GET answers for what it stored: its own spellings and the fields it adds."""
+    document = json.loads(json.dumps(stored))
+    if re.search(r"/microsoft\.documentdb/databaseaccounts/[^/]+$", key):
+        properties, name = document["properties"], document["name"]
+        document["location"] = LOCATION_NAMES.get(document["location"], document["location"])
+        document["type"] = "Microsoft.DocumentDB/databaseAccounts"
+        locations = [{"id": f"{name}-{loc['locationName']}", "locationName": LOCATION_NAMES.get(loc["locationName"], loc["locationName"]),
+                      "documentEndpoint": f"https://{name}-{loc['locationName']}.documents.azure.com:443/",
+                      "provisioningState": "Succeeded", "failoverPriority": loc.get("failoverPriority", 0),
+                      "isZoneRedundant": False} for loc in properties.get("locations", [])]
+        properties.update(locations=locations, readLocations=locations, writeLocations=locations[:1],
+                          failoverPolicies=[{"id": loc["id"], "locationName": loc["locationName"],
+                                             "failoverPriority": loc["failoverPriority"]} for loc in locations],
+                          capabilities=list(reversed(properties.get("capabilities", []))),
+                          consistencyPolicy={**properties.get("consistencyPolicy", {}), "maxIntervalInSeconds": 5,
+                                             "maxStalenessPrefix": 100},
+                          enableAutomaticFailover=False, enableMultipleWriteLocations=False, isVirtualNetworkFilterEnabled=False,
+                          instanceId=str(uuid_for(key, "instance")), cassandraConnectorOffer=None)
+    if re.search(r"/microsoft\.keyvault/vaults/[^/]+$", key):
+        document["properties"].update(enabledForDeployment=False, enabledForDiskEncryption=False,
+                                      enabledForTemplateDeployment=False, publicNetworkAccess="Enabled")
+        document["type"] = "Microsoft.KeyVault/vaults"
+    if re.search(r"/microsoft\.network/publicipaddresses/[^/]+$", key):
+        document["location"] = document["location"].replace(" ", "").lower()
+        document["etag"] = 'W/"00000000-0000-0000-0000-000000000001"'
+        document["type"] = "Microsoft.Network/publicIPAddresses"
+    return document
 
 
 def uuid_for(key: str, role: str) -> uuid.UUID:

@@ -28,8 +28,11 @@ def settings_for(overlay: str, namespace: str) -> DeploySettings:
 
 
 def objects_for(rendered, overlay: str, namespace: str, images=IMAGES_V1) -> list[dict]:
+    """The overlay's objects in the test's own namespace (the cluster-wide Azure Monitor settings in
+    kube-system are left to the metrics tests below: every namespace would rewrite them)."""
     store = COSMOS_STORE if overlay == "prod" else None
-    return kube.customize(rendered[overlay], settings_for(overlay, namespace), images, store)
+    return [obj for obj in kube.customize(rendered[overlay], settings_for(overlay, namespace), images, store)
+            if obj["metadata"].get("namespace") != "kube-system"]
 
 
 def lines() -> tuple[list[str], callable]:
@@ -193,3 +196,137 @@ def test_access_is_waited_for_while_a_new_role_assignment_propagates(local_kube,
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
                    "subjects": [{"kind": "User", "name": "newcomer", "apiGroup": "rbac.authorization.k8s.io"}]})
     kube.wait_for_access(newcomer, timeout=120, poll=0.05, step=lambda line: None)
+
+
+# -- what the pods read from Key Vault, the public address, metrics, Jobs ---------------------------------------
+VAULT = {"client_id": "c1d2e3f4-0000-0000-0000-000000000001", "tenant_id": "72f988bf-0000-0000-0000-000000000000",
+         "key_vault": "visage-aks-kv-abc123",
+         "secrets": {"cassandra-username": "VISAGE_CASSANDRA_USERNAME", "cassandra-password": "VISAGE_CASSANDRA_PASSWORD"},
+         "versions": {"cassandra-password": "v1", "auth-jwks": "v1", "gateway-tls": "v1"},
+         "local_issuer": True, "certificate": "gateway-tls"}
+
+
+def external_store_objects(rendered, namespace: str, vault=VAULT) -> list[dict]:
+    settings = replace(settings_for("prod", namespace), store="external",
+                       cassandra_env={"VISAGE_CASSANDRA_HOSTS": "10.1.0.4"},
+                       secret_env={"VISAGE_CASSANDRA_USERNAME": "u", "VISAGE_CASSANDRA_PASSWORD": "do-not-leak"})
+    return kube.customize(rendered["prod"], settings, IMAGES_V1, vault)
+
+
+def _pod(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]
+
+
+def test_external_store_credentials_come_from_key_vault_never_a_plain_secret(cluster, rendered, namespace):
+    objects = external_store_objects(rendered, namespace)
+    kube.apply(cluster, objects, lambda line: None)
+    kube.admit_pods(cluster, objects)  # CSI volumes pass Pod Security "restricted"
+    assert not any(obj["kind"] == "Secret" for obj in objects)
+    assert "do-not-leak" not in yaml.safe_dump_all(objects)
+    assert cluster.list("Secret", namespace) == []
+    store = cluster.get({"kind": "SecretProviderClass", "metadata": {"name": kube.STORE_SECRET, "namespace": namespace}})
+    synced = {item["key"] for item in store["spec"]["secretObjects"][0]["data"]}
+    assert synced == {"VISAGE_CASSANDRA_USERNAME", "VISAGE_CASSANDRA_PASSWORD"}
+    query = cluster.get({"kind": "Deployment", "metadata": {"name": "visage-query", "namespace": namespace}})
+    assert {"secretRef": {"name": kube.STORE_SECRET}} in _pod(query)["containers"][0]["envFrom"]
+
+
+def test_one_issuer_key_every_pod_verifies_with_only_the_loader_holding_the_signing_key(cluster, rendered, namespace):
+    objects = external_store_objects(rendered, namespace)
+    kube.apply(cluster, objects, lambda line: None)
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "Job"):
+            continue
+        live = cluster.get(obj)
+        classes = {v["csi"]["volumeAttributes"]["secretProviderClass"] for v in _pod(live).get("volumes", []) if "csi" in v}
+        env = {e["name"]: e["value"] for e in _pod(live)["containers"][0].get("env", []) if "value" in e}
+        if obj["kind"] == "Job":
+            assert kube.AUTH_SIGNING in classes and env["VISAGE_AUTH_DIR"] == kube.AUTH_DIR
+        else:
+            assert kube.AUTH_KEYS in classes and kube.AUTH_SIGNING not in classes, obj["metadata"]["name"]
+            assert env["VISAGE_AUTH_JWKS_FILE"] == f"{kube.AUTH_DIR}/jwks.json"
+    signing = cluster.get({"kind": "SecretProviderClass", "metadata": {"name": kube.AUTH_SIGNING, "namespace": namespace}})
+    assert "signing-key.pem" in signing["spec"]["parameters"]["objects"]
+
+
+def test_the_gateway_serves_tls_from_key_vault_on_the_static_ip_with_its_name(cluster, rendered, namespace):
+    objects = external_store_objects(rendered, namespace)
+    kube.apply(cluster, objects, lambda line: None)
+    settings = settings_for("prod", namespace)
+    gateway = cluster.get({"kind": "Deployment", "metadata": {"name": "visage-gateway", "namespace": namespace}})
+    container = _pod(gateway)["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VISAGE_GATEWAY_TLS_CERT"] == env["VISAGE_GATEWAY_TLS_KEY"] == f"{kube.TLS_DIR}/tls.pem"
+    assert env["VISAGE_GATEWAY_REDIRECT_PORT"] == "8081"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    service = cluster.get({"kind": "Service", "metadata": {"name": "visage-gateway", "namespace": namespace}})
+    annotations = service["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/azure-pip-name"] == settings.public_ip
+    assert annotations["service.beta.kubernetes.io/azure-load-balancer-resource-group"] == settings.resource_group
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(443, "https"), (80, "http-redirect")}
+    config = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-config", "namespace": namespace}})
+    assert config["data"]["VISAGE_GATEWAY_HOSTNAMES"] == settings.azure_fqdn
+
+
+def test_a_rotated_secret_restarts_the_pods_that_read_it(cluster, rendered, namespace):
+    kube.apply(cluster, external_store_objects(rendered, namespace), lambda line: None)
+    rotated = {**VAULT, "versions": {**VAULT["versions"], "cassandra-password": "v2"}}
+    changes = kube.apply(cluster, external_store_objects(rendered, namespace, rotated), lambda line: None)
+    updated = {c.name.split("/")[1] for c in changes if c.kind == "Deployment" and c.action == "update"}
+    assert {"visage-query", "visage-ingest", "visage-classifier", "visage-trainer"} <= updated
+    again = kube.apply(cluster, external_store_objects(rendered, namespace, rotated), lambda line: None)
+    assert [c for c in again if c.action != "unchanged" and c.kind != "Job"] == []
+
+
+def test_metrics_ports_are_declared_and_open_only_to_azure_monitor(cluster, rendered, namespace):
+    objects = external_store_objects(rendered, namespace)
+    kube.apply(cluster, objects, lambda line: None)
+    for name in ("visage-ingest", "visage-classifier", "visage-trainer", "visage-query"):
+        live = cluster.get({"kind": "Deployment", "metadata": {"name": name, "namespace": namespace}})
+        ports = {p["name"]: p["containerPort"] for p in _pod(live)["containers"][0]["ports"]}
+        annotations = live["spec"]["template"]["metadata"]["annotations"]
+        assert ports["metrics"] == ports["grpc"] + 1000 == int(annotations["prometheus.io/port"])
+        assert annotations["prometheus.io/scrape"] == "true"
+    policy = cluster.get({"kind": "NetworkPolicy", "metadata": {"name": "metrics-from-monitoring", "namespace": namespace}})
+    rule = policy["spec"]["ingress"][0]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert all(peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+               for peer in rule["from"])
+    monitoring = cluster.get({"kind": "ConfigMap", "metadata": {"name": "ama-metrics-settings-configmap",
+                                                                "namespace": "kube-system"}})
+    assert monitoring["data"]["pod-annotation-based-scraping"] == f'podannotationnamespaceregex = "{namespace}"'
+
+
+def test_someone_elses_azure_monitor_settings_are_kept(cluster, rendered, namespace):
+    theirs = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": "ama-metrics-settings-configmap", "namespace": "kube-system"},
+              "data": {"schema-version": "v1", "pod-annotation-based-scraping": 'podannotationnamespaceregex = "team"'}}
+    existing = cluster.get(theirs)
+    if existing is not None:
+        cluster.delete(theirs)
+    cluster.apply(theirs)
+    try:
+        seen, step = lines()
+        kube.apply(cluster, external_store_objects(rendered, namespace), step)
+        assert cluster.get(theirs)["data"]["pod-annotation-based-scraping"] == 'podannotationnamespaceregex = "team"'
+        assert any("someone else's, kept" in line and namespace in line for line in seen)
+    finally:
+        cluster.delete(theirs)
+
+
+def test_a_failed_job_is_reported_with_its_reason(cluster, rendered, namespace, failing_jobs):
+    failing_jobs.add("visage-demo-loader")
+    objects = external_store_objects(rendered, namespace)
+    kube.apply(cluster, objects, lambda line: None)
+    with pytest.raises(DeployError) as failure:
+        kube.wait_for_jobs(cluster, objects, timeout=120, poll=0.05, step=lambda line: None)
+    assert (f"{namespace}/visage-demo-loader: BackoffLimitExceeded: Job has reached the specified backoff limit"
+            in str(failure.value))
+
+
+def test_jobs_are_waited_for_until_complete(cluster, rendered, namespace, controllers):
+    objects = external_store_objects(rendered, namespace)
+    kube.apply(cluster, objects, lambda line: None)
+    kube.wait_for_jobs(cluster, objects, timeout=120, poll=0.05, step=lambda line: None)
+    job = cluster.get({"kind": "Job", "metadata": {"name": "visage-demo-loader", "namespace": namespace}})
+    assert kube.job_problem(job) == ("done", None)

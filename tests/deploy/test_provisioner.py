@@ -3,16 +3,19 @@ Resource Manager (tests/deploy/fake_azure.py), and the cluster it makes is a rea
 kube-apiserver (scripts/kube_apiserver.py) with stand-in controllers for rollouts and the LB."""
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 
+import pytest
 import requests
 
+from visage.auth.tokens import AuthConfig, TokenVerifier
 from visage_deploy.__main__ import main
 from visage_deploy.azure_resources import ACR_PULL_ROLE
 from visage_deploy.images import IMAGES
 
-from tests.deploy.conftest import DEPLOYER_OID, LB_IP
+from tests.deploy.conftest import DEPLOYER_OID
 
 
 def _deployment(cluster, namespace: str, name: str) -> dict | None:
@@ -23,9 +26,15 @@ def test_first_apply_creates_everything_waits_for_rollout_and_health(fake_azure,
                                                                      cluster, gateway_health, capsys):
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
     out = capsys.readouterr().out
-    url = f"http://{LB_IP}:{gateway_health.port}/"
-    assert out.rstrip().endswith(url)
-    assert out.index("waiting for every Deployment to roll out") < out.index("checking the gateway") < out.index("Visage is up")
+    url = f"https://{deploy_settings.azure_fqdn}:{gateway_health.port}/"
+    link = out.rstrip().splitlines()[-1]
+    assert link.startswith(f"{url}#token=")  # one deploy ends with the https address and a sign-in link
+    jwks = json.loads(fake_azure.secret_values[(deploy_settings.key_vault, "auth-jwks")])
+    assert TokenVerifier(AuthConfig(), jwks=jwks).verify(link.split("#token=")[1]).role.label == "admin"
+    assert out.index("waiting for every Deployment to roll out") < out.index("as a person would") < out.index("Visage is up")
+    # the last check went through the public name: an authenticated read of the store, then a Classify
+    assert ("GET", "/v1/personas?page_size=100") in gateway_health.calls
+    assert ("POST", "/v1/images:classify") in gateway_health.calls
     paths = [path.lower() for method, path in fake_azure.mutations()]
     assert any(path.endswith("/resourcegroups/visage-rg") for path in paths)
     assert any(path.endswith("/registries/visagetest") for path in paths)
@@ -40,11 +49,14 @@ def test_first_apply_creates_everything_waits_for_rollout_and_health(fake_azure,
     assert image == f"visagetest.azurecr.io/{next(name for name in built if 'ingest' in name)}"
 
 
-def test_second_apply_changes_nothing_and_rebuilds_no_image(fake_azure, deploy_settings, credential, capsys):
-    """ACR run outputs name images by digest: the 'already built' check must still see them."""
-    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_second_apply_changes_nothing_and_rebuilds_no_image(fake_azure, deploy_settings, credential, capsys, overlay):
+    """ACR run outputs name images by digest: the 'already built' check must still see them. ARM's GETs
+    answer its normalised shapes (Cosmos DB's "West Europe"): those are no change either."""
+    settings = replace(deploy_settings, overlay=overlay)
+    assert main(["apply"], credential=credential, settings=settings) == 0
     runs, mutations_before = len(fake_azure.runs), len(fake_azure.mutations())
-    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+    assert main(["apply"], credential=credential, settings=settings) == 0
     out = capsys.readouterr().out
     assert fake_azure.mutations()[mutations_before:] == []
     assert len(fake_azure.runs) == runs and len(fake_azure.uploads) == 1
@@ -107,12 +119,13 @@ def test_prod_provisions_serverless_cosmos_with_credentials_in_key_vault(fake_az
     assert account["properties"]["backupPolicy"] == {"type": "Periodic", "periodicModeProperties": {
         "backupIntervalInMinutes": 240, "backupRetentionIntervalInHours": 168, "backupStorageRedundancy": "Geo"}}
     secrets = {key.rsplit("/", 1)[1] for key in fake_azure.resources if "/microsoft.keyvault/vaults/" in key and "/secrets/" in key}
-    assert secrets == {"cassandra-username", "cassandra-password"}
+    assert secrets == {"cassandra-username", "cassandra-password", "auth-signing-key", "auth-jwks"}
     federated = fake_azure.find("/federatedidentitycredentials/visage")["properties"]
     assert federated["subject"] == f"system:serviceaccount:{prod.namespace}:visage"
     assert federated["issuer"] == fake_azure.find("/managedclusters/visage-aks")["properties"]["oidcIssuerProfile"]["issuerURL"]
     config = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}})
     assert config["data"]["VISAGE_CASSANDRA_HOSTS"] == f"{prod.cosmos_account}.cassandra.cosmos.azure.com"
+    assert config["data"]["VISAGE_CASSANDRA_BACKEND"] == "cosmos"  # no Apache-only table options sent
     assert cluster.get({"kind": "StatefulSet", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}}) is None
     assert fake_azure.find("/cassandrakeyspaces/visage")["properties"]["options"] == {}  # serverless: no throughput
 
@@ -145,10 +158,14 @@ def test_external_managed_instance_uses_port_9042_and_the_given_ca(fake_azure, d
     assert main(["apply"], credential=credential, settings=prod) == 0, capsys.readouterr().err
     config = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-cassandra", "namespace": prod.namespace}})
     assert config["data"]["VISAGE_CASSANDRA_PORT"] == "9042" and config["data"]["VISAGE_CASSANDRA_TLS"] == "true"
+    assert config["data"].get("VISAGE_CASSANDRA_BACKEND", "apache") == "apache"  # Managed Instance: Apache Cassandra
     ca_map = cluster.get({"kind": "ConfigMap", "metadata": {"name": "visage-cassandra-ca", "namespace": prod.namespace}})
     assert ca_map["data"]["ca.pem"] == ca.read_text()
     assert config["data"]["VISAGE_CASSANDRA_TLS_CA_FILE"].startswith("/etc/visage/cassandra-ca/")
     assert not any("/microsoft.documentdb/" in key for key in fake_azure.resources)
+    # the credentials went to Key Vault (read by the pods through the CSI driver), not into a Secret
+    assert fake_azure.secret_values[(prod.key_vault, "cassandra-password")] == "p"
+    assert cluster.list("Secret", prod.namespace) == []
 
 
 def test_rollout_that_does_not_finish_is_reported_not_announced(fake_azure, deploy_settings, credential,
@@ -157,6 +174,14 @@ def test_rollout_that_does_not_finish_is_reported_not_announced(fake_azure, depl
     assert main(["apply"], credential=credential, settings=replace(deploy_settings, rollout_timeout=2)) == 2
     captured = capsys.readouterr()
     assert "visage-query: 0/1 updatedReplicas" in captured.err and "Visage is up" not in captured.out
+
+
+def test_a_failed_demo_loader_is_reported_not_announced(fake_azure, deploy_settings, credential, failing_jobs,
+                                                      capsys):
+    failing_jobs.add("visage-demo-loader")
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 2
+    captured = capsys.readouterr()
+    assert "visage-demo-loader: BackoffLimitExceeded" in captured.err and "Visage is up" not in captured.out
 
 
 def test_unhealthy_gateway_is_reported_not_announced(fake_azure, deploy_settings, credential, gateway_health,
@@ -222,9 +247,9 @@ def test_unavailable_region_is_reported_clearly(fake_azure, deploy_settings, cre
 
 def test_destroy_deletes_the_resource_group_it_made_and_is_idempotent(fake_azure, deploy_settings, credential, capsys):
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
-    assert main(["destroy"], credential=credential, settings=deploy_settings) == 0
+    assert main(["destroy", "--yes"], credential=credential, settings=deploy_settings) == 0
     assert not any(key.startswith("/subscriptions/") for key in fake_azure.resources)
-    assert main(["destroy"], credential=credential, settings=deploy_settings) == 0
+    assert main(["destroy", "--yes"], credential=credential, settings=deploy_settings) == 0
     assert "already gone" in capsys.readouterr().out
 
 
@@ -238,7 +263,7 @@ def test_destroy_in_a_resource_group_that_existed_before_deletes_only_its_own(fa
                                     "tags": {}}
     assert main(["apply"], credential=credential, settings=deploy_settings) == 0
     assert fake_azure.resources[group]["tags"] == {"team": "data"}  # used, not taken over
-    assert main(["destroy"], credential=credential, settings=deploy_settings) == 0
+    assert main(["destroy", "--yes"], credential=credential, settings=deploy_settings) == 0
     assert group in fake_azure.resources and theirs in fake_azure.resources
     assert not any("/managedclusters/" in key or "/registries/" in key for key in fake_azure.resources)
 
@@ -261,3 +286,32 @@ def test_remove_deletes_the_apps_kubernetes_objects_and_keeps_the_cluster(fake_a
     assert main(["remove"], credential=credential, settings=deploy_settings) == 0
     assert _deployment(cluster, deploy_settings.namespace, "visage-ingest") is None
     assert fake_azure.find("/managedclusters/visage-aks")
+
+
+def test_undeploy_then_deploy_again_recovers_the_soft_deleted_vault(fake_azure, deploy_settings, credential, capsys):
+    """deploy/aks/README.md suggests `make undeploy && make deploy`: the vault's fixed name is held by
+    the soft-deleted vault for 7 days; the deploy recovers it (same key: earlier tokens still verify)."""
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0
+    key = fake_azure.secret_values[(deploy_settings.key_vault, "auth-signing-key")]
+    assert main(["destroy", "--yes"], credential=credential, settings=deploy_settings) == 0
+    assert deploy_settings.key_vault in fake_azure.deleted_vaults
+    assert main(["apply"], credential=credential, settings=deploy_settings) == 0, capsys.readouterr().err
+    assert "recover" in capsys.readouterr().out
+    assert fake_azure.secret_values[(deploy_settings.key_vault, "auth-signing-key")] == key
+
+
+def test_plan_shows_the_address_certificate_identity_and_store(deploy_settings, capsys):
+    anonymous = replace(deploy_settings, subscription_id="")
+    assert main(["plan"], credential=None, settings=anonymous) == 0
+    out = capsys.readouterr().out
+    assert f"https://{anonymous.azure_fqdn}/" in out and "static public IP" in out
+    assert "self-signed by Key Vault" in out
+    assert "the local issuer: one Ed25519 key, generated once into Key Vault" in out
+    assert "Apache Cassandra in the cluster" in out
+    own = replace(deploy_settings, subscription_id="", hostname="visage.example.org", overlay="prod",
+                  identity="entra", cassandra_env={"VISAGE_AUTH_ISSUER": "https://login.microsoftonline.com/t/v2.0",
+                                                   "VISAGE_AUTH_AUDIENCE": "api://visage",
+                                                   "VISAGE_AUTH_JWKS_URL": "https://login.microsoftonline.com/t/keys"})
+    assert main(["plan"], credential=None, settings=own) == 0
+    out = capsys.readouterr().out
+    assert "https://visage.example.org/" in out and "Microsoft Entra ID" in out and "Cosmos DB for Apache Cassandra" in out

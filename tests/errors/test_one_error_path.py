@@ -20,7 +20,7 @@ from visage import errors
 from visage.auth.tokens import AuthError
 from visage.errors import STATUS_HINT_HEADER
 from visage.faces.detectors import DetectorUnavailable
-from visage.faces.pipeline import AnalyzedImage, ImageTooLarge, InvalidImage
+from visage.faces.pipeline import AnalyzedImage, ImageTooLarge, InvalidImage, NotAFace
 from visage.faces.pool import ANALYSIS_ERRORS, WorkerCrashed
 from visage.v1 import classify_pb2, classify_pb2_grpc, ingest_pb2, ingest_pb2_grpc, train_pb2, train_pb2_grpc
 
@@ -158,7 +158,8 @@ def test_the_former_separate_tables_are_registered_kinds():
     """faces/status.py's table, the auth interceptor's string keys: now kinds in visage.errors."""
     assert {kind: errors.registered_status(kind) for kind in ANALYSIS_ERRORS} == {
         InvalidImage: grpc.StatusCode.INVALID_ARGUMENT, ImageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-        DetectorUnavailable: grpc.StatusCode.UNAVAILABLE, WorkerCrashed: grpc.StatusCode.INTERNAL}
+        DetectorUnavailable: grpc.StatusCode.UNAVAILABLE, WorkerCrashed: grpc.StatusCode.INTERNAL,
+        NotAFace: grpc.StatusCode.INVALID_ARGUMENT}
     assert {kind.status: errors.registered_status(kind) for kind in AuthError.__subclasses__()} == {
         "unauthenticated": grpc.StatusCode.UNAUTHENTICATED, "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
         "unavailable": grpc.StatusCode.UNAVAILABLE}

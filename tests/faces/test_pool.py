@@ -64,7 +64,7 @@ def test_a_light_callers_image_is_analysed_before_a_heavy_callers_queued_one(fac
     assert (pool.image_cost(6000, 6000), pool.image_cost(*Image.open(io.BytesIO(light)).size)) == (3, 1)
     admitted: list[str] = []
     run = pool._run
-    pool._run = lambda content: admitted.append("light" if content is light else "heavy") or run(content)
+    pool._run = lambda work, content: admitted.append("light" if content is light else "heavy") or run(work, content)
 
     def analyze_as(caller: str, content: bytes):
         CALLER.set(caller)

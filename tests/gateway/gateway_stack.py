@@ -116,11 +116,14 @@ def sign_in(context, token: str | None = None) -> None:
     patient(context).add_init_script(f"sessionStorage.setItem('visage.token', {json.dumps(token)});")
 
 
-def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, str] | None = None) -> Gateway:
-    """`python -m visage_gateway` on a free port, waiting until Envoy answers."""
+def start_gateway(ports: dict[str, int], work_dir: Path, extra_env: dict[str, str] | None = None,
+                  port: int | None = None) -> Gateway:
+    """`python -m visage_gateway` on a free port (or `port`: one chosen earlier, e.g. for a
+    sign-in provider's redirect URI), waiting until Envoy answers."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    chosen = port
     for attempt in range(3):  # another process may take the free port before Envoy binds it
-        port = free_port()
+        port = chosen or free_port()
         env = dict(os.environ, VISAGE_DATA_DIR=str(work_dir), VISAGE_GATEWAY_PORT=str(port),
                    **{f"VISAGE_{name.upper()}_PORT": str(p) for name, p in ports.items()}, **(extra_env or {}))
         log_path = work_dir / f"gateway-{attempt}.log"

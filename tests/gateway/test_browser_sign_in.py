@@ -135,3 +135,12 @@ def test_the_page_reads_the_role_from_the_claim_the_gateway_is_configured_with(b
         context.close()
     finally:
         gateway.stop()
+
+
+def test_a_login_link_can_name_the_page_it_opens(new_page, issue_token):
+    """`VISAGE_RUN_OPEN=/unknown make run` prints a link ending `&open=/unknown` (issue 28)."""
+    page = new_page()
+    page.goto(f"/#token={issue_token('labeller', 'leonard')}&open=/unknown")
+    page.locator("#whoami-name", has_text="leonard").wait_for()
+    page.locator("#main h1", has_text="Unknown").wait_for()
+    assert page.url.endswith("#/unknown") and "token=" not in page.url

@@ -1,15 +1,20 @@
 """The README's first session, done by a browser: every shared photo ingested,
 then the 8 bbt people, Obama and Biden organised from the Unknown page's
 suggested people in under 30 actions (a typed name + Enter, a click, or the
-one `visage ingest` command each count as one)."""
+one `visage ingest` command each count as one). It starts as a person does:
+the sign-in link `make run` prints, opening the Unknown page, which shows the
+suggested people where the eye is when they arrive (the page does not scroll away)."""
 from __future__ import annotations
 
 import time
 from collections import Counter
 
 import pytest
-from test_browser import browser, page, poll, shoot  # noqa: F401 - fixtures shared with test_browser
+from gateway_stack import patient
+from test_browser import browser, live_updates_connected, poll, shoot  # noqa: F401 - shared with test_browser
 
+from visage.auth.tokens import AuthConfig
+from visage.mesh import login_link
 from visage.v1 import resources_pb2 as pb
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
@@ -53,10 +58,39 @@ def organised(mesh, truth: dict[str, str]) -> list[str]:
     return wrong
 
 
+@pytest.fixture
+def page(browser, gateway):
+    """A browser that is not signed in yet (the sign-in link does it)."""
+    context = patient(browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900}))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def open_the_sign_in_link(page, gateway) -> None:
+    """The link `make run` prints (VISAGE_RUN_OPEN=/unknown): signed in, on the Unknown page; the
+    suggested people, computed after the list on this first visit, arrive in view and stay there."""
+    page.goto(login_link(f"{gateway.url}/", AuthConfig.from_env(), "/unknown"))
+    page.locator("#whoami-name").wait_for()
+    page.locator("#main[data-ready] #unknown .face-card").first.wait_for()
+    assert page.evaluate("location.hash") == "#/unknown"
+    live_updates_connected(page)
+    page.locator("#suggested .cluster-card").first.wait_for(timeout=LIVE_SECONDS * 1000)
+    page.locator("#main:not([data-pending])").wait_for()
+    assert page.evaluate("window.scrollY") == 0, "the page scrolled away from the suggested people"
+    for element in ("#suggested h2", "#suggested .cluster-card input.picker"):
+        box = page.locator(element).first.bounding_box()
+        assert box and 0 <= box["y"] and box["y"] + box["height"] <= 900, f"{element} is off screen: {box}"
+
+
 def test_organise_the_shared_photos_in_under_30_actions(page, mesh, gateway, truth, test_output_dir):
     actions = 1  # `visage ingest ../shared/data/faces`
-    page.goto("/#/unknown")
+    open_the_sign_in_link(page, gateway)
     actions += 1
+    shoot(page, test_output_dir, "first-session-arrived")
     named: set[str] = set()
     idle_answers = 0
     deadline = time.monotonic() + SETTLE_SECONDS

@@ -84,6 +84,12 @@ def test_upload_through_rest_finds_faces_and_serves_crops(gateway, faces_dir):
     assert status == 200 and headers["content-type"] == "image/jpeg" and crop[:2] == b"\xff\xd8"
     status, headers, original = gateway.request("GET", f"/v1/images/{result['image']['imageId']}/content")
     assert status == 200 and original == minimise(photo.read_bytes())  # the pixels, without metadata
+    # The face as the UI shows it: cut upright from the photo, cacheable, and only with a token.
+    upright = f"/v1/faces/{result['faces'][0]['faceId']}/crop?upright=true"
+    status, headers, data = gateway.request("GET", upright)
+    assert status == 200 and headers["content-type"] == "image/jpeg" and data != crop
+    assert "immutable" in headers["cache-control"]
+    assert gateway.request("GET", upright, anonymous=True)[0] == 401
 
 
 def test_corrupt_upload_is_a_readable_400(gateway):

@@ -38,7 +38,9 @@ def test_delete_persona_erasing_its_faces_over_rest(gateway, faces_dir):
     face_id = photo["faces"][0]["faceId"]
     assert gateway.json("POST", f"/v1/faces/{face_id}:label",
                         {"personaId": persona["personaId"], "verdict": "VERDICT_BELONGS"})[0] == 200
-    assert gateway.json("DELETE", f"/v1/personas/{persona['personaId']}?eraseFaces=true")[0] == 200
+    status, erased = gateway.json("DELETE", f"/v1/personas/{persona['personaId']}?eraseFaces=true")
+    assert status == 200 and erased["personaIds"] == [persona["personaId"]], erased  # it used to answer {}
+    assert erased["imageIds"] == [photo["image"]["imageId"]] and erased["faceIds"] == [face_id]
     assert gateway.request("GET", f"/v1/images/{photo['image']['imageId']}/content")[0] == 404
     assert gateway.request("GET", f"/v1/faces/{face_id}")[0] == 404
     assert gateway.json("DELETE", f"/v1/personas/{persona['personaId']}")[0] == 404

@@ -17,6 +17,7 @@ from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
 from query_calls import create, label, rpc_error
+from waiting import wait_until
 
 _images = itertools.count()
 WAIT_SECONDS = 60
@@ -224,3 +225,33 @@ def test_image_thumbnails_are_small_jpegs(stub, store, faces_dir, crop_jpegs):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "size" in error.details()
     error = rpc_error(stub.GetImageContent, query_pb2.GetImageContentRequest(image_id="nope", size=160))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_suggestions_are_stale_while_they_are_being_computed(store, faces_dir, crop_jpegs, monkeypatch):
+    """The first answer after a change is stale until the new groups are there: the computation
+    clears its flag when it starts, and used to be reported fresh while it ran (issue 28: the
+    Unknown page said "No suggestions" instead of "Looking for faces…")."""
+    import threading
+
+    from visage_query import clusters as suggested_people
+
+    add_faces(store, faces_dir, crop_jpegs, people(2, 3, seed=11))
+    running, release = threading.Event(), threading.Event()
+    compute = suggested_people.clustering.clusters
+
+    def slow_clusters(*args, **kwargs):
+        running.set()
+        release.wait(WAIT_SECONDS)
+        return compute(*args, **kwargs)
+    monkeypatch.setattr(suggested_people.clustering, "clusters", slow_clusters)
+    suggested = suggested_people.SuggestedPeople(store, quiet_seconds=0).start()
+    try:
+        assert suggested.stale and not suggested.current().clusters  # asked: the computation starts
+        assert running.wait(WAIT_SECONDS)
+        assert suggested.stale and not suggested.result.clusters  # the old (empty) result, computing
+        release.set()
+        wait_until(lambda: not suggested.stale, "the computation ends")
+        assert len(suggested.result.clusters) == 2
+    finally:
+        release.set()
+        suggested.stop()

@@ -46,6 +46,29 @@ def test_persona_lifecycle_with_counts(stub, store, add_image, activate_model, p
     assert error.code() == grpc.StatusCode.NOT_FOUND and penny.persona_id in error.details()
 
 
+def test_erase_persona_answers_the_ids_it_erased(stub, store, add_image, activate_model):
+    """DeletePersona answers Empty; ErasePersona (REST's DELETE /v1/personas/{id}) the ids that went."""
+    penny, amy = create(stub, "Penny"), create(stub, "Amy")
+    first, second, amys = add_image(store, 2), add_image(store, 1), add_image(store, 1)
+    label(stub, first[0].face_id, penny.persona_id)
+    label(stub, second[0].face_id, penny.persona_id)
+    label(stub, amys[0].face_id, amy.persona_id)
+    version = activate_model(store, [penny.persona_id, amy.persona_id])
+
+    erased = stub.ErasePersona(query_pb2.ErasePersonaRequest(persona_id=penny.persona_id, erase_faces=True))
+    assert erased.persona_ids == [penny.persona_id]
+    assert sorted(erased.image_ids) == sorted([first[0].image_id, second[0].image_id])
+    assert sorted(erased.face_ids) == sorted(face.face_id for face in first + second)  # whole photos
+    assert list(erased.withdrawn_versions) == [version]
+    assert rpc_error(stub.GetFace, query_pb2.GetFaceRequest(face_id=first[1].face_id)).code() == grpc.StatusCode.NOT_FOUND
+
+    kept = stub.ErasePersona(query_pb2.ErasePersonaRequest(persona_id=amy.persona_id))
+    assert kept.persona_ids == [amy.persona_id] and not kept.face_ids and not kept.image_ids
+    assert stub.GetFace(query_pb2.GetFaceRequest(face_id=amys[0].face_id)).face_id == amys[0].face_id
+    again = rpc_error(stub.ErasePersona, query_pb2.ErasePersonaRequest(persona_id=amy.persona_id))
+    assert again.code() == grpc.StatusCode.NOT_FOUND and amy.persona_id in again.details()
+
+
 @pytest.mark.parametrize("name, reason", [
     ("", "required"),
     ("   \t ", "required"),

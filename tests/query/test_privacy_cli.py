@@ -34,6 +34,7 @@ def test_erase_commands_and_export(query_service, store, add_image, tmp_path, ca
     assert "NOT_FOUND" in capsys.readouterr().err
 
     assert main(["personas", *address, "delete", "--erase-faces", persona.persona_id]) == 0
+    assert "erased 1 image(s), 1 face(s)" in capsys.readouterr().out
     assert store.get_image(second[0].image_id) is None and store.get_persona(persona.persona_id) is None
     assert main(["export", *address, persona.persona_id, "-o", str(tmp_path / "gone.zip")]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err and not (tmp_path / "gone.zip").exists()

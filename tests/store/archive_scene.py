@@ -66,6 +66,7 @@ def fill(store: Store, faces_dir: Path) -> dict:
             store.put_predictions([PredictionRecord(faces[0].face_id, personas[other].persona_id if number % 8 == 3
                                                     else "", 0.4, 1, 1_700_000_300.0)])
     store.set_hidden("face", photos[3][3][0].face_id, True)
+    drawn = draw_missed_face(store, faces_dir, personas["penny"].persona_id)
     persona_ids = [p.persona_id for p in personas.values()]
     first = train(store, "first-training")
     assert first is not None and store.active_model_version().version == first
@@ -74,7 +75,21 @@ def fill(store: Store, faces_dir: Path) -> dict:
     store.record_gate_decision(rejected.version, pb.MODEL_STATE_REJECTED, "worse than the active version")
     erased = photos[-1][1].image_id  # an unlabelled, predicted photo of the last person
     store.delete_image(erased)
-    return {"photos": photos, "personas": personas, "erased": erased, "labelled": labelled}
+    return {"photos": photos, "personas": personas, "erased": erased, "labelled": labelled, "drawn": drawn}
+
+
+def draw_missed_face(store: Store, faces_dir: Path, persona_id: str) -> FaceRecord:
+    """A photo in which no face was found, and the face "dave" drew on it (AddFace), labelled."""
+    [path] = sorted((faces_dir / "bbt" / "penny").glob("*.png"))[4:5]
+    content = path.read_bytes()
+    image_id = hashlib.sha256(content).hexdigest()
+    picture = Image.open(io.BytesIO(content))
+    assert store.put_image(ImageRecord(image_id, path.name, "image/png", picture.width, picture.height, len(content),
+                                       0, pb.IMAGE_STATUS_NO_FACE, 1_700_000_050.0), content, [])
+    embedding = np.random.default_rng(30).standard_normal(128).astype(np.float32)
+    face = FaceRecord("", image_id, -1, (5, 5, picture.width - 5, picture.height - 5), [(20.0, 30.0)] * 5,
+                      embedding / np.linalg.norm(embedding), b"drawn crop", 1_700_000_060.0, drawn_by="dave")
+    return store.add_face(face, persona_id)
 
 
 def snapshot(store: Store) -> dict:
@@ -88,7 +103,7 @@ def snapshot(store: Store) -> dict:
 
     def face(f):
         return (f.face_id, f.image_id, f.index, tuple(f.box), [tuple(p) for p in f.landmarks],
-                np.asarray(f.embedding).tobytes(), bytes(f.crop_jpeg), f.create_time)
+                np.asarray(f.embedding).tobytes(), bytes(f.crop_jpeg), f.create_time, f.drawn_by)
 
     unknown, after = [], None
     while page := store.list_unknown_faces(after, 3):

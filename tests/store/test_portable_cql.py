@@ -16,7 +16,7 @@ from cassandra.query import BatchStatement, BatchType
 from visage.metrics import STORE_OVERLOADED_RETRIES
 from visage.store import portable_cql
 from visage.store.base import StoreUnavailable
-from visage.store.cassandra import BASELINE, MIGRATIONS, CassandraStore
+from visage.store.cassandra import BASELINE, ERASABLE_CONTENT_TABLES, MIGRATIONS, CassandraStore
 from visage.store.records import LabelRecord
 from visage.v1 import resources_pb2 as pb
 
@@ -88,7 +88,16 @@ def test_every_statement_in_the_store_source_is_portable():
 def _schema(store: CassandraStore) -> dict:
     rows = store._session.execute("SELECT table_name, column_name, kind, type, clustering_order "
                                   "FROM system_schema.columns WHERE keyspace_name = %s", (store.keyspace,))
-    return {(r.table_name, r.column_name): (r.kind, r.type, r.clustering_order) for r in rows}
+    columns = {(r.table_name, r.column_name): (r.kind, r.type, r.clustering_order) for r in rows}
+    return {**columns, **_table_options(store)}
+
+
+def _table_options(store: CassandraStore) -> dict:
+    """(table, "options") -> its gc_grace_seconds and compaction: the erasure options are schema too."""
+    rows = store._session.execute("SELECT table_name, gc_grace_seconds, compaction FROM system_schema.tables "
+                                  "WHERE keyspace_name = %s", (store.keyspace,))
+    return {(r.table_name, "options"): ("table", r.gc_grace_seconds, tuple(sorted(r.compaction.items())))
+            for r in rows}
 
 
 def test_a_new_keyspace_gets_the_migrated_schema_within_cosmos_db_limits(cassandra_config):
@@ -108,11 +117,42 @@ def test_a_new_keyspace_gets_the_migrated_schema_within_cosmos_db_limits(cassand
         assert baseline == _schema(stores["steps"])
         assert len({table for table, _column in baseline}) <= portable_cql.MAX_TABLES
         assert [key for key, (kind, *_rest) in baseline.items() if kind == "static"] == []
-        assert sum(1 for step in BASELINE if isinstance(step, str)) + 1 == len({t for t, _c in baseline})
+        assert {t for t, c in baseline if c == "options" and baseline[t, c][1] == 10800} == set(ERASABLE_CONTENT_TABLES)
+        assert sum(1 for step in BASELINE if isinstance(step, str)) + 1 == len({t for t, _c in baseline if _c != "options"})
     finally:
         for store in stores.values():
             store._session.execute(f"DROP KEYSPACE IF EXISTS {store.keyspace}", timeout=120)
             store.close()
+
+
+@pytest.mark.parametrize("backend", ["apache", "cosmos"])
+def test_erasure_table_options_only_where_the_backend_takes_them(cassandra_config, backend, monkeypatch):
+    """Apache Cassandra (and Managed Instance): the tables holding erasable content drop erased rows at
+    their next compaction, tombstones after VISAGE_CASSANDRA_ERASED_GRACE_SECONDS. Cosmos DB refuses a
+    non-zero gc_grace_seconds and runs no compaction: nothing of the kind is sent there."""
+    config = dataclasses.replace(cassandra_config, keyspace=f"{cassandra_config.keyspace}_{backend}",
+                                 backend=backend, erased_grace_seconds=7200)
+    store = CassandraStore(config)
+    try:
+        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+        cql_sent, execute = [], store._session.execute
+        monkeypatch.setattr(store._session, "execute",
+                            lambda query, *args, **kwargs: cql_sent.append(str(query)) or execute(query, *args, **kwargs))
+        store.migrate()
+        options = {table: (grace, compaction) for (table, _o), (_k, grace, compaction) in _table_options(store).items()}
+        tuned = {t for t, (grace, compaction) in options.items()
+                 if grace == 7200 and ("provide_overlapping_tombstones", "ROW") in compaction}
+        assert tuned == (set(ERASABLE_CONTENT_TABLES) if backend == "apache" else set())
+        sent_options = [cql for cql in cql_sent if cql.startswith("ALTER TABLE") and " WITH " in cql]
+        assert bool(sent_options) == (backend == "apache"), sent_options
+    finally:
+        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+        store.close()
+
+
+def test_a_backend_not_known_is_refused(cassandra_config):
+    with pytest.raises(ValueError, match="VISAGE_CASSANDRA_BACKEND"):
+        CassandraStore(dataclasses.replace(cassandra_config, backend="scylla"))
 
 
 def test_the_store_speaks_protocol_v4_at_the_configured_consistency(cassandra_config):
@@ -180,7 +220,7 @@ def test_an_ingest_whose_commit_timed_out_is_settled(overloading, applied):
     IMAGE_INGESTED, never reported as failed (UNAVAILABLE) or as stored before (False)."""
     proxy, store = overloading
     image, content, faces = make_image(store, "casimg", faces=1)
-    proxy.unknown_outcome(image.filename.encode(), applied)  # only the commit row carries the file name
+    proxy.unknown_outcome(image.content_type.encode(), applied)  # only the commit row carries the content type
     assert store.put_image(image, content, faces) is True
     assert proxy.timed_out == 1
     assert store.get_image(image.image_id) is not None

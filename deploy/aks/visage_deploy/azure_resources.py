@@ -1,7 +1,8 @@
-"""Resource group, container registry, AKS cluster and the store (Cosmos DB for
-Apache Cassandra, its credentials in Key Vault, the workload identity that reads
-them): desired ARM documents, read-diff-write against Azure Resource Manager,
-and the cluster's Kubernetes API credentials (Entra ID; local accounts are off).
+"""Resource group, container registry, AKS cluster, the gateway's static public IP with its DNS
+name, Key Vault (the store's credentials, the local issuer's key, the TLS certificate), the
+workload identity that reads it, and the store (Cosmos DB for Apache Cassandra): desired ARM
+documents, read-diff-write against Azure Resource Manager, and the cluster's Kubernetes API
+credentials (Entra ID; local accounts are off).
 
 Bodies are plain ARM JSON (the SDK's models accept and return it), so the
 diff compares exactly what goes over the wire."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from azure.mgmt.containerservice import ContainerServiceClient
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 
+from visage_deploy import key_vault
 from visage_deploy.diff import Change, change_for
 from visage_deploy.errors import DeployError, error_code, explain
 from visage_deploy.settings import COSMOS_CASSANDRA_PORT, DeploySettings
@@ -28,14 +31,24 @@ from visage_deploy.settings import COSMOS_CASSANDRA_PORT, DeploySettings
 ACR_PULL_ROLE = "7f951dda-4ed3-4680-a7ca-43fe172d538d"           # built-in "AcrPull"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"   # built-in "Key Vault Secrets User"
 AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"   # "Azure Kubernetes Service RBAC Cluster Admin"
+KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"       # the deployer: read/write secret values
+KEY_VAULT_CERTIFICATES_OFFICER = "a4417e6f-fecd-4de8-b567-7b0420556985"  # the deployer: make the certificate
+NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"  # the cluster: put its load balancer on our static IP
 AKS_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"            # Entra ID app every AKS API server trusts
 ROLE_ASSIGNMENT_API = "2022-04-01"
 KEY_VAULT_API = "2024-11-01"
 IDENTITY_API = "2024-11-30"
+NETWORK_API = "2024-05-01"
 # The autoscaler owns the node counts once the cluster exists: not drift.
 CLUSTER_IGNORED = frozenset({"properties.agentPoolProfiles[0].count", "properties.agentPoolProfiles[1].count"})
 SERVICE_ACCOUNT_SUBJECT = "system:serviceaccount:{namespace}:visage"
 CASSANDRA_SECRETS = {"cassandra-username": "VISAGE_CASSANDRA_USERNAME", "cassandra-password": "VISAGE_CASSANDRA_PASSWORD"}
+# Key Vault object names (secrets) of the values the deploy writes from the operator's environment.
+SECRET_OBJECTS = {"VISAGE_CASSANDRA_USERNAME": "cassandra-username", "VISAGE_CASSANDRA_PASSWORD": "cassandra-password",
+                  "VISAGE_AZURE_FACE_KEY": "azure-face-key"}
+SIGNING_KEY_SECRET = "auth-signing-key"   # the local issuer's one Ed25519 key (PEM), made once
+JWKS_SECRET = "auth-jwks"                 # its public half, the JWKS every pod verifies tokens with
+CERTIFICATE = "gateway-tls"
 
 Step = Callable[[str], None]
 
@@ -137,10 +150,21 @@ def desired_identity(settings: DeploySettings) -> dict:
 
 
 def desired_key_vault(settings: DeploySettings, tenant_id: str) -> dict:
-    # RBAC authorisation: the workload identity gets "Key Vault Secrets User" on this vault only.
+    """RBAC authorisation (the workload identity gets "Key Vault Secrets User" on this vault only), said
+    explicitly; `accessPolicies` is required by the REST API unless createMode is recover: empty."""
     return {"location": settings.location, "tags": settings.tags,
-            "properties": {"tenantId": tenant_id, "sku": {"family": "A", "name": "standard"},
+            "properties": {"tenantId": tenant_id, "sku": {"family": "A", "name": "standard"}, "accessPolicies": [],
                            "enableRbacAuthorization": True, "enableSoftDelete": True, "softDeleteRetentionInDays": 7}}
+
+
+def desired_public_ip(settings: DeploySettings) -> dict:
+    """The gateway's address, made before the cluster's load balancer so its name is known up front (it
+    goes into VISAGE_GATEWAY_HOSTNAMES and the certificate in the same deploy). Standard SKU: what a
+    Standard load balancer takes; zone-redundant where the region has zones."""
+    zones = {"zones": list(settings.zones)} if settings.zones else {}
+    return {"location": settings.location, "tags": settings.tags, "sku": {"name": "Standard", "tier": "Regional"},
+            **zones, "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4",
+                                    "dnsSettings": {"domainNameLabel": settings.dns_label_name}}}
 
 
 def _as_json(model) -> dict:
@@ -175,35 +199,47 @@ def _vault_id(settings: DeploySettings) -> str:
     return _arm_id(settings, f"Microsoft.KeyVault/vaults/{settings.key_vault}")
 
 
+def _deleted_vault_id(settings: DeploySettings) -> str:
+    return (f"/subscriptions/{settings.subscription_id}/providers/Microsoft.KeyVault/locations/{settings.location}"
+            f"/deletedVaults/{settings.key_vault}")
+
+
+def public_ip_id(settings: DeploySettings) -> str:
+    return _arm_id(settings, f"Microsoft.Network/publicIPAddresses/{settings.public_ip}")
+
+
 def live_state(clients: AzureClients, settings: DeploySettings) -> dict[str, dict | None]:
     rg, name = settings.resource_group, settings.cluster
     generic = clients.resources.resources
     live = {"resource group": _read("read resource group", settings, lambda: clients.resources.resource_groups.get(rg))}
-    names = ["container registry", "AKS cluster"] + (["Cosmos DB account", "workload identity", "Key Vault"]
-                                                     if settings.store_kind == "cosmos" else [])
+    names = ["container registry", "AKS cluster", "public IP", "workload identity", "Key Vault"] + (
+        ["Cosmos DB account"] if settings.store_kind == "cosmos" else [])
     if live["resource group"] is None:  # nothing below can exist
         return {**live, **{kind: None for kind in names}}
     live["container registry"] = _read("read registry", settings,
                                        lambda: clients.registries.registries.get(rg, settings.registry))
     live["AKS cluster"] = _read("read cluster", settings, lambda: clients.clusters.managed_clusters.get(rg, name))
+    live["public IP"] = _read("read public IP", settings,
+                              lambda: generic.get_by_id(public_ip_id(settings), api_version=NETWORK_API))
+    live["workload identity"] = _read("read workload identity", settings,
+                                      lambda: generic.get_by_id(_identity_id(settings), api_version=IDENTITY_API))
+    live["Key Vault"] = _read("read Key Vault", settings, lambda: generic.get_by_id(_vault_id(settings), api_version=KEY_VAULT_API))
     if settings.store_kind == "cosmos":
         live["Cosmos DB account"] = _read("read Cosmos DB account", settings,
                                           lambda: clients.cosmos.database_accounts.get(rg, settings.cosmos_account))
-        live["workload identity"] = _read("read workload identity", settings,
-                                          lambda: generic.get_by_id(_identity_id(settings), api_version=IDENTITY_API))
-        live["Key Vault"] = _read("read Key Vault", settings, lambda: generic.get_by_id(_vault_id(settings), api_version=KEY_VAULT_API))
     return live
 
 
 def _desired(settings: DeploySettings, live: dict | None) -> list[tuple[str, str, dict, frozenset]]:
     desired = [("resource group", settings.resource_group, desired_resource_group(settings), frozenset()),
                ("container registry", settings.registry, desired_registry(settings), frozenset()),
-               ("AKS cluster", settings.cluster, desired_cluster(settings), CLUSTER_IGNORED)]
+               ("AKS cluster", settings.cluster, desired_cluster(settings), CLUSTER_IGNORED),
+               ("public IP", f"{settings.public_ip} ({settings.azure_fqdn})", desired_public_ip(settings), frozenset())]
+    tenant = ((live or {}).get("workload identity") or {}).get("properties", {}).get("tenantId", "(identity's tenant)")
+    desired += [("workload identity", settings.workload_identity, desired_identity(settings), frozenset()),
+                ("Key Vault", settings.key_vault, desired_key_vault(settings, tenant), frozenset())]
     if settings.store_kind == "cosmos":
-        tenant = ((live or {}).get("workload identity") or {}).get("properties", {}).get("tenantId", "(identity's tenant)")
-        desired += [("Cosmos DB account", settings.cosmos_account, desired_cosmos(settings), frozenset()),
-                    ("workload identity", settings.workload_identity, desired_identity(settings), frozenset()),
-                    ("Key Vault", settings.key_vault, desired_key_vault(settings, tenant), frozenset())]
+        desired.append(("Cosmos DB account", settings.cosmos_account, desired_cosmos(settings), frozenset()))
     return desired
 
 
@@ -239,21 +275,68 @@ def apply(clients: AzureClients, settings: DeploySettings, step: Step) -> dict:
     grant_role(clients, settings, live["container registry"]["id"], ACR_PULL_ROLE,
                live["AKS cluster"]["properties"]["identityProfile"]["kubeletidentity"]["objectId"],
                "AcrPull for the cluster", step)
-    if settings.store_kind == "cosmos":
-        if _needs(changes["Cosmos DB account"], step):
-            step("  (a Cosmos DB account takes 5-15 minutes)")
-            live["Cosmos DB account"] = _call("create Cosmos DB account", settings, lambda: clients.cosmos.database_accounts
-                                              .begin_create_or_update(rg, settings.cosmos_account,
-                                                                      desired_cosmos(settings)).result())
-        if _needs(changes["workload identity"], step):
-            live["workload identity"] = _call("create workload identity", settings, lambda: generic.begin_create_or_update_by_id(
-                _identity_id(settings), desired_identity(settings), api_version=IDENTITY_API).result())
-        tenant = live["workload identity"]["properties"]["tenantId"]
-        vault_change = change_for("Key Vault", settings.key_vault, desired_key_vault(settings, tenant), live["Key Vault"])
-        if _needs(vault_change, step):
-            live["Key Vault"] = _call("create Key Vault", settings, lambda: generic.begin_create_or_update_by_id(
-                _vault_id(settings), desired_key_vault(settings, tenant), api_version=KEY_VAULT_API).result())
+    if _needs(changes["public IP"], step):
+        live["public IP"] = _call("create the gateway's public IP", settings, lambda: generic.begin_create_or_update_by_id(
+            public_ip_id(settings), desired_public_ip(settings), api_version=NETWORK_API).result())
+    # The cloud controller (the cluster's own identity) attaches the IP to its load balancer.
+    grant_role(clients, settings, live["public IP"]["id"], NETWORK_CONTRIBUTOR,
+               live["AKS cluster"]["identity"]["principalId"], "Network Contributor on the public IP for the cluster", step)
+    if settings.store_kind == "cosmos" and _needs(changes["Cosmos DB account"], step):
+        step("  (a Cosmos DB account takes 5-15 minutes)")
+        live["Cosmos DB account"] = _call("create Cosmos DB account", settings, lambda: clients.cosmos.database_accounts
+                                          .begin_create_or_update(rg, settings.cosmos_account,
+                                                                  desired_cosmos(settings)).result())
+    if _needs(changes["workload identity"], step):
+        live["workload identity"] = _call("create workload identity", settings, lambda: generic.begin_create_or_update_by_id(
+            _identity_id(settings), desired_identity(settings), api_version=IDENTITY_API).result())
+    live["Key Vault"] = ensure_key_vault(clients, settings, live, step)
     return live
+
+
+def ensure_key_vault(clients: AzureClients, settings: DeploySettings, live: dict, step: Step) -> dict:
+    """The vault's name is fixed, and a deleted vault stays soft-deleted (7 days) holding its name: a
+    vault found there is recovered, with its secrets and certificate (or purged first when the operator
+    set VISAGE_AZ_PURGE_DELETED_VAULT=1). Then the usual diff: a PUT only when what we set differs."""
+    generic = clients.resources.resources
+    tenant = live["workload identity"]["properties"]["tenantId"]
+    current = live["Key Vault"]
+    if current is None:
+        current = _revive_deleted_vault(clients, settings, tenant, step)
+    change = change_for("Key Vault", settings.key_vault, desired_key_vault(settings, tenant), current)
+    if not _needs(change, step):
+        return current
+    return _call("create Key Vault", settings, lambda: generic.begin_create_or_update_by_id(
+        _vault_id(settings), desired_key_vault(settings, tenant), api_version=KEY_VAULT_API).result())
+
+
+def _revive_deleted_vault(clients: AzureClients, settings: DeploySettings, tenant: str, step: Step) -> dict | None:
+    generic = clients.resources.resources
+    deleted = _read("read deleted Key Vaults", settings,
+                    lambda: generic.get_by_id(_deleted_vault_id(settings), api_version=KEY_VAULT_API))
+    if deleted is None:
+        return None
+    if settings.purge_deleted_vault:
+        step(Change("soft-deleted Key Vault", settings.key_vault, "delete").line() + " (purged: VISAGE_AZ_PURGE_DELETED_VAULT=1)")
+        _arm_post(clients, settings, "purge the soft-deleted Key Vault", f"{_deleted_vault_id(settings)}/purge",
+                  KEY_VAULT_API)
+        return None
+    step(f"  ~ Key Vault {settings.key_vault}: recover (soft-deleted by an earlier undeploy; its secrets come back)")
+    recover = {"location": settings.location, "properties": {
+        "tenantId": tenant, "sku": {"family": "A", "name": "standard"}, "createMode": "recover"}}
+    return _call("recover the soft-deleted Key Vault", settings, lambda: generic.begin_create_or_update_by_id(
+        _vault_id(settings), recover, api_version=KEY_VAULT_API).result())
+
+
+def _arm_post(clients: AzureClients, settings: DeploySettings, action: str, path: str, api_version: str) -> None:
+    """A POST action no installed SDK wraps (purge), through the resource client's pipeline; a 202 is
+    followed through its Location until the operation ends."""
+    from azure.core.rest import HttpRequest
+    response = clients.resources.send_request(HttpRequest("POST", f"{path}?api-version={api_version}"))
+    while response.status_code == 202 and response.headers.get("Location"):
+        time.sleep(settings.poll_seconds)
+        response = clients.resources.send_request(HttpRequest("GET", response.headers["Location"]))
+    if response.status_code >= 400:
+        raise DeployError(f"{action}: Azure returned {response.status_code}: {response.text()[:300]}")
 
 
 def _needs(change: Change, step: Step) -> bool:
@@ -294,31 +377,153 @@ def grant_role(clients: AzureClients, settings: DeploySettings, scope: str, role
     step(Change("role assignment", label, "create").line())
 
 
-def provision_store_secrets(clients: AzureClients, settings: DeploySettings, live: dict, step: Step) -> dict:
-    """Cosmos keys into Key Vault, the workload identity allowed to read them and federated with the
-    cluster's service account. Returns what the Kubernetes objects need (endpoint, client id, vault)."""
-    rg, generic = settings.resource_group, clients.resources.resources
-    ensure_keyspace(clients, settings, step)
-    keys = _call("read Cosmos DB keys", settings,
-                 lambda: clients.cosmos.database_accounts.list_keys(rg, settings.cosmos_account))
-    secrets = {"cassandra-username": settings.cosmos_account,
-               "cassandra-password": keys.get("primaryMasterKey") or keys.get("primary_master_key")}
-    for name, value in secrets.items():  # ARM writes the value; nobody can read it back through ARM
-        _call(f"store {name} in Key Vault", settings, lambda: generic.begin_create_or_update_by_id(
-            f"{_vault_id(settings)}/secrets/{name}", {"properties": {"value": value}, "tags": settings.tags},
-            api_version=KEY_VAULT_API).result())
-    step(Change("Key Vault secrets", ", ".join(secrets), "update").line())
+def provision_vault(clients: AzureClients, settings: DeploySettings, credential, live: dict, step: Step) -> dict:
+    """Everything the pods read from Key Vault: the store's credentials (Cosmos keys, or the external
+    Cassandra's), the local issuer's key and JWKS, the gateway's certificate; the workload identity
+    allowed to read them and federated with the cluster's service account. A secret is written only
+    when its value differs (each write is a new version, and a new version restarts the pods).
+    Returns what the Kubernetes objects need, and the signing key for the admin sign-in link."""
+    grant_vault_access(clients, settings, credential, step)
+    vault = vault_client(settings, credential, live, step)
+    values = {SECRET_OBJECTS[name]: value for name, value in settings.secret_env.items() if name in SECRET_OBJECTS}
+    endpoint = None
+    if settings.store_kind == "cosmos":
+        ensure_keyspace(clients, settings, step)
+        keys = _call("read Cosmos DB keys", settings,
+                     lambda: clients.cosmos.database_accounts.list_keys(settings.resource_group, settings.cosmos_account))
+        values.update({"cassandra-username": settings.cosmos_account,
+                       "cassandra-password": keys.get("primaryMasterKey") or keys.get("primary_master_key")})
+        endpoint = {"hosts": f"{settings.cosmos_account}.cassandra.cosmos.azure.com", "port": str(COSMOS_CASSANDRA_PORT)}
+    signing_key = None
+    if settings.identity_mode == "local":
+        signing_key = vault.secret(SIGNING_KEY_SECRET) or _new_signing_key()
+        values.update({SIGNING_KEY_SECRET: signing_key, JWKS_SECRET: json.dumps(jwks_of(signing_key), sort_keys=True)})
+    versions = {name: ensure_secret(clients, settings, vault, name, value, step) for name, value in sorted(values.items())}
+    certificate = ensure_certificate(settings, vault, step)
+    versions[CERTIFICATE] = certificate["id"].rstrip("/").rsplit("/", 1)[1]
     identity = live["workload identity"]["properties"]
     grant_role(clients, settings, _vault_id(settings), KEY_VAULT_SECRETS_USER, identity["principalId"],
                "Key Vault Secrets User for the workload identity", step)
     issuer = live["AKS cluster"]["properties"]["oidcIssuerProfile"]["issuerURL"]
     federated = {"properties": {"issuer": issuer, "audiences": ["api://AzureADTokenExchange"],
                                 "subject": SERVICE_ACCOUNT_SUBJECT.format(namespace=settings.namespace)}}
-    _call("federate the workload identity with the cluster", settings, lambda: generic.begin_create_or_update_by_id(
-        f"{_identity_id(settings)}/federatedIdentityCredentials/visage", federated, api_version=IDENTITY_API).result())
-    return {"hosts": f"{settings.cosmos_account}.cassandra.cosmos.azure.com", "port": str(COSMOS_CASSANDRA_PORT),
-            "client_id": identity["clientId"], "tenant_id": identity["tenantId"], "key_vault": settings.key_vault,
-            "secrets": CASSANDRA_SECRETS}
+    federated_id = f"{_identity_id(settings)}/federatedIdentityCredentials/visage"
+    live_federated = _read("read the workload identity's federation", settings, lambda: clients.resources.resources
+                           .get_by_id(federated_id, api_version=IDENTITY_API))
+    if _needs(change_for("federated credential", "visage", federated, live_federated), step):
+        _call("federate the workload identity with the cluster", settings,
+              lambda: generic_put(clients, federated_id, federated, IDENTITY_API))
+    env_secrets = {name: variable for variable, name in SECRET_OBJECTS.items() if name in values}
+    return {**(endpoint or {}), "client_id": identity["clientId"], "tenant_id": identity["tenantId"],
+            "key_vault": settings.key_vault, "secrets": env_secrets, "versions": versions,
+            "local_issuer": signing_key is not None, "certificate": CERTIFICATE,
+            "certificate_pem": key_vault.certificate_pem(certificate), "signing_key": signing_key}
+
+
+def vault_client(settings: DeploySettings, credential, live: dict, step: Step,
+                 grant_wait: float = key_vault.GRANT_WAIT_SECONDS) -> key_vault.Vault:
+    url = settings.vault_endpoint.format(vault=settings.key_vault) or live["Key Vault"]["properties"]["vaultUri"]
+    return key_vault.Vault(url.rstrip("/"), credential, settings.connection_verify, settings.poll_seconds, step,
+                           grant_wait)
+
+
+def vault_secret_names(settings: DeploySettings) -> list[str]:
+    """The secrets provision_vault writes for these settings."""
+    names = [SECRET_OBJECTS[name] for name in settings.secret_env if name in SECRET_OBJECTS]
+    if settings.store_kind == "cosmos":
+        names += list(CASSANDRA_SECRETS)
+    if settings.identity_mode == "local":
+        names += [SIGNING_KEY_SECRET, JWKS_SECRET]
+    return sorted(set(names))
+
+
+def current_versions(clients: AzureClients, settings: DeploySettings, credential, live: dict) -> dict[str, str]:
+    """The versions the pods run with now (for a plan: provision_vault's `versions`, read, not written).
+    Unknown ones (nothing there yet, or no read access) are left out: the plan then shows the pods' change."""
+    versions = {}
+    for name in vault_secret_names(settings):
+        secret = _read(f"read secret {name}", settings, lambda: clients.resources.resources.get_by_id(
+            f"{_vault_id(settings)}/secrets/{name}", api_version=KEY_VAULT_API))
+        if secret:
+            versions[name] = secret["properties"]["secretUriWithVersion"].rstrip("/").rsplit("/", 1)[1]
+    try:
+        certificate = vault_client(settings, credential, live, lambda line: None, grant_wait=0).certificate(CERTIFICATE)
+    except DeployError:  # no data-plane access yet: the plan cannot know
+        certificate = None
+    if certificate:
+        versions[CERTIFICATE] = certificate["id"].rstrip("/").rsplit("/", 1)[1]
+    return versions
+
+
+def generic_put(clients: AzureClients, resource_id: str, body: dict, api_version: str):
+    return clients.resources.resources.begin_create_or_update_by_id(resource_id, body, api_version=api_version).result()
+
+
+def grant_vault_access(clients: AzureClients, settings: DeploySettings, credential, step: Step) -> None:
+    """The deployer reads and writes secret values and makes the certificate (Key Vault's data plane)."""
+    deployer = signed_in_object_id(credential, settings)
+    for role, label in ((KEY_VAULT_SECRETS_OFFICER, "Key Vault Secrets Officer for the deployer"),
+                        (KEY_VAULT_CERTIFICATES_OFFICER, "Key Vault Certificates Officer for the deployer")):
+        grant_role(clients, settings, _vault_id(settings), role, deployer, label, step, principal_type=None)
+
+
+def ensure_secret(clients: AzureClients, settings: DeploySettings, vault: key_vault.Vault, name: str, value: str,
+                  step: Step) -> str:
+    """Writes the secret only when Key Vault holds another value (or none); returns its current version."""
+    secret_id = f"{_vault_id(settings)}/secrets/{name}"
+    if vault.secret(name) == value:
+        step(Change("Key Vault secret", name, "unchanged").line())
+        live = _read(f"read secret {name}", settings, lambda: clients.resources.resources.get_by_id(
+            secret_id, api_version=KEY_VAULT_API))
+    else:
+        step(Change("Key Vault secret", name, "update").line())
+        live = _call(f"store {name} in Key Vault", settings, lambda: generic_put(
+            clients, secret_id, {"properties": {"value": value}, "tags": settings.tags}, KEY_VAULT_API))
+    return live["properties"]["secretUriWithVersion"].rstrip("/").rsplit("/", 1)[1]
+
+
+def ensure_certificate(settings: DeploySettings, vault: key_vault.Vault, step: Step) -> dict:
+    """The gateway's certificate for the public name: Key Vault's own (self-signed or from the issuer the
+    policy names), or the operator's PEM imported as is. Made again only when the name, the issuer or
+    the operator's file changed."""
+    live = vault.certificate(CERTIFICATE)
+    if settings.certificate == "file":
+        pem = settings.certificate_file.read_text()
+        if live is not None and live.get("x5t") == key_vault.thumbprint(pem):
+            step(Change("TLS certificate", f"{CERTIFICATE} (from {settings.certificate_file})", "unchanged").line())
+            return live
+        step(Change("TLS certificate", f"{CERTIFICATE} (from {settings.certificate_file})", "update").line())
+        return vault.import_certificate(CERTIFICATE, pem)
+    policy = key_vault.certificate_policy(settings)
+    label = f"{CERTIFICATE} (CN={settings.public_hostname}, issuer {policy['issuer']['name']})"
+    if live is not None and key_vault.policy_matches(live, policy):
+        step(Change("TLS certificate", label, "unchanged").line())
+        return live
+    step(Change("TLS certificate", label, "create" if live is None else "update").line())
+    return vault.create_certificate(CERTIFICATE, policy)
+
+
+def _new_signing_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    return Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()).decode()
+
+
+def jwks_of(signing_key: str) -> dict:
+    """The JWKS the local issuer publishes for this key (visage.auth.local: the same kid)."""
+    return _issuer(signing_key).jwks()
+
+
+def _issuer(signing_key: str):
+    from visage.auth.local import LocalIssuer
+    return LocalIssuer.from_key(signing_key.encode())
+
+
+def admin_token(signing_key: str, ttl_seconds: int) -> str:
+    """A short-lived admin token from the deployment's local issuer: the sign-in link's."""
+    from visage.auth.roles import Role
+    return _issuer(signing_key).mint(Role.ADMIN, "deployer", ttl_seconds)
 
 
 def desired_keyspace(settings: DeploySettings) -> dict:
@@ -366,28 +571,62 @@ def kubernetes_credentials(clients: AzureClients, settings: DeploySettings, cred
     return kubeconfig, credential.get_token(f"{AKS_SERVER_APP}/.default").token
 
 
-def destroy(clients: AzureClients, settings: DeploySettings, step: Step) -> None:
-    """Removes what this deployment created, nothing else: the resource group when the deploy
-    made it (tag visage-deployment), else each tagged resource in it, one by one."""
+STORE_TYPE = "microsoft.documentdb/databaseaccounts"
+
+
+def destroy(clients: AzureClients, settings: DeploySettings, step: Step, confirm: Callable[[str], bool],
+            keep_store: bool = False) -> None:
+    """Removes what this deployment created, nothing else: the resource group when the deploy made it
+    (tag visage-deployment) and nothing in it is to be kept, else each tagged resource in it, one by one.
+    A store holding faces (the Cosmos DB account; the in-cluster Cassandra's disk goes with the cluster)
+    is deleted only when `confirm` says so; `keep_store` keeps the Cosmos DB account (and its group)."""
     group = _read("read resource group", settings, lambda: clients.resources.resource_groups.get(settings.resource_group))
     if group is None:
         step(Change("resource group", settings.resource_group, "unchanged").line() + " (already gone)")
         return
-    if _owned(settings, group):
+    generic = clients.resources.resources
+    resources = [_as_json(resource) for resource in generic.list_by_resource_group(settings.resource_group)]
+    ours = [item for item in resources if (item.get("tags") or {}).get("visage-deployment") == settings.deployment_id]
+    stores = [item for item in ours if item.get("type", "").lower() == STORE_TYPE]
+    if keep_store:
+        ours = [item for item in ours if item not in stores]
+        for item in stores:
+            step(Change("Cosmos DB account", item["name"], "unchanged").line() + " (kept: --keep-store)")
+    else:
+        _confirm_store_deletion(settings, stores, ours, confirm)
+    if _owned(settings, group) and len(ours) == len(resources):
         step(Change("resource group", settings.resource_group, "delete").line() + " (takes several minutes)")
         _call("delete resource group", settings,
               lambda: clients.resources.resource_groups.begin_delete(settings.resource_group).result() or {})
         return
-    step(f"  resource group {settings.resource_group} existed before this deployment: deleting only what it made")
-    generic = clients.resources.resources
-    for resource in generic.list_by_resource_group(settings.resource_group):
-        item = _as_json(resource)
-        if (item.get("tags") or {}).get("visage-deployment") != settings.deployment_id:
-            step(Change(item.get("type", "resource"), item["name"], "unchanged").line() + " (not ours: kept)")
-            continue
+    step(f"  resource group {settings.resource_group} holds what this deploy keeps or did not make: deleting "
+         "only what it made")
+    for item in resources:
+        if item not in ours:
+            step(Change(item.get("type", "resource"), item["name"], "unchanged").line() + " (kept)")
+    for item in sorted(ours, key=lambda item: DELETE_ORDER.index(item["type"].lower())
+                       if item["type"].lower() in DELETE_ORDER else len(DELETE_ORDER)):
         step(Change(item.get("type", "resource"), item["name"], "delete").line())
         _call(f"delete {item['name']}", settings,
               lambda: generic.begin_delete_by_id(item["id"], api_version=API_VERSIONS_BY_TYPE[item["type"].lower()]).result() or {})
+
+
+def _confirm_store_deletion(settings: DeploySettings, stores: list[dict], ours: list[dict],
+                            confirm: Callable[[str], bool]) -> None:
+    if stores:
+        what = f"the Cosmos DB account {', '.join(item['name'] for item in stores)} with every face, label and model in it"
+    elif any(item.get("type", "").lower() == "microsoft.containerservice/managedclusters" for item in ours) \
+            and settings.store_kind == "in-cluster":
+        what = f"the cluster {settings.cluster} with its in-cluster Cassandra's disk (every face, label and model)"
+    else:
+        return
+    if not confirm(f"delete {what}? (`visage backup` first keeps a copy)"):
+        raise DeployError(f"not deleted: {what}. Run `make undeploy UNDEPLOY_FLAGS=--yes` to delete it, or "
+                          "`UNDEPLOY_FLAGS=--keep-store` to delete everything else and keep the Cosmos DB account")
+
+
+# The load balancer holds the public IP until the cluster is gone.
+DELETE_ORDER = ["microsoft.containerservice/managedclusters", "microsoft.network/publicipaddresses"]
 
 
 API_VERSIONS_BY_TYPE = {  # for deleting by id through the generic client
@@ -396,4 +635,5 @@ API_VERSIONS_BY_TYPE = {  # for deleting by id through the generic client
     "microsoft.documentdb/databaseaccounts": "2025-04-15",
     "microsoft.keyvault/vaults": KEY_VAULT_API,
     "microsoft.managedidentity/userassignedidentities": IDENTITY_API,
+    "microsoft.network/publicipaddresses": NETWORK_API,
 }

@@ -14,7 +14,13 @@ VM_HOURLY = {  # Linux pay-as-you-go
 }
 OS_DISK_MONTHLY = 19.71          # 128 GiB Premium SSD (P10), AKS's default OS disk for these sizes
 AKS_STANDARD_TIER_HOURLY = 0.10  # uptime SLA; the Free tier costs nothing
-LOAD_BALANCER_MONTHLY = 18.25 + 3.65   # Standard LB (up to 5 rules) + one Standard public IP
+LOAD_BALANCER_MONTHLY = 18.25   # Standard LB, first 5 rules ($0.025/h); data processed ($0.005/GB) not counted
+PUBLIC_IP_MONTHLY = 3.65        # one Standard static public IPv4 ($0.005/h); its Azure DNS label is free
+PUBLIC_IPS = 2                  # the cluster's outbound (SNAT) IP that AKS makes + the gateway's static IP
+# Key Vault Standard: $0.03 per 10,000 secret/certificate operations. ASSUMED ~400,000 a month: the CSI
+# driver's rotation poll (AKS default every 2 min) reads each mounted object once per pod, and ~17 objects
+# are mounted over the pods (17 × 30/h × 730 h ≈ 372,000), plus deploys.
+KEY_VAULT_MONTHLY = 400_000 / 10_000 * 0.03
 REGISTRY_MONTHLY = {"Basic": 5.0, "Standard": 20.0, "Premium": 50.0}
 DEV_CASSANDRA_DISK_MONTHLY = 2.6       # 16 GiB Premium SSD (P4) for the in-cluster Cassandra
 # Cosmos DB for Apache Cassandra: serverless bills request units and storage; "light use" is
@@ -67,7 +73,12 @@ def estimate(settings: DeploySettings) -> list[tuple[str, str, float | None, flo
          OS_DISK_MONTHLY * (system_max + settings.node_max_count)),
         ("registry", f"ACR {settings.registry_sku}", REGISTRY_MONTHLY.get(settings.registry_sku),
          REGISTRY_MONTHLY.get(settings.registry_sku)),
-        ("load balancer", "Standard LB + public IP", LOAD_BALANCER_MONTHLY, LOAD_BALANCER_MONTHLY),
+        ("load balancer", "Standard LB (the gateway's 443 and 80 rules, outbound rule)", LOAD_BALANCER_MONTHLY,
+         LOAD_BALANCER_MONTHLY),
+        ("public IPs", f"{PUBLIC_IPS} × Standard static: the cluster's outbound + {settings.public_ip}",
+         PUBLIC_IP_MONTHLY * PUBLIC_IPS, PUBLIC_IP_MONTHLY * PUBLIC_IPS),
+        ("Key Vault", f"Standard {settings.key_vault}: secrets, the certificate (assumed ~400k reads)",
+         KEY_VAULT_MONTHLY, KEY_VAULT_MONTHLY),
         ("store", store, store_low, store_high),
     ]
 

@@ -23,8 +23,9 @@ class Change:
 
 def differing_paths(desired: Any, live: Any, ignore: frozenset[str] = frozenset(), path: str = "") -> list[str]:
     """Paths (a.b[0].c) where `live` does not contain `desired`. Azure echoes
-    locations in its own spelling ("West Europe" for westeurope), so those
-    compare loosely; every other value compares exactly."""
+    locations in its own spelling ("West Europe" for westeurope, in `location` and
+    Cosmos DB's `locationName`), so those compare loosely, and lists of {"name": ...}
+    (capabilities) as sets; every other value compares exactly."""
     if path in ignore:
         return []
     if isinstance(desired, dict):
@@ -37,13 +38,20 @@ def differing_paths(desired: Any, live: Any, ignore: frozenset[str] = frozenset(
     if isinstance(desired, list):
         if not isinstance(live, list) or len(live) != len(desired):
             return [path]
+        if _named(desired) and _named(live):  # e.g. Cosmos capabilities: a set, in whatever order ARM keeps
+            live = sorted(live, key=lambda item: item["name"])
+            desired = sorted(desired, key=lambda item: item["name"])
         found = []
         for index, (want, have) in enumerate(zip(desired, live)):
             found += differing_paths(want, have, ignore, f"{path}[{index}]")
         return found
-    if path.endswith("location") and isinstance(desired, str) and isinstance(live, str):
+    if path.endswith(("location", "locationName")) and isinstance(desired, str) and isinstance(live, str):
         return [] if _normalise(desired) == _normalise(live) else [path]
     return [] if desired == live else [path]
+
+
+def _named(items: list) -> bool:
+    return all(isinstance(item, dict) and set(item) == {"name"} for item in items)
 
 
 def _normalise(value: str) -> str:

@@ -7,7 +7,6 @@ run this code against a real kube-apiserver + etcd on loopback
 (scripts/kube_apiserver.py)."""
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import json
@@ -15,12 +14,12 @@ import subprocess
 import time
 from collections.abc import Callable
 
-import requests
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from tqdm import tqdm
 
+from visage_deploy.azure_resources import JWKS_SECRET, SIGNING_KEY_SECRET
 from visage_deploy.diff import Change, change_for
 from visage_deploy.errors import DeployError
 from visage_deploy.settings import AKS_DIR, CASSANDRA_PORT, DeploySettings
@@ -48,8 +47,17 @@ APPLY_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "Secret", "SecretProv
                "Service", "StatefulSet",
                "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job"]
 CONFIG_HASH = "visage.io/config-hash"
-SECRET_NAME = "visage-secrets"
 STORE_SECRET = "visage-store-secrets"        # mirrored from Key Vault by the Secrets Store CSI driver
+AUTH_KEYS = "visage-auth"                    # the local issuer's JWKS, in every pod
+AUTH_SIGNING = "visage-auth-signing"         # its signing key too: only the demo loader, which signs its token
+GATEWAY_TLS = "visage-gateway-tls"           # the certificate chain and key, one PEM, in the gateway
+AUTH_DIR = "/etc/visage/auth"
+TLS_DIR = "/etc/visage/tls"
+LOADER_JOB = "visage-demo-loader"
+# Azure Monitor managed Prometheus reads this (kube-system; absent until someone makes it): its
+# pod-annotation scraping is off for every namespace unless named here. Made only when absent; one
+# someone else made is left alone (the deploy says which line to add).
+MONITORING_SETTINGS = ("ConfigMap", "kube-system/ama-metrics-settings-configmap")
 IN_CLUSTER_CASSANDRA = "visage-cassandra"    # the dev overlay's StatefulSet and Service
 CA_DIR = "/etc/visage/cassandra-ca"
 GATEWAY_SERVICE = "visage-gateway"
@@ -75,8 +83,10 @@ def name_of(obj: dict) -> str:
 
 def customize(objects: list[dict], settings: DeploySettings, images: dict[str, str],
               store: dict | None = None) -> list[dict]:
-    """The rendered overlay plus this deploy's images, store endpoint and secrets. `store` is what
-    azure_resources.provision_store_secrets returned (Cosmos DB); None for the other stores."""
+    """The rendered overlay plus this deploy's images, store endpoint, public name and what the pods
+    read from Key Vault. `store` is what azure_resources.provision_vault returned (the Cosmos DB endpoint
+    when it made one, the vault's objects and their versions); None where nothing is known yet (a plan
+    without credentials) or wanted (tests of the overlays alone)."""
     objects = copy.deepcopy(objects)
     for obj in objects:  # VISAGE_AZ_NAMESPACE: the overlays say "visage"
         if obj["kind"] == "Namespace":
@@ -93,19 +103,20 @@ def customize(objects: list[dict], settings: DeploySettings, images: dict[str, s
         target[key] = value
     if settings.store_kind == "external":
         cassandra["VISAGE_CASSANDRA_PORT"] = settings.cassandra_env.get("VISAGE_CASSANDRA_PORT", str(CASSANDRA_PORT))
+    by_name[("ConfigMap", "visage-config")]["data"]["VISAGE_GATEWAY_HOSTNAMES"] = ",".join(gateway_hostnames(settings))
+    _public_address(by_name, settings)
     if store is not None:
-        cassandra.update(VISAGE_CASSANDRA_HOSTS=store["hosts"], VISAGE_CASSANDRA_PORT=store["port"],
-                         VISAGE_CASSANDRA_TLS="true")
+        if "hosts" in store:
+            cassandra.update(VISAGE_CASSANDRA_HOSTS=store["hosts"], VISAGE_CASSANDRA_PORT=store["port"],
+                             VISAGE_CASSANDRA_TLS="true", VISAGE_CASSANDRA_BACKEND="cosmos")  # its table options
         objects += _key_vault_wiring(objects, settings, store)
     if settings.cassandra_ca_file is not None:
         objects.append(_ca_config_map(objects, settings))
         cassandra.update(VISAGE_CASSANDRA_TLS="true", VISAGE_CASSANDRA_TLS_CA_FILE=f"{CA_DIR}/ca.pem")
-    if settings.secret_env:
-        objects.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                        "metadata": {"name": SECRET_NAME, "namespace": settings.namespace},
-                        "data": {key: base64.b64encode(value.encode()).decode()
-                                 for key, value in sorted(settings.secret_env.items())}})
-    config_hash = _config_hash(objects)
+    # Key Vault's versions: a rotated secret or a renewed certificate is a new version, so the pods restart
+    # and read it (the CSI driver's rotation refreshes the mounted files; environment variables need a restart).
+    objects.append(_monitoring_settings(settings))
+    config_hash = _config_hash(objects, (store or {}).get("versions", {}))
     for obj in objects:
         obj["metadata"].setdefault("labels", {})[OWNER_LABEL] = OWNER
         template = obj.get("spec", {}).get("template")
@@ -127,34 +138,98 @@ def _store_clients(objects: list[dict]) -> list[dict]:
         for container in obj["spec"]["template"]["spec"]["containers"] for source in container.get("envFrom", []))]
 
 
+def _monitoring_settings(settings: DeploySettings) -> dict:
+    """Pod-annotation scraping of this namespace (the services' prometheus.io/* annotations), as
+    Azure documents ama-metrics-settings-configmap (schema v1)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": MONITORING_SETTINGS[1].split("/")[1], "namespace": "kube-system"},
+            "data": {"schema-version": "v1", "config-version": "ver1",
+                     "pod-annotation-based-scraping": f'podannotationnamespaceregex = "{settings.namespace}"'}}
+
+
+def gateway_hostnames(settings: DeploySettings) -> list[str]:
+    """The public name the deploy made (or the operator's), then any the operator listed."""
+    extra = [name.strip().lower() for name in settings.cassandra_env.get("VISAGE_GATEWAY_HOSTNAMES", "").split(",")]
+    return list(dict.fromkeys([settings.public_hostname, *(name for name in extra if name)]))
+
+
+def _public_address(by_name: dict, settings: DeploySettings) -> None:
+    """The gateway's LoadBalancer on the static IP the deploy made (in the deploy's resource group,
+    not the cluster's node group): 443 to Envoy's TLS listener, 80 to its redirect to https."""
+    service = by_name.get(("Service", GATEWAY_SERVICE))
+    if service is None:  # objects without the gateway (tests of the ConfigMaps alone)
+        return
+    service["metadata"].setdefault("annotations", {}).update({
+        "service.beta.kubernetes.io/azure-pip-name": settings.public_ip,
+        "service.beta.kubernetes.io/azure-load-balancer-resource-group": settings.resource_group})
+
+
+def _csi_volume(name: str, provider_class: str) -> dict:
+    return {"name": name, "csi": {"driver": "secrets-store.csi.k8s.io", "readOnly": True,
+                                  "volumeAttributes": {"secretProviderClass": provider_class}}}
+
+
+def _mount(obj: dict, provider_class: str, path: str, env: dict[str, str] | None = None) -> None:
+    """A Key Vault SecretProviderClass mounted read-only at `path` in the workload's first container."""
+    pod = obj["spec"]["template"]
+    pod["metadata"].setdefault("labels", {})["azure.workload.identity/use"] = "true"
+    volume = provider_class.removeprefix("visage-")
+    pod["spec"].setdefault("volumes", []).append(_csi_volume(volume, provider_class))
+    container = pod["spec"]["containers"][0]
+    container.setdefault("volumeMounts", []).append({"name": volume, "mountPath": path, "readOnly": True})
+    for key, value in (env or {}).items():
+        container.setdefault("env", []).append({"name": key, "value": value})
+
+
+def _provider_class(settings: DeploySettings, store: dict, name: str, objects: dict[str, str],
+                    synced: dict[str, str] | None = None) -> dict:
+    """A SecretProviderClass for Key Vault objects {object name: file name}; `synced` mirrors some into a
+    Secret of the same name ({object name: key}) for containers that read them as environment variables."""
+    spec = {"provider": "azure", "parameters": {
+        "usePodIdentity": "false", "clientID": store["client_id"], "keyvaultName": store["key_vault"],
+        "tenantId": store["tenant_id"],
+        "objects": yaml.safe_dump({"array": [
+            yaml.safe_dump({"objectName": obj, "objectType": "secret", "objectAlias": alias})
+            for obj, alias in sorted(objects.items())]})}}
+    if synced:
+        spec["secretObjects"] = [{"secretName": name, "type": "Opaque", "data": [
+            {"objectName": objects[obj], "key": key} for obj, key in sorted(synced.items())]}]
+    return {"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
+            "metadata": {"name": name, "namespace": settings.namespace}, "spec": spec}
+
+
 def _key_vault_wiring(objects: list[dict], settings: DeploySettings, store: dict) -> list[dict]:
-    """Cosmos credentials from Key Vault: a SecretProviderClass (Secrets Store CSI driver, AKS add-on)
-    that the services mount with their workload identity; the driver mirrors the values into the
-    STORE_SECRET Secret the containers read as environment variables."""
-    objects_by_name = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
-    account = objects_by_name[("ServiceAccount", "visage")]
+    """What the pods read from Key Vault, each through a SecretProviderClass (Secrets Store CSI driver,
+    AKS add-on) mounted with the workload identity: the store's credentials (mirrored by the driver into
+    STORE_SECRET, read as environment variables), the local issuer's JWKS (every pod) and signing key
+    (the demo loader only), the gateway's certificate."""
+    by_name = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
+    account = by_name[("ServiceAccount", "visage")]
     account["metadata"].setdefault("annotations", {})["azure.workload.identity/client-id"] = store["client_id"]
-    for deployment in _store_clients(objects):
-        pod = deployment["spec"]["template"]
-        pod["metadata"]["labels"]["azure.workload.identity/use"] = "true"
-        pod["spec"].setdefault("volumes", []).append({"name": "store-secrets", "csi": {
-            "driver": "secrets-store.csi.k8s.io", "readOnly": True,
-            "volumeAttributes": {"secretProviderClass": STORE_SECRET}}})
-        container = pod["spec"]["containers"][0]
-        container.setdefault("volumeMounts", []).append(
-            {"name": "store-secrets", "mountPath": "/mnt/store-secrets", "readOnly": True})
-        container["envFrom"].append({"secretRef": {"name": STORE_SECRET}})
-    keys = [{"objectName": name, "key": variable} for name, variable in sorted(store["secrets"].items())]
-    return [{"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
-             "metadata": {"name": STORE_SECRET, "namespace": settings.namespace},
-             "spec": {"provider": "azure",
-                      "secretObjects": [{"secretName": STORE_SECRET, "type": "Opaque", "data": keys}],
-                      "parameters": {
-                          "usePodIdentity": "false", "clientID": store["client_id"],
-                          "keyvaultName": store["key_vault"], "tenantId": store["tenant_id"],
-                          "objects": yaml.safe_dump({"array": [
-                              yaml.safe_dump({"objectName": name, "objectType": "secret"})
-                              for name in sorted(store["secrets"])]})}}}]
+    classes = []
+    if store["secrets"]:
+        classes.append(_provider_class(settings, store, STORE_SECRET, {name: name for name in store["secrets"]},
+                                       store["secrets"]))
+        for deployment in _store_clients(objects):
+            _mount(deployment, STORE_SECRET, "/mnt/store-secrets")
+            deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"].append({"secretRef": {"name": STORE_SECRET}})
+    if store.get("local_issuer"):
+        classes.append(_provider_class(settings, store, AUTH_KEYS, {JWKS_SECRET: "jwks.json"}))
+        classes.append(_provider_class(settings, store, AUTH_SIGNING, {JWKS_SECRET: "jwks.json",
+                                                                       SIGNING_KEY_SECRET: "signing-key.pem"}))
+        for obj in objects:  # services and the gateway verify with the JWKS: an external key file to them
+            if obj["kind"] == "Deployment" and obj["metadata"]["name"] != IN_CLUSTER_CASSANDRA:
+                _mount(obj, AUTH_KEYS, AUTH_DIR, {"VISAGE_AUTH_JWKS_FILE": f"{AUTH_DIR}/jwks.json"})
+            elif obj["kind"] == "Job" and obj["metadata"]["name"] == LOADER_JOB:  # signs its own token with the key
+                _mount(obj, AUTH_SIGNING, AUTH_DIR, {"VISAGE_AUTH_DIR": AUTH_DIR})
+    if store.get("certificate"):
+        classes.append(_provider_class(settings, store, GATEWAY_TLS, {store["certificate"]: "tls.pem"}))
+        gateway = by_name[("Deployment", GATEWAY_SERVICE)]
+        _mount(gateway, GATEWAY_TLS, TLS_DIR, {"VISAGE_GATEWAY_TLS_CERT": f"{TLS_DIR}/tls.pem",
+                                               "VISAGE_GATEWAY_TLS_KEY": f"{TLS_DIR}/tls.pem"})
+        for probe in ("readinessProbe", "livenessProbe"):  # Envoy's one listener speaks TLS now
+            gateway["spec"]["template"]["spec"]["containers"][0][probe]["httpGet"]["scheme"] = "HTTPS"
+    return classes
 
 
 def _ca_config_map(objects: list[dict], settings: DeploySettings) -> dict:
@@ -169,9 +244,9 @@ def _ca_config_map(objects: list[dict], settings: DeploySettings) -> dict:
             "data": {"ca.pem": settings.cassandra_ca_file.read_text()}}
 
 
-def _config_hash(objects: list[dict]) -> str:
+def _config_hash(objects: list[dict], versions: dict[str, str]) -> str:
     config = [obj.get("data") for obj in objects if obj["kind"] in ("ConfigMap", "Secret")]
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([config, versions], sort_keys=True).encode()).hexdigest()[:16]
 
 
 class KubernetesRefused(DeployError):
@@ -311,6 +386,10 @@ def apply(cluster: Cluster, objects: list[dict], step: Step) -> list[Change]:
     """Applies what differs, then prunes what this deploy made earlier and the overlay no longer has."""
     changes = []
     for obj, change in plan(cluster, objects):
+        if (obj["kind"], name_of(obj)) == MONITORING_SETTINGS and change.action != "create" and not _ours(cluster.get(obj)):
+            step(f"  = {obj['kind']} {name_of(obj)}: someone else's, kept; add `podannotationnamespaceregex = "
+                 f'"{_scraped(obj)}"` to its pod-annotation-based-scraping')
+            continue
         step(change.line() if obj["kind"] != "Secret" else change.line().split(" (")[0])  # never print secret keys
         if change.action == "update" and _immutable_field_changed(obj, change):
             cluster.delete(obj)  # replaced: these fields cannot change in place
@@ -318,6 +397,14 @@ def apply(cluster: Cluster, objects: list[dict], step: Step) -> list[Change]:
             cluster.apply(obj)
         changes.append(change)
     return changes + prune(cluster, objects, step)
+
+
+def _ours(live: dict | None) -> bool:
+    return bool(live) and (live["metadata"].get("labels") or {}).get(OWNER_LABEL) == OWNER
+
+
+def _scraped(obj: dict) -> str:
+    return obj["data"]["pod-annotation-based-scraping"].split('"')[1]
 
 
 def _immutable_field_changed(obj: dict, change: Change) -> bool:
@@ -441,6 +528,39 @@ def wait_for_rollouts(cluster: Cluster, objects: list[dict], timeout: float, pol
             time.sleep(poll)
 
 
+def job_problem(live: dict) -> tuple[str, str | None]:
+    """("done", None), ("running", None) or ("failed", why) for a Job, from its status conditions."""
+    for condition in live.get("status", {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return "done", None
+        if condition.get("type") == "Failed":
+            return "failed", f"{condition.get('reason', 'Failed')}: {condition.get('message', '')}".rstrip(": ")
+    return "running", None
+
+
+def wait_for_jobs(cluster: Cluster, objects: list[dict], timeout: float, poll: float, step: Step) -> None:
+    """Waits until every Job has completed; a failed one is reported with the reason Kubernetes gives
+    (e.g. BackoffLimitExceeded: its pods failed each try; `kubectl logs job/NAME` shows why)."""
+    jobs = [obj for obj in objects if obj["kind"] == "Job"]
+    deadline = time.monotonic() + timeout
+    while jobs:
+        states = {name_of(job): job_problem(cluster.get(job) or {}) for job in jobs}
+        failed = {name: why for name, (state, why) in states.items() if state == "failed"}
+        if failed:
+            namespace = jobs[0]["metadata"]["namespace"]
+            lines = "\n".join(f"  {name}: {why}" for name, why in sorted(failed.items()))
+            raise DeployError(f"Job failed:\n{lines}\nsee `kubectl -n {namespace} logs job/NAME`")
+        running = sorted(name for name, (state, _) in states.items() if state == "running")
+        if not running:
+            return
+        if time.monotonic() > deadline:
+            raise DeployError(f"Jobs not finished within {timeout:.0f}s: {', '.join(running)}")
+        step(f"  waiting for {', '.join(running)} ...")
+        time.sleep(poll)
+
+
 def gateway_address(cluster: Cluster, namespace: str, timeout: float, poll: float, step: Step) -> tuple[str, int]:
     """Waits for Azure to give the gateway's LoadBalancer a public IP; returns it with the Service's port."""
     service = {"kind": "Service", "metadata": {"name": GATEWAY_SERVICE, "namespace": namespace}}
@@ -454,23 +574,4 @@ def gateway_address(cluster: Cluster, namespace: str, timeout: float, poll: floa
             raise DeployError(f"the gateway got no public address within {timeout:.0f}s; check "
                               f"`kubectl -n {namespace} describe service {GATEWAY_SERVICE}`")
         step("  waiting for the gateway's public IP ...")
-        time.sleep(poll)
-
-
-def wait_for_gateway_health(url: str, timeout: float, poll: float, step: Step) -> None:
-    """GET {url}/healthz through the load balancer until Envoy answers 200."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
-        try:
-            response = requests.get(f"{url}/healthz", timeout=10)
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code} {response.text[:200]}"
-        except requests.RequestException as error:
-            last = str(error)
-        if time.monotonic() > deadline:
-            raise DeployError(f"the gateway at {url} is not healthy after {timeout:.0f}s (last: {last}); the pods "
-                              "are rolled out, so check the load balancer and `kubectl -n visage logs deploy/visage-gateway`")
-        step(f"  waiting for {url}/healthz ({last}) ...")
         time.sleep(poll)

@@ -11,6 +11,7 @@ from visage import tracing
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig
 from visage.config import AuthSettings, env_name
+from visage.retry_after import HonourRetryAfter
 
 TOKEN_ENV = env_name(AuthSettings, "token")  # VISAGE_TOKEN
 LOCAL_CLI_TOKEN_SECONDS = 3600
@@ -71,5 +72,7 @@ def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
 
 def channel(target: str, options=None, token: str | None = None) -> grpc.Channel:
     """An insecure channel (loopback / in-cluster) that sends the caller's token (and, with
-    tracing on, a client span per call: visage.tracing)."""
-    return with_token(tracing.traced_channel(grpc.insecure_channel(target, options=options)), token or find_token())
+    tracing on, a client span per call: visage.tracing); a unary call the gateway's rate
+    limit refuses is made again after the `retry-after` it gives (visage.retry_after)."""
+    plain = tracing.traced_channel(grpc.insecure_channel(target, options=options))
+    return with_token(grpc.intercept_channel(plain, HonourRetryAfter()), token or find_token())

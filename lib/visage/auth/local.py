@@ -50,6 +50,13 @@ class LocalIssuer:
         self.key_path = self.dir / KEY_FILE
         self._key: Ed25519PrivateKey | None = None
 
+    @classmethod
+    def from_key(cls, pem: bytes, config: AuthConfig | None = None) -> "LocalIssuer":
+        """An issuer whose key is held elsewhere (the AKS deploy keeps it in Key Vault)."""
+        issuer = cls(config or AuthConfig())
+        issuer._key = serialization.load_pem_private_key(pem, password=None)
+        return issuer
+
     def exists(self) -> bool:
         return self.key_path.is_file()
 

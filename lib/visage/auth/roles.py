@@ -58,6 +58,7 @@ RPC_ROLES: dict[str, Role] = {
     _Q + "ListPersonas": Role.VIEWER,
     _Q + "UpdatePersona": Role.LABELLER,
     _Q + "DeletePersona": Role.LABELLER,
+    _Q + "ErasePersona": Role.LABELLER,  # as DeletePersona (erase_faces needs admin)
     _Q + "ListPersonaFaces": Role.VIEWER,
     _Q + "LabelFace": Role.LABELLER,
     _Q + "UnlabelFace": Role.LABELLER,
@@ -85,6 +86,7 @@ RPC_ROLES: dict[str, Role] = {
     _C + "FindSimilarFaces": Role.VIEWER,  # like Classify; erased faces are never answered
     _I + "IngestImage": Role.OPERATOR,
     _I + "IngestImages": Role.OPERATOR,
+    _I + "AddFace": Role.LABELLER,  # a face the detector missed, drawn by a person who labels
     _T + "StartTraining": Role.OPERATOR,
     _T + "GetTrainingJob": Role.VIEWER,
     _T + "ListTrainingJobs": Role.VIEWER,

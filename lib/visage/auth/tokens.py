@@ -13,18 +13,21 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 
 from visage.auth.identity import Identity
 from visage.auth.roles import Role, claim_role
-from visage.config import AuthSettings, Config
+from visage.config import AuthSettings, Config, env_name
 
 LOCAL_ISSUER = AuthSettings.issuer  # "visage-local": VISAGE_AUTH_ISSUER's default
 DEFAULT_AUDIENCE = AuthSettings.audience  # "visage"
 # Asymmetric algorithms only: a JWKS never holds a shared secret, and "none" is never accepted.
 ALGORITHMS = ["EdDSA", "ES256", "RS256", "PS256"]
 CLOCK_SKEW_SECONDS = 30
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+JWKS_URL_SETTING = env_name(AuthSettings, "jwks_url")
 CACHE_SIZE = 4096
 
 
@@ -85,6 +88,15 @@ class AuthConfig:
                    subject_claim=settings.subject_claim, local_dir=settings.dir or data_dir / "auth")
 
 
+def check_key_url(url: str, setting: str) -> None:
+    """An issuer's keys or sign-in page are fetched over https; plain http only on this machine
+    (a provider started beside the mesh), where nobody on the network can swap the keys."""
+    parts = urlsplit(url)
+    if (parts.scheme == "https" and parts.hostname) or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS):
+        return
+    raise ValueError(f"{setting}={url!r} must be an https URL (plain http only to 127.0.0.1, localhost or [::1])")
+
+
 def bearer_token(metadata) -> str | None:
     """The token of an `authorization: Bearer ...` entry in gRPC metadata."""
     for key, value in metadata or ():
@@ -111,6 +123,7 @@ class TokenVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._jwk_client = None
         if config.jwks_url and jwks is None:
+            check_key_url(config.jwks_url, JWKS_URL_SETTING)
             self._jwk_client = jwt.PyJWKClient(config.jwks_url, cache_keys=True, lifespan=3600)
         else:
             if jwks is None:

@@ -32,7 +32,16 @@ from visage import lifeline
 from visage.config import Config
 from visage.faces.detectors import DetectorUnavailable
 from visage.faces.fair import FairSlots
-from visage.faces.pipeline import AnalyzedImage, FacePipeline, ImageTooLarge, InvalidImage, detection_pixels, open_image
+from visage.faces.pipeline import (
+    AnalyzedImage,
+    FacePipeline,
+    FoundFace,
+    ImageTooLarge,
+    InvalidImage,
+    NotAFace,
+    detection_pixels,
+    open_image,
+)
 from visage.faces.settings import FaceSettings
 
 log = logging.getLogger(__name__)
@@ -49,7 +58,7 @@ class WorkerCrashed(RuntimeError):
 
 
 # What PipelinePool.analyze raises for one image it cannot analyse (each a kind visage.errors answers).
-ANALYSIS_ERRORS = (InvalidImage, ImageTooLarge, DetectorUnavailable, WorkerCrashed)
+ANALYSIS_ERRORS = (InvalidImage, ImageTooLarge, DetectorUnavailable, WorkerCrashed, NotAFace)
 
 
 _pipeline: FacePipeline | None = None  # the worker process's own pipeline
@@ -64,6 +73,10 @@ def _load_pipeline(config: Config, settings: FaceSettings, parent_pid: int) -> N
 
 def _analyze_in_worker(content: bytes) -> AnalyzedImage:
     return _pipeline.analyze(content)
+
+
+def _describe_box_in_worker(content: bytes, box: tuple[int, int, int, int]) -> FoundFace:
+    return _pipeline.describe_box(content, box)
 
 
 def _ready() -> int:
@@ -88,6 +101,15 @@ class PipelinePool:
     def analyze(self, content: bytes) -> AnalyzedImage:
         """Blocking and thread-safe. Raises InvalidImage / ImageTooLarge from the
         pipeline, DetectorUnavailable from a remote detector, WorkerCrashed."""
+        return self._admitted(content, _analyze_in_worker, content)
+
+    def describe_box(self, content: bytes, box: tuple[int, int, int, int]) -> FoundFace:
+        """FacePipeline.describe_box in a worker: the face inside a box drawn on the image.
+        Blocking and thread-safe. Raises NotAFace, InvalidImage, WorkerCrashed."""
+        return self._admitted(content, _describe_box_in_worker, content, box)
+
+    def _admitted(self, content: bytes, work, *args):
+        """Runs work(*args) in a worker once the image is admitted (see the module doc)."""
         # Size, format and header dimensions are checked here, before the bytes
         # take a worker slot: a decompression bomb costs its sender microseconds
         # and never delays another caller's image.
@@ -95,12 +117,12 @@ class PipelinePool:
                             self.settings.min_face_size)
         with self._slots.slot(cost=self.image_cost(*header.size)):
             try:
-                return self._run(content)
+                return self._run(work, *args)
             except BrokenProcessPool:
                 # A crash fails every image in flight, not just the culprit: retry once.
                 log.warning("face worker process died; restarting the pool and retrying")
                 try:
-                    return self._run(content)
+                    return self._run(work, *args)
                 except BrokenProcessPool:
                     raise WorkerCrashed("the face pipeline crashed twice on this image") from None
 
@@ -112,10 +134,10 @@ class PipelinePool:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
-    def _run(self, content: bytes) -> AnalyzedImage:
+    def _run(self, work, *args):
         executor = self._executor
         try:
-            return executor.submit(_analyze_in_worker, content).result()
+            return executor.submit(work, *args).result()
         except BrokenProcessPool:
             self._replace_broken(executor)
             raise

@@ -323,7 +323,8 @@ def open_plain(path: Path, key: bytes | None) -> BinaryIO:
 # ---- records <-> store records --------------------------------------------------------------
 def _face_fields(face: FaceRecord) -> dict:
     return {"face_id": face.face_id, "index": face.index, "box": [int(v) for v in face.box],
-            "landmarks": [[float(x), float(y)] for x, y in face.landmarks], "create_time": face.create_time}
+            "landmarks": [[float(x), float(y)] for x, y in face.landmarks], "create_time": face.create_time,
+            "drawn_by": face.drawn_by}
 
 
 def _image_record(writer: _Writer, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> bytes:
@@ -340,7 +341,7 @@ def _image_from(header: dict, blobs: list[bytes]) -> tuple[ImageRecord, bytes, l
         embedding, crop = blobs[1 + 2 * i], blobs[2 + 2 * i]
         faces.append(FaceRecord(fields["face_id"], image.image_id, fields["index"], tuple(fields["box"]),
                                 [tuple(p) for p in fields["landmarks"]], embedding_from_bytes(embedding).copy(),
-                                crop, fields["create_time"]))
+                                crop, fields["create_time"], fields.get("drawn_by", "")))
     return image, blobs[0], faces
 
 
@@ -462,7 +463,11 @@ def backup(store: Store, progress: Callable[[Progress], None] = lambda _p: None)
     if waiting:
         log.warning("backup: %d label row(s) written during the backup have no event; left out", len(waiting))
     ingested = [e.subject for e in after_start if e.type == pb.EVENT_TYPE_IMAGE_INGESTED and e.subject not in copied]
-    yield from copy([image for image in map(store.get_image, ingested) if image is not None])
+    # An image a face was drawn on after it was copied is copied again, with that face (a restore upserts).
+    drawn_on = {e.attributes.get("image_id", "") for e in after_start if e.type == pb.EVENT_TYPE_FACE_ADDED}
+    copied -= drawn_on
+    yield from copy([image for image in map(store.get_image, dict.fromkeys([*ingested, *drawn_on]))
+                     if image is not None])
 
     state.phase = "personas, labels, predictions, models"
     progress(state)

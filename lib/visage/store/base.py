@@ -79,6 +79,10 @@ class StoreConflict(StoreError):
     """A conditional write lost to a concurrent one and could not be settled here."""
 
 
+class AlreadyExists(StoreError):
+    """What a request would create is stored already (the text names it)."""
+
+
 class StoreCorrupt(StoreError):
     """Stored data is inconsistent (e.g. chunks of a stored blob are missing)."""
 
@@ -255,6 +259,13 @@ class Catalogue(abc.ABC):
         when an image with this id is already stored. Appends IMAGE_INGESTED."""
 
     @abc.abstractmethod
+    def put_face(self, face: FaceRecord) -> None:
+        """Stores one more face of a stored image (a face drawn on it: its row, crop, place in
+        the image's face list and unknown-faces row), the row that makes it visible last.
+        Its id and index are new (the domain claims them); the image row and the image's
+        face_count are not changed (recount_faces); no event."""
+
+    @abc.abstractmethod
     def get_image(self, image_id: str) -> ImageRecord | None: ...
 
     @abc.abstractmethod
@@ -313,7 +324,8 @@ class Catalogue(abc.ABC):
 
     @abc.abstractmethod
     def recount_faces(self, image_id: str, erased: Sequence[str]) -> None:
-        """Sets the image's face_count to its faces but the `erased` ones (whose rows go last)."""
+        """Sets the image's face_count to its faces but the `erased` ones (whose rows go last),
+        and its status to FACES_FOUND when any stays (a face drawn on an image without one)."""
 
     @abc.abstractmethod
     def drop_face_details(self, face_ids: Sequence[str]) -> None:
@@ -700,6 +712,14 @@ class Store(Catalogue, LabelStore, PredictionStore, ModelRegistry, EventLog, Wor
         """True if a label was removed (then appends FACE_UNLABELLED)."""
         from visage.store import domain
         return domain.delete_label(self, face_id, persona_id)
+
+    def add_face(self, face: FaceRecord, persona_id: str = "") -> FaceRecord:
+        """Adds a face drawn on a stored image (see visage.store.domain.add_face): NotFound for
+        an unknown image or persona, AlreadyExists when it overlaps a stored face by more than
+        half. Returns it with its new id and index. Appends FACE_ADDED (then FACE_LABELLED when
+        `persona_id` labels it)."""
+        from visage.store import domain
+        return domain.add_face(self, face, persona_id)
 
     def delete_image(self, image_id: str) -> Erasure:
         """Erases the image: bytes, faces (crops, embeddings), their labels and predictions,

@@ -96,6 +96,7 @@ from cassandra.util import min_uuid_from_time, unix_time_from_uuid1, uuid_from_t
 
 from visage.config import CassandraConfig
 from visage.metrics import STORE_OVERLOADED_RETRIES
+from visage.store import portable_cql
 from visage.store.base import (
     ACTIVE_VERSION_KEY,
     WITHDRAWN_REASON,
@@ -249,6 +250,12 @@ MIGRATIONS: list[list[str | Callable[["CassandraStore"], None]]] = [[
     # An image row names the put_image call that committed it, so a commit whose outcome was
     # unknown (CassandraStore._cas) is settled as this call's or a racing ingest's.
     lambda store: store._add_column("images", "committed_by", "text"),
+], [
+    # Faces a person drew (IngestService.AddFace) say who (null: found by the detector).
+    lambda store: store._add_column("faces", "drawn_by", "text"),
+], [
+    # Erased means unreadable in the data files (issue 25): see CassandraStore._tune_for_erasure.
+    lambda store: store._tune_for_erasure(),
 ]]
 
 # A new keyspace gets the schema MIGRATIONS end with in one step (schema version len(MIGRATIONS)):
@@ -267,7 +274,7 @@ BASELINE: list[str | Callable[["CassandraStore"], None]] = [
     """CREATE TABLE IF NOT EXISTS {ks}.days (kind text, day int, PRIMARY KEY ((kind), day))
         WITH CLUSTERING ORDER BY (day DESC)""",
     """CREATE TABLE IF NOT EXISTS {ks}.faces (face_id text PRIMARY KEY, image_id text, idx int, box text,
-        landmarks text, embedding blob, create_time double)""",
+        landmarks text, embedding blob, create_time double, drawn_by text)""",
     """CREATE TABLE IF NOT EXISTS {ks}.face_crops (face_id text PRIMARY KEY, crop blob)""",
     """CREATE TABLE IF NOT EXISTS {ks}.faces_by_image (image_id text, idx int, face_id text,
         PRIMARY KEY ((image_id), idx))""",
@@ -301,7 +308,12 @@ BASELINE: list[str | Callable[["CassandraStore"], None]] = [
     """CREATE TABLE IF NOT EXISTS {ks}.event_buckets (shard int, bucket bigint, PRIMARY KEY ((shard), bucket))
         WITH CLUSTERING ORDER BY (bucket ASC)""",
     """CREATE TABLE IF NOT EXISTS {ks}.meta (key text PRIMARY KEY, value text)""",
+    lambda store: store._tune_for_erasure(),
 ]
+
+# The tables that hold what an erasure must make unreadable: persona names, file names, photos,
+# embeddings (with boxes and landmarks), crops, and model artifacts (computed from embeddings).
+ERASABLE_CONTENT_TABLES = ("personas", "images", "image_chunks", "faces", "face_crops", "model_artifact_chunks")
 
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
@@ -590,6 +602,10 @@ class CassandraStore(Store):
     def __init__(self, config: CassandraConfig):
         if not IDENTIFIER.match(config.keyspace):
             raise ValueError(f"invalid keyspace name {config.keyspace!r} (letters, digits, _; at most 48)")
+        if config.backend not in portable_cql.BACKENDS or config.erased_grace_seconds < 0:
+            raise ValueError(f"VISAGE_CASSANDRA_BACKEND must be one of {', '.join(portable_cql.BACKENDS)} "
+                             f"(got {config.backend!r}) and VISAGE_CASSANDRA_ERASED_GRACE_SECONDS >= 0 "
+                             f"(got {config.erased_grace_seconds})")
         self.config = config
         self.keyspace = config.keyspace
         self._cluster, self._session = connect(config)
@@ -816,6 +832,19 @@ class CassandraStore(Store):
         kept = [row.face_id for row in self._run("SELECT face_id FROM {ks}.faces_by_image WHERE image_id = ?",
                                                  (image_id,)) if row.face_id not in erased]
         self._run("UPDATE {ks}.images SET face_count = ? WHERE image_id = ?", (len(kept), image_id))
+        if kept:
+            self._run("UPDATE {ks}.images SET status = ? WHERE image_id = ?", (pb.IMAGE_STATUS_FACES_FOUND, image_id))
+
+    def put_face(self, face: FaceRecord) -> None:
+        image = self.get_image(face.image_id)
+        if image is None:
+            raise NotFound(f"image {face.image_id!r} not found")
+        # Its unknown-faces row first (a face starts unknown) and its place in the image, which
+        # erasure finds it by; then its rows, which make it visible (the commit point).
+        self._execute_all([*self._unknown_rows([UnknownFaceKey(image.create_time, image.image_id, face.index,
+                                                               face.face_id)]),
+                           *self._placements([face])])
+        self._execute_all(self._face_rows([face]))
 
     def drop_face_details(self, face_ids: Sequence[str]) -> None:
         placed = [(row.image_id, row.idx) for row in self._select_in(
@@ -945,33 +974,59 @@ class CassandraStore(Store):
         # derive from the bytes).
         committer = uuid.uuid4().hex  # tells this call's commit from a racing ingest's of the same bytes
         committed = self._cas(
-            "INSERT INTO {ks}.images (image_id, filename, content_type, width, height, size_bytes, "
-            "face_count, status, create_time, chunk_count, committed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO {ks}.images (image_id, content_type, width, height, size_bytes, "
+            "face_count, status, create_time, chunk_count, committed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "IF NOT EXISTS",
-            (image.image_id, image.filename, image.content_type, image.width, image.height,
+            (image.image_id, image.content_type, image.width, image.height,
              image.size_bytes, image.face_count, image.status, image.create_time, len(chunks), committer),
             "SELECT committed_by FROM {ks}.images WHERE image_id = ?", (image.image_id,),
             lambda row: row.committed_by == committer)
         if not committed:
             return False
+        self._name_committed_image(image)
         self.append_event(pb.EVENT_TYPE_IMAGE_INGESTED, image.image_id, {"face_count": image.face_count})
         return True
+
+    def _name_committed_image(self, image: ImageRecord) -> None:
+        """The file name stays out of the compare-and-set: Cassandra keeps a CAS's whole update in
+        its Paxos state (system.paxos) for at least 3 h, where no erasure reaches (issue 25). It is
+        written after, stamped with the commit's own time: an erasure that raced it is stamped after
+        the commit (_delete_after_writes), so it still wins. A reader may see the name a moment late."""
+        committed = self._run("SELECT WRITETIME(face_count) AS at FROM {ks}.images WHERE image_id = ?",
+                              (image.image_id,)).one()
+        if image.filename and committed is not None:
+            self._run("UPDATE {ks}.images USING TIMESTAMP ? SET filename = ? WHERE image_id = ?",
+                      (committed.at, image.filename, image.image_id))
 
     def _face_writes(self, faces: list[FaceRecord]) -> Iterator[Statement]:
         """Per face one batch of its face and crop rows (same key, same replicas), and the
         faces_by_image rows of each image as batches of that image's partition."""
-        face = self._stmt("INSERT INTO {ks}.faces (face_id, image_id, idx, box, landmarks, embedding, create_time) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?)")
+        yield from self._face_rows(faces)
+        yield from self._placements(faces)
+
+    def _face_rows(self, faces: list[FaceRecord]) -> Iterator[Statement]:
+        found = self._stmt("INSERT INTO {ks}.faces (face_id, image_id, idx, box, landmarks, embedding, create_time) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+        # A detected face writes no drawn_by cell at all (a null would be a tombstone per face).
+        drawn = self._stmt("INSERT INTO {ks}.faces (face_id, image_id, idx, box, landmarks, embedding, create_time, "
+                           "drawn_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         crop = self._stmt("INSERT INTO {ks}.face_crops (face_id, crop) VALUES (?, ?)")
         for f in faces:
             batch = BatchStatement(BatchType.UNLOGGED)
-            batch.add(face, (f.face_id, f.image_id, f.index, json.dumps([int(v) for v in f.box]),
-                             json.dumps([[float(x), float(y)] for x, y in f.landmarks]),
-                             embedding_to_bytes(f.embedding), f.create_time))
+            row = (f.face_id, f.image_id, f.index, json.dumps([int(v) for v in f.box]),
+                   json.dumps([[float(x), float(y)] for x, y in f.landmarks]), embedding_to_bytes(f.embedding),
+                   f.create_time)
+            if f.drawn_by:
+                batch.add(drawn, (*row, f.drawn_by))
+            else:
+                batch.add(found, row)
             batch.add(crop, (f.face_id, f.crop_jpeg))
             yield batch
-        yield from self._batches("INSERT INTO {ks}.faces_by_image (image_id, idx, face_id) VALUES (?, ?, ?)",
-                                 [(f.image_id, f.index, f.face_id) for f in faces], partition=lambda row: row[0])
+
+    def _placements(self, faces: list[FaceRecord]) -> Iterator[Statement]:
+        """The faces_by_image rows of each image, as batches of that image's partition."""
+        return self._batches("INSERT INTO {ks}.faces_by_image (image_id, idx, face_id) VALUES (?, ?, ?)",
+                             [(f.image_id, f.index, f.face_id) for f in faces], partition=lambda row: row[0])
 
     def _remember_day(self, kind: str, day: int) -> None:
         key = (kind, day)
@@ -1033,13 +1088,13 @@ class CassandraStore(Store):
     def count_images(self) -> int:
         return self._run("SELECT COUNT(*) FROM {ks}.images", timeout=120).one()[0]
 
-    _FACE_COLUMNS = "face_id, image_id, idx, box, landmarks, embedding, create_time"
+    _FACE_COLUMNS = "face_id, image_id, idx, box, landmarks, embedding, create_time, drawn_by"
 
     @staticmethod
     def _face(row, crop: bytes) -> FaceRecord:
         return FaceRecord(row.face_id, row.image_id, row.idx, tuple(json.loads(row.box)),
                           [tuple(p) for p in json.loads(row.landmarks)],
-                          embedding_from_bytes(row.embedding), crop, row.create_time)
+                          embedding_from_bytes(row.embedding), crop, row.create_time, row.drawn_by or "")
 
     def get_face(self, face_id: str) -> FaceRecord | None:
         faces = self.get_faces([face_id])
@@ -1456,9 +1511,22 @@ class CassandraStore(Store):
             after = candidates[-1]
         return found
 
+    def _tune_for_erasure(self) -> None:
+        """Migration 11 (and BASELINE): on Apache Cassandra the tables holding erasable content drop
+        an erased row at the next compaction of the SSTable holding it (portable_cql.erasure_table_options),
+        which `nodetool garbagecollect` forces (README "Privacy"). Cosmos DB refuses these options and
+        keeps no SSTables to compact."""
+        if self.config.backend != "apache":
+            return
+        options = portable_cql.erasure_table_options(self.config.erased_grace_seconds)
+        for table in ERASABLE_CONTENT_TABLES:
+            self._session.execute(f"ALTER TABLE {self.keyspace}.{table} WITH {options}", timeout=120)
+
     def _shorten_grace(self, table: str) -> None:
         """Migration 6: tombstones of an index whose rows readers check need not outlive a
-        repair cycle (a resurrected row is skipped). Backends that refuse the option keep theirs."""
+        repair cycle (a resurrected row is skipped). Cosmos DB refuses the option."""
+        if self.config.backend != "apache":
+            return
         try:
             self._session.execute(f"ALTER TABLE {self.keyspace}.{table} WITH gc_grace_seconds = {UNKNOWN_GRACE_S}",
                                   timeout=120)

@@ -13,17 +13,25 @@
 - Labels: a label needs a stored face and persona (NotFound); a BELONGS label replaces the
   face's other BELONGS label (how each backend keeps that exclusive is its own storage
   business, see LabelStore.write_label); every change appends its event after itself.
+- Drawn faces (add_face): a face drawn on a stored image never duplicates a stored face (more
+  than half of either box covered: AlreadyExists naming it) and gets an index no face of the
+  image ever had (not an erased one's either: the ledger names those ids, and a restore
+  erases what they name), claimed by compare-and-set so concurrent draws get distinct ones.
+  (Cassandra: two draws of one face at the same moment may both pass the overlap check, there being
+  no multi-row transaction; the second is then a duplicate face a user can erase.)
 
 Each rule runs inside `store.atomic()`: one transaction on SQLite (all or nothing), the
 commit-point order alone on Cassandra (no multi-row transactions there).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from visage.store.base import ERASURE_LEDGER_KEY, NotFound, Store, withdraw_candidates
-from visage.store.records import Erasure, LabelRecord, now
+from visage.faces.detectors import overlap
+from visage.store.base import ERASURE_LEDGER_KEY, AlreadyExists, NotFound, Store, withdraw_candidates
+from visage.store.records import Erasure, FaceRecord, LabelRecord, face_id_of, now
 from visage.v1 import resources_pb2 as pb
 
 
@@ -47,6 +55,51 @@ def delete_label(store: Store, face_id: str, persona_id: str) -> bool:
             return False
         store.append_event(pb.EVENT_TYPE_FACE_UNLABELLED, face_id, {"persona_id": persona_id})
         return True
+
+
+# ---- drawn faces ---------------------------------------------------------------
+OVERLAP_LIMIT = 0.5  # a drawn box covering more of a stored face than this (or covered so) is that face
+NEXT_INDEX_KEY = "faces.next_index."  # + image id: meta key of the next index a drawn face gets
+
+
+def add_face(store: Store, face: FaceRecord, persona_id: str = "") -> FaceRecord:
+    """Stores `face` (its face_id and index are assigned here) on its stored image; labels it
+    as belonging to `persona_id` when given (by face.drawn_by, at face.create_time)."""
+    with store.atomic():
+        if store.get_image(face.image_id) is None:
+            raise NotFound(f"image {face.image_id!r} not found")
+        if persona_id and store.get_persona(persona_id) is None:
+            raise NotFound(f"persona {persona_id!r} not found")
+        stored = store.faces_of_images([face.image_id])[face.image_id]
+        check_not_stored(stored, face.box)
+        index = _claim_index(store, face.image_id, stored)
+        face = dataclasses.replace(face, face_id=face_id_of(face.image_id, index), index=index)
+        store.put_face(face)
+        store.recount_faces(face.image_id, [])
+        store.append_event(pb.EVENT_TYPE_FACE_ADDED, face.face_id, {"image_id": face.image_id})
+        if persona_id:
+            put_labels(store, [LabelRecord(face.face_id, persona_id, pb.VERDICT_BELONGS, face.drawn_by,
+                                           face.create_time)])
+        return face
+
+
+def check_not_stored(stored: Iterable[FaceRecord], box: tuple[int, int, int, int]) -> None:
+    """AlreadyExists when `box` is one of these faces: more than half of either box is covered."""
+    for face in stored:
+        if overlap(face.box, box) > OVERLAP_LIMIT:
+            left, top, right, bottom = face.box
+            raise AlreadyExists(f"face {face.face_id} is already stored there (box {left},{top},{right},{bottom}); "
+                                "label it instead")
+
+
+def _claim_index(store: Store, image_id: str, stored: Sequence[FaceRecord]) -> int:
+    """An index beyond every stored and erased face of the image, and beyond every index claimed
+    before (one compare-and-set on the image's counter: concurrent draws get distinct ones)."""
+    erased = [int(face_id.rsplit("-", 1)[1]) for entry in read_ledger(store) for face_id in entry["face_ids"]
+              if face_id.rsplit("-", 1)[0] == image_id and face_id.rsplit("-", 1)[1].isdigit()]
+    floor = max([face.index for face in stored] + erased, default=-1) + 1
+    previous = store.swap_meta(NEXT_INDEX_KEY + image_id, lambda current: str(max(int(current or 0), floor) + 1))
+    return max(int(previous or 0), floor)
 
 
 # ---- erasure -----------------------------------------------------------------

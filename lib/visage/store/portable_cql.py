@@ -57,3 +57,23 @@ def _condition_violations(cql: str) -> list[str]:
         return []
     return [f"condition {condition!r}: only IF [NOT] EXISTS and equalities of regular columns are documented "
             "as supported by Cosmos DB (no IN, !=, <, >)"]
+
+
+# ---- table options: Apache Cassandra and Managed Instance only -----------------------------------
+# Cosmos DB keeps no SSTables: it "doesn't implement compaction" and "always does durable commits"
+# (Cosmos DB for Apache Cassandra FAQ, "key differences"), so a delete there leaves no tombstoned copy
+# for compaction to drop, and it refuses a non-zero gc_grace_seconds ("gc_grace_seconds value must be
+# zero": glowroot/glowroot#921, #837, "CosmosDB Cassandra API service expects a zero value ... no notion
+# of gc_grace_seconds or hinted handoff"). The options below are therefore sent only where the
+# backend is Apache Cassandra (VISAGE_CASSANDRA_BACKEND=apache: self-run or Managed Instance).
+BACKENDS = ("apache", "cosmos")
+
+
+def erasure_table_options(grace_seconds: int) -> str:
+    """WITH options of a table holding erasable content on Apache Cassandra: a compaction of an
+    SSTable drops the rows a tombstone in ANY other SSTable deletes (provide_overlapping_tombstones,
+    the mechanism of `nodetool garbagecollect`), an SSTable whose tombstones are droppable is
+    compacted on its own once it is an hour old, and tombstones are droppable after `grace_seconds`."""
+    return (f"gc_grace_seconds = {int(grace_seconds)} AND compaction = {{'class': 'SizeTieredCompactionStrategy', "
+            "'provide_overlapping_tombstones': 'ROW', 'unchecked_tombstone_compaction': 'true', "
+            "'tombstone_threshold': '0.05', 'tombstone_compaction_interval': '3600'}")

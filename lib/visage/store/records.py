@@ -15,6 +15,11 @@ def now() -> float:
     return time.time()
 
 
+def face_id_of(image_id: str, index: int) -> str:
+    """A face's id: its image's and its index in it (stable: the same bytes give the same ids)."""
+    return f"{image_id}-{index}"
+
+
 @dataclass
 class PersonaRecord:
     persona_id: str
@@ -45,7 +50,8 @@ class FaceRecord:
     landmarks: list[tuple[float, float]]
     embedding: np.ndarray  # float32, shape (128,)
     crop_jpeg: bytes = b""
-    create_time: float = field(default_factory=now)
+    create_time: float = field(default_factory=now)  # when found, or drawn
+    drawn_by: str = ""  # who drew its box (IngestService.AddFace); "": the detector found it
 
 
 @dataclass

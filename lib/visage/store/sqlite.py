@@ -124,6 +124,10 @@ MIGRATIONS = [
     CREATE INDEX unknown_faces_newest_first ON unknown_faces (image_time DESC, image_id, idx);
     INSERT INTO unknown_faces {unknown_faces_of_all}
     """,
+    # 7: faces a person drew (IngestService.AddFace) say who ("": found by the detector).
+    """
+    ALTER TABLE faces ADD COLUMN drawn_by TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 # The unknown-faces index rows of faces (base.is_unknown as SQL) matching `{where}` on `f`.
@@ -143,6 +147,8 @@ UPSERT_PREDICTION = (
 
 CURSOR_WIDTH = 20  # zero-padded so cursors compare as strings too
 MAX_VARIABLES = 500  # ids per `IN (...)`: stays under SQLite's bound-variable limit
+FACE_COLUMNS = "face_id, image_id, idx, box, landmarks, embedding, crop_jpeg, create_time, drawn_by"
+INSERT_FACE = f"INSERT OR REPLACE INTO faces ({FACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _parse_cursor(cursor: str) -> int:
@@ -153,6 +159,12 @@ def _parse_cursor(cursor: str) -> int:
 
 
 _HIDDEN_TABLES = {"face": ("faces", "face_id"), "persona": ("personas", "persona_id")}
+
+
+def _face_row(face: FaceRecord) -> tuple:
+    """A faces row, in FACE_COLUMNS order."""
+    return (face.face_id, face.image_id, face.index, json.dumps(list(face.box)), json.dumps(face.landmarks),
+            embedding_to_bytes(face.embedding), face.crop_jpeg, face.create_time, face.drawn_by)
 
 
 def _cursor(seq: int) -> str:
@@ -311,10 +323,7 @@ class SqliteStore(Store):
 
     def restore_image(self, image: ImageRecord, content: bytes, faces: list[FaceRecord]) -> None:
         with self._tx() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(f.face_id, f.image_id, f.index, json.dumps(list(f.box)), json.dumps(f.landmarks),
-                  embedding_to_bytes(f.embedding), f.crop_jpeg, f.create_time) for f in faces])
+            conn.executemany(INSERT_FACE, [_face_row(f) for f in faces])
             conn.execute("INSERT OR REPLACE INTO image_content VALUES (?, ?)", (image.image_id, content))
             conn.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (image.image_id, image.filename, image.content_type, image.width, image.height,
@@ -361,6 +370,13 @@ class SqliteStore(Store):
             kept = [row[0] for row in conn.execute("SELECT face_id FROM faces WHERE image_id = ?", (image_id,))
                     if row[0] not in erased]
             conn.execute("UPDATE images SET face_count = ? WHERE image_id = ?", (len(kept), image_id))
+            if kept:
+                conn.execute("UPDATE images SET status = ? WHERE image_id = ?", (pb.IMAGE_STATUS_FACES_FOUND, image_id))
+
+    def put_face(self, face: FaceRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(INSERT_FACE, _face_row(face))
+            self._sync_unknown(conn, [face.face_id])
 
     def drop_face_details(self, face_ids: Sequence[str]) -> None:
         pass  # a face's crop and place live in its row here (drop_face_rows)
@@ -429,11 +445,7 @@ class SqliteStore(Store):
             exists = conn.execute("SELECT 1 FROM images WHERE image_id = ?", (image.image_id,)).fetchone()
             if exists:
                 return False
-            conn.executemany(
-                "INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(f.face_id, f.image_id, f.index, json.dumps(list(f.box)), json.dumps(f.landmarks),
-                  embedding_to_bytes(f.embedding), f.crop_jpeg, f.create_time) for f in faces],
-            )
+            conn.executemany(INSERT_FACE, [_face_row(f) for f in faces])
             conn.execute("INSERT INTO image_content VALUES (?, ?)", (image.image_id, content))
             conn.execute(
                 "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -462,10 +474,10 @@ class SqliteStore(Store):
 
     @staticmethod
     def _face(row: tuple) -> FaceRecord:
-        face_id, image_id, idx, box, landmarks, embedding, crop, created = row
+        face_id, image_id, idx, box, landmarks, embedding, crop, created, drawn_by = row
         return FaceRecord(face_id, image_id, idx, tuple(json.loads(box)),
                           [tuple(p) for p in json.loads(landmarks)],
-                          embedding_from_bytes(embedding), bytes(crop), created)
+                          embedding_from_bytes(embedding), bytes(crop), created, drawn_by)
 
     def get_face(self, face_id: str) -> FaceRecord | None:
         faces = self.get_faces([face_id])
@@ -473,21 +485,21 @@ class SqliteStore(Store):
 
     def get_faces(self, face_ids: Iterable[str]) -> list[FaceRecord]:
         face_ids = list(face_ids)
-        found = {row[0]: self._face(row) for row in self._query_in("SELECT * FROM faces WHERE face_id IN ({marks})",
-                                                                    face_ids)}
+        found = {row[0]: self._face(row) for row in self._query_in(
+            f"SELECT {FACE_COLUMNS} FROM faces WHERE face_id IN ({{marks}})", face_ids)}
         return [found[f] for f in face_ids if f in found]
 
     def faces_of_images(self, image_ids: Iterable[str]) -> dict[str, list[FaceRecord]]:
         image_ids = list(image_ids)
         faces: dict[str, list[FaceRecord]] = {image_id: [] for image_id in image_ids}
-        rows = self._query_in("SELECT face_id, image_id, idx, box, landmarks, embedding, x'', create_time "
+        rows = self._query_in("SELECT face_id, image_id, idx, box, landmarks, embedding, x'', create_time, drawn_by "
                               "FROM faces WHERE image_id IN ({marks}) ORDER BY image_id, idx", image_ids)
         for row in rows:
             faces[row[1]].append(self._face(row))
         return faces
 
     def faces_of_image(self, image_id: str) -> list[FaceRecord]:
-        rows = self._query("SELECT * FROM faces WHERE image_id = ? ORDER BY idx", (image_id,))
+        rows = self._query(f"SELECT {FACE_COLUMNS} FROM faces WHERE image_id = ? ORDER BY idx", (image_id,))
         return [self._face(row) for row in rows]
 
     def count_faces(self) -> int:

@@ -49,11 +49,12 @@ const ROLES = ["viewer", "labeller", "operator", "admin"];
 
 // A login link (`make run` prints one) carries the token in the fragment, which
 // browsers never send to a server: keep it in this tab and drop it from the address bar.
+// `&open=/unknown` (VISAGE_RUN_OPEN) names the page to land on.
 (function takeTokenFromLink() {
-  const match = location.hash.match(/^#token=([A-Za-z0-9._-]+)$/);
+  const match = location.hash.match(/^#token=([A-Za-z0-9._-]+)(?:&open=(\/[A-Za-z0-9\/_-]*))?$/);
   if (!match) return;
   sessionStorage.setItem(TOKEN_KEY, match[1]);
-  history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  history.replaceState(null, "", `${location.pathname}${location.search}#${match[2] || "/"}`);
 })();
 
 function claimsOf(token) {
@@ -65,11 +66,11 @@ function claimsOf(token) {
 
 // The token claims that carry the role and the user's name (VISAGE_AUTH_ROLE_CLAIM and
 // _SUBJECT_CLAIM), from /ui-config.json before the page starts; these are the defaults.
-const CLAIMS = { roleClaim: "roles", subjectClaim: "sub" };
+const CLAIMS = { roleClaim: "roles", subjectClaim: "sub", imageCallsPerSecond: 4 };
 
 // Who is signed in, as the token says (the gateway and services check it; this only shapes the page).
 function session() {
-  const token = sessionStorage.getItem(TOKEN_KEY);
+  const token = oidcUser ? oidcUser.access_token : sessionStorage.getItem(TOKEN_KEY);
   const claims = token && claimsOf(token);
   if (!claims || (claims.exp && claims.exp * 1000 < Date.now())) return null;
   const values = [].concat(claims[CLAIMS.roleClaim] || []).flatMap((r) => String(r).split(/[ ,]+/))
@@ -80,8 +81,63 @@ function session() {
 }
 const can = (role) => { const s = session(); return !!s && s.rank >= ROLES.indexOf(role); };
 
+// ---- Sign-in with the organisation's OpenID Connect provider ---------------------------
+// When /ui-config.json names one (VISAGE_UI_OIDC_*): authorization code + PKCE, done by the
+// vendored oidc-client-ts (vendor/; version and checksums: mk/gateway.mk). Its tokens live in
+// this tab's sessionStorage (gone with the tab; never localStorage, never a cookie), so a reload
+// keeps the session. Its refresh token renews the access token before it expires; when renewal
+// fails the sign-in page says so and offers the provider again.
+let oidcManager = null;
+let oidcUser = null;  // the provider's answer; the API is sent its access_token
+
+function oidcSettings() {
+  const provider = CLAIMS.signIn;
+  return { authority: provider.authority, client_id: provider.clientId, scope: provider.scope,
+    response_type: "code", redirect_uri: `${location.origin}/`,
+    userStore: new oidc.WebStorageStateStore({ store: window.sessionStorage }),
+    stateStore: new oidc.WebStorageStateStore({ store: window.sessionStorage }),  // PKCE verifier, state
+    automaticSilentRenew: true, monitorSession: false, loadUserInfo: false };
+}
+
+// Back from the provider (?code=…&state=…, or ?error=…), or a session this tab already has.
+// Resolves to "" or what went wrong, for the sign-in page.
+async function restoreOidcSession() {
+  if (!CLAIMS.signIn) return "";
+  if (typeof oidc === "undefined") return "The sign-in library did not load: reload the page.";
+  oidcManager = new oidc.UserManager(oidcSettings());
+  oidcManager.events.addUserLoaded((user) => { oidcUser = user; showWho(); });
+  oidcManager.events.addSilentRenewError((error) => {
+    if (oidcUser) signOut(`Your sign-in could not be renewed (${error.message}): sign in again.`);
+  });
+  const params = new URLSearchParams(location.search);
+  const returning = params.has("state") && (params.has("code") || params.has("error"));
+  try {
+    if (returning) {
+      oidcUser = await oidcManager.signinRedirectCallback();
+      history.replaceState(null, "", `/${oidcUser.state || "#/"}`);  // the code leaves the address bar
+      return "";
+    }
+    oidcUser = await oidcManager.getUser();
+    if (oidcUser && oidcUser.expired) oidcUser = await oidcManager.signinSilent();
+    return "";
+  } catch (error) {
+    if (returning) history.replaceState(null, "", "/#/");
+    oidcUser = null;
+    return `Signing in with ${CLAIMS.signIn.providerName} did not work (${error.message}): sign in again.`;
+  }
+}
+
+function signInWithProvider() {
+  // Where to come back to: a page of this UI, never a link of someone else's choosing.
+  const back = location.hash.startsWith("#/") ? location.hash : "#/";
+  oidcManager.signinRedirect({ state: back }).catch((error) =>
+    showSignIn(`${CLAIMS.signIn.providerName} cannot be reached (${error.message}).`));
+}
+
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
+  oidcUser = null;
+  if (oidcManager) oidcManager.removeUser();  // also stops its renewal timers
   blobUrls.clear();  // the next user fetches what they may see with their own token
   stopEvents();
   showSignIn(message);
@@ -102,7 +158,10 @@ function showSignIn(message = "") {
   const form = el("form", { id: "sign-in", class: "sign-in" },
     el("h1", {}, "Sign in to Visage"),
     message ? el("p", { class: "state error", id: "sign-in-message" }, message) : null,
-    el("p", { class: "muted" }, "Open the sign-in link that `make run` printed, or paste a token: ",
+    oidcManager ? el("p", {}, el("button", { class: "primary", type: "button", id: "oidc-sign-in",
+      onclick: signInWithProvider }, `Sign in with ${CLAIMS.signIn.providerName}`)) : null,
+    el("p", { class: "muted" }, oidcManager ? "Or paste a token: "
+      : "Open the sign-in link that `make run` printed, or paste a token: ",
       el("code", {}, "visage token create --role labeller"), " prints one; with Microsoft Entra ID, an access token for the Visage API."),
     input, el("button", { class: "primary", type: "submit" }, "Sign in"));
   form.addEventListener("submit", async (event) => {
@@ -128,13 +187,23 @@ const percent = (x) => `${Math.round(Number(x) * 100)}%`;
 const CONFIDENCE_MEANING = "similarity to the persona: 1 − distance/1.2 between face embeddings "
   + "(50% = dlib's same-person limit); a face is named when it reaches the persona's threshold";
 const similarMeta = (c) => `${percent(c)} similar`;
-const unknownMeta = (c) => `unknown · nearest persona ${percent(1 - Number(c))} similar`;
+// Short enough for a card's two lines; the title says it in full.
+const unknownMeta = (c) => `unknown · nearest ${percent(1 - Number(c))}`;
+const unknownMetaTitle = (c) => `Nobody is named: the nearest persona is ${percent(1 - Number(c))} similar (${CONFIDENCE_MEANING})`;
 const count = (x) => Number(x || 0);
-const cropUrl = (faceId) => `/v1/faces/${encodeURIComponent(faceId)}/crop`;
+// The face as seen in its photo (upright, with a margin), not the aligned chip the model reads.
+const cropUrl = (faceId) => `/v1/faces/${encodeURIComponent(faceId)}/crop?upright=true`;
 const imageUrl = (imageId) => `/v1/images/${encodeURIComponent(imageId)}/content`;
 
 // ---- API -------------------------------------------------------------------
-class ApiError extends Error {}
+class ApiError extends Error {
+  // status: the HTTP status (0: no answer); retryAfter: seconds a 429 says to wait (null: it did not say)
+  constructor(message, { status = 0, retryAfter = null } = {}) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
 class SignedOut extends ApiError {}
 
 function authorization() {
@@ -171,7 +240,9 @@ async function api(method, path, body) {
   try { data = text ? JSON.parse(text) : {}; } catch { data = null; }
   if (!response.ok) {
     const message = (data && data.message) || text || response.statusText;
-    throw new ApiError(`${message} (HTTP ${response.status})`);
+    const retryAfter = response.headers.get("retry-after");
+    throw new ApiError(`${message} (HTTP ${response.status})`,
+      { status: response.status, retryAfter: retryAfter === null ? null : Number(retryAfter) });
   }
   if (data === null) throw new ApiError(`Unexpected answer from ${path}`);
   return data;
@@ -254,7 +325,7 @@ function faceImage(faceId, alt) {
   return authImage(cropUrl(faceId), { class: "face", alt });
 }
 
-function faceCard(face, { caption = "", meta = "", confidence = null, actions = [], href = null } = {}) {
+function faceCard(face, { caption = "", meta = "", metaTitle = null, confidence = null, actions = [], href = null } = {}) {
   const dataset = confidence === null ? { faceId: face.faceId } : { faceId: face.faceId, confidence: String(confidence) };
   return el("div", { class: "card face-card", dataset },
     el("a", { href: href || `#/image/${encodeURIComponent(face.imageId)}`, title: "Open the image" },
@@ -264,7 +335,7 @@ function faceCard(face, { caption = "", meta = "", confidence = null, actions = 
         el("span", { style: { width: percent(confidence) } })),
     el("div", { class: "body" },
       caption ? el("span", { class: "name" }, caption) : null,
-      meta ? el("span", { class: "meta" }, meta) : null,
+      meta ? el("span", { class: "meta", title: metaTitle }, meta) : null,
       actions.length ? el("div", { class: "actions" }, actions) : null));
 }
 
@@ -374,9 +445,10 @@ async function viewUnknown() {
       if (!select.value) { toast("Choose a persona first", "error"); return; }
       if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
     } }, "Assign");
-    const meta = face.prediction && face.prediction.modelVersion !== "0"
-      ? unknownMeta(face.prediction.confidence) : "not classified yet";
-    return faceCard(face, { meta, actions: list.length && can("labeller") ? [select, assign] : [] });
+    const classified = face.prediction && face.prediction.modelVersion !== "0";
+    const meta = classified ? unknownMeta(face.prediction.confidence) : "not classified yet";
+    const metaTitle = classified ? unknownMetaTitle(face.prediction.confidence) : null;
+    return faceCard(face, { meta, metaTitle, actions: list.length && can("labeller") ? [select, assign] : [] });
   });
   return [el("h1", {}, "Unknown faces"),
     list.length || !can("labeller") ? null : el("p", { class: "muted" }, "Create a persona first to assign faces to it."),
@@ -393,30 +465,89 @@ function readAsBase64(file) {
   });
 }
 
-async function upload(files, log) {
-  for (const file of files) {
-    const line = el("li", {}, `${file.name}: uploading…`);
-    log.append(line);
+// Uploads start at most imageCallsPerSecond a second (the gateway's limit per caller on
+// image calls), UPLOAD_PARALLEL at a time so the face pipeline's workers stay busy. A 429
+// (another tab or script of this caller took the budget) waits what its retry-after says,
+// else a doubling backoff, and sends the same file again: none is lost.
+const UPLOAD_PARALLEL = 2;
+const RATE_LIMITED_TRIES = 30;
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+function uploadPacer() {
+  const spacing = 1000 / (Number(CLAIMS.imageCallsPerSecond) || Infinity);  // 0: no limit
+  let next = 0;
+  return async () => {
+    const now = performance.now();
+    const wait = next - now;
+    next = Math.max(now, next) + spacing;
+    if (wait > 0) await sleep(wait);
+  };
+}
+
+async function ingestPaced(file, content, paced) {
+  for (let tries = 1, backoff = 1; ; tries++, backoff = Math.min(backoff * 2, 30)) {
+    await paced();
     try {
-      const content = await readAsBase64(file);
-      const result = await api("POST", "/v1/images:ingest", { content, filename: file.name });
-      const faces = (result.faces || []).length;
-      line.textContent = "";
-      line.append(el("a", { href: `#/image/${encodeURIComponent(result.image.imageId)}` }, file.name),
-        result.duplicate ? ": already uploaded" : `: ${faces} face${faces === 1 ? "" : "s"} found`);
+      return await api("POST", "/v1/images:ingest", { content, filename: file.name });
     } catch (error) {
-      line.className = "failed";
-      line.textContent = `${file.name}: ${error.message}`;
+      if (error.status !== 429 || tries >= RATE_LIMITED_TRIES) throw error;
+      await sleep(1000 * (error.retryAfter > 0 ? error.retryAfter : backoff));
     }
   }
+}
+
+async function uploadOne(file, log, paced) {
+  const line = el("li", {}, `${file.name}: uploading…`);
+  log.append(line);
+  try {
+    const result = await ingestPaced(file, await readAsBase64(file), paced);
+    const faces = (result.faces || []).length;
+    line.textContent = "";
+    line.append(el("a", { href: `#/image/${encodeURIComponent(result.image.imageId)}` }, file.name),
+      result.duplicate ? ": already uploaded" : `: ${faces} face${faces === 1 ? "" : "s"} found`);
+    return true;
+  } catch (error) {
+    line.className = "failed";
+    line.textContent = `${file.name}: ${error.message}`;
+    return false;
+  }
+}
+
+// One progress bar for the whole batch: "Uploaded 37 of 100 · 1 failed".
+async function upload(files, log, progress) {
+  const queue = [...files];
+  const paced = uploadPacer();
+  let done = 0, failed = 0;
+  delete progress.dataset.done;
+  const show = () => {
+    progress.hidden = false;
+    progress.querySelector("progress").max = Math.max(1, files.length);
+    progress.querySelector("progress").value = done;
+    progress.querySelector(".progress-label").textContent = `Uploaded ${done} of ${files.length}`
+      + (failed ? ` · ${failed} failed` : "") + (done === files.length ? "" : "…");
+  };
+  show();
+  const worker = async () => {
+    while (queue.length) {
+      const ok = await uploadOne(queue.shift(), log, paced);
+      done += 1;
+      failed += ok ? 0 : 1;
+      show();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(UPLOAD_PARALLEL, files.length) }, worker));
+  progress.dataset.done = String(done);
 }
 
 async function viewImages() {
   const images = await listItems("/v1/images", "images");
   const input = el("input", { type: "file", accept: "image/*", multiple: true, id: "upload-input", "aria-label": "images to upload" });
   const log = el("ul", { class: "uploads", id: "upload-log" });
-  const drop = el("div", { class: "dropzone" }, input, el("span", { class: "muted" }, "Choose or drop images (JPEG, PNG, WebP, up to 20 MB each)"));
-  const start = async (files) => { await upload([...files], log); rerender({ keep: [drop, log] }); };
+  const progress = el("div", { class: "progress upload-progress", id: "upload-progress", hidden: true },
+    el("span", { class: "progress-label" }), el("progress", { max: 1, value: 0 }));
+  const drop = el("div", { class: "dropzone" }, input, el("span", { class: "muted" }, "Choose or drop images (JPEG, PNG, WebP, up to 20 MB each)"),
+    progress);
+  const start = async (files) => { await upload([...files], log, progress); rerender({ keep: [drop, log] }); };
   input.addEventListener("change", () => start(input.files));
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -453,15 +584,19 @@ async function viewImage(imageId) {
       if (!select.value) { toast("Choose a persona first", "error"); return; }
       if (await attempt(() => label(face.faceId, select.value, "VERDICT_BELONGS"), "Assigned")) rerender();
     } }, "Assign");
-    return faceCard(face, { caption: faceName(face, list).text, meta: labelledBy(face),
+    const meta = [labelledBy(face), face.drawnBy ? `drawn by ${face.drawnBy}` : ""].filter(Boolean).join(" · ");
+    return faceCard(face, { caption: faceName(face, list).text, meta,
       actions: [...(list.length && can("labeller") ? [select, assign] : []), ...(can("admin") ? [eraseFaceButton(face)] : [])] });
   });
+  const photo = el("div", { class: "photo", id: "photo" },
+    authImage(imageUrl(image.imageId), { alt: image.filename || "image" }), boxes);
   return [
     el("p", { class: "muted" }, el("a", { href: "#/images" }, "← Images")),
     el("h1", {}, image.filename || image.imageId),
     el("p", { class: "muted" }, `${image.width}×${image.height} · ${image.contentType} · ${faces.length} face${faces.length === 1 ? "" : "s"}`),
     can("admin") ? el("div", { class: "toolbar" }, eraseImageButton(image, faces)) : null,
-    el("div", { class: "photo", id: "photo" }, authImage(imageUrl(image.imageId), { alt: image.filename || "image" }), boxes),
+    can("labeller") ? addFaceControl(image, photo, list) : null,  // draw a face the detector missed (draw.js)
+    photo,
     faces.length ? [el("h2", {}, "Faces"), el("div", { class: "grid" }, cards)] : stateBox("No face was found in this image."),
   ];
 }
@@ -507,6 +642,14 @@ function choosePersonaDeletion(persona) {
   });
 }
 
+// A job that found nothing new (no label yet, or none changed) ends SUCCEEDED without a
+// version: it is shown as what it did, not as a success.
+const trained = (job) => Boolean(job.modelVersion) && job.modelVersion !== "0";
+function jobPhase(job) {
+  const phase = job.phase.replace("TRAINING_PHASE_", "").toLowerCase();
+  return phase === "succeeded" && !trained(job) ? "nothing to train" : phase;
+}
+
 // A rate and how many faces it was measured on: "–" when none could be held out.
 const rate = (value, evaluatedOn) => (count(evaluatedOn) ? Number(value || 0).toFixed(2) : "–");
 
@@ -529,10 +672,10 @@ async function viewModels() {
       el("td", { class: "muted" }, v.gateReason || ""),
       el("td", {}, ["active", "withdrawn"].includes(state) || !can("operator") ? null : activate));
   });
-  const jobRows = (jobs.trainingJobs || []).map((j) => el("tr", {},
-    el("td", {}, j.jobId), el("td", {}, j.phase.replace("TRAINING_PHASE_", "").toLowerCase()),
-    el("td", {}, j.modelVersion !== "0" ? `v${j.modelVersion}` : "–"), el("td", {}, j.activated ? "yes" : "no"),
-    el("td", { class: "muted" }, j.message || "")));
+  const jobRows = (jobs.trainingJobs || []).map((j) => el("tr", { dataset: { jobId: j.jobId } },
+    el("td", {}, j.jobId), el("td", { class: "phase" }, jobPhase(j)),
+    el("td", {}, trained(j) ? `v${j.modelVersion}` : "–"), el("td", {}, j.activated ? "yes" : "no"),
+    el("td", { class: "muted" }, (j.message || "").replace(/^nothing to train: /, ""))));
   const train = el("button", { type: "button", class: "primary", onclick: async () => {
     if (await attempt(() => api("POST", "/v1/trainingJobs", { reason: "web UI" }), "Training started")) rerender();
   } }, "Train now");
@@ -616,6 +759,7 @@ async function render({ refresh = false, keep = [] } = {}) {
       typing.setSelectionRange(typing.value.length, typing.value.length);
     }
     main.dataset.ready = String(seq);
+    if (!refresh) catchUpIfWaiting();
   } catch (error) {
     if (seq !== renderSeq || error instanceof SignedOut) return;
     if (refresh) { toast(error.message, "error"); return; }
@@ -629,7 +773,7 @@ const rerender = (options = {}) => render({ refresh: true, ...options });
 const REFRESH_ON = new Set(["EVENT_TYPE_IMAGE_INGESTED", "EVENT_TYPE_FACE_LABELLED", "EVENT_TYPE_FACE_UNLABELLED",
   "EVENT_TYPE_PERSONA_CREATED", "EVENT_TYPE_PERSONA_RENAMED", "EVENT_TYPE_PERSONA_DELETED",
   "EVENT_TYPE_MODEL_VERSION_ACTIVATED", "EVENT_TYPE_PREDICTIONS_WRITTEN", "EVENT_TYPE_ERASED",
-  "EVENT_TYPE_HIDDEN_CHANGED", "EVENT_TYPE_FACE_CLUSTERS_UPDATED"]);
+  "EVENT_TYPE_HIDDEN_CHANGED", "EVENT_TYPE_FACE_CLUSTERS_UPDATED", "EVENT_TYPE_FACE_ADDED"]);
 let refreshTimer = null;
 let refreshDeferrals = 0;
 const MAX_POINTER_DEFERRALS = 40;  // x 500 ms: a live change waits at most ~20 s for the pointer to move on
@@ -637,8 +781,9 @@ function scheduleRefresh() {
   // Many events arrive in bursts (a re-classification writes in batches): one refresh per burst.
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(() => {
-    // Do not replace a form the user is typing in.
-    if (main.contains(document.activeElement) && document.activeElement.matches("input[type=text], input[type=search], select")) {
+    // Do not replace a form the user is typing in, nor a photo a face is being drawn on.
+    if ((main.contains(document.activeElement) && document.activeElement.matches("input[type=text], input[type=search], select"))
+        || main.querySelector("#photo.drawing")) {
       scheduleRefresh();
       return;
     }
@@ -654,11 +799,19 @@ function scheduleRefresh() {
   }, 500);
 }
 
+// A view still waiting for data (suggested people being computed) may have missed the event
+// saying it is ready, appended before the event stream opened: once both are there, look again.
+function catchUpIfWaiting() {
+  if (document.getElementById("live-dot").classList.contains("on")
+      && main.querySelector('.view [data-state="loading"]')) scheduleRefresh();
+}
+
 const hideTimers = {};
 function showProgress(id, text, done, total, finished) {
   const box = document.getElementById(id);
   box.hidden = false;
   box.querySelector(".progress-label").textContent = text;
+  box.title = text;  // a phone shows the bar without its text
   const bar = box.querySelector("progress");
   bar.max = Math.max(1, total);
   bar.value = finished ? bar.max : Math.min(done, bar.max);
@@ -754,6 +907,7 @@ async function connectEvents() {
     checkSignedIn(response);
     if (!response.ok) throw new ApiError(`HTTP ${response.status}`);
     dot.className = "dot on"; dot.title = "live updates: connected"; retryDelay = 1000;
+    catchUpIfWaiting();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
@@ -793,4 +947,6 @@ function start() {
 
 window.addEventListener("hashchange", () => render());
 fetch("/ui-config.json").then((response) => (response.ok ? response.json() : {}))
-  .then((config) => Object.assign(CLAIMS, config), () => {}).finally(start);
+  .then((config) => Object.assign(CLAIMS, config), () => {})
+  .then(restoreOidcSession)
+  .then((problem) => (problem ? signOut(problem) : start()));

@@ -71,7 +71,7 @@ async function hideWithUndo(faceIds) {
 // A text input with the persona names as suggestions; a name nobody has yet
 // creates that persona when the action runs.
 let pickerCount = 0;
-function personaPicker(list, placeholder = "Who is this? Type a name…") {
+function personaPicker(list, placeholder = "Who is this?") {  // short: the whole of it shows on a phone
   const id = `persona-names-${++pickerCount}`;
   const input = el("input", { type: "text", class: "picker", list: id, placeholder, maxlength: 200,
     autocomplete: "off", "aria-label": "persona name" });
@@ -497,11 +497,13 @@ async function viewImagePeople(imageId) {
 
 // ---- Live refreshes keep the face under the pointer where it is ---------------
 // New faces arrive at the top of newest-first lists: without this, a refresh
-// would slide every card down under the user's pointer.
+// would slide every card down under the user's pointer. At the top of the page
+// with nothing under the pointer the page stays at its top: what arrives above
+// (suggested people, computed after the list) is what the user should see.
 function screenAnchor(root) {
   const cards = [...root.querySelectorAll(".face-card, .cluster-card, .image-card")];
   const card = root.querySelector(".face-card:hover, .cluster-card:hover, .image-card:hover")
-    || cards.find((c) => c.getBoundingClientRect().top >= 0);
+    || (window.scrollY > 0 ? cards.find((c) => c.getBoundingClientRect().top >= 0) : null);
   if (!card) return null;
   const key = card.dataset.faceId ? `face-card[data-face-id="${CSS.escape(card.dataset.faceId)}"]`
     : card.dataset.clusterId ? `cluster-card[data-cluster-id="${CSS.escape(card.dataset.clusterId)}"]`
