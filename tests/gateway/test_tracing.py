@@ -154,8 +154,9 @@ def test_the_classifier_handles_an_event_in_a_span_linked_to_the_request(traced)
     status, created = gateway.json("POST", "/v1/personas", {"displayName": "Hedy"})
     assert status == 200
     assert gateway.json("DELETE", f"/v1/personas/{created['personaId']}")[0] == 200
-    request = collector.wait_for(lambda s: s.name == "/visage.v1.QueryService/DeletePersona" and s.kind == SERVER_KIND,
-                                 "of DeletePersona")
+    # REST's DELETE is ErasePersona (it answers the erased ids).
+    request = collector.wait_for(lambda s: s.name == "/visage.v1.QueryService/ErasePersona" and s.kind == SERVER_KIND,
+                                 "of ErasePersona")
     handled = collector.wait_for(lambda s: s.name == "visage.classifier EVENT_TYPE_ERASED"
                                  and (request.trace_id, request.span_id) in s.links,
                                  f"of the classifier handling the erasure of {request.span_id}")
@@ -208,7 +209,7 @@ def test_labels_lead_by_links_to_training_then_to_the_reclassification(traced):
               for link in training.links]
     assert "/visage.v1.QueryService/LabelFace" in {span.name for span in linked}
     assert {span.name for span in linked} <= {f"/visage.v1.QueryService/{method}" for method in
-                                              ("LabelFace", "CreatePersona", "DeletePersona")}
+                                              ("LabelFace", "CreatePersona", "ErasePersona")}
 
 
 def test_a_cli_call_is_a_client_span_with_the_service_span_its_child(traced):

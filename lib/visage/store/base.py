@@ -182,6 +182,8 @@ def is_unknown(labels: Iterable[LabelRecord], prediction: PredictionRecord | Non
 def unknown_verdict(labels: Iterable[LabelRecord], persona_id: str | None) -> bool:
     """is_unknown of a face with these labels whose verdict names persona_id (None: no verdict)."""
     labels = list(labels)
+    if not labels:  # most faces: a re-classification asks this twice for each of thousands a batch
+        return not persona_id
     if any(label.verdict == pb.VERDICT_BELONGS for label in labels):
         return False
     if not persona_id:
