@@ -83,11 +83,12 @@ test:
 
 test-setup: gen lint breaking openapi clients chromium grpcurl deploy-tools cassandra-fetch keycloak
 
-# Starts the Cassandra node the benches use (and stops it after, unless it was running before).
+# Starts the Cassandra node the benches use (and stops it after, unless its process was there
+# before: a node that is running, or still starting for a test run, is used and left running).
 # BENCH_ARGS narrows a run, e.g. make bench BENCH_ARGS='vs_fr classifier'.
 BENCH_ARGS ?=
 bench: gen openapi h2load bench-setup
-	running=$$($(CASSANDRA) status >/dev/null 2>&1 && echo yes); \
+	running=$$($(CASSANDRA) status 2>/dev/null | grep -qv '(pid None' && echo yes); \
 	  $(MAKE) --no-print-directory cassandra-start || exit 1; \
 	  status=0; $(PY) -m bench $(BENCH_ARGS) || status=$$?; \
 	  [ -n "$$running" ] || $(MAKE) --no-print-directory cassandra-stop; exit $$status

@@ -3,20 +3,26 @@
 1,000 labelled, two model versions), `visage backup`'s work (the archive read through the
 store roles, sealed with AES-256-GCM into a file) and `visage restore`'s (verified, then written
 into an empty store of the same backend), in faces per second. The baseline is the issue's
-yardstick, 100k faces in 10 minutes each way (~167 faces/s); the ratio is measured / baseline."""
+yardstick, 100k faces in 10 minutes each way (~167 faces/s); the ratio is measured / baseline.
+Each store is filled once; then BENCH_ROUNDS rounds (bench.rounds), the stores in turn (order
+reversed every other round), each a backup into a new archive and its restore into a fresh empty
+store: min / median / max over the rounds."""
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from bench.bench_store import CASSANDRA_PORT, FACES_PER_IMAGE, WRITER_THREADS, on_cassandra, on_sqlite, synthetic_images
-from visage.config import CassandraConfig
+from bench.bench_store import FACES_PER_IMAGE, WRITER_THREADS, backends, fresh_keyspace, fresh_sqlite, single_node, synthetic_images
+from bench.rounds import ROUNDS, alternating, by_figure, load_average, spread
 from visage.store import archive
 from visage.store.base import Store
 from visage.store.records import LabelRecord, ModelVersionRecord
@@ -49,8 +55,8 @@ def populate(name: str, store: Store) -> None:
     store.activate_model_version(version.version)
 
 
-def measure(name: str, store: Store, target_of) -> dict:
-    populate(name, store)
+def backup_and_restore(name: str, store: Store, empty_store: Callable[[], AbstractContextManager[Store]]) -> dict:
+    """One round: the filled store backed up into a new archive, restored into a fresh empty store."""
     with tempfile.TemporaryDirectory() as tmp:
         path, key = Path(tmp) / "bench.vbk", archive.new_key(Path(tmp) / "key")
         with tqdm(total=FACES, desc=f"{name}: backup", unit="face") as bar:
@@ -58,51 +64,36 @@ def measure(name: str, store: Store, target_of) -> dict:
             archive.write_backup(store, path, key, lambda p: bar.update(p.faces_done - bar.n))
             backup_s = time.perf_counter() - began
         size = path.stat().st_size
-        target = target_of()
-        try:
-            with tqdm(total=FACES, desc=f"{name}: restore", unit="face") as bar:
-                began = time.perf_counter()
-                counts = archive.restore(target, lambda: archive.open_plain(path, key),
-                                         progress=lambda p: bar.update(p.faces_done - bar.n))
-                restore_s = time.perf_counter() - began
+        with empty_store() as target, tqdm(total=FACES, desc=f"{name}: restore", unit="face") as bar:
+            began = time.perf_counter()
+            counts = archive.restore(target, lambda: archive.open_plain(path, key),
+                                     progress=lambda p: bar.update(p.faces_done - bar.n))
+            restore_s = time.perf_counter() - began
             assert counts["faces"] == FACES and counts["labels"] == LABELS, counts
             assert target.active_model_version().version == store.active_model_version().version
-        finally:
-            target.close()
     return {"backup": FACES / backup_s, "restore": FACES / restore_s, "backup_s": backup_s, "restore_s": restore_s,
             "mib": size / 2**20}
 
 
-def sqlite_target(tmp: str):
-    from visage.store.sqlite import SqliteStore
-    store = SqliteStore(Path(tmp) / "restored.db")
-    store.migrate()
-    return store
-
-
-def cassandra_target():
-    from visage.store.cassandra import CassandraStore
-    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace="visage_bench_restored")
-    store = CassandraStore(config)
-    store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-    store.migrate()
-    return store
+EMPTY_STORES = {"sqlite": fresh_sqlite, "cassandra": lambda: fresh_keyspace(single_node("visage_bench_restored"))}
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        sqlite = on_sqlite(lambda name, store: measure(name, store, lambda: sqlite_target(tmp)))
-    cassandra = on_cassandra(lambda name, store: measure(name, store, cassandra_target), "visage_bench_backup")
-    if cassandra:
-        from visage.store.cassandra import CassandraStore
-        CassandraStore(CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
-                                       keyspace="visage_bench_restored"))._session.execute(
-            "DROP KEYSPACE IF EXISTS visage_bench_restored", timeout=120)
+    with ExitStack() as stack:
+        stores = backends(stack, "visage_bench_backup")
+        for name, store in stores.items():
+            populate(name, store)
+        rounds = alternating({name: lambda name=name: backup_and_restore(name, stores[name], EMPTY_STORES[name])
+                              for name in stores})
+    results = {name: by_figure(values) for name, values in rounds.items()}
+    cassandra = results.get("cassandra")
     print(f"\nbackup and restore, {FACES} faces ({FACES_PER_IMAGE}/image, all predicted, {LABELS} labelled), "
-          f"archive {sqlite['mib']:.0f} MiB, {os.cpu_count()} cores")
-    print(f"{'metric':<28}{'baseline':>10}{'sqlite':>10}{'/base':>8}{'cassandra':>11}{'/base':>8}")
+          f"archive {statistics.median(results['sqlite']['mib']):.0f} MiB; faces / s, min / median / max of "
+          f"{ROUNDS} rounds, the stores alternating; {load_average()}")
+    print(f"{'metric':<20}{'baseline':>10}{'sqlite':>24}{'/base (median)':>16}{'cassandra':>24}{'/base (median)':>16}")
     for label, key in (("backup faces / s", "backup"), ("restore faces / s", "restore")):
-        c = f"{cassandra[key]:.0f}" if cassandra else "n/a"
-        c_ratio = f"{cassandra[key] / BASELINE_FACES_PER_S:.2f}" if cassandra else "n/a"
-        print(f"{label:<28}{BASELINE_FACES_PER_S:>10.0f}{sqlite[key]:>10.0f}"
-              f"{sqlite[key] / BASELINE_FACES_PER_S:>8.2f}{c:>11}{c_ratio:>8}")
+        sqlite = results["sqlite"][key]
+        c = spread(cassandra[key], 0) if cassandra else "n/a"
+        c_ratio = f"{statistics.median(cassandra[key]) / BASELINE_FACES_PER_S:.2f}" if cassandra else "n/a"
+        print(f"{label:<20}{BASELINE_FACES_PER_S:>10.0f}{spread(sqlite, 0):>24}"
+              f"{statistics.median(sqlite) / BASELINE_FACES_PER_S:>16.2f}{c:>24}{c_ratio:>16}")

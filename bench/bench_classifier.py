@@ -1,10 +1,14 @@
 """Classifier benchmarks, each against the baseline issue #5 names, measured in
 the same run:
 1. Classify RPC latency (p50/p99) vs the bare in-process pipeline + predictor
-   on the same photos (target: RPC overhead <= 5 %).
+   on the same photos (target: RPC overhead <= 5 %), the sides alternating over
+   BENCH_ROUNDS rounds.
 2. Re-classification faces/s from SQLite (and Cassandra if the node of
    `make cassandra-start` answers) vs in-process sklearn predict_proba on the
-   same embeddings (target: >= 100k faces/s from SQLite). Split into the
+   same embeddings (target: >= 100k faces/s from SQLite), at each number of faces
+   of BENCH_CLASSIFIER_FACES (SQLite) and BENCH_CLASSIFIER_CASSANDRA_FACES: the
+   scale curve of build/bench/reclassify.json (bench.report). The re-run and the
+   baseline alternate over BENCH_ROUNDS rounds (bench.rounds). Split into the
    store read, the ONNX predict and the store write, to show where time goes.
 3. ClassifyStream throughput (embeddings and images) vs unary calls.
 """
@@ -16,11 +20,14 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from bench.report import save_figures
+from bench.rounds import ROUNDS, alternating, load_average, spread
 from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
 from visage.faces.pipeline import FacePipeline
@@ -38,10 +45,10 @@ from visage_classifier.server import start
 FACES_DIR = Path(os.environ.get("VISAGE_FACES_DIR", Path(__file__).resolve().parents[2] / "shared/data/faces"))
 if not (FACES_DIR / "bbt").is_dir():
     FACES_DIR = Path("/work/shared/data/faces")
-SQLITE_FACES = int(os.environ.get("BENCH_CLASSIFIER_FACES", "200000"))
-CASSANDRA_FACES = 20000
+SQLITE_FACES = [int(n) for n in os.environ.get("BENCH_CLASSIFIER_FACES", "10000,50000,200000").split(",")]
+CASSANDRA_FACES = [int(n) for n in os.environ.get("BENCH_CLASSIFIER_CASSANDRA_FACES", "10000,20000,50000").split(",")]
 PERSONAS = 50
-ROUNDS = 5  # each photo is classified this many times per side
+PASSES = 2  # each photo is classified this many times per side in each round
 CASSANDRA_PORT = int(os.environ.get("VISAGE_TEST_CASSANDRA_PORT", "9142"))
 
 
@@ -84,14 +91,18 @@ def timed_run(reclassifier: Reclassifier) -> tuple[float, int]:
     return time.perf_counter() - started, final.done
 
 
-def sklearn_baseline(rows: np.ndarray, centres: np.ndarray) -> float:
-    """Rows/s of in-process sklearn predict_proba (logistic regression on the same personas)."""
+def sklearn_baseline(centres: np.ndarray):
+    """In-process sklearn predict_proba (logistic regression on the same personas): the baseline."""
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, len(centres), 5000)
     train = centres[labels] + rng.normal(0, 0.02, (5000, 128))
-    model = LogisticRegression(max_iter=200).fit(train, labels)
+    return LogisticRegression(max_iter=200).fit(train, labels)
+
+
+def sklearn_rate(model, rows: np.ndarray) -> float:
+    """Rows/s of the baseline's predict_proba over every row."""
     started = time.perf_counter()
     for start_row in range(0, len(rows), 8192):
         model.predict_proba(rows[start_row:start_row + 8192])
@@ -99,6 +110,8 @@ def sklearn_baseline(rows: np.ndarray, centres: np.ndarray) -> float:
 
 
 def reclassify_numbers(store: Store, count: int) -> dict:
+    """One store holding `count` faces: the first run once, then ROUNDS re-runs (each by a newly
+    activated version, as after a label) alternating with the sklearn baseline."""
     rng = np.random.default_rng(0)
     centres, persona_ids = synthetic_model(store, rng)
     rows = fill_faces(store, centres, count, rng)
@@ -106,12 +119,21 @@ def reclassify_numbers(store: Store, count: int) -> dict:
     models.refresh()
     reclassifier = Reclassifier(store, models)
     first_seconds, done = timed_run(reclassifier)  # every face new: inserts
-    # After a label: a new version (its centres moved a little, as a retrain moves them)
-    # evaluates every face again and writes the verdicts that change (changed-only writes).
-    version = activate_version(store, centres + rng.normal(0, 0.005, centres.shape).astype(np.float32), persona_ids)
-    again_seconds, again_done = timed_run(reclassifier)
-    rewritten = sum(1 for p in store.iter_predictions() if p.model_version == version)
-    assert again_done == done == count and rewritten <= count, (done, again_done, rewritten, count)
+    assert done == count, (done, count)
+    baseline = sklearn_baseline(centres)
+    rewritten = []
+
+    def rerun() -> float:
+        # A new version (its centres moved a little, as a retrain moves them) evaluates every
+        # face again and writes the verdicts that change (changed-only writes).
+        moved = centres + rng.normal(0, 0.005, centres.shape).astype(np.float32)
+        version = activate_version(store, moved, persona_ids)
+        seconds, again_done = timed_run(reclassifier)
+        rewritten.append(sum(1 for p in store.iter_predictions() if p.model_version == version))
+        assert again_done == count and rewritten[-1] <= count, (again_done, rewritten[-1], count)
+        return count / seconds
+
+    rates = alternating({"again": rerun, "sklearn": lambda: sklearn_rate(baseline, rows)})
     predictor = models.current()
     started = time.perf_counter()
     batches = [(ids, matrix) for ids, matrix in store.iter_embeddings(8192)]
@@ -120,9 +142,9 @@ def reclassify_numbers(store: Store, count: int) -> dict:
     for _, matrix in batches:
         predict(predictor, matrix)
     predict_seconds = time.perf_counter() - started
-    return {"faces": done, "first": done / first_seconds, "again": done / again_seconds, "rewritten": rewritten,
-            "read": count / read_seconds, "predict": count / predict_seconds,
-            "sklearn": sklearn_baseline(rows, centres)}
+    return {"faces": count, "first": count / first_seconds, "again": rates["again"], "sklearn": rates["sklearn"],
+            "rewritten": rewritten, "read": count / read_seconds, "predict": count / predict_seconds,
+            "load_average": os.getloadavg()[0]}
 
 
 def cassandra_store() -> Store | None:
@@ -138,30 +160,58 @@ def cassandra_store() -> Store | None:
     return store
 
 
+def sqlite_curve(data_dir: Path) -> list[dict]:
+    curve = []
+    for count in SQLITE_FACES:
+        store = SqliteStore(data_dir / f"reclassify-{count}.db")
+        store.migrate()
+        try:
+            curve.append(reclassify_numbers(store, count))
+        finally:
+            store.close()
+            (data_dir / f"reclassify-{count}.db").unlink()
+        print_row("sqlite", curve[-1])
+    return curve
+
+
+def cassandra_curve() -> list[dict]:
+    """Empty when no node answers (`make bench` starts one); a keyspace per size, dropped after."""
+    curve = []
+    for count in CASSANDRA_FACES:
+        store = cassandra_store()
+        if store is None:
+            print(f"cassandra: not measured (no node on 127.0.0.1:{CASSANDRA_PORT}: make cassandra-start)")
+            return curve
+        try:
+            curve.append(reclassify_numbers(store, count))
+        finally:
+            store._session.execute(f"DROP KEYSPACE IF EXISTS {store.keyspace}", timeout=120)
+            store.close()
+        print_row("cassandra", curve[-1])
+    return curve
+
+
+def print_row(name: str, r: dict) -> None:
+    ratio = statistics.median(r["again"]) / statistics.median(r["sklearn"])
+    print(f"{name:<10}{r['faces']:>9,}{r['first']:>12,.0f}  {spread(r['again'], 0):>27}  "
+          f"{statistics.median(r['sklearn']):>11,.0f}{ratio:>8.2f}{max(r['rewritten']):>9,}{r['read']:>11,.0f}"
+          f"{r['predict']:>11,.0f}{r['load_average']:>6.1f}", flush=True)
+
+
 def print_reclassify(data_dir: Path) -> None:
-    sqlite = SqliteStore(data_dir / "reclassify.db")
-    sqlite.migrate()
-    results = {"sqlite": reclassify_numbers(sqlite, SQLITE_FACES)}
-    sqlite.close()
-    cassandra = None
+    print(f"\nRe-classification (target >= 100,000 faces/s from SQLite); {ROUNDS} rounds, re-run and "
+          f"sklearn alternating; {load_average()}")
+    print(f"{'store':<10}{'faces':>9}{'first/s':>12}  {'re-run/s min / median / max':>27}  {'sklearn/s':>11}"
+          f"{'ratio':>8}{'wrote':>9}{'read/s':>11}{'onnx/s':>11}{'load':>6}", flush=True)
+    results = {"sqlite": sqlite_curve(data_dir)}
     try:
-        cassandra = cassandra_store()
-        if cassandra is not None:
-            results["cassandra"] = reclassify_numbers(cassandra, CASSANDRA_FACES)
-    except Exception as error:  # a bench must still print the SQLite numbers
+        results["cassandra"] = cassandra_curve()
+    except Exception as error:  # a bench must still report the SQLite numbers
         print(f"cassandra: not measured ({error})")
-    finally:
-        if cassandra is not None:
-            cassandra._session.execute(f"DROP KEYSPACE IF EXISTS {cassandra.keyspace}", timeout=120)
-            cassandra.close()
-    print(f"\nRe-classification (target >= 100,000 faces/s from SQLite)")
-    print(f"{'store':<10}{'faces':>9}{'first run/s':>13}{'re-run/s':>11}{'re-run wrote':>14}{'read/s':>12}"
-          f"{'onnx/s':>12}{'sklearn p_p/s':>15}{'re-run/sklearn':>16}")
-    for name, r in results.items():
-        print(f"{name:<10}{r['faces']:>9,}{r['first']:>13,.0f}{r['again']:>11,.0f}{r['rewritten']:>14,}"
-              f"{r['read']:>12,.0f}{r['predict']:>12,.0f}{r['sklearn']:>15,.0f}{r['again'] / r['sklearn']:>16.2f}")
-    print("(first run writes new predictions; the re-run, by a newly activated version as after a label, "
-          "evaluates every face and writes only the verdicts that change: 're-run wrote' of 'faces')")
+    print("(first run writes new predictions; each re-run, by a newly activated version as after a label, "
+          "evaluates every face and writes only the verdicts that change: 'wrote', the most of any round; "
+          "ratio: medians, re-run / in-process sklearn predict_proba; sklearn/s: median)")
+    save_figures("reclassify", {"rounds": ROUNDS, "stores": results})
 
 
 def photos() -> list[bytes]:
@@ -171,13 +221,24 @@ def photos() -> list[bytes]:
 
 
 def time_analyze_and_predict(analyze, predictor, images: list[bytes]) -> list[float]:
-    """Seconds per photo of analysis + prediction in this process, ROUNDS times over."""
+    """Seconds per photo of analysis + prediction in this process, PASSES times over."""
     seconds = []
-    for _ in range(ROUNDS):
+    for _ in range(PASSES):
         for content in images:
             started = time.perf_counter()
             faces = analyze(content).faces
             predict(predictor, np.stack([f.embedding for f in faces]) if faces else np.zeros((0, 128), np.float32))
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def time_rpc(stub, images: list[bytes]) -> list[float]:
+    """Seconds per Classify RPC, PASSES times over."""
+    seconds = []
+    for _ in range(PASSES):
+        for content in images:
+            started = time.perf_counter()
+            stub.Classify(classify_pb2.ClassifyRequest(content=content))
             seconds.append(time.perf_counter() - started)
     return seconds
 
@@ -191,35 +252,39 @@ def print_latency_and_stream(data_dir: Path) -> None:
     pipeline = FacePipeline(config)
     models = ActiveModel(store)
     predictor = models.refresh()
-    bare = time_analyze_and_predict(pipeline.analyze, predictor, images)
     pool = PipelinePool(config)
-    pooled = time_analyze_and_predict(pool.analyze, predictor, images)
     running = start(config, store, "127.0.0.1:0", pool=pool, watch_events=False)
+    samples: dict[str, list[float]] = {"bare": [], "pooled": [], "rpc": []}
     with auth_client.channel(f"127.0.0.1:{running.port}") as channel:
         stub = classify_pb2_grpc.ClassifyServiceStub(channel)
         for content in images:  # warm-up
             stub.Classify(classify_pb2.ClassifyRequest(content=content))
-        rpc = []
-        for _ in range(ROUNDS):
-            for content in images:
-                started = time.perf_counter()
-                stub.Classify(classify_pb2.ClassifyRequest(content=content))
-                rpc.append(time.perf_counter() - started)
+
+        def side(name: str, measure: Callable[[], list[float]]) -> Callable[[], float]:
+            def p50() -> float:  # one round of one side: its p50; every sample kept for p99 and mean
+                seconds = measure()
+                samples[name] += seconds
+                return percentile(seconds, 50)
+            return p50
+
+        p50s = alternating({"bare": side("bare", lambda: time_analyze_and_predict(pipeline.analyze, predictor, images)),
+                            "pooled": side("pooled", lambda: time_analyze_and_predict(pool.analyze, predictor, images)),
+                            "rpc": side("rpc", lambda: time_rpc(stub, images))})
         stream = stream_numbers(stub, images)
     running.stop(grace=0)
     pool.close()
     store.close()
-    p50_bare, p50_rpc = percentile(bare, 50), percentile(rpc, 50)
-    print(f"\nClassify latency on {len(images)} photos x {ROUNDS} (target: RPC overhead <= 5 %)")
-    print(f"{'':<28}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
-    print(f"{'bare pipeline + predict':<28}{p50_bare:>10.1f}{percentile(bare, 99):>10.1f}"
-          f"{statistics.mean(bare) * 1000:>10.1f}")
-    print(f"{'PipelinePool + predict':<28}{percentile(pooled, 50):>10.1f}{percentile(pooled, 99):>10.1f}"
-          f"{statistics.mean(pooled) * 1000:>10.1f}")
-    print(f"{'Classify RPC':<28}{p50_rpc:>10.1f}{percentile(rpc, 99):>10.1f}{statistics.mean(rpc) * 1000:>10.1f}")
-    print(f"RPC overhead at p50: {(p50_rpc / p50_bare - 1) * 100:+.1f} % vs bare pipeline "
-          f"({(p50_rpc / percentile(pooled, 50) - 1) * 100:+.1f} % vs the same PipelinePool in-process: "
-          f"the rest is the pool's process hop)")
+    print(f"\nClassify latency on {len(images)} photos x {PASSES} a round, {ROUNDS} rounds, sides alternating "
+          f"(target: RPC overhead <= 5 %); {load_average()}")
+    print(f"{'':<28}{'p50 ms min / median / max':>28}{'p99 ms':>10}{'mean ms':>10}")
+    for name, label in (("bare", "bare pipeline + predict"), ("pooled", "PipelinePool + predict"),
+                        ("rpc", "Classify RPC")):
+        print(f"{label:<28}{spread(p50s[name], 1):>28}{percentile(samples[name], 99):>10.1f}"
+              f"{statistics.mean(samples[name]) * 1000:>10.1f}")
+    overhead = [(rpc / bare - 1) * 100 for rpc, bare in zip(p50s["rpc"], p50s["bare"])]
+    pooled = [(rpc / pool - 1) * 100 for rpc, pool in zip(p50s["rpc"], p50s["pooled"])]
+    print(f"RPC overhead at p50, min / median / max of rounds: {spread(overhead, 1)} % vs bare pipeline "
+          f"({spread(pooled, 1)} % vs the same PipelinePool in-process: the rest is the pool's process hop)")
     print(f"\nClassifyStream throughput")
     print(f"{'items':<30}{'stream/s':>12}{'unary/s':>12}{'stream/unary':>14}")
     for name, (streamed, unary) in stream.items():

@@ -11,15 +11,21 @@ Speed: synthetic dlib-like embeddings (people of 20-80 faces, 10 % strangers);
 the baseline is one HDBSCAN over every face (quadratic: run at sizes it
 survives), the candidate the partitioned clustering the query service runs.
 Target: 100k faces < 30 s. The last row is what the query service does after
-an event: read the unknown faces from a SQLite store, then cluster them."""
+an event: read the unknown faces from a SQLite store, then cluster them.
+Each time is taken over BENCH_ROUNDS rounds (candidate and baseline alternating,
+bench.rounds), at each size of VISAGE_BENCH_CLUSTER_SIZES: the scale curve of
+build/bench/clusters.json (bench.report)."""
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections import Counter, defaultdict
 
 import numpy as np
 
+from bench.report import save_figures
+from bench.rounds import ROUNDS, alternating, load_average, spread
 from visage import clustering
 
 SIZES = [int(size) for size in os.environ.get("VISAGE_BENCH_CLUSTER_SIZES", "5000,20000,100000").split(",")]
@@ -83,9 +89,9 @@ def synthetic(count: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return embeddings, truth
 
 
-def from_store(count: int) -> tuple[float, float, int]:
-    """(seconds to read the unknown faces, seconds to cluster them, groups) for a
-    SQLite store holding `count` unknown faces, as the query service reads them."""
+def from_store(count: int) -> dict:
+    """Seconds to read the unknown faces and to cluster them, each round, for a SQLite
+    store holding `count` unknown faces, as the query service reads them."""
     import tempfile
     from pathlib import Path
 
@@ -94,6 +100,7 @@ def from_store(count: int) -> tuple[float, float, int]:
     from visage.v1 import resources_pb2 as pb
     from visage_query.clusters import unknown_embeddings
     embeddings, _truth = synthetic(count)
+    result: dict = {"faces": count, "read": [], "cluster": [], "groups": 0}
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore(Path(folder) / "bench.db")
         store.migrate()
@@ -104,16 +111,38 @@ def from_store(count: int) -> tuple[float, float, int]:
                      for i in range(min(per_image, count - first))]
             store.put_image(ImageRecord(image_id, f"{first}.jpg", "image/jpeg", 1, 1, 1, len(faces),
                                         pb.IMAGE_STATUS_FACES_FOUND), b"x", faces)
-        (face_ids, unknown), read_seconds = timed(unknown_embeddings, store)
-        found, cluster_seconds = timed(clustering.clusters, face_ids, unknown)
+        for _ in range(ROUNDS):
+            (face_ids, unknown), read_seconds = timed(unknown_embeddings, store)
+            found, cluster_seconds = timed(clustering.clusters, face_ids, unknown)
+            result["read"].append(read_seconds)
+            result["cluster"].append(cluster_seconds)
+            result["groups"] = len(found)
         store.close()
-    return read_seconds, cluster_seconds, len(found)
+    return result
 
 
 def timed(function, *args):
     start = time.perf_counter()
     result = function(*args)
     return result, time.perf_counter() - start
+
+
+def scale_row(size: int) -> dict:
+    """Partitioned clustering and (where it survives) one HDBSCAN, alternating, on `size` faces."""
+    data, truth = synthetic(size)
+    labels = []
+
+    def partitioned() -> float:
+        found, seconds = timed(clustering.cluster_embeddings, data)
+        labels[:] = [found]
+        return seconds
+
+    sides = {"partitioned": partitioned}
+    if size <= BASELINE_MAX:
+        sides["baseline"] = lambda: timed(clustering._hdbscan, data)[1]
+    row = {"faces": size, "baseline": [], **alternating(sides)}
+    quality = scores([str(t) for t in truth.tolist()], labels[0])
+    return {**row, "purity": quality["purity"], "completeness": quality["completeness"]}
 
 
 def main() -> None:
@@ -124,21 +153,23 @@ def main() -> None:
           f"{quality['groups']} suggested people")
     print(f"  purity {quality['purity']:.3f}  completeness {quality['completeness']:.3f}  "
           f"coverage {quality['coverage']:.3f}")
-    print(f"\n{'faces':>8} {'baseline: one HDBSCAN':>22} {'partitioned':>12} {'speed-up':>9} "
-          f"{'purity':>7} {'complete':>9}")
+    print(f"\nseconds, min / median / max of {ROUNDS} rounds (partitioned and one HDBSCAN alternating); "
+          f"{load_average()}")
+    print(f"{'faces':>8} {'baseline: one HDBSCAN':>24} {'partitioned':>20} {'speed-up':>9} {'purity':>7} "
+          f"{'complete':>9} {'load':>5}")
+    rows = []
     for size in SIZES:
-        data, truth = synthetic(size)
-        labels, seconds = timed(clustering.cluster_embeddings, data)
-        baseline = "skipped (quadratic)"
-        ratio = ""
-        if size <= BASELINE_MAX:
-            _, base_seconds = timed(clustering._hdbscan, data)
-            baseline, ratio = f"{base_seconds:.1f} s", f"{base_seconds / seconds:.1f}x"
-        quality = scores([str(t) for t in truth.tolist()], labels)
-        print(f"{size:>8} {baseline:>22} {seconds:>10.1f} s {ratio:>9} {quality['purity']:>7.3f} "
-              f"{quality['completeness']:>9.3f}", flush=True)
-    size = max(SIZES)
-    read_seconds, cluster_seconds, groups = from_store(size)
-    print(f"\nquery service path, {size} unknown faces in SQLite: read {read_seconds:.1f} s + cluster "
-          f"{cluster_seconds:.1f} s = {read_seconds + cluster_seconds:.1f} s ({groups} groups)")
+        row = scale_row(size)
+        rows.append(row)
+        baseline, ratio = "skipped (quadratic)", ""
+        if row["baseline"]:
+            baseline = spread(row["baseline"], 1)
+            ratio = f"{statistics.median(row['baseline']) / statistics.median(row['partitioned']):.1f}x"
+        print(f"{size:>8} {baseline:>24} {spread(row['partitioned'], 1):>20} {ratio:>9} {row['purity']:>7.3f} "
+              f"{row['completeness']:>9.3f} {os.getloadavg()[0]:>5.1f}", flush=True)
+    service = from_store(max(SIZES))
+    print(f"\nquery service path, {service['faces']} unknown faces in SQLite: read {spread(service['read'], 1)} s + "
+          f"cluster {spread(service['cluster'], 1)} s ({service['groups']} groups)")
     print("target: 100k faces < 30 s")
+    save_figures("clusters", {"rounds": ROUNDS, "baseline_max": BASELINE_MAX, "sizes": rows, "service": service,
+                              "quality": {**quality, "faces": len(truths)}})

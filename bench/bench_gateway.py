@@ -78,6 +78,7 @@ from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 from visage_gateway import envoy_config
 from visage_gateway.supervisor import envoy_command
+from visage.loopback import free_port
 from visage_query import server as query_server
 
 REQUESTS = int(os.environ.get("VISAGE_BENCH_GATEWAY_REQUESTS", "3000"))  # per path, over all rounds
@@ -104,12 +105,6 @@ ORDER = [DIRECT, REST, REST_STDLIB, REST_MINIMAL, PROXIED, LOCAL_REPLY, LOCAL_RE
          C_DIRECT, C_REST, C_PROXIED, C_CPP_DIRECT, C_CPP_PROXIED]
 
 Runner = Callable[[int], list[float]]  # count -> that many timed calls, in seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(samples: list[float], q: float) -> float:

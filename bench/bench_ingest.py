@@ -5,7 +5,10 @@ the store, with 1 and 2 pipeline workers. SQLite always; Cassandra too when
 one answers on VISAGE_TEST_CASSANDRA_PORT (9142, `make cassandra-start`).
 
 Targets: service >= 0.95x bare with one worker, >= 1.8x with two. The machine
-has 2 cores shared with other work, so ratios in one run are what to compare."""
+has 2 cores shared with other work, so ratios in one run are what to compare: every
+side runs once a round, in turn (order reversed every other round), over BENCH_ROUNDS
+rounds (bench.rounds), each into a fresh store; each ratio is against the bare
+pipeline of the same round."""
 from __future__ import annotations
 
 import os
@@ -14,10 +17,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import grpc
 
+from bench.rounds import alternating, load_average, spread
 from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
 from visage.faces.pipeline import FacePipeline
@@ -74,14 +79,18 @@ def cassandra_reachable() -> bool:
         return False
 
 
-def store_configs(workers: int, data_root: Path) -> list[tuple[str, Config]]:
-    configs = [("sqlite", Config(data_dir=data_root / f"sqlite-{workers}", workers=workers))]
-    if cassandra_reachable():
-        keyspace = f"visage_bench_{uuid.uuid4().hex[:10]}"
-        cassandra = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace=keyspace)
-        configs.append(("cassandra", Config(store="cassandra", cassandra=cassandra, workers=workers,
-                                            data_dir=data_root / f"cassandra-{workers}")))
-    return configs
+def store_names() -> list[str]:
+    return ["sqlite", "cassandra"] if cassandra_reachable() else ["sqlite"]
+
+
+def fresh_config(store_name: str, workers: int, data_root: Path) -> Config:
+    """A store of its own for one run (a new folder or keyspace, so every run stores every image)."""
+    name = f"{store_name}-{workers}-{uuid.uuid4().hex[:10]}"
+    if store_name == "sqlite":
+        return Config(data_dir=data_root / name, workers=workers)
+    cassandra = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
+                                keyspace=f"visage_bench_{uuid.uuid4().hex[:10]}")
+    return Config(store="cassandra", cassandra=cassandra, workers=workers, data_dir=data_root / name)
 
 
 def drop_cassandra_keyspace(store, config: Config) -> None:
@@ -89,33 +98,39 @@ def drop_cassandra_keyspace(store, config: Config) -> None:
         store._session.execute(f"DROP KEYSPACE IF EXISTS {config.cassandra.keyspace}", timeout=120)
 
 
-def row(label: str, run: Callable[[], tuple[float, int]], images: int, baseline: float | None) -> float:
-    elapsed, faces = run()
-    rate = images / elapsed
-    ratio = f"{rate / baseline:5.2f}x" if baseline else "1.00x (baseline)"
-    print(f"{label:<34} {rate:8.2f} {faces / elapsed:8.2f}   {ratio}", flush=True)
-    return rate
+def into_fresh_store(images: list[tuple[str, bytes]], store_name: str, workers: int, root: Path) -> tuple[float, int]:
+    return through_service(images, fresh_config(store_name, workers, root))
+
+
+def measured(images: list[tuple[str, bytes]], run: Callable[[], tuple[float, int]], faces: dict[str, int],
+             label: str) -> Callable[[], float]:
+    """One side of the comparison: a run's images/s (the faces it found kept in `faces`)."""
+    def images_per_second() -> float:
+        elapsed, faces[label] = run()
+        return len(images) / elapsed
+    return images_per_second
+
+
+BARE = "bare pipeline, in-process"
 
 
 def main() -> None:
     images = shared_images()
-    cores = os.cpu_count()
-    print(f"{len(images)} shared photos; {cores} cores (shared with other work: ratios, not absolutes, count)")
-    print(f"{'run':<34} {'images/s':>8} {'faces/s':>8}   vs bare")
-    # Other work comes and goes on this machine: the baseline is measured before
-    # and after the service runs and averaged, so a load change hits both sides.
-    before = row("bare pipeline, in-process (before)", lambda: bare(images), len(images), None)
-    runs = []
+    print(f"{len(images)} shared photos; {load_average()} (shared with other work: ratios, not absolutes, count)")
+    faces: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        sides = {BARE: measured(images, partial(bare, images), faces, BARE)}
         for workers in (1, 2):
-            for store_name, config in store_configs(workers, Path(tmp)):
+            for store_name in store_names():
                 label = f"service -> {store_name}, {workers} worker{'s' if workers > 1 else ''}"
-                runs.append((label, *through_service(images, config)))
-    after = row("bare pipeline, in-process (after)", lambda: bare(images), len(images), before)
-    baseline = (before + after) / 2
-    for label, elapsed, faces in runs:
-        row(label, lambda: (elapsed, faces), len(images), baseline)
-    print("targets: service >= 0.95x bare with 1 worker, >= 1.8x with 2 workers")
+                run = partial(into_fresh_store, images, store_name, workers, Path(tmp))
+                sides[label] = measured(images, run, faces, label)
+        rates = alternating(sides)
+    print(f"{'run':<34} {'images/s min / median / max':>28} {'faces':>6}   {'vs bare, min / median / max':>28}")
+    for label, values in rates.items():
+        ratios = [rate / bare_rate for rate, bare_rate in zip(values, rates[BARE])]
+        print(f"{label:<34} {spread(values):>28} {faces[label]:>6}   {spread(ratios):>28}")
+    print(f"targets: service >= 0.95x bare with 1 worker, >= 1.8x with 2 workers; {load_average()}")
 
 
 if __name__ == "__main__":

@@ -2,19 +2,26 @@
 (127.0.0.1:9142, a keyspace of its own, dropped afterwards), with data generated in bulk
 (the rows ingest and labelling write, many requests in flight; one BELONGS label per persona):
 1. label -> new active version: the trainer service in-process, its default debounce
-   (target < 30 s at 1M faces / 10k personas), for versions 2 and 3.
+   (target < 30 s at 1M faces / 10k personas), for every one-label change of 2.
 2. Re-classification by long-lived worker processes (classifier replicas, each remembering the
    shards it passed over) sharing 64 shards, in this order: the first classification (version 1,
-   worker A, no verdicts yet); after a one-label change (version 2, A: incremental); full
-   re-classifications of version 2 by A, then by A and B (an operator's run: every face
-   evaluated, changed-only writes); after a one-label change (version 3, A and B: incremental).
+   worker A, no verdicts yet); BENCH_ROUNDS one-label changes (a new version each, A:
+   incremental); full re-classifications by A, then by A and B (an operator's run: every face
+   evaluated, changed-only writes); BENCH_ROUNDS one-label changes (A and B: incremental).
    Each: effective faces/s (faces / wall time of the whole job; target >= 100k faces/s after a
    one-label change), the faces the model ran on and the rows written, counted at the driver;
    the 2-vs-1 scaling ratios and incremental vs full.
 3. ListUnknownFaces page latency through the query service (p50/p90 of page 1 and the next;
-   every 10th face is a stranger no version knows), after the re-classifications.
+   every 10th face is a stranger no version knows), after the re-classifications, each of
+   BENCH_ROUNDS rounds of 10 pages.
 4. The ceiling: the active version's Predictor alone on 100k embeddings in memory (no store),
-   i.e. the most a re-classification that computes every face's verdict can do on these cores.
+   i.e. the most a re-classification that computes every face's verdict can do on these cores;
+   BENCH_ROUNDS times.
+Repeated figures (bench.rounds) show min / median / max. Single runs, said so in the table: the
+bulk generation, the first classification and the two full re-classifications (each as long as
+all the rest, at 1M faces; and a first classification happens once). The one-label rounds run in
+two blocks, 1 worker then 2, not alternated: a replica's memory of a shard holds only while no
+other replica wrote the shard, so interleaving 1- and 2-worker runs would measure lost memory.
 
     python -m bench.bench_scaleout --faces 50000     # a smaller run (default: BENCH_SCALEOUT_FACES or 1M)
 """
@@ -42,6 +49,7 @@ from cassandra.query import BatchStatement, BatchType, BoundStatement, Statement
 from cassandra.util import uuid_from_time
 from PIL import Image
 
+from bench.rounds import ROUNDS, alternating, by_figure, load_average, ratios, spread
 from visage.auth import client as auth_client
 from visage.config import CassandraConfig, Config
 from visage.store.base import StoreUnavailable
@@ -188,9 +196,12 @@ def generate(store: CassandraStore, faces: int, seed: int = 0) -> tuple[list[str
               f"({(start_row + count) / (time.time() - now):,.0f} faces/s)", flush=True)
     bulk(store, "INSERT INTO {ks}.labels_by_persona (persona_id, verdict, face_id) VALUES (?, ?, ?)",
          [(persona_ids[k], pb.VERDICT_BELONGS, face_id) for k, face_id in enumerate(labelled[:-LATE_LABELS])])
-    bulk(store, "INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time, belongs) "
-                "VALUES (?, ?, ?, 'bench', ?, ?)",
-         [(face_id, persona_ids[k], pb.VERDICT_BELONGS, now, persona_ids[k]) for k, face_id in enumerate(labelled[:-LATE_LABELS])])
+    bulk(store, "INSERT INTO {ks}.labels (face_id, persona_id, verdict, labelled_by, create_time) "
+                "VALUES (?, ?, ?, 'bench', ?)",
+         [(face_id, persona_ids[k], pb.VERDICT_BELONGS, now) for k, face_id in enumerate(labelled[:-LATE_LABELS])])
+    # The face's BELONGS cell names the persona: the label stands (as write_label's compare-and-set leaves it).
+    bulk(store, "INSERT INTO {ks}.face_belongs (face_id, persona_id) VALUES (?, ?)",
+         [(face_id, persona_ids[k]) for k, face_id in enumerate(labelled[:-LATE_LABELS])])
     # Labelled faces are known: out of the unknown-faces index, as put_labels would leave them.
     run_all(store, store._unknown_rows([index_keys[face_id] for face_id in labelled[:-LATE_LABELS]], present=False))
     labelled_at = time.time()
@@ -349,29 +360,35 @@ class Replicas:
             process.join()
 
 
-def unknown_page_latency(store: CassandraStore, pages: int = 10) -> tuple[list[float], list[float]]:
+def unknown_page_latency(store: CassandraStore, pages: int = 10) -> dict[str, list[float]]:
+    """{first_p50, first_p90, next_p50, next_p90: [ms, each round]}: ROUNDS rounds of `pages`
+    first pages, each followed by its next page, through one query service."""
     from visage_query.server import start as start_query
     with tempfile.TemporaryDirectory() as tmp:
         service = start_query(Config(data_dir=Path(tmp)), store, "127.0.0.1:0")
-        first, next_ = [], []
         try:
             with auth_client.channel(f"127.0.0.1:{service.port}") as channel:
                 stub = query_pb2_grpc.QueryServiceStub(channel)
-                for _ in range(pages):
-                    began = time.perf_counter()
-                    page = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=50))
-                    first.append(time.perf_counter() - began)
-                    if page.next_page_token:
-                        began = time.perf_counter()
-                        stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(
-                            page_size=50, page_token=page.next_page_token))
-                        next_.append(time.perf_counter() - began)
+                return by_figure(alternating({"pages": lambda: page_round(stub, pages)})["pages"])
         finally:
             service.stop(0)
-    return first, next_
 
 
-def model_alone_rate(store: CassandraStore, sample: int = 100_000) -> float:
+def page_round(stub, pages: int) -> dict[str, float]:
+    first, next_ = [], []
+    for _ in range(pages):
+        began = time.perf_counter()
+        page = stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=50))
+        first.append(time.perf_counter() - began)
+        if page.next_page_token:
+            began = time.perf_counter()
+            stub.ListUnknownFaces(query_pb2.ListUnknownFacesRequest(page_size=50, page_token=page.next_page_token))
+            next_.append(time.perf_counter() - began)
+    return {"first_p50": ms(first, 50), "first_p90": ms(first, 90), "next_p50": ms(next_, 50),
+            "next_p90": ms(next_, 90)}
+
+
+def model_alone_rates(store: CassandraStore, sample: int = 100_000) -> list[float]:
     """Faces/s of the active version's Predictor on embeddings already in memory: the ceiling
     of a re-classification that computes every face's verdict on these cores, whatever the store."""
     batches, rows = [], 0
@@ -383,13 +400,16 @@ def model_alone_rate(store: CassandraStore, sample: int = 100_000) -> float:
     embeddings = np.concatenate(batches)[:sample]
     predictor = ActiveModel(store).refresh()
     predictor.predict(embeddings[:1000])  # warm up the session
-    began = time.perf_counter()
-    predictor.predict(embeddings)
-    return len(embeddings) / (time.perf_counter() - began)
+
+    def rate() -> float:
+        began = time.perf_counter()
+        predictor.predict(embeddings)
+        return len(embeddings) / (time.perf_counter() - began)
+    return alternating({"model": rate})["model"]
 
 
-def ms(samples: list[float], q: float) -> str:
-    return f"{np.percentile(samples, q) * 1000:.0f}" if samples else "-"
+def ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q)) * 1000 if samples else float("nan")
 
 
 def persona_face(known: int) -> str:
@@ -410,24 +430,53 @@ def one_label_changes(store: CassandraStore, persona_ids: list[str]) -> Iterator
 def measure_runs(store: CassandraStore, trainer: Trainer, changes: Iterator[tuple[str, str]], replicas: Replicas
                  ) -> list[tuple[float | None, Reclassified]]:
     """The re-classifications, in an order that lets each replica remember what it passed over:
-    the first classification (replica A alone, every verdict new); a one-label change (A,
+    the first classification (replica A alone, every verdict new); ROUNDS one-label changes (A,
     incremental); full re-classifications by A, then A and B (an operator's run: every face
-    evaluated, changed-only writes; B learns its shards); a one-label change (A and B,
+    evaluated, changed-only writes; B learns its shards); ROUNDS one-label changes (A and B,
     incremental). Returns (label -> active seconds, or None, and the run) for each."""
     measured: list[tuple[float | None, Reclassified]] = []
 
-    def reclassify(what: str, workers: int, incremental: bool, latency: float | None = None) -> None:
+    def reclassify(what: str, workers: int, incremental: bool, latency: float | None = None) -> float:
         run_ = replicas.reclassify(what, workers, incremental)
         measured.append((latency, run_))
         print(f"  {what}, {workers} worker(s): {run_.rate:,.0f} faces/s, {run_.predicted:,} predicted, "
               f"{run_.rows_text()}; load: {load()}", flush=True)
+        return run_.rate
 
-    reclassify("first classification (no verdicts yet)", 1, incremental=False)
-    reclassify("after a one-label change", 1, True, trainer.label_to_active(*next(changes)))
-    reclassify("full re-classification", 1, incremental=False)
-    reclassify("full re-classification", 2, incremental=False)
-    reclassify("after a one-label change", 2, True, trainer.label_to_active(*next(changes)))
+    def one_label_change(workers: int) -> float:
+        return reclassify(ONE_LABEL, workers, True, trainer.label_to_active(*next(changes)))
+
+    reclassify(FIRST, 1, incremental=False)
+    alternating({"1 worker": lambda: one_label_change(1)})
+    reclassify(FULL, 1, incremental=False)
+    reclassify(FULL, 2, incremental=False)
+    alternating({"2 workers": lambda: one_label_change(2)})
     return measured
+
+
+FIRST, ONE_LABEL, FULL = "first classification (no verdicts yet)", "after a one-label change", "full re-classification"
+
+
+def print_runs(runs: list[Reclassified], latencies: list[float]) -> None:
+    """Each kind of run (what, workers): faces/s, min / median / max where it ran ROUNDS times."""
+    print(f"{'label -> new active version (every one-label change)':<62} {spread(latencies, 1):>24} s {'< 30 s':>12}")
+    by_kind: dict[tuple[str, int], list[Reclassified]] = {}
+    for run_ in runs:
+        by_kind.setdefault((run_.what, run_.workers), []).append(run_)
+    for (what, workers), kind in by_kind.items():
+        target = ">= 100k/s" if what == ONE_LABEL else ""
+        rates = spread([run_.rate for run_ in kind], 0) if len(kind) > 1 else f"{kind[0].rate:,.0f} (single run)"
+        print(f"{f'{what}, {workers} worker(s)':<62} {rates:>24} faces/s {target:>10}")
+        print(f"{'  faces predicted / rows written (the last run)':<62} "
+              f"{spread([run_.predicted for run_ in kind], 0) if len(kind) > 1 else f'{kind[0].predicted:,}':>24} "
+              f"/ {kind[-1].rows_text()}")
+    rates = {kind: [run_.rate for run_ in runs_] for kind, runs_ in by_kind.items()}
+    full_one, full_two = rates[(FULL, 1)][0], rates[(FULL, 2)][0]
+    print(f"{f'  scaling 2 vs 1 workers, {FULL} (single runs)':<62} {full_two / full_one:>24.2f}x")
+    one, two = rates[(ONE_LABEL, 1)], rates[(ONE_LABEL, 2)]
+    print(f"{f'  scaling 2 vs 1 workers, {ONE_LABEL} (round by round)':<62} {spread(ratios(two, one)):>24}x")
+    print(f"{f'  {ONE_LABEL} vs full, 1 worker (each round / the full run)':<62} "
+          f"{spread([rate / full_one for rate in one]):>24}x")
 
 
 def run(faces: int, shards: int, keyspace: str = "") -> None:
@@ -461,30 +510,23 @@ def run(faces: int, shards: int, keyspace: str = "") -> None:
             replicas.stop()
         latencies = [latency for latency, _ in runs if latency is not None]
         runs = [run_ for _, run_ in runs]
-        first_page, next_page = unknown_page_latency(store)
-        print(f"  ListUnknownFaces p50 page 1 {ms(first_page, 50)} ms, next {ms(next_page, 50)} ms", flush=True)
-        ceiling = model_alone_rate(store)
-        print(f"  the model alone (no store) {ceiling:,.0f} faces/s; load: {load()}", flush=True)
-        made = "the data of a stopped run" if reuse else f"generated in {generated:.0f} s, {faces / generated:,.0f} faces/s"
+        pages = unknown_page_latency(store)
+        print(f"  ListUnknownFaces p50 page 1 {spread(pages['first_p50'], 0)} ms, next {spread(pages['next_p50'], 0)} "
+              "ms", flush=True)
+        ceiling = model_alone_rates(store)
+        print(f"  the model alone (no store) {spread(ceiling, 0)} faces/s; load: {load()}", flush=True)
+        made = ("the data of a stopped run" if reuse
+                else f"generated in {generated:.0f} s, {faces / generated:,.0f} faces/s, a single run")
         print(f"Cassandra, {faces:,} faces / {len(persona_ids):,} personas ({made}), {shards} shards; "
-              f"load average at the end {load()}:")
-        print(f"{'measure':<62} {'measured':>20} {'target':>12}")
-        print(f"{'label -> new active version (two one-label changes)':<62} "
-              f"{' / '.join(f'{s:.1f}' for s in latencies):>18} s {'< 30 s':>12}")
-        for run_ in runs:
-            target = ">= 100k/s" if "one-label" in run_.what else ""
-            print(f"{f'{run_.what}, {run_.workers} worker(s)':<62} {run_.rate:>12,.0f} faces/s {target:>12}")
-            print(f"{'  faces predicted / rows written':<62} {run_.predicted:>20,} / {run_.rows_text()}")
-        by_name = {(run_.what, run_.workers): run_ for run_ in runs}
-        for what in ("full re-classification", "after a one-label change"):
-            one, two = by_name[(what, 1)], by_name[(what, 2)]
-            print(f"{f'  scaling 2 vs 1 workers, {what}':<62} {two.rate / one.rate:>19.2f}x")
-        after, full = by_name[("after a one-label change", 1)], by_name[("full re-classification", 1)]
-        print(f"{'  after a one-label change vs full, 1 worker':<62} {after.rate / full.rate:>19.2f}x")
-        print(f"{'the active model alone, in memory, 1 process (ceiling of full)':<62} {ceiling:>12,.0f} faces/s")
-        print(f"{'  faces re-classified per run':<62} {runs[-1].faces:>20,}")
-        print(f"{'ListUnknownFaces page 1, p50 / p90 (50 faces)':<62} {ms(first_page, 50):>13} / {ms(first_page, 90)} ms")
-        print(f"{'ListUnknownFaces next page, p50 / p90':<62} {ms(next_page, 50):>13} / {ms(next_page, 90)} ms")
+              f"min / median / max of {ROUNDS} rounds where repeated; at the end {load_average()}:")
+        print(f"{'measure':<62} {'measured':>26} {'target':>12}")
+        print_runs(runs, latencies)
+        print(f"{'the active model alone, in memory, 1 process (ceiling of full)':<62} {spread(ceiling, 0):>24} faces/s")
+        print(f"{'  faces re-classified per run':<62} {runs[-1].faces:>24,}")
+        print(f"{'ListUnknownFaces page 1, p50 (50 faces), ms':<62} {spread(pages['first_p50'], 0):>24}")
+        print(f"{'  p90':<62} {spread(pages['first_p90'], 0):>24}")
+        print(f"{'ListUnknownFaces next page, p50, ms':<62} {spread(pages['next_p50'], 0):>24}")
+        print(f"{'  p90':<62} {spread(pages['next_p90'], 0):>24}")
         print("(all processes and the Cassandra node share this machine's cores)")
     finally:
         if trainer is not None:

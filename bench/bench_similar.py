@@ -6,6 +6,9 @@
    per query (measured in-process, a few queries).
 2. VerifyFaces p50 (two stored faces; a face and a persona; two images) vs Classify p50
    (one image), on the shared photos.
+Each store is filled once (fill s and load s, the first query's reading every embedding into
+memory, are single runs: they happen once); then BENCH_ROUNDS rounds (bench.rounds), the
+sides in turn (order reversed every other round): min / median / max of each round's figure.
 """
 from __future__ import annotations
 
@@ -16,10 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from bench.bench_classifier import FACES_DIR, activate_version, fill_faces
+from bench.rounds import ROUNDS, alternating, by_figure, load_average, ratios, spread
 from visage.auth import client as auth_client
 from visage.config import Config
 from visage.faces.pool import PipelinePool
@@ -31,9 +34,9 @@ from visage_classifier.server import start
 
 SIZES = [int(n) for n in os.environ.get("BENCH_SIMILAR_FACES", "100000,1000000").split(",") if n]
 PERSONAS = 1000
-QUERIES = 200
-BASELINE_QUERIES = 3
-ROUNDS = 5
+QUERIES = 100  # RPCs a round (their p50 / p95 are the round's figures)
+FULL_SCANS = 20  # in-process unpruned scans a round (their p50)
+CALLS = 8  # VerifyFaces / Classify calls a round (their p50)
 
 
 def ms(samples: list[float], q: float) -> float:
@@ -52,6 +55,10 @@ def find_similar_numbers(count: int) -> dict:
         fill_faces(store, centres, count, rng)
         fill_seconds = time.perf_counter() - started
         face_ids = [face_id for ids, _ in store.iter_embeddings(65536) for face_id in ids]
+        # The same exact scan without the projection's pruning, in-process on the same matrix
+        # (what the load-average of this machine makes of a plain pass over every embedding).
+        matrix = np.concatenate([m for _, m in store.iter_embeddings(65536)])
+        norms = np.einsum("ij,ij->i", matrix, matrix)
         running = start(Config(data_dir=Path(tmp), workers=1), store, "127.0.0.1:0", watch_events=False)
         try:
             with auth_client.channel(f"127.0.0.1:{running.port}") as channel:
@@ -60,42 +67,65 @@ def find_similar_numbers(count: int) -> dict:
                 first = stub.FindSimilarFaces(classify_pb2.FindSimilarFacesRequest(face_id=face_ids[0]))
                 load_seconds = time.perf_counter() - started
                 assert len(first.faces) == 10
-                samples = []
-                for face_id in rng.choice(face_ids, QUERIES, replace=False):
-                    started = time.perf_counter()
-                    answer = stub.FindSimilarFaces(classify_pb2.FindSimilarFacesRequest(face_id=str(face_id)))
-                    samples.append(time.perf_counter() - started)
-                    assert len(answer.faces) == 10
+                figures = alternating({"rpc": lambda: rpc_figures(stub, rng.choice(face_ids, QUERIES, replace=False)),
+                                       "full": lambda: full_scan_p50(matrix, norms, rng),
+                                       "baseline": lambda: store_scan_ms(store, str(rng.choice(face_ids)))})
         finally:
             running.stop(grace=0)
-        # The same exact scan without the projection's pruning, in-process on the same matrix
-        # (what the load-average of this machine makes of a plain pass over every embedding).
-        matrix = np.concatenate([m for _, m in store.iter_embeddings(65536)])
-        norms = np.einsum("ij,ij->i", matrix, matrix)
-        full = []
-        for row in rng.choice(len(matrix), 20, replace=False):
-            started = time.perf_counter()
-            q = matrix[row]
-            d2 = norms - 2.0 * (matrix @ q) + float(q @ q)
-            np.argpartition(d2, 10)[:11]
-            full.append(time.perf_counter() - started)
-        del matrix, norms
-        baseline = []
-        for face_id in face_ids[:BASELINE_QUERIES]:
-            started = time.perf_counter()
-            query = store.get_face(face_id).embedding
-            best: list[tuple[float, str]] = []
-            for ids, matrix in store.iter_embeddings(65536):
-                d2 = ((matrix - query) ** 2).sum(axis=1)
-                top = np.argpartition(d2, 10)[:11]
-                best = sorted(best + [(float(d2[i]), ids[i]) for i in top])[:11]
-            baseline.append(time.perf_counter() - started)
-        store.close()
-    return {"faces": count, "fill": fill_seconds, "load": load_seconds, "p50": ms(samples, 50),
-            "p95": ms(samples, 95), "baseline_p50": ms(baseline, 50), "full_p50": ms(full, 50)}
+            store.close()
+    return {"faces": count, "fill": fill_seconds, "load": load_seconds, **by_figure(figures["rpc"]),
+            "baseline": figures["baseline"], "full": figures["full"]}
 
 
-def verify_numbers() -> dict:
+def rpc_figures(stub, face_ids) -> dict[str, float]:
+    """p50 and p95 ms of FindSimilarFaces for each of these faces, one after another."""
+    samples = []
+    for face_id in face_ids:
+        started = time.perf_counter()
+        answer = stub.FindSimilarFaces(classify_pb2.FindSimilarFacesRequest(face_id=str(face_id)))
+        samples.append(time.perf_counter() - started)
+        assert len(answer.faces) == 10
+    return {"p50": ms(samples, 50), "p95": ms(samples, 95)}
+
+
+def full_scan_p50(matrix: np.ndarray, norms: np.ndarray, rng) -> float:
+    """p50 ms of FULL_SCANS unpruned exact scans of the in-memory matrix, in-process."""
+    samples = []
+    for row in rng.choice(len(matrix), FULL_SCANS, replace=False):
+        started = time.perf_counter()
+        q = matrix[row]
+        d2 = norms - 2.0 * (matrix @ q) + float(q @ q)
+        np.argpartition(d2, 10)[:11]
+        samples.append(time.perf_counter() - started)
+    return ms(samples, 50)
+
+
+def store_scan_ms(store: SqliteStore, face_id: str) -> float:
+    """The baseline: one query answered by a numpy scan over Store.iter_embeddings, in ms."""
+    started = time.perf_counter()
+    query = store.get_face(face_id).embedding
+    best: list[tuple[float, str]] = []
+    for ids, matrix in store.iter_embeddings(65536):
+        d2 = ((matrix - query) ** 2).sum(axis=1)
+        top = np.argpartition(d2, 10)[:11]
+        best = sorted(best + [(float(d2[i]), ids[i]) for i in top])[:11]
+    return (time.perf_counter() - started) * 1000
+
+
+CLASSIFY = "Classify (bbt1.jpg, 4 faces, 3 candidates)"
+
+
+def p50_of_calls(call) -> float:
+    """p50 ms of CALLS calls."""
+    samples = []
+    for _ in range(CALLS):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000
+
+
+def verify_numbers() -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="visage-bench-verify-") as tmp:
         store = SqliteStore(Path(tmp) / "visage.db")
         store.migrate()
@@ -125,26 +155,15 @@ def verify_numbers() -> dict:
             "Verify two images": classify_pb2.VerifyFacesRequest(
                 face=classify_pb2.FaceInput(content=obama[0]), other_face=classify_pb2.FaceInput(content=obama[1])),
         }
-        numbers = {}
         try:
             with auth_client.channel(f"127.0.0.1:{running.port}", options=[
                     ("grpc.max_send_message_length", 64 << 20)]) as channel:
                 stub = classify_pb2_grpc.ClassifyServiceStub(channel)
-                for name, request in calls.items():
-                    stub.VerifyFaces(request)  # warm
-                    samples = []
-                    for _ in range(ROUNDS * 4):
-                        started = time.perf_counter()
-                        stub.VerifyFaces(request)
-                        samples.append(time.perf_counter() - started)
-                    numbers[name] = statistics.median(samples) * 1000
-                stub.Classify(classify_pb2.ClassifyRequest(content=scene))
-                samples = []
-                for _ in range(ROUNDS * 4):
-                    started = time.perf_counter()
-                    stub.Classify(classify_pb2.ClassifyRequest(content=scene, max_candidates=3))
-                    samples.append(time.perf_counter() - started)
-                numbers["Classify (bbt1.jpg, 4 faces, 3 candidates)"] = statistics.median(samples) * 1000
+                sides = {name: (lambda request=request: stub.VerifyFaces(request)) for name, request in calls.items()}
+                sides[CLASSIFY] = lambda: stub.Classify(classify_pb2.ClassifyRequest(content=scene, max_candidates=3))
+                for call in sides.values():
+                    call()  # warm
+                numbers = alternating({name: lambda call=call: p50_of_calls(call) for name, call in sides.items()})
         finally:
             running.stop(grace=0)
             pool.close()
@@ -153,22 +172,26 @@ def verify_numbers() -> dict:
 
 
 def main() -> None:
-    print("FindSimilarFaces (stored face id, top 10; SQLite; exact scan of the in-memory embeddings)")
-    print(f"{'faces':>9} {'fill s':>8} {'load s':>7} {'p50 ms':>8} {'p95 ms':>8} {'full scan p50 ms':>17} "
-          f"{'baseline p50 ms':>16} {'speed-up':>9}")
+    print(f"FindSimilarFaces (stored face id, top 10; SQLite; exact scan of the in-memory embeddings); ms, min / "
+          f"median / max of {ROUNDS} rounds, RPC, full scan and baseline alternating; {load_average()}")
+    print(f"{'faces':>9} {'fill s':>7} {'load s':>7} {'p50 ms':>20} {'p95 ms':>20} {'full scan p50 ms':>20} "
+          f"{'baseline ms':>26} {'speed-up':>18}")
     for count in SIZES:
         n = find_similar_numbers(count)
-        print(f"{n['faces']:>9} {n['fill']:>8.1f} {n['load']:>7.2f} {n['p50']:>8.2f} {n['p95']:>8.2f} "
-              f"{n['full_p50']:>17.2f} {n['baseline_p50']:>16.1f} {n['baseline_p50'] / n['p50']:>8.0f}x", flush=True)
-    print("  p50/p95: the RPC (exact: projection-pruned scan of the in-memory embeddings, then the page read back "
-          "from the store)\n  load: the first query (every embedding read into memory); full scan: the same exact "
-          "scan unpruned, in-process, no RPC;\n  baseline: a numpy scan over Store.iter_embeddings per query, "
-          "in-process (speed-up: baseline / p50)")
+        print(f"{n['faces']:>9} {n['fill']:>7.1f} {n['load']:>7.2f} {spread(n['p50']):>20} {spread(n['p95']):>20} "
+              f"{spread(n['full']):>20} {spread(n['baseline'], 1):>26} "
+              f"{spread(ratios(n['baseline'], n['p50']), 0):>17}x", flush=True)
+    print(f"  p50/p95: of {QUERIES} RPCs a round (exact: projection-pruned scan of the in-memory embeddings, then the "
+          "page read back from the store)\n  fill, load: single runs (the store is filled once; load: the first "
+          f"query, every embedding read into memory); full scan: p50 of {FULL_SCANS} of the same exact scan "
+          "unpruned, in-process, no RPC;\n  baseline: one query a round by a numpy scan over Store.iter_embeddings, "
+          "in-process (speed-up: baseline / p50, per round)")
     numbers = verify_numbers()
-    classify = next(v for k, v in numbers.items() if k.startswith("Classify"))
-    print("\nVerifyFaces vs Classify (p50 over a real channel, shared photos)")
-    for name, value in numbers.items():
-        print(f"  {name:<46} {value:>8.2f} ms  ({value / classify:.2f} x Classify)")
+    classify = numbers[CLASSIFY]
+    print(f"\nVerifyFaces vs Classify (p50 of {CALLS} calls over a real channel, shared photos; min / median / max of "
+          f"{ROUNDS} rounds, the calls alternating; {load_average()})")
+    for name, values in numbers.items():
+        print(f"  {name:<46} {spread(values):>26} ms  ({spread(ratios(values, classify), 3)} x Classify)")
 
 
 if __name__ == "__main__":

@@ -8,20 +8,27 @@ predictions written in face id order, and replacing ones first written in ingest
 order (face ids arrive at random, as content hashes do), for N synthetic faces of
 128 floats.
 
+Every figure is taken over BENCH_ROUNDS rounds (bench.rounds), the backends in turn (order
+reversed every other round), each round into a fresh store (what is measured is writing into
+it); shown as min / median / max, the ratio per round.
+
 `python -m bench store --nodes 3` instead: writes/s and reads/s on the single node vs a
-3-node cluster with replication factor 3 (main_nodes below)."""
+3-node cluster with replication factor 3 (main_nodes below), likewise in alternating rounds."""
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from bench.rounds import ROUNDS, alternating, by_figure, load_average, ratios, spread
 from visage.config import CassandraConfig
 from visage.store.base import Store
 from visage.store.records import FaceRecord, ImageRecord, PredictionRecord
@@ -115,56 +122,93 @@ def write_predictions(name: str, store: Store, face_ids: list[str], version: int
     return written / seconds
 
 
-def on_sqlite(measure: Callable[[str, Store], dict]) -> dict:
-    """measure("sqlite", store) on a fresh SQLite store in a temporary directory."""
+@contextmanager
+def fresh_sqlite() -> Iterator[Store]:
+    """A fresh SQLite store in a temporary directory (removed afterwards)."""
     from visage.store.sqlite import SqliteStore
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "bench.db")
         store.migrate()
         try:
-            return measure("sqlite", store)
+            yield store
         finally:
             store.close()
+
+
+@contextmanager
+def fresh_keyspace(config: CassandraConfig) -> Iterator[Store]:
+    """A fresh keyspace of `config` (dropped afterwards); StoreError when nothing answers."""
+    from visage.store.cassandra import CassandraStore
+    store = CassandraStore(config)
+    store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+    store.migrate()
+    try:
+        yield store
+    finally:
+        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
+        store.close()
+
+
+def single_node(keyspace: str) -> CassandraConfig:
+    """The node of `make cassandra-start`."""
+    return CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace=keyspace,
+                           connect_timeout_seconds=120)
+
+
+def cassandra_answers() -> bool:
+    """Whether the node of `make cassandra-start` listens (else the benches say so and skip it)."""
+    try:
+        socket.create_connection(("127.0.0.1", CASSANDRA_PORT), timeout=2).close()
+        return True
+    except OSError:
+        print(f"cassandra: not measured (nothing on 127.0.0.1:{CASSANDRA_PORT}); run `make cassandra-start`")
+        return False
+
+
+def on_sqlite(measure: Callable[[str, Store], dict]) -> dict:
+    """measure("sqlite", store) on a fresh SQLite store in a temporary directory."""
+    with fresh_sqlite() as store:
+        return measure("sqlite", store)
 
 
 def on_cassandra(measure: Callable[[str, Store], dict], keyspace: str) -> dict | None:
     """measure("cassandra", store) on a fresh keyspace of the project's Cassandra
     (dropped afterwards); None, saying why, when no node answers."""
-    from visage.store.base import StoreError
-    from visage.store.cassandra import CassandraStore
-    config = CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT, keyspace=keyspace)
-    try:
-        store = CassandraStore(config)
-    except StoreError as e:
-        print(f"cassandra: not measured ({e}); run `make cassandra-start`")
-        return None
-    store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-    store.migrate()
-    try:
-        return measure("cassandra", store)
-    finally:
-        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-        store.close()
+    return on_config(measure, "cassandra", single_node(keyspace))
+
+
+def backends(stack: ExitStack, keyspace: str) -> dict[str, Store]:
+    """{"sqlite": a fresh store, "cassandra": a fresh keyspace when the node answers}, open until
+    `stack` closes: for benches that fill both once, then alternate rounds between them."""
+    stores = {"sqlite": stack.enter_context(fresh_sqlite())}
+    if cassandra_answers():
+        stores["cassandra"] = stack.enter_context(fresh_keyspace(single_node(keyspace)))
+    return stores
 
 
 def main() -> None:
     if NODES > 1:
         main_nodes(NODES)
         return
-    sqlite, cassandra = on_sqlite(measure), on_cassandra(measure, "visage_bench_store")
+    sides = {"sqlite": lambda: on_sqlite(measure)}
+    if cassandra_answers():
+        sides["cassandra"] = lambda: on_cassandra(measure, "visage_bench_store")
+    results = {name: by_figure(rounds) for name, rounds in alternating(sides).items()}
+    sqlite, cassandra = results["sqlite"], results.get("cassandra")
     print(f"\nstore backends, {FACES} faces x 128 float32, {FACES_PER_IMAGE} faces/image, "
-          f"{WRITER_THREADS} writer threads, {os.cpu_count()} cores")
-    print(f"{'metric':<36}{'sqlite':>12}{'cassandra':>12}{'sqlite/cassandra':>18}")
-    rows = [("faces written / s", "write", "{:.0f}"), ("embeddings read / s", "read", "{:.0f}"),
-            ("read all embeddings for training (s)", "train_read_s", "{:.2f}"),
-            ("predictions written / s (first)", "predict_first", "{:.0f}"),
-            ("predictions written / s (replacing)", "predict_again", "{:.0f}"),
-            ("  the same as columns", "predict_columns", "{:.0f}"),
-            ("  columns, after ingest-order writes", "predict_after_ingest_order", "{:.0f}")]
-    for label, key, fmt in rows:
-        c = fmt.format(cassandra[key]) if cassandra else "n/a"
-        ratio = f"{sqlite[key] / cassandra[key]:.2f}" if cassandra else "n/a"
-        print(f"{label:<36}{fmt.format(sqlite[key]):>12}{c:>12}{ratio:>18}")
+          f"{WRITER_THREADS} writer threads; min / median / max of {ROUNDS} rounds, sqlite and cassandra "
+          f"alternating, a fresh store each round; {load_average()}")
+    print(f"{'metric':<38}{'sqlite':>28}{'cassandra':>28}{'sqlite/cassandra':>24}")
+    rows = [("faces written / s", "write", 0), ("embeddings read / s", "read", 0),
+            ("read all embeddings for training (s)", "train_read_s", 2),
+            ("predictions written / s (first)", "predict_first", 0),
+            ("predictions written / s (replacing)", "predict_again", 0),
+            ("  the same as columns", "predict_columns", 0),
+            ("  columns, after ingest-order writes", "predict_after_ingest_order", 0)]
+    for label, key, digits in rows:
+        c = spread(cassandra[key], digits) if cassandra else "n/a"
+        ratio = spread(ratios(sqlite[key], cassandra[key])) if cassandra else "n/a"
+        print(f"{label:<38}{spread(sqlite[key], digits):>28}{c:>28}{ratio:>24}")
 
 
 # ---- one node vs a cluster (`python -m bench store --nodes 3`) --------------------------
@@ -235,24 +279,20 @@ def on_config(measure: Callable[[str, Store], dict], name: str, config: Cassandr
     """measure(name, store) on a fresh keyspace of `config` (dropped afterwards); None, saying
     why, when nothing answers."""
     from visage.store.base import StoreError
-    from visage.store.cassandra import CassandraStore
-    try:
-        store = CassandraStore(config)
-    except StoreError as e:
-        print(f"{name}: not measured ({e})")
-        return None
-    store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-    store.migrate()
-    try:
+    with ExitStack() as stack:
+        try:
+            store = stack.enter_context(fresh_keyspace(config))
+        except StoreError as e:
+            print(f"{name}: not measured ({e}); run `make cassandra-start`")
+            return None
         return measure(name, store)
-    finally:
-        store._session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=120)
-        store.close()
 
 
-def on_cluster(nodes: int, measure: Callable[[str, Store], dict]) -> dict | None:
-    """measure() on the `nodes`-node cluster, started (and stopped again) unless it runs. Takes
-    the cluster's lock, as tests/store/test_three_nodes.py does: one user at a time."""
+@contextmanager
+def cluster(nodes: int, keyspace: str) -> Iterator[CassandraConfig | None]:
+    """The config of the `nodes`-node cluster, started (and stopped again) unless it runs; None,
+    saying why, when it did not start. Holds the cluster's lock, as tests/store/test_three_nodes.py
+    does: one user at a time."""
     import fcntl
     import subprocess
     import sys
@@ -265,38 +305,43 @@ def on_cluster(nodes: int, measure: Callable[[str, Store], dict]) -> dict | None
         running = subprocess.run([*script, "status", "--cluster", str(nodes)], capture_output=True).returncode == 0
         if not running and subprocess.run([*script, "start", "--cluster", str(nodes), "--fresh"]).returncode != 0:
             print(f"{nodes} nodes: not measured (the cluster did not start)")
-            return None
+            yield None
+            return
         try:
-            config = CassandraConfig(contact_points=tuple(f"127.0.0.{i}" for i in range(1, nodes + 1)),
-                                     port=CLUSTER_PORT, keyspace="visage_bench_store_nodes",
-                                     replication=f"{{'class': 'SimpleStrategy', 'replication_factor': {nodes}}}",
-                                     connect_timeout_seconds=120)
-            return on_config(measure, f"{nodes} nodes", config)
+            yield CassandraConfig(contact_points=tuple(f"127.0.0.{i}" for i in range(1, nodes + 1)),
+                                  port=CLUSTER_PORT, keyspace=keyspace,
+                                  replication=f"{{'class': 'SimpleStrategy', 'replication_factor': {nodes}}}",
+                                  connect_timeout_seconds=120)
         finally:
             if not running:
                 subprocess.run([*script, "stop", "--cluster", str(nodes)])
 
 
 def main_nodes(nodes: int) -> None:
-    one = on_config(measure_replicated, "1 node",
-                    CassandraConfig(contact_points=("127.0.0.1",), port=CASSANDRA_PORT,
-                                    keyspace="visage_bench_store_nodes", connect_timeout_seconds=120))
-    if one is None:
-        print("1 node: run `make cassandra-start`")
-    many = on_cluster(nodes, measure_replicated)
+    """measure_replicated on the single node and on the cluster, alternating, a fresh keyspace
+    each round."""
+    many_name = f"{nodes} nodes"
+    with cluster(nodes, "visage_bench_store_nodes") as many_config:
+        sides = {"1 node": lambda: on_config(measure_replicated, "1 node", single_node("visage_bench_store_nodes"))}
+        if many_config is not None:
+            sides[many_name] = lambda: on_config(measure_replicated, many_name, many_config)
+        measured = alternating(sides)
+    results = {name: by_figure(rounds) for name, rounds in measured.items() if None not in rounds}
+    one, many = results.get("1 node"), results.get(many_name)
     print(f"\nstore on 1 node (replication factor 1) vs {nodes} nodes (replication factor {nodes}), all on this "
           f"machine's {os.cpu_count()} cores: {NODES_FACES} faces x 128 float32, {FACES_PER_IMAGE} faces/image, "
-          f"{NODES_LABELS} labels, {WRITER_THREADS} caller threads, LOCAL_QUORUM / LOCAL_SERIAL")
-    many_name = f"{nodes} nodes"
-    print(f"{'metric':<44}{'1 node':>10}{many_name:>10}{f'{nodes} nodes / 1 node':>20}")
+          f"{NODES_LABELS} labels, {WRITER_THREADS} caller threads, LOCAL_QUORUM / LOCAL_SERIAL; min / median / max "
+          f"of {ROUNDS} rounds, the two alternating, a fresh keyspace each; {load_average()}")
+    print(f"{'metric':<46}{'1 node':>26}{many_name:>26}{f'{nodes} nodes / 1 node':>22}")
     rows = [("faces written / s (put_image)", "write"), ("embeddings read / s (scan, iter_embeddings)", "scan"),
             (f"faces read / s (get_faces, {READ_BATCH} ids a call)", "read"),
             ("labels written / s (put_label, conditional)", "label")]
     for label, key in rows:
-        a = f"{one[key]:.0f}" if one else "n/a"
-        b = f"{many[key]:.0f}" if many else "n/a"
-        ratio = f"{many[key] / one[key]:.2f}" if one and many else "n/a"
-        print(f"{label:<44}{a:>10}{b:>10}{ratio:>20}")
+        a = spread(one[key], 0) if one else "n/a"
+        b = spread(many[key], 0) if many else "n/a"
+        ratio = spread(ratios(many[key], one[key])) if one and many else "n/a"
+        print(f"{label:<46}{a:>26}{b:>26}{ratio:>22}")
     for name, result in (("1 node", one), (many_name, many)):
-        if result and result["faces"] < NODES_FACES:
-            print(f"{name}: wrote {result['faces']} of {NODES_FACES} faces in the {WRITE_BUDGET_S:.0f}s budget")
+        if result and min(result["faces"]) < NODES_FACES:
+            print(f"{name}: wrote as few as {min(result['faces']):.0f} of {NODES_FACES} faces in the "
+                  f"{WRITE_BUDGET_S:.0f}s budget")

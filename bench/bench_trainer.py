@@ -5,9 +5,13 @@ job's training time vs a plain in-process scikit-learn fit of the same data
 (NearestCentroid, the same algorithm, on an in-memory array).
 The 1M faces / 10k personas row fits and evaluates the model in memory
 (streamed into the accumulator, no store) and extrapolates store reading
-linearly from the 100k run; it says so in the table."""
+linearly from the 100k run; it says so in the table.
+Each size: one store, BENCH_ROUNDS labels one after another (bench.rounds: each
+label's latency and its job's training time, alternating with the sklearn fit),
+shown as min / median / max."""
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.neighbors import NearestCentroid
 
+from bench.rounds import ROUNDS, alternating, load_average, spread
 from visage import model as modelling
 from visage.config import Config
 from visage.store.records import FaceRecord, ImageRecord, LabelRecord
@@ -54,10 +59,10 @@ def fill_labelled(store: SqliteStore, X: np.ndarray, y: np.ndarray,
     return face_ids, persona_ids
 
 
-def fill_store(store: SqliteStore, X: np.ndarray, y: np.ndarray) -> list[str]:
-    """fill_labelled with the last face left unlabelled: [that face, its persona]."""
-    face_ids, persona_ids = fill_labelled(store, X, y, 1)
-    return [face_ids[-1], persona_ids[y[-1]]]
+def fill_store(store: SqliteStore, X: np.ndarray, y: np.ndarray) -> list[tuple[str, str]]:
+    """fill_labelled with the last ROUNDS faces left unlabelled: [(such a face, its persona)]."""
+    face_ids, persona_ids = fill_labelled(store, X, y, ROUNDS)
+    return [(face_ids[i], persona_ids[y[i]]) for i in range(len(X) - ROUNDS, len(X))]
 
 
 def wait_active(store, version: int, timeout: float = 300.0) -> None:
@@ -70,28 +75,40 @@ def wait_active(store, version: int, timeout: float = 300.0) -> None:
 
 def measure(faces: int) -> dict:
     X, y = synthetic(faces)
+    train: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = Config(data_dir=Path(tmp))
         store = SqliteStore(config.sqlite_path)
         store.migrate()
-        last_face, last_persona = fill_store(store, X, y)
+        unlabelled = fill_store(store, X, y)
         service = start(config, store, "127.0.0.1:0", TrainerSettings.from_env())
         try:
-            wait_active(store, 1)  # everything but the last label
-            began = time.perf_counter()
-            store.put_label(LabelRecord(last_face, last_persona, pb.VERDICT_BELONGS))
-            wait_active(store, 2)
-            latency = time.perf_counter() - began
+            wait_active(store, 1)  # everything but the last ROUNDS labels
+
+            def label_to_active() -> float:
+                face_id, persona_id = unlabelled.pop()
+                version = store.active_model_version().version + 1
+                began = time.perf_counter()
+                store.put_label(LabelRecord(face_id, persona_id, pb.VERDICT_BELONGS))
+                wait_active(store, version)
+                latency = time.perf_counter() - began
+                train.append(store.active_model_version().lineage["training_seconds"])
+                return latency
+
+            seconds = alternating({"latency": label_to_active, "sklearn": lambda: sklearn_fit(X, y)})
             record = store.active_model_version()
         finally:
             service.stop(0)
             store.close()
+    return {"faces": faces, "personas": int(y.max()) + 1, "latency": seconds["latency"], "train": train,
+            "sklearn": seconds["sklearn"], "accuracy": record.metrics["accuracy"],
+            "unknown": record.metrics["unknown_rejection_rate"]}
+
+
+def sklearn_fit(X: np.ndarray, y: np.ndarray) -> float:
     began = time.perf_counter()
     NearestCentroid().fit(X, y)
-    sklearn_seconds = time.perf_counter() - began
-    return {"faces": faces, "personas": int(y.max()) + 1, "latency": latency,
-            "train": record.lineage["training_seconds"], "sklearn": sklearn_seconds,
-            "accuracy": record.metrics["accuracy"], "unknown": record.metrics["unknown_rejection_rate"]}
+    return time.perf_counter() - began
 
 
 def estimate_million(measured_100k: dict) -> dict:
@@ -110,25 +127,29 @@ def estimate_million(measured_100k: dict) -> dict:
     trained = modelling.fit_and_evaluate(accumulator)
     modelling.export_onnx(trained.model)
     model_seconds = time.perf_counter() - began
-    reading = (measured_100k["train"]) * 10  # upper bound: the whole 100k job scaled, reading dominates it
+    reading = max(measured_100k["train"]) * 10  # upper bound: the whole 100k job scaled, reading dominates it
     return {"faces": faces, "personas": personas, "model": model_seconds, "estimate": model_seconds + reading + 1.0,
             "accuracy": trained.metrics["accuracy"]}
 
 
 def main() -> None:
-    print(f"{'faces':>9} {'personas':>8} {'label->active s':>15} {'job train s':>11} {'sklearn fit s':>13} "
+    print(f"seconds, min / median / max of {ROUNDS} labels (each alternating with the sklearn fit); "
+          f"{load_average()}")
+    print(f"{'faces':>9} {'personas':>8} {'label->active s':>20} {'job train s':>20} {'sklearn fit s':>22} "
           f"{'ratio':>7} {'accuracy':>8} {'unknown':>7}")
     rows = []
     for faces in SIZES:
         row = measure(faces)
         rows.append(row)
-        print(f"{row['faces']:>9} {row['personas']:>8} {row['latency']:>15.2f} {row['train']:>11.2f} "
-              f"{row['sklearn']:>13.4f} {row['train'] / row['sklearn']:>7.0f}x {row['accuracy']:>8.3f} "
-              f"{row['unknown']:>7.3f}", flush=True)
+        ratio = statistics.median(row["train"]) / statistics.median(row["sklearn"])
+        print(f"{row['faces']:>9} {row['personas']:>8} {spread(row['latency']):>20} {spread(row['train']):>20} "
+              f"{spread(row['sklearn'], 4):>22} {ratio:>7.0f}x {row['accuracy']:>8.3f} {row['unknown']:>7.3f}",
+              flush=True)
     million = estimate_million(rows[-1])
-    print(f"{million['faces']:>9} {million['personas']:>8} {million['estimate']:>14.1f}* "
+    print(f"{million['faces']:>9} {million['personas']:>8} {million['estimate']:>19.1f}* "
           f"  (*estimate: fit+evaluate+export measured in memory {million['model']:.1f} s, "
-          f"accuracy {million['accuracy']:.3f}; + store reading extrapolated x10 from 100k; + 1 s debounce)")
+          f"accuracy {million['accuracy']:.3f}; + store reading extrapolated x10 from 100k's slowest job; "
+          "+ 1 s debounce)")
     print("latency includes the default debounce (VISAGE_TRAIN_DEBOUNCE_SECONDS=1); target < 3 s at 10k")
 
 

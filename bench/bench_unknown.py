@@ -2,12 +2,14 @@
 of `make cassandra-start`):
 1. ListUnknownFaces page latency through the unknown-faces index vs the scan it replaced
    (images newest first, 100 at a time, every label loaded, until the page is full): the
-   first page and the next one, page size 50, p50 of ROUNDS calls, for N faces of which 1 %
-   are unknown (the scan's bad case: its cost grows with how rare unknown faces are). Both
-   answer the same faces (checked).
+   first page and the next one, page size 50, for N faces of which 1 % are unknown (the
+   scan's bad case: its cost grows with how rare unknown faces are). Both answer the same
+   faces (checked). Each round: the p50 of CALLS calls of each, index and scan alternating.
 2. Rows a re-classification writes after a one-label change (a new version whose one
    persona's centroid moved, as one more label moves it): changed-only writes vs the
-   rewrite of every face the store did before (= faces evaluated).
+   rewrite of every face the store did before (= faces evaluated). One change a round.
+Each store is filled (and fully classified) once, then measured over BENCH_ROUNDS rounds
+(bench.rounds): min / median / max.
 N = BENCH_UNKNOWN_FACES (default 100,000; 10 faces per image)."""
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from bench.bench_classifier import activate_version
 from bench.bench_store import on_cassandra, on_sqlite
+from bench.rounds import ROUNDS, alternating, by_figure, load_average, ratios, spread
 from visage import metrics
 from visage.store.base import RECLASSIFIED_VERSION_KEY, Store, is_unknown
 from visage.store.records import FaceRecord, ImageRecord
@@ -36,7 +39,7 @@ FACES_PER_IMAGE = 10
 PERSONAS = 50
 UNKNOWN_SHARE = 0.01
 PAGE = 50
-ROUNDS = 7
+CALLS = 5  # calls of each page read a round (their p50 is the round's figure)
 SCAN_BATCH = 100  # the scan's images per read, as it was
 
 
@@ -102,33 +105,44 @@ def reclassify(store: Store) -> tuple[int, int, float]:
     return final.done, int(metrics.PREDICTIONS_WRITTEN._value.get() - before), time.perf_counter() - started
 
 
-def p50_ms(call) -> tuple[float, object]:
-    samples, result = [], None
-    for _ in range(ROUNDS):
+def p50_ms(call) -> float:
+    samples = []
+    for _ in range(CALLS):
         started = time.perf_counter()
-        result = call()
+        call()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000, result
+    return statistics.median(samples) * 1000
+
+
+def pages(store: Store) -> dict[str, list[float]]:
+    """The first and the next page through the index and by the scan (checked to agree), p50 ms,
+    index and scan alternating over the rounds."""
+    catalogue = Catalogue(store)
+    faces, last = catalogue.unknown_faces(None, PAGE)
+    scanned, position = scan_page(store, 0, 0, PAGE)
+    next_faces, _ = catalogue.unknown_faces(last, PAGE)
+    next_scanned, _ = scan_page(store, *position, PAGE)
+    assert [f.face_id for f in faces] == [f.face_id for f in scanned] and len(faces) == PAGE
+    assert [f.face_id for f in next_faces] == [f.face_id for f in next_scanned]
+    return {**alternating({"index_first": lambda: p50_ms(lambda: catalogue.unknown_faces(None, PAGE)),
+                           "scan_first": lambda: p50_ms(lambda: scan_page(store, 0, 0, PAGE))}),
+            **alternating({"index_next": lambda: p50_ms(lambda: catalogue.unknown_faces(last, PAGE)),
+                           "scan_next": lambda: p50_ms(lambda: scan_page(store, *position, PAGE))})}
 
 
 def measure(name: str, store: Store) -> dict:
     centres, persona_ids = populate(name, store)
     assert store.get_meta(RECLASSIFIED_VERSION_KEY)
-    catalogue = Catalogue(store)
-    index_first, (faces, last) = p50_ms(lambda: catalogue.unknown_faces(None, PAGE))
-    scan_first, (scanned, position) = p50_ms(lambda: scan_page(store, 0, 0, PAGE))
-    index_next, (next_faces, _) = p50_ms(lambda: catalogue.unknown_faces(last, PAGE))
-    scan_next, (next_scanned, _) = p50_ms(lambda: scan_page(store, *position, PAGE))
-    assert [f.face_id for f in faces] == [f.face_id for f in scanned] and len(faces) == PAGE
-    assert [f.face_id for f in next_faces] == [f.face_id for f in next_scanned]
-    # One more label moves one persona's centroid a little: a new version, re-classified.
-    moved = centres.copy()
-    moved[0] += np.random.default_rng(9).normal(0, 0.01, 128).astype(np.float32)
-    activate_version(store, moved, persona_ids)
-    evaluated, written, seconds = reclassify(store)
-    return {"scan_first": scan_first, "index_first": index_first, "scan_next": scan_next, "index_next": index_next,
-            "evaluated": evaluated, "written": written, "seconds": seconds,
-            "unknown": sum(1 for _ in iter_unknown(store))}
+    figures = pages(store)
+    rng, changes = np.random.default_rng(9), []
+    for round_ in range(ROUNDS):
+        # One more label moves one persona's centroid a little: a new version, re-classified.
+        centres = centres.copy()
+        centres[round_ % PERSONAS] += rng.normal(0, 0.01, 128).astype(np.float32)
+        activate_version(store, centres, persona_ids)
+        evaluated, written, seconds = reclassify(store)
+        changes.append({"evaluated": evaluated, "written": written, "seconds": seconds})
+    return {**figures, **by_figure(changes), "unknown": sum(1 for _ in iter_unknown(store))}
 
 
 def iter_unknown(store: Store):
@@ -144,17 +158,20 @@ def main() -> None:
     if cassandra:
         results["cassandra"] = cassandra
     print(f"\nListUnknownFaces, {FACES:,} faces ({FACES_PER_IMAGE} per image), "
-          f"{next(iter(results.values()))['unknown']:,} unknown; page of {PAGE}, p50 of {ROUNDS} calls")
-    print(f"{'store':<11}{'page':<7}{'scan ms':>10}{'index ms':>10}{'scan/index':>12}")
+          f"{next(iter(results.values()))['unknown']:,} unknown; page of {PAGE}; ms, min / median / max of {ROUNDS} "
+          f"rounds (each the p50 of {CALLS} calls), index and scan alternating; {load_average()}")
+    print(f"{'store':<11}{'page':<7}{'scan ms':>28}{'index ms':>24}{'scan/index':>22}")
     for name, r in results.items():
         for page in ("first", "next"):
             scan, index = r[f"scan_{page}"], r[f"index_{page}"]
-            print(f"{name:<11}{page:<7}{scan:>10.1f}{index:>10.1f}{scan / index:>12.1f}")
-    print(f"\nRe-classification after a one-label change (one persona's centroid moved)")
-    print(f"{'store':<11}{'evaluated':>11}{'written before':>16}{'written now':>13}{'now/before':>12}{'run s':>8}")
+            print(f"{name:<11}{page:<7}{spread(scan, 1):>28}{spread(index, 1):>24}{spread(ratios(scan, index), 1):>22}")
+    print(f"\nRe-classification after a one-label change (one persona's centroid moved), {ROUNDS} changes one "
+          "after another: min / median / max")
+    print(f"{'store':<11}{'evaluated':>11}{'written before':>16}{'written now':>26}{'now/before':>24}{'run s':>20}")
     for name, r in results.items():
-        print(f"{name:<11}{r['evaluated']:>11,}{r['evaluated']:>16,}{r['written']:>13,}"
-              f"{r['written'] / max(r['evaluated'], 1):>12.3f}{r['seconds']:>8.1f}")
+        evaluated = max(r["evaluated"])
+        print(f"{name:<11}{evaluated:>11,}{evaluated:>16,}{spread(r['written'], 0):>26}"
+              f"{spread(ratios(r['written'], [max(n, 1) for n in r['evaluated']]), 3):>24}{spread(r['seconds'], 1):>20}")
     print("(before: every evaluated face was rewritten with the new version; now only verdicts that change)")
 
 

@@ -19,7 +19,7 @@ Per-photo latency (p50/p95): face_recognition on one photo in one process vs one
 Classify RPC to Visage's classifier (its pipeline pool, the model's answer).
 
 Needs the bench extra (`make bench-setup`: matplotlib, face_recognition without
-its dlib requirement: dlib-bin provides dlib). Settings: BENCH_VS_FR_ROUNDS (3),
+its dlib requirement: dlib-bin provides dlib). Settings: BENCH_ROUNDS (3, bench.rounds),
 BENCH_VS_FR_PROCESSES (2), BENCH_VS_FR_SETS (shared,large)."""
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.photo_sets import large_photos, megapixels, shared_photos
+from bench.rounds import ROUNDS
 from visage.auth import client as auth_client
 from visage.config import Config
 from visage.store import open_store
 from visage.v1 import classify_pb2, classify_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
-ROUNDS = int(os.environ.get("BENCH_VS_FR_ROUNDS", "3"))
 PROCESSES = int(os.environ.get("BENCH_VS_FR_PROCESSES", "2"))
 SETS = os.environ.get("BENCH_VS_FR_SETS", "shared,large").split(",")
 BATCH = 16  # images per IngestImages stream, as `visage ingest` sends them
@@ -278,7 +278,8 @@ def compare_latency(paths: list[Path], data_root: Path) -> dict:
     print(f"  {'fr / Visage (speed-up)':<28} {'min':>7} {'median':>7} {'max':>7}")
     print(f"  {'p50':<28} {spread(p50_ratios)}")
     print(f"  {'p95':<28} {spread(p95_ratios)}")
-    return {"fr": fr_all, "visage": visage_all, "p50_ratios": p50_ratios, "p95_ratios": p95_ratios}
+    return {"fr": fr_all, "visage": visage_all, "p50_ratios": p50_ratios, "p95_ratios": p95_ratios,
+            "sizes": [megapixels(p) for p in paths] * ROUNDS}  # the photo of each time, both sides
 
 
 def main() -> dict:

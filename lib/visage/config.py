@@ -325,8 +325,9 @@ class ServerSettings(FromEnv):
     max_streams: int = setting(
         "VISAGE_MAX_STREAMS", 1000,
         "open streaming calls per service (watches, client streams); each has a thread of its own beside the 16 "
-        "for unary calls and health, so idle streams never starve them (the thread ends once the stream closed); "
-        "beyond it RESOURCE_EXHAUSTED. Health and reflection are not counted (see Under abuse and faults)")
+        "for unary calls and health, so idle streams never starve them (the thread ends once the stream closed; "
+        "an idle WatchEvents or WatchTrainingJobs holds none); beyond it RESOURCE_EXHAUSTED. Health and reflection "
+        "are not counted (see Under abuse and faults)")
     cpus: str = setting("VISAGE_SERVICE_CPUS", "", "Linux CPU list (`3`, `0-2,6`) each Python service is pinned to",
                         shown="unset: the OS places processes")
 

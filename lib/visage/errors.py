@@ -29,6 +29,7 @@ from typing import NoReturn
 
 import grpc
 
+from visage import nonblocking
 from visage.auth.identity import RoleRequired
 from visage.auth.tokens import IssuerUnavailable, PermissionDenied, Unauthenticated
 from visage.faces.detectors import DetectorUnavailable
@@ -122,6 +123,22 @@ def answer(context: grpc.ServicerContext, error: Exception, rpc_name: str = "") 
     context.abort(*answered)
 
 
+def end_stream(context: grpc.ServicerContext, send, error: Exception | None, rpc_name: str) -> None:
+    """Ends a non-blocking response stream (visage.nonblocking) with OK (no error) or `error`'s
+    status, as `answer` would have; an unregistered kind is a bug: INTERNAL, as visage.guard answers it."""
+    if error is None:
+        answered = (grpc.StatusCode.OK, "")
+    elif (answered := status_of(error, rpc_name)) is None:
+        log.error("%s failed", rpc_name, exc_info=error)
+        answered = (grpc.StatusCode.INTERNAL,
+                    f"{rpc_name} failed with an internal error ({type(error).__name__}); see the service log")
+    elif (http_status := _registered(type(error))[1]) is not None:
+        context.set_trailing_metadata(((STATUS_HINT_HEADER, str(http_status)),))
+    context.set_code(answered[0])
+    context.set_details(answered[1])
+    send(None)
+
+
 def item_status(error: Exception, what: str) -> tuple[grpc.StatusCode, str]:
     """The status of one failed item of a stream that goes on (`what` names it in the log):
     its registered kind's, else INTERNAL (a bug, logged with its traceback)."""
@@ -197,11 +214,14 @@ def _unary(behaviour, name: str):
             return behaviour(*args)
         except Exception as error:  # noqa: BLE001 - answer() re-raises unregistered kinds as they are
             failure = error
-        answer(args[-1], failure, name)  # outside the except: grpc's abort exception chains to nothing
+        answer(nonblocking.context_of(behaviour, args), failure, name)  # outside the except: nothing to chain
     return handle
 
 
 def _streaming(behaviour, name: str):
+    if nonblocking.is_non_blocking(behaviour):  # returns at once: answered as a unary call is
+        return _unary(behaviour, name)
+
     @functools.wraps(behaviour)
     def handle(*args):
         try:

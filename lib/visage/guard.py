@@ -2,10 +2,12 @@
 
 - Long-lived streams never starve unary calls or health. The sync gRPC server
   runs every call, a stream included, on a thread of its pool for the call's
-  whole life. `StreamGuard` caps open streaming calls (RESOURCE_EXHAUSTED
-  beyond the cap) and `server_executor` sizes the pool as the cap plus the
-  threads for unary calls, so unary calls and health always find a thread,
-  however many idle watchers or client streams are open.
+  whole life (a non-blocking stream, visage.nonblocking - WatchEvents - only
+  while it is called; its slot until it ends). `StreamGuard` caps open
+  streaming calls (RESOURCE_EXHAUSTED beyond the cap) and `server_executor`
+  sizes the pool as the cap plus the threads for unary calls, so unary calls
+  and health always find a thread, however many idle watchers or client
+  streams are open.
 - Health and reflection are open to anyone, so they never take what
   authenticated work needs: health's Watch is answered without a thread of its
   own (grpc's non-blocking handler: no layer wraps health), and reflection
@@ -30,6 +32,7 @@ from concurrent import futures
 
 import grpc
 
+from visage import nonblocking
 from visage.config import ServerSettings, env_name
 from visage.faces.fair import CALLER
 
@@ -244,6 +247,9 @@ class StreamGuard(grpc.ServerInterceptor):
         serialize = handler.response_serializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, method), deserialize, serialize)
+        if nonblocking.is_non_blocking(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(
+                self._non_blocking_stream(handler.unary_stream, method), deserialize, serialize)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._response_stream(handler.unary_stream, method, _check), deserialize, serialize)
@@ -289,6 +295,20 @@ class StreamGuard(grpc.ServerInterceptor):
             finally:
                 release()
         return call
+
+    def _non_blocking_stream(self, behavior, method: str):
+        """A stream answered without a thread of its own (visage.nonblocking): its
+        slot is given back when the call ends, not when the behaviour returns."""
+        def call(request, context, send):
+            release = self._acquire(context, method)
+            CALLER.set(caller_of(context))
+            try:
+                behavior(_check(request, context), context, send)
+            except Exception as error:  # noqa: BLE001
+                release()
+                _abort_unexpected(error, method, context)
+            nonblocking.on_end(context, release)
+        return nonblocking.mark(call)
 
     def _response_stream(self, behavior, method: str, check_requests):
         def call(request_or_iterator, context):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from visage import nonblocking
 from visage.config import ServerSettings, env_name
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ def _unary(behaviour, method: str):
 
 
 def _streaming(behaviour, method: str):
+    if nonblocking.is_non_blocking(behaviour):
+        return _non_blocking(behaviour, method)
+
     @functools.wraps(behaviour)
     def handle(request, context):
         started, failed = time.perf_counter(), True
@@ -124,6 +128,21 @@ def _streaming(behaviour, method: str):
             failed = False
         finally:
             _record(method, context, failed, started)
+    return handle
+
+
+def _non_blocking(behaviour, method: str):
+    """A stream without a thread of its own (visage.nonblocking) is recorded when the call ends."""
+    @functools.wraps(behaviour)
+    def handle(request, context, send):
+        started = time.perf_counter()
+        RPC_IN_FLIGHT.labels(method).inc()
+        try:
+            behaviour(request, context, send)
+        except BaseException:
+            _record(method, context, True, started)
+            raise
+        nonblocking.on_end(context, lambda: _record(method, context, False, started))
     return handle
 
 

@@ -105,7 +105,24 @@ def server_interceptors(default_service_name: str = "visage") -> list[grpc.Serve
 
     # Probes call health every few seconds on every replica: no span for them, nor for reflection.
     untraced = filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
-    return [server_interceptor(filter_=filters.negate(untraced))]
+    return [_leaving_non_blocking(server_interceptor(filter_=filters.negate(untraced)))]
+
+
+def _leaving_non_blocking(traced: grpc.ServerInterceptor) -> grpc.ServerInterceptor:
+    """OpenTelemetry's interceptor wraps every behaviour as a blocking one; a stream that
+    holds no thread while idle (visage.nonblocking: a watch, maybe hours long) goes untraced."""
+    import grpc
+
+    from visage import nonblocking
+
+    class LeavingNonBlocking(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, handler_call_details):
+            handler = continuation(handler_call_details)
+            if handler is None or nonblocking.is_non_blocking(handler.unary_stream):
+                return handler
+            return traced.intercept_service(lambda _details: handler, handler_call_details)
+
+    return LeavingNonBlocking()
 
 
 def traced_channel(channel: grpc.Channel) -> grpc.Channel:

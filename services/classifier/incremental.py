@@ -199,18 +199,27 @@ class ShardPass:
     def memory(self, parameters: ModelParameters, labelled: set[str], mark: str) -> ShardMemory | None:
         if not self._remember:
             return None
-        nearest = np.concatenate(self._nearest) if self._nearest else np.zeros(0, np.int64)
-        distance = np.concatenate(self._distance) if self._distance else np.zeros(0, np.float32)
+        nearest = _joined(self._nearest, np.zeros(0, np.int64))
+        distance = _joined(self._distance, np.zeros(0, np.float32))
         if self._base is None:
             face_ids = self._face_ids
-            embeddings = np.concatenate(self._embeddings) if self._embeddings else np.zeros((0, 128), np.float32)
-            return ShardMemory(face_ids, embeddings, nearest.astype(np.int64), distance.astype(np.float32),
-                               labelled_flags(face_ids, labelled), parameters, mark)
+            embeddings = _joined(self._embeddings, np.zeros((0, 128), np.float32))
+            return ShardMemory(face_ids, embeddings, nearest.astype(np.int64, copy=False),
+                               distance.astype(np.float32, copy=False), labelled_flags(face_ids, labelled), parameters,
+                               mark)
         base = self._base
         all_nearest, all_distance = self._carried.copy(), base.distance.copy()
         all_nearest[self._rows], all_distance[self._rows] = nearest, distance
         return ShardMemory(base.face_ids, base.embeddings, all_nearest, all_distance, self._labelled_now,
                            parameters, mark)
+
+
+def _joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """The parts as one array; a shard read in one batch (most, at 8192 rows a batch) is not
+    copied (this runs on the run's writer thread, its bottleneck)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else empty
 
 
 class ReclassifyMemory:

@@ -1,14 +1,19 @@
-"""Following the event log for WatchEvents: one poller per service reads the
-store every ~100 ms and wakes the watchers when the log grew (NewEvents), so
-an idle watcher costs no store reads; each watcher hands on new events in log
-order and stops as soon as its caller goes away."""
+"""Following the event log, for WatchEvents and the thumbnail cache: one poller
+per query service (EventLog, from its first user on) reads the store every ~100 ms and
+hands each new batch to its subscribers, and wakes the open watches when the
+log grew. A watch (Watch) holds no thread while idle (visage.nonblocking): a
+wake-up runs one delivery on a small shared pool, which reads after the watch's
+cursor (or takes the poller's batch when it is there), sends the new events in
+log order and returns."""
 from __future__ import annotations
 
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
+from visage.guard import ElasticThreadPool
+from visage.nonblocking import Stream
 from visage.store import Store
 from visage.store.records import EventRecord
 
@@ -17,9 +22,9 @@ READ_BATCH = 1000
 # The store may repeat events to a cursor it did not hand out (Cassandra's lag window; a late
 # append's copies name their first copy as `origin`): remember this many recent events to drop repeats.
 DEDUPE_WINDOW = 10_000
-# A waiting watcher reads the store at least this often even without a wake-up
-# (a safety net; wake-ups come from NewEvents within ~POLL_SECONDS).
-REREAD_SECONDS = 10.0
+# Deliveries running at once, all watches together: a delivery reads and sends a few small
+# messages, so a few threads serve thousands of watches; they end when idle.
+DELIVERY_THREADS = 16
 
 log = logging.getLogger(__name__)
 
@@ -37,135 +42,152 @@ def read_after(store: Store, cursor: str) -> list[EventRecord]:
                             "pass one from an Event, or leave it empty to start from now") from error
 
 
-class NewEvents:
-    """One thread per service polls the log and bumps `generation` when it
-    grew, waking every waiting watcher once; watchers wait on an event of their
-    own instead of each polling the store. `wake(stop)` wakes only the watcher
-    whose stop event that is (a cancelled one leaves: closing 1,000 watchers is
-    1,000 wake-ups, not 1,000 × 1,000 on one shared condition); `poke` wakes all."""
+class EventLog:
+    """The service's one poller of the event log: subscribers get every batch
+    appended after `start` (on the poller's thread: keep them quick), and open
+    watches are woken (each alone: opening or closing one costs O(1))."""
 
-    def __init__(self, store: Store, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, store: Store, poll_seconds: float = POLL_SECONDS,
+                 delivery_threads: int = DELIVERY_THREADS) -> None:
         self._store = store
         self._poll_seconds = poll_seconds
         self._lock = threading.Lock()
-        self._waiting: dict[threading.Event, threading.Event] = {}  # a watcher's stop event -> its wake-up
+        self._watches: set[Watch] = set()
+        self._subscribers: list[Callable[[list[EventRecord]], None]] = []
         self._stopped = threading.Event()
+        self._stop_error: Exception | None = None
         self._thread: threading.Thread | None = None
-        self.generation = 0
-        self.wakeups = 0  # wake-ups handed out (tests: cancelling n watchers costs O(n))
+        self.deliveries = ElasticThreadPool(delivery_threads, thread_name_prefix="watch_events")
 
-    def start(self) -> None:
-        """Idempotent: the first watcher starts the poller. Its starting cursor
-        is read here, before the watcher's own first read, so every event the
-        watcher's reads can miss comes after it and bumps `generation`."""
+    def start(self) -> "EventLog":
+        """Idempotent: the first watch or thumbnail starts it (from then on it reads
+        every event; before, nothing). The poller's cursor is read here: every event
+        a reader who started after this may miss comes later and wakes the watches."""
         with self._lock:
             if self._thread is None and not self._stopped.is_set():
                 cursor = self._store.latest_cursor()
-                self._thread = threading.Thread(target=self._poll, args=(cursor,), name="watch-events-poller",
+                self._thread = threading.Thread(target=self._poll, args=(cursor,), name="event-log-poller",
                                                 daemon=True)
                 self._thread.start()
+        return self
 
-    def stop(self) -> None:
+    def subscribe(self, callback: Callable[[list[EventRecord]], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def stop(self, error: Exception) -> None:
+        """Ends every open watch with `error` (its caller reconnects elsewhere) and the poller;
+        a watch opened from now on ends with it at once."""
+        with self._lock:
+            self._stop_error = error
+            watches = list(self._watches)
         self._stopped.set()
-        self.poke()
+        for watch in watches:
+            watch.end(error)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
-    def poke(self) -> None:
-        """Wakes every waiting watcher (they re-check whether to stop)."""
+    @property
+    def open_watches(self) -> int:
         with self._lock:
-            waiting = list(self._waiting.values())
-            self.wakeups += len(waiting)
-        for wake in waiting:
-            wake.set()
+            return len(self._watches)
 
-    def cancel(self, stop: threading.Event) -> None:
-        """A watcher's caller went away: sets its stop event and wakes it alone."""
-        stop.set()
-        self.wake(stop)
-
-    def wake(self, stop: threading.Event) -> None:
-        """Wakes the one watcher waiting with this stop event (set it first)."""
+    def watch(self, cursor: str, types: frozenset[int], first_batch: list[EventRecord],
+              send: Callable[[EventRecord], None], finish: Callable[[Exception | None], None]) -> "Watch":
+        """A watch from `cursor` (first_batch: read_after(store, cursor), already read);
+        `send` gets its events, `finish` the error that ends it. Its first delivery starts now."""
+        watch = Watch(self, cursor, types, first_batch, send, finish)
         with self._lock:
-            wake = self._waiting.get(stop)
-            if wake is not None:
-                self.wakeups += 1
-        if wake is not None:
-            wake.set()
+            stop_error = self._stop_error
+            if stop_error is None:
+                self._watches.add(watch)
+        if stop_error is not None:
+            watch.end(stop_error)
+        else:
+            watch.wake()
+        return watch
 
-    def wait(self, seen_generation: int, stop: threading.Event, should_stop: Callable[[], bool]) -> bool:
-        """Blocks until the log grew past `seen_generation`, the watcher must
-        stop, or REREAD_SECONDS pass; True when the watcher must stop."""
-        wake = threading.Event()
+    def forget(self, watch: "Watch") -> None:
         with self._lock:
-            # Checked under the lock that wake-ups take: none set after this is missed.
-            if self.generation != seen_generation or stop.is_set() or should_stop():
-                return stop.is_set() or should_stop()
-            self._waiting[stop] = wake
-        try:
-            wake.wait(REREAD_SECONDS)
-        finally:
-            with self._lock:
-                self._waiting.pop(stop, None)
-        return stop.is_set() or should_stop()
+            self._watches.discard(watch)
+
+    def read(self, cursor: str) -> list[EventRecord]:
+        return read_after(self._store, cursor)
 
     def _poll(self, cursor: str) -> None:
         while not self._stopped.wait(self._poll_seconds):
             try:
-                batch = self._store.read_events(cursor, READ_BATCH)
-            except Exception as error:  # noqa: BLE001 - a store hiccup; watchers re-read on their own too
-                log.warning("event poller: store read failed: %r", error)
-                continue
-            if batch:
-                cursor = batch[-1].cursor
-                with self._lock:
-                    self.generation += 1
-                    waiting = list(self._waiting.values())
-                    self.wakeups += len(waiting)
-                for wake in waiting:
-                    wake.set()
+                while batch := self._store.read_events(cursor, READ_BATCH):
+                    self._hand_on(cursor, batch)
+                    cursor = batch[-1].cursor
+                    if len(batch) < READ_BATCH:
+                        break
+            except Exception as error:  # noqa: BLE001 - a store hiccup: the cursor stays, read again next round
+                log.warning("event log poller: store read failed: %r", error)
+
+    def _hand_on(self, cursor: str, batch: list[EventRecord]) -> None:
+        with self._lock:
+            subscribers, watches = list(self._subscribers), list(self._watches)
+        for subscriber in subscribers:
+            try:
+                subscriber(batch)
+            except Exception:  # noqa: BLE001 - one subscriber's bug must not stop the others
+                log.exception("an event log subscriber failed")
+        for watch in watches:
+            watch.offer(cursor, batch)
 
 
-def follow(store: Store, after_cursor: str, types: frozenset[int], stop: threading.Event,
-           should_stop: Callable[[], bool] = lambda: False,
-           first_batch: list[EventRecord] | None = None,
-           new_events: NewEvents | None = None) -> Iterator[EventRecord]:
-    """Events after the cursor (of the given types; all when empty), then new
-    ones as they are appended, until `stop` is set or `should_stop()` says so.
-    Between reads it waits on `new_events` (else sleeps on `stop` for a poll
-    interval); setting `stop` (plus a poke) ends the wait at once.
-    `first_batch` is read_after(store, after_cursor) when the caller already
-    read it (to validate the cursor before the stream opens)."""
-    cursor = after_cursor
-    recent: deque[str] = deque(maxlen=DEDUPE_WINDOW)
-    seen: set[str] = set()
-    seen_generation = new_events.generation if new_events else 0
-    batch = first_batch if first_batch is not None else read_after(store, cursor)
-    # A batch read before the generation was taken may miss an event the poller
-    # already counted: read once more before the first wait.
-    reread = first_batch is not None and new_events is not None
-    while True:
+class Watch(Stream):
+    """One open WatchEvents stream: its cursor and the events it sent lately
+    (a delivery at a time, visage.nonblocking.Stream: its events go out in log order)."""
+
+    def __init__(self, log_: EventLog, cursor: str, types: frozenset[int], first_batch: list[EventRecord],
+                 send: Callable[[EventRecord], None], finish: Callable[[Exception | None], None]) -> None:
+        super().__init__(log_.deliveries, send, finish)
+        self._log = log_
+        self._types = types
+        self._cursor = cursor
+        self._recent: deque[str] = deque(maxlen=DEDUPE_WINDOW)
+        self._seen: set[str] = set()
+        self._first_batch: list[EventRecord] | None = first_batch
+        self._offered: tuple[str, list[EventRecord]] | None = None  # the poller's batch and the cursor before it
+        self._offer_lock = threading.Lock()
+
+    def offer(self, cursor: str, batch: list[EventRecord]) -> None:
+        """The poller read `batch` after `cursor`: the log grew; deliver (from it, if this watch is there)."""
+        with self._offer_lock:
+            self._offered = (cursor, batch)
+        self.wake()
+
+    def close(self) -> None:
+        super().close()
+        self._log.forget(self)
+
+    def deliver(self) -> None:
+        if self._first_batch is not None:
+            # Read before this watch could be woken: read once more after it.
+            batch, self._first_batch = self._first_batch, None
+            self.again()
+        else:
+            with self._offer_lock:
+                offered, self._offered = self._offered, None
+            if offered is not None and offered[0] == self._cursor:
+                batch = offered[1]  # what this watch would read itself: no read per watch
+            else:
+                batch = self._log.read(self._cursor)
+        if len(batch) == READ_BATCH:
+            self.again()  # more to read before waiting
+        self._send_new(batch)
+
+    def _send_new(self, batch: list[EventRecord]) -> None:
         for record in batch:
-            cursor = record.cursor
+            self._cursor = record.cursor
             event = record.origin or record.cursor  # one event, however many copies
-            if event in seen:
+            if event in self._seen:
                 continue
-            if len(recent) == recent.maxlen:
-                seen.discard(recent[0])
-            recent.append(event)
-            seen.add(event)
-            if not types or record.type in types:
-                yield record
-        if len(batch) < READ_BATCH and not reread:  # caught up: wait for more
-            if _wait(new_events, seen_generation, stop, should_stop):
-                return
-        elif stop.is_set() or should_stop():
-            return
-        reread = False
-        seen_generation = new_events.generation if new_events else 0
-        batch = read_after(store, cursor)
-
-
-def _wait(new_events: NewEvents | None, seen_generation: int, stop: threading.Event,
-          should_stop: Callable[[], bool]) -> bool:
-    if new_events is None:
-        return stop.wait(POLL_SECONDS) or should_stop()
-    return new_events.wait(seen_generation, stop, should_stop)
+            if len(self._recent) == self._recent.maxlen:
+                self._seen.discard(self._recent[0])
+            self._recent.append(event)
+            self._seen.add(event)
+            if not self._types or record.type in self._types:
+                self.send(record)

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
 
-from visage import convert, paging
+from visage import convert, nonblocking, paging
 from visage.auth import identity
 from visage.auth.roles import Role
 from visage.config import Config
-from visage.errors import answer_errors, register_status
+from visage.errors import answer_errors, end_stream, register_status
 from visage.server import SERVICE_NAMES, RunningService, build_server, open_stream
 from visage.store import NotFound, Store
 from visage.store.records import LabelRecord, UnknownFaceKey
@@ -60,16 +59,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.store = store
         self.catalogue = Catalogue(store)
         self.suggested = suggested or SuggestedPeople(store)
-        self.thumbnails = ThumbnailCache(store)
-        self._closing = threading.Event()
-        self._new_events = events.NewEvents(store)
+        # One poller of the event log for the watches and the thumbnail cache's erasures, from the
+        # first of them on (it reads every event from then on: none while nobody needs it).
+        self._event_log = events.EventLog(store)
+        self.thumbnails = ThumbnailCache(follow=self._event_log.start)
+        self._event_log.subscribe(self.thumbnails.forget_erased)
 
     def close(self) -> None:
         """Ends open WatchEvents streams (UNAVAILABLE, so clients reconnect elsewhere)."""
-        self._closing.set()
-        self._new_events.stop()
+        self._event_log.stop(ShuttingDown("the query service is shutting down; reconnect with the last cursor you saw"))
         self.suggested.stop()
-        self.thumbnails.close()
 
     # ---- personas --------------------------------------------------------
     def CreatePersona(self, request, context):
@@ -194,23 +193,18 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return httpbody_pb2.HttpBody(content_type=record.content_type or "application/octet-stream", data=content)
 
     # ---- events ----------------------------------------------------------
-    def WatchEvents(self, request, context):
-        # Open streams are capped for every service alike (visage.guard.StreamGuard).
+    @nonblocking.mark
+    def WatchEvents(self, request, context, send):
+        # Holds no thread while open (visage.nonblocking: `send` answers later, from the event log's
+        # deliveries). Open streams are capped for every service alike (visage.guard.StreamGuard).
         types = validation.event_types(list(request.types))
-        self._new_events.start()
-        cancelled = threading.Event()
-
-        def on_done() -> None:  # client cancel, deadline, or server stop
-            self._new_events.cancel(cancelled)  # wakes this watcher only
-        context.add_callback(on_done)
+        self._event_log.start()  # its cursor is read before this watch's first read: it misses nothing
         start = request.after_cursor or self.store.latest_cursor()
         first_batch = events.read_after(self.store, start)  # validates the cursor
         open_stream(context)  # the stream is open even before the first event
-        for record in events.follow(self.store, start, types, cancelled, self._closing.is_set, first_batch,
-                                    self._new_events):
-            yield convert.event(record)
-        if self._closing.is_set() and context.is_active():
-            raise ShuttingDown("the query service is shutting down; reconnect with the last cursor you saw")
+        watch = self._event_log.watch(start, types, first_batch, lambda record: send(convert.event(record)),
+                                      lambda error: end_stream(context, send, error, "WatchEvents"))
+        nonblocking.on_end(context, watch.close)  # client cancel, deadline, or its status sent
 
     # ---- erasure and export (privacy) -------------------------------------
     def DeleteImage(self, request, context):

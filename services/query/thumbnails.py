@@ -4,21 +4,21 @@ with upright). A list page of 60 images costs 60 small reads instead of 60
 full-size originals, and a second visit costs no decoding.
 
 Erasure: the replica that erases forgets the image's and faces' entries at
-once (`forget`); from its first entry on, each replica's cache also follows the
-event log and forgets what every ERASED event names (another replica's
-erasures), within ERASURE_POLL_SECONDS. Entries are served only while the store
+once (`forget`); from its first entry on, each replica's cache also gets every
+batch of the event log its query service reads (visage_query.events.EventLog,
+which `follow` starts) and forgets what every ERASED event names (another
+replica's erasures), within the poller's interval. Entries are served only while the store
 still has the image or face (the caller reads it first)."""
 from __future__ import annotations
 
 import io
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from PIL import Image, ImageOps
 
-from visage.store import Store
+from visage.store.records import EventRecord
 from visage.v1 import resources_pb2 as pb
 
 CACHE_BYTES = 64 * 1024 * 1024
@@ -27,30 +27,21 @@ UPRIGHT_CROP_SIZE = 256  # longer side: a face card is ~160 CSS px wide, sharp a
 # Around the face box, on each side, as a share of the box's longer side: the
 # detector's box is tight (brows to chin); people recognise a face with its hair and chin.
 UPRIGHT_CROP_MARGIN = 0.3
-ERASURE_POLL_SECONDS = 1.0
 ERASED_IDS_KEPT = 10_000  # recently erased ids never cached again (a request that read them before the erasure)
-
-log = logging.getLogger(__name__)
 
 # (image id, face id or "" for a thumbnail, size)
 Key = tuple[str, str, int]
 
 
 class ThumbnailCache:
-    def __init__(self, store: Store | None = None, max_bytes: int = CACHE_BYTES):
+    def __init__(self, follow: Callable[[], None] = lambda: None, max_bytes: int = CACHE_BYTES):
+        """`follow()` (idempotent) starts what calls `forget_erased`; it runs before an entry is made."""
+        self._follow = follow
         self.max_bytes = max_bytes
         self._entries: OrderedDict[Key, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._erased: OrderedDict[str, None] = OrderedDict()
-        self._store = store  # whose ERASED events empty the cache (None: only `forget`)
-        self._follower: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._follower is not None:
-            self._follower.join(timeout=10)
 
     def thumbnail(self, image_id: str, size: int, load: Callable[[], bytes]) -> bytes:
         """The thumbnail of image_id whose longer side is at most `size`;
@@ -73,6 +64,12 @@ class ThumbnailCache:
             while len(self._erased) > ERASED_IDS_KEPT:
                 self._erased.popitem(last=False)
 
+    def forget_erased(self, events: list[EventRecord]) -> None:
+        """Drops what the ERASED events among `events` name (a subscriber of the event log)."""
+        for event in events:
+            if event.type == pb.EVENT_TYPE_ERASED:
+                self.forget(_ids(event.attributes, "image_ids"), _ids(event.attributes, "face_ids"))
+
     def __contains__(self, image_or_face_id: str) -> bool:
         with self._lock:
             return any(image_or_face_id in (key[0], key[1]) for key in self._entries)
@@ -82,8 +79,7 @@ class ThumbnailCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            if self._store is not None and self._follower is None:
-                self._start_following(self._store)
+        self._follow()  # before the entry: an erasure after this reaches forget_erased
         made = make()
         with self._lock:
             if key not in self._entries and key[0] not in self._erased and key[1] not in self._erased:
@@ -93,24 +89,6 @@ class ThumbnailCache:
                 _key, evicted = self._entries.popitem(last=False)
                 self._bytes -= len(evicted)
         return made
-
-    def _start_following(self, store: Store) -> None:
-        """From now on (the cursor is read before the first entry is made), ERASED events empty the cache."""
-        cursor = store.latest_cursor()
-        self._follower = threading.Thread(target=self._follow_erasures, args=(store, cursor),
-                                          name="thumbnail-erasures", daemon=True)
-        self._follower.start()
-
-    def _follow_erasures(self, store: Store, cursor: str) -> None:
-        while not self._stop.wait(ERASURE_POLL_SECONDS):
-            try:
-                while events := store.read_events(cursor, 1000):
-                    cursor = events[-1].cursor
-                    for event in events:
-                        if event.type == pb.EVENT_TYPE_ERASED:
-                            self.forget(_ids(event.attributes, "image_ids"), _ids(event.attributes, "face_ids"))
-            except Exception:  # noqa: BLE001 - store briefly unavailable: read again next round
-                log.exception("reading erasures for the thumbnail cache failed; retrying")
 
 
 def _ids(attributes: dict[str, str], name: str) -> list[str]:

@@ -17,12 +17,15 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 
 import grpc
 
-from visage import convert, paging, tracing
+from visage import convert, nonblocking, paging, tracing
 from visage.config import Config
-from visage.errors import InvalidArgument, answer_errors, register_status
+from visage.errors import InvalidArgument, answer_errors, end_stream, register_status
+from visage.guard import ElasticThreadPool
+from visage.nonblocking import Stream
 from visage.server import SERVICE_NAMES, RunningService, build_server, open_stream
 from visage.store.base import NotFound, Store
 from visage.store.records import TrainingJobRecord
@@ -40,40 +43,96 @@ TRIGGER_EVENTS = {pb.EVENT_TYPE_FACE_LABELLED, pb.EVENT_TYPE_FACE_UNLABELLED, pb
                   pb.EVENT_TYPE_PERSONA_RENAMED, pb.EVENT_TYPE_PERSONA_DELETED, pb.EVENT_TYPE_ERASED}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 NO_ACTIVE_VERSION = "no model version is active yet: label some faces first"
-# A watch stream is woken by a job update, its client leaving (a callback) or the
-# board closing; this is only a safety net, so idle watchers cost no CPU.
-WATCH_POLL_SECONDS = 30.0
+DELIVERY_THREADS = 4  # watch deliveries running at once, all watches together (they end when idle)
 
 
 class JobBoard:
-    """Fans job updates out to watch streams (one queue per stream)."""
+    """Fans job updates out to watch streams (JobWatch: no thread while idle)."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._subscribers: set[queue.Queue] = set()
+        self._watches: set[JobWatch] = set()
         self.closed = threading.Event()
+        self.deliveries = ElasticThreadPool(DELIVERY_THREADS, thread_name_prefix="watch_jobs")
 
     def publish(self, job: TrainingJobRecord) -> None:
         with self._lock:
-            for subscriber in self._subscribers:
-                subscriber.put(job)
+            watches = list(self._watches)
+        for watch in watches:
+            watch.push(job)
 
-    def subscribe(self) -> queue.Queue:
-        subscriber: queue.Queue = queue.Queue()
+    def subscribe(self, job_id: str, send, finish) -> "JobWatch":
+        """A watch of every job (job_id empty) or one; it sends nothing before `start`."""
+        watch = JobWatch(self, job_id, send, finish)
         with self._lock:
-            self._subscribers.add(subscriber)
-        return subscriber
+            self._watches.add(watch)
+        return watch
 
-    def unsubscribe(self, subscriber: queue.Queue) -> None:
+    def unsubscribe(self, watch: "JobWatch") -> None:
         with self._lock:
-            self._subscribers.discard(subscriber)
+            self._watches.discard(watch)
 
     def close(self) -> None:
-        """Ends every watch: each subscriber wakes to a None."""
+        """Ends every watch (OK) once it sent what it has."""
         self.closed.set()
         with self._lock:
-            for subscriber in self._subscribers:
-                subscriber.put(None)
+            watches = list(self._watches)
+        for watch in watches:
+            watch.wake()
+
+
+class JobWatch(Stream):
+    """One WatchTrainingJobs stream: the updates published since it subscribed, sent
+    in order after the job's stored snapshot (`start`) by a delivery at a time
+    (visage.nonblocking.Stream); an update older than one sent is skipped, so a job
+    never goes back a phase on the watcher's screen."""
+
+    def __init__(self, board: JobBoard, job_id: str, send, finish) -> None:
+        super().__init__(board.deliveries, send, finish)
+        self._board, self._job_id = board, job_id
+        self._pending_lock = threading.Lock()
+        self._pending: deque[TrainingJobRecord] = deque()
+        self._started = False
+        self._sent: dict[str, float] = {}  # job id -> update_time of the newest update sent
+
+    def push(self, job: TrainingJobRecord) -> None:
+        if self._job_id and job.job_id != self._job_id:
+            return
+        with self._pending_lock:
+            self._pending.append(job)
+            started = self._started
+        if started:
+            self.wake()
+
+    def start(self, snapshot: TrainingJobRecord | None = None) -> None:
+        """Sends `snapshot` (the watched job as stored, read after subscribing), then the updates."""
+        with self._pending_lock:
+            if snapshot is not None:
+                self._pending.appendleft(snapshot)
+            self._started = True
+        self.wake()
+
+    def close(self) -> None:
+        super().close()
+        self._board.unsubscribe(self)
+
+    def deliver(self) -> None:
+        while (job := self._next()) is not None:
+            if job.update_time <= self._sent.get(job.job_id, float("-inf")):
+                continue
+            self._sent[job.job_id] = job.update_time
+            self.send(job)
+            if self._job_id and job.phase in TERMINAL_PHASES:
+                self.end()  # the watched job is over: OK
+                return
+        with self._pending_lock:
+            started = self._started
+        if started and self._board.closed.is_set():  # the trainer stops: OK, once the snapshot went
+            self.end()
+
+    def _next(self) -> TrainingJobRecord | None:
+        with self._pending_lock:
+            return self._pending.popleft() if self._started and self._pending else None
 
 
 class Trainer:
@@ -233,39 +292,16 @@ class TrainServicer(train_pb2_grpc.TrainServiceServicer):
         jobs, token = self._list(request, "jobs", fetch)
         return train_pb2.ListTrainingJobsResponse(training_jobs=jobs, next_page_token=token)
 
-    def WatchTrainingJobs(self, request, context):
-        subscriber = self.trainer.board.subscribe()
-        context.add_callback(lambda: subscriber.put(None))  # the client left: wake the loop below
-        sent: dict[str, float] = {}  # job id -> update_time of the newest update sent
-        try:
-            if request.job_id:
-                job = self._job(request.job_id)
-                open_stream(context)  # after the lookup: an unknown job is NOT_FOUND (REST 404), not a 200
-                yield convert.training_job(job)
-                sent[job.job_id] = job.update_time
-                if job.phase in TERMINAL_PHASES:
-                    return
-            else:
-                open_stream(context)  # the stream is open (REST: headers sent) before any update
-            while context.is_active() and not self.trainer.board.closed.is_set():
-                try:
-                    job = subscriber.get(timeout=WATCH_POLL_SECONDS)
-                except queue.Empty:
-                    continue
-                if job is None:  # a wake-up: the loop condition says whether to go on
-                    continue
-                if request.job_id and job.job_id != request.job_id:
-                    continue
-                # Updates queued while the stored snapshot was read are older than it: a job
-                # never goes back a phase on the watcher's screen.
-                if job.update_time <= sent.get(job.job_id, float("-inf")):
-                    continue
-                sent[job.job_id] = job.update_time
-                yield convert.training_job(job)
-                if request.job_id and job.phase in TERMINAL_PHASES:
-                    return
-        finally:
-            self.trainer.board.unsubscribe(subscriber)
+    @nonblocking.mark
+    def WatchTrainingJobs(self, request, context, send):
+        # Holds no thread while open (visage.nonblocking): the board's deliveries send the updates.
+        watch = self.trainer.board.subscribe(request.job_id, lambda job: send(convert.training_job(job)),
+                                             lambda error: end_stream(context, send, error, "WatchTrainingJobs"))
+        nonblocking.on_end(context, watch.close)  # client cancel, deadline, or its status sent
+        # Subscribed before the snapshot is read: no update after it is missed.
+        job = self._job(request.job_id) if request.job_id else None
+        open_stream(context)  # after the lookup: an unknown job is NOT_FOUND (REST 404), not a 200
+        watch.start(job)
 
     def ListModelVersions(self, request, context):
         def fetch(offset: int, size: int) -> tuple[list, bool]:

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from visage.auth.interceptor import AuthInterceptor
 from visage.auth.local import LocalIssuer, parse_ttl
 from visage.auth.roles import Role
 from visage.auth.tokens import AuthConfig, AuthError, TokenVerifier
+from visage.loopback import free_port
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage.v1 import resources_pb2 as pb
 
@@ -174,9 +174,7 @@ def test_visage_token_create_without_a_local_key_says_what_to_do(tmp_path):
 def test_an_unreachable_issuer_is_unavailable_not_a_bad_token(test_issuer):
     """With an external issuer whose keys cannot be fetched, a well-formed token
     is neither accepted nor called invalid: UNAVAILABLE tells the caller to retry."""
-    with socket.socket() as closed:  # a loopback port nobody listens on
-        closed.bind(("127.0.0.1", 0))
-        keys_url = f"http://127.0.0.1:{closed.getsockname()[1]}/keys"
+    keys_url = f"http://127.0.0.1:{free_port()}/keys"  # nobody listens on it
     config = AuthConfig(jwks_url=keys_url, local_dir=test_issuer.dir)
     verifier = TokenVerifier(config)
     assert refusal(verifier, signed(test_issuer)).status == "unavailable"

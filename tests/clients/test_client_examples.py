@@ -18,7 +18,8 @@ import grpc
 import pytest
 
 from tests.conftest import REPO, missing_prerequisite
-from tests.mesh.test_mesh import free_ports, http, wait_for_login_link
+from tests.mesh.test_mesh import http, wait_for_login_link
+from visage.loopback import free_ports
 from visage.client import Client
 from visage.v1 import resources_pb2 as pb
 

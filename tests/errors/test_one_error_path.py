@@ -22,6 +22,7 @@ from visage.errors import STATUS_HINT_HEADER
 from visage.faces.detectors import DetectorUnavailable
 from visage.faces.pipeline import AnalyzedImage, ImageTooLarge, InvalidImage, NotAFace
 from visage.faces.pool import ANALYSIS_ERRORS, WorkerCrashed
+from visage.nonblocking import is_non_blocking
 from visage.v1 import classify_pb2, classify_pb2_grpc, ingest_pb2, ingest_pb2_grpc, train_pb2, train_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,9 +176,10 @@ def test_every_servicer_answers_through_visage_errors_wherever_it_is_mounted():
             implementation = vars(cls).get(method.name)
             assert implementation is not None, f"{cls.__name__} does not implement {method.name}"
             assert hasattr(implementation, "__wrapped__"), f"{cls.__name__} is not marked @answer_errors"
-            # The decorator tells a response stream by its generator function.
-            assert inspect.isgeneratorfunction(implementation.__wrapped__) == method.server_streaming, \
-                f"{cls.__name__}.{method.name}"
+            # The decorator tells a response stream by its generator function (or, for one
+            # that holds no thread while idle, its mark: visage.nonblocking).
+            streams = inspect.isgeneratorfunction(implementation.__wrapped__) or is_non_blocking(implementation)
+            assert streams == method.server_streaming, f"{cls.__name__}.{method.name}"
 
 
 # ---- behaviour through real in-process servers ------------------------------------

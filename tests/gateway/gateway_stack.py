@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,15 +21,10 @@ from visage.store.base import RECLASSIFIED_VERSION_KEY
 from visage.store.sqlite import SqliteStore
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
 from visage_trainer.server import CURSOR_META_KEY as TRAINER_CURSOR, TRIGGER_EVENTS as TRAINING_TRIGGERS
+from visage.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 READY_SECONDS = 180  # a hang guard: a crashed Envoy is seen at once (poll), a loaded machine may be slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

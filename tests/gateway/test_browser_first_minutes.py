@@ -116,10 +116,10 @@ def open_page(page, url: str) -> None:
         || (i.loading === "lazy" && i.getBoundingClientRect().top > innerHeight))"""), LIVE_SECONDS)
 
 
+# Once per mesh (the first open after the photos arrived), at the desktop width.
+@pytest.mark.parametrize("view", [1280], indirect=True, ids=["1280px"])
 def test_suggested_people_arriving_after_the_list_leave_the_page_at_its_top(view, photos, mesh, test_output_dir):
     page, width = view
-    if width != 1280:
-        pytest.skip("once per mesh: the first open after the photos arrived")
     with page.expect_response(lambda response: "/v1/faces:clusters" in response.url) as first_answer:
         page.goto("/#/unknown")
     # The suggestions were still being computed (nobody had asked yet): they arrive after the list.
@@ -227,11 +227,10 @@ def small_copies(faces_dir: Path, out: Path, count: int) -> list[Path]:
     return made
 
 
+@pytest.mark.parametrize("view", [1280], indirect=True, ids=["1280px"])  # once: pacing does not depend on the width
 def test_an_upload_of_100_photos_is_paced_under_the_rate_limit_and_loses_none(view, mesh, faces_dir, tmp_path,
                                                                               test_output_dir):
     page, width = view
-    if width != 1280:
-        pytest.skip("once: the upload does not depend on the width")
     files = small_copies(faces_dir, tmp_path, UPLOADS)
     assert len(files) == UPLOADS
     sent: dict[str, list[float]] = {}  # file name -> when each try reached the gateway

@@ -13,7 +13,8 @@ import sys
 
 import grpc
 import pytest
-from gateway_stack import REPO, free_port, patient, start_gateway
+from visage.loopback import free_port
+from gateway_stack import REPO, patient, start_gateway
 from test_browser import browser  # noqa: F401  (the module's Chromium fixture)
 
 from tests.conftest import missing_prerequisite

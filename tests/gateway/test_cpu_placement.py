@@ -10,7 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_stack import REPO, free_port, start_gateway
+from visage.loopback import free_port
+from gateway_stack import REPO, start_gateway
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage.placement import PlacementError, parse_cpu_list

@@ -5,17 +5,17 @@ VISAGE_GATEWAY_HOSTNAMES, and plain http on a second port redirecting to https. 
 the name through 127.0.0.1 (connect_to), as DNS would send it to the static IP."""
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import os
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from gateway_stack import free_port, start_gateway
+from cryptography.hazmat.primitives import serialization
+from gateway_stack import start_gateway
+
+from tests.deploy.fake_azure import certificate, pem_of
+from visage.loopback import free_port
 
 from visage_deploy import final_check
 from visage_deploy.errors import DeployError
@@ -28,21 +28,10 @@ def key_vault_style_pem(directory: Path, name: str) -> tuple[Path, str]:
     """A self-signed certificate for `name` (and 127.0.0.1, for the test stack's own readiness
     probe) written as Key Vault's PEM secret: the key, then the certificate. Returns the file and
     the certificate alone (what the deploy reads from Key Vault and pins)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key, cert = certificate(name, [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     path = directory / "tls.pem"
-    path.write_text(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()).decode() + cert_pem)
-    return path, cert_pem
+    path.write_text(pem_of(key, cert))
+    return path, cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import subprocess
 import threading
 import time
 
-from gateway_stack import free_port, start_gateway
+from visage.loopback import free_port
+from gateway_stack import start_gateway
 from visage.faces.metadata import minimise
 from visage_gateway.envoy_config import MAX_REQUEST_BODY_BYTES
 

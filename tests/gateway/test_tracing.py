@@ -16,7 +16,8 @@ import uuid
 import grpc
 import numpy as np
 import pytest
-from gateway_stack import REPO, free_port, start_gateway
+from visage.loopback import free_port
+from gateway_stack import REPO, start_gateway
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from otlp_collector import Collector
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,16 +17,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.waiting import wait_until
 
+from visage.loopback import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 HANG_GUARD_SECONDS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 
 
 def stored_images(db: Path) -> int:

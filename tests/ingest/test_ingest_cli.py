@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from tests.ingest.conftest import png_without_face
+from visage.loopback import free_port
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -55,10 +56,7 @@ def test_cli_walks_folders_and_prints_a_summary(ingest_server, faces_dir, tmp_pa
 
 
 def test_cli_reports_an_unreachable_service(tmp_path, faces_dir):
-    import socket
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     result = run_cli(str(faces_dir / "edge" / "obama_small.jpg"), "--address", f"127.0.0.1:{port}")
     assert result.returncode == 2
     assert f"ingest service at 127.0.0.1:{port} failed: UNAVAILABLE" in result.stderr

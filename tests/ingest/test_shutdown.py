@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,12 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage.store.sqlite import SqliteStore
 from visage.v1 import ingest_pb2, ingest_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from visage.loopback import free_port
 
 
 def wait_until_serving(address: str, process: subprocess.Popen, timeout: float = 60) -> None:

@@ -2,7 +2,6 @@
 and timed (the interceptor build_server installs), and /metrics serves them over HTTP."""
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import grpc
@@ -10,6 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from visage import metrics
+from visage.loopback import free_port
 from visage.v1 import query_pb2, query_pb2_grpc
 from visage_query.server import start
 
@@ -39,9 +39,7 @@ def test_rpcs_are_counted_and_timed_by_method_and_code(config, sqlite_store):
 
 
 def test_metrics_are_served_over_http():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     metrics.serve_metrics(port, "127.0.0.1")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
     assert "visage_rpc_requests_total" in body and 'visage_queue_depth{queue="grpc_workers_query"}' in body

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.mesh.test_mesh import free_ports
+from visage.loopback import free_ports
 from visage.model import OpenSetCentroidClassifier, Predictor, distance_to_confidence, export_onnx
 from visage.store.base import PREDICTION_TOLERANCE
 from visage.store.cassandra import CassandraStore

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.waiting import wait_until
-from test_mesh import free_ports
+from visage.loopback import free_ports
 
 NAMES = ["ingest", "classifier", "trainer", "query", "gateway"]
 LINK = re.compile(r"^    (http://127\.0\.0\.1:\d+/)#token=([A-Za-z0-9._-]+)&open=/unknown$")

@@ -6,7 +6,6 @@ version left 0755 / 0644. Checked on the files on disk."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -17,15 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visage.store.sqlite import SqliteStore
+from visage.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HANG_GUARD_SECONDS = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def modes(root: Path) -> dict[str, int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from visage.cli import main
+from visage.loopback import free_port
 from visage.v1 import query_pb2
 from visage.v1 import resources_pb2 as pb
 
@@ -34,10 +35,7 @@ def test_persona_commands_and_labels(query_service, stub, store, add_image, caps
 
 
 def test_unreachable_service_exit_code(capsys):
-    import socket
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens on it
     assert main(["personas", "--address", f"127.0.0.1:{port}", "list"]) == 2
     assert "UNAVAILABLE" in capsys.readouterr().err
 

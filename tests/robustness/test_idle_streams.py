@@ -18,6 +18,7 @@ from visage.store.sqlite import SqliteStore
 from visage.v1 import classify_pb2, classify_pb2_grpc, ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
 from visage.v1 import train_pb2, train_pb2_grpc
 from visage_trainer.training import TrainerSettings
+from tests.waiting import wait_until
 
 ANSWER_SECONDS = 30  # generous: the point is that the call is served at all
 IDLE_WATCHERS = 500
@@ -68,10 +69,15 @@ def test_500_idle_watchers_leave_query_unary_calls_and_health_answering(mesh):
 def test_idle_training_watchers_leave_the_trainer_answering(mesh):
     with grpc.insecure_channel(f"127.0.0.1:{mesh.ports['trainer']}") as channel:
         stub = train_pb2_grpc.TrainServiceStub(channel)
+        threads_before = threading.active_count()  # the mesh runs in this process
         watchers = [stub.WatchTrainingJobs(train_pb2.WatchTrainingJobsRequest()) for _ in range(IDLE_CLIENT_STREAMS)]
         try:
             for watcher in watchers:
                 watcher.initial_metadata()
+            # An idle watch holds no thread (visage.nonblocking; each used to hold one): the threads
+            # that took the calls end once idle.
+            wait_until(lambda: threading.active_count() < threads_before + IDLE_CLIENT_STREAMS // 2,
+                       f"threads near {threads_before} with {IDLE_CLIENT_STREAMS} watchers open")
             stub.ListTrainingJobs(train_pb2.ListTrainingJobsRequest(), timeout=ANSWER_SECONDS)
             assert_serving(channel)
         finally:

@@ -1,9 +1,10 @@
 """Health and reflection are open to anyone, so they must never take what
 authenticated work needs (issue 25, finding 1 and 2): anonymous health Watch
 streams used to count against the stream cap (1,000 of them and WatchEvents
-was RESOURCE_EXHAUSTED) and each held a thread; every stream's thread stayed
-in the pool after it closed; and closing many watchers froze the query
-service (every cancellation woke every watcher on one shared condition).
+was RESOURCE_EXHAUSTED) and each held a thread; every WatchEvents stream held a
+thread while open, and stayed in the pool after it closed; and closing many
+watchers froze the query service (every cancellation woke every watcher on one
+shared condition).
 
 Waits are for conditions, with long hang guards; nothing asserts on time."""
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2_grpc
 from visage.config import Config
 from visage.store.sqlite import SqliteStore
 from visage.v1 import query_pb2, query_pb2_grpc
+from visage.v1 import resources_pb2 as pb
 from tests.reflection_stream import OpenReflectionRequests
 from tests.waiting import wait_until
 
@@ -94,7 +96,40 @@ def test_reflection_streams_have_their_own_budget_per_caller(query_service, plai
                 call.cancel()
 
 
-def test_opening_and_closing_1000_watchers_leaves_no_threads(tmp_path):
+def process_threads() -> int:
+    """Every thread of this process (the service runs in it): gRPC's pool, the event log's deliveries, ..."""
+    return threading.active_count()
+
+
+def resident_mib() -> int:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["VmRSS"].split()[0]) // 1024
+
+
+def open_and_close_1000_watchers(stub: query_pb2_grpc.QueryServiceStub, channel: grpc.Channel) -> None:
+    baseline = process_threads()
+    watchers = open_watchers(channel, 1000)
+    # The threads that took the calls end once idle; the open watchers keep none (they kept one each).
+    wait_until(lambda: process_threads() < baseline + 100,
+               f"threads near {baseline} with 1,000 watchers open (now {process_threads()})")
+    assert all(watcher.is_active() for watcher in watchers)
+    assert stub.ListPersonas(query_pb2.ListPersonasRequest(), timeout=HANG_GUARD_SECONDS) is not None
+    # Still open and following the log: an event reaches the last of them.
+    stub.CreatePersona(query_pb2.CreatePersonaRequest(persona={"display_name": "Raj"}, force=True),
+                       timeout=HANG_GUARD_SECONDS)
+    assert next(watchers[-1]).type == pb.EVENT_TYPE_PERSONA_CREATED
+    for watcher in watchers:
+        watcher.cancel()
+    # Unary calls answer while the watchers leave.
+    assert stub.ListPersonas(query_pb2.ListPersonasRequest(), timeout=HANG_GUARD_SECONDS) is not None
+    wait_until(lambda: process_threads() <= baseline + 20, f"threads back near {baseline} (now {process_threads()})")
+
+
+def test_1000_open_watchers_hold_no_thread_each_and_closing_them_leaves_none(tmp_path):
+    """An idle WatchEvents stream holds no thread (visage.nonblocking): with 1,000 open the
+    process has about as many threads as before (it had one more per watcher), unary
+    calls answer while they are open and while they close, and neither threads nor
+    memory are left after (each round of 1,000 used to keep ~120 MB)."""
     from visage_query.server import start
 
     store = SqliteStore(tmp_path / "visage.db")
@@ -104,47 +139,37 @@ def test_opening_and_closing_1000_watchers_leaves_no_threads(tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             stub.ListPersonas(query_pb2.ListPersonasRequest(), timeout=HANG_GUARD_SECONDS)
-            pool = service.server._state.thread_pool  # this service's own pool (visage.guard)
-            baseline = pool.threads
-            watchers = open_watchers(channel, 1000)
-            assert pool.threads >= baseline + 900  # a sync gRPC stream holds a thread while open
-            for watcher in watchers:
-                watcher.cancel()
-            # Unary calls and health answer while the watchers leave.
-            assert stub.ListPersonas(query_pb2.ListPersonasRequest(), timeout=HANG_GUARD_SECONDS) is not None
-            wait_until(lambda: pool.threads <= baseline + 20, f"threads back near {baseline} (now {pool.threads})")
+            open_and_close_1000_watchers(stub, channel)  # the first round also warms the client's channel
+            after_first = resident_mib()
+            open_and_close_1000_watchers(stub, channel)
+            assert resident_mib() - after_first < 50
     finally:
         service.stop(grace=0)
         store.close()
 
 
-def test_cancelling_n_watchers_wakes_each_once_not_every_watcher(tmp_path):
+def test_closing_n_watches_wakes_none_of_the_others(tmp_path):
     """The query service froze for seconds when 1,000 watchers closed: each
-    cancellation woke all of them. Counted here as the watchers' checks."""
+    cancellation woke all of them. Counted here as deliveries started."""
     from visage_query import events
 
     store = SqliteStore(tmp_path / "visage.db")
     store.migrate()
-    new_events = events.NewEvents(store, poll_seconds=3600)  # no poller wake-ups during the test
-    checks = [0]
-    lock = threading.Lock()
+    log = events.EventLog(store, poll_seconds=3600)  # no poller wake-ups during the test
+    submitted = [0]
+    submit = log.deliveries.submit
 
-    def should_stop() -> bool:
-        with lock:
-            checks[0] += 1
-        return False
-
+    def counted_submit(*args, **kwargs):
+        submitted[0] += 1
+        return submit(*args, **kwargs)
+    log.deliveries.submit = counted_submit
     n = 200
-    stops = [threading.Event() for _ in range(n)]
-    waiters = [threading.Thread(target=new_events.wait, args=(new_events.generation, stop, should_stop))
-               for stop in stops]
-    for thread in waiters:
-        thread.start()
-    wait_until(lambda: len(new_events._waiting) == n, "every watcher waiting")
-    before = checks[0]
-    for stop, thread in zip(stops, waiters):
-        new_events.cancel(stop)  # what the service does when a caller goes away
-        thread.join(HANG_GUARD_SECONDS)
-        assert not thread.is_alive()
-    assert checks[0] - before <= 3 * n  # was n * n / 2: every cancellation woke every watcher
+    watches = [log.watch(store.latest_cursor(), frozenset(), [], lambda _record: None, lambda _error: None)
+               for _ in range(n)]
+    assert log.open_watches == n
+    before = submitted[0]  # each watch's first delivery
+    for watch in watches:
+        watch.close()  # what the service does when a caller goes away
+    assert submitted[0] == before
+    assert log.open_watches == 0
     store.close()

@@ -153,22 +153,24 @@ def test_readers_skip_the_copy_of_an_event_they_got_long_before(cassandra_store)
 def test_the_shared_follower_delivers_one_event_per_origin(cassandra_store, cassandra_config):
     """The query service's WatchEvents follower, from a cursor its store did not hand out
     (a client reconnecting to another replica) with the first copy in the lag window."""
-    import threading
+    import queue
 
-    from visage_query.events import follow
+    from visage_query.events import EventLog
 
     store = cassandra_store
     start = append_at(store, 4 * EVENT_LAG_S, "before").cursor
     append_late(store, 0.75 * EVENT_LAG_S)
     store.append_event(pb.EVENT_TYPE_PERSONA_CREATED, "next")
     other = CassandraStore(cassandra_config)
-    stop = threading.Event()
+    log = EventLog(other)
+    delivered: queue.Queue = queue.Queue()  # records, or the error that ended the watch
     try:
-        subjects = []
-        for record in follow(other, start, frozenset(), stop, should_stop=lambda: len(subjects) >= 2):
-            subjects.append(record.subject)
+        watch = log.watch(start, frozenset(), log.read(start), delivered.put, delivered.put)
+        subjects = [delivered.get(timeout=120).subject for _ in range(2)]
+        watch.close()
         assert subjects == [SUBJECT, "next"]
     finally:
+        log.stop(RuntimeError("test over"))
         other.close()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from test_store_conformance import make_image
+from visage.store.base import PREDICTION_TOLERANCE, is_unknown
 from visage.store.records import LabelRecord, PredictionRecord, UnknownFaceKey
 from visage.v1 import resources_pb2 as pb
 
@@ -103,3 +104,30 @@ def test_pages_are_exact_while_writes_land_between_them(store):
     rest = store.list_unknown_faces(second[-1], 100)
     assert [key.face_id for key in rest] == [*order[13:], *older]
     assert store.list_unknown_faces(rest[-1], 100) == []
+
+
+def test_a_batch_scattered_among_stored_verdicts_writes_and_indexes_exactly_its_changes(store):
+    """An incremental re-classification's batch: hundreds of faces scattered among thousands with
+    verdicts (SQLite reads a big batch's stored verdicts and labels as one range of face ids, and
+    by id what a range holding too many other faces leaves), some labelled twice."""
+    faces = ingest(store, "img", 1800, create_time=10.0)
+    penny, amy = (store.create_persona(name).persona_id for name in ("Penny", "Amy"))
+    store.put_prediction_columns(faces, [penny if i % 2 else "" for i in range(len(faces))],
+                                 np.full(len(faces), 0.5), 1, 1.0)
+    store.put_labels([LabelRecord(faces[i], persona, pb.VERDICT_NOT_BELONGS)
+                      for i in range(0, len(faces), 7) for persona in (penny, amy)])
+    store.put_labels([LabelRecord(faces[i], amy, pb.VERDICT_BELONGS) for i in range(5, len(faces), 11)])
+    due = faces[::3]  # 600 faces spread over the 1800
+    answers = [(amy, 0.5) if k % 3 == 0 else ("", 0.5) if k % 3 == 1 else (penny, 0.5 + PREDICTION_TOLERANCE / 2)
+               for k in range(len(due))]
+    before = store.get_predictions(faces)
+    changed = {face_id: persona for face_id, (persona, confidence) in zip(due, answers)
+               if before[face_id].persona_id != persona
+               or abs(before[face_id].confidence - confidence) > PREDICTION_TOLERANCE}
+    assert store.put_prediction_columns(due, [a[0] for a in answers], np.array([a[1] for a in answers]), 2, 2.0,
+                                        changed_only=True) == len(changed)
+    after = store.get_predictions(faces)
+    assert {f: p.persona_id for f, p in after.items()} == {f: changed.get(f, before[f].persona_id) for f in faces}
+    assert {f for f, p in after.items() if p.model_version == 2} == set(changed)
+    labels = store.labels_of_faces(faces)
+    assert sorted(unknown(store)) == sorted(f for f in faces if is_unknown(labels[f], after[f]))

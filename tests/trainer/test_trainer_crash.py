@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ from visage.store.records import FaceRecord, ImageRecord, LabelRecord
 from visage.v1 import resources_pb2 as pb
 
 from test_trainer_service import wait_for_version
+from visage.loopback import free_port
 
 EXTRA_FACES = 60_000  # enough that reading them takes long enough to kill the job mid-way
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_trainer(config, log_path):

@@ -3,6 +3,7 @@ version and activate a model; operators start, watch, list and roll back."""
 from __future__ import annotations
 
 import dataclasses
+import queue
 import time
 
 import grpc
@@ -143,14 +144,17 @@ def test_start_training_streams_every_phase_to_the_watcher(trainer_service, worl
 
 
 class OpenStream:
-    """The part of a grpc.ServicerContext a watch stream uses, for a client that stays."""
+    """The part of a grpc.ServicerContext a non-blocking watch stream uses, for a client that stays."""
     def add_callback(self, callback) -> bool:
         return True
 
-    def is_active(self) -> bool:
-        return True
-
     def send_initial_metadata(self, metadata) -> None:
+        pass
+
+    def set_code(self, code) -> None:
+        self.code = code
+
+    def set_details(self, details) -> None:
         pass
 
 
@@ -161,13 +165,16 @@ def test_a_watcher_never_sees_a_job_go_back_a_phase(world):
     evaluating = TrainingJobRecord("job-1", pb.TRAINING_TRIGGER_MANUAL, pb.TRAINING_PHASE_EVALUATING,
                                    create_time=10.0, update_time=20.0)
     world.store.put_training_job(evaluating)
-    stream = TrainServicer(world.store, trainer).WatchTrainingJobs(
-        train_pb2.WatchTrainingJobsRequest(job_id="job-1"), OpenStream())
-    assert next(stream).phase == pb.TRAINING_PHASE_EVALUATING
+    sent: queue.Queue = queue.Queue()  # what the stream sends; None: its end
+    context = OpenStream()
+    TrainServicer(world.store, trainer).WatchTrainingJobs(
+        train_pb2.WatchTrainingJobsRequest(job_id="job-1"), context, sent.put)
+    assert sent.get(timeout=60).phase == pb.TRAINING_PHASE_EVALUATING
     trainer.board.publish(dataclasses.replace(evaluating, phase=pb.TRAINING_PHASE_READING, update_time=15.0))
     trainer.board.publish(evaluating)
     trainer.board.publish(dataclasses.replace(evaluating, phase=pb.TRAINING_PHASE_SUCCEEDED, update_time=30.0))
-    assert [update.phase for update in stream] == [pb.TRAINING_PHASE_SUCCEEDED]
+    assert [update.phase for update in iter(lambda: sent.get(timeout=60), None)] == [pb.TRAINING_PHASE_SUCCEEDED]
+    assert context.code == grpc.StatusCode.OK
 
 
 def test_watching_all_jobs_follows_jobs_started_later(trainer_service, world):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from visage import errors
+from visage import errors, nonblocking
 from visage.auth import identity, roles
 from visage.auth.tokens import AuthError, PermissionDenied, TokenVerifier, bearer_token
 
@@ -34,21 +34,22 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         kind = next(k for k in _KINDS if getattr(handler, k) is not None)
         behavior = getattr(handler, kind)
-        streams_out = kind.endswith("_stream")
+        # A non-blocking stream (visage.nonblocking) yields nothing: its checked call is all there is.
+        streams_out = kind.endswith("_stream") and not nonblocking.is_non_blocking(behavior)
 
-        def checked(request, context):
+        def checked(request, context, *send):
             try:
                 caller = self.authorize(method, context.invocation_metadata())
             except AuthError as error:
                 errors.answer(context, error)
             token = identity.set_current(caller)
             try:
-                result = behavior(request, context)
+                result = behavior(request, context, *send)
             finally:
                 identity.reset_current(token)
             return _as(caller, result) if streams_out else result
 
-        return handler._replace(**{kind: checked})
+        return handler._replace(**{kind: nonblocking.like(behavior, checked)})
 
 
 def _as(caller: identity.Identity, responses):

@@ -37,7 +37,7 @@ import abc
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -191,17 +191,20 @@ def unknown_verdict(labels: Iterable[LabelRecord], persona_id: str | None) -> bo
     return any(label.persona_id == persona_id and label.verdict == pb.VERDICT_NOT_BELONGS for label in labels)
 
 
-def verdict_changed(previous: PredictionRecord | None, persona_id: str, confidence: float) -> bool:
-    """Whether a new verdict replaces the stored one (see PREDICTION_TOLERANCE)."""
-    return (previous is None or previous.persona_id != persona_id
-            or abs(previous.confidence - confidence) > PREDICTION_TOLERANCE)
+def stored_verdicts(predictions: Mapping[str, PredictionRecord]) -> dict[str, tuple[str, float]]:
+    """changed_rows' `previous` from stored predictions."""
+    return {face_id: (p.persona_id, p.confidence) for face_id, p in predictions.items()}
 
 
-def changed_rows(previous: dict[str, PredictionRecord], face_ids: Sequence[str], persona_ids: Sequence[str],
+def changed_rows(previous: Mapping[str, tuple[str, float]], face_ids: Sequence[str], persona_ids: Sequence[str],
                  confidences: list[float]) -> list[int]:
-    """Positions of the faces whose verdict changes (the last of a face in the columns wins)."""
+    """Positions of the faces whose verdict changes (the last of a face in the columns wins): no
+    stored (persona_id, confidence) in `previous`, another persona, or a confidence moved by more
+    than PREDICTION_TOLERANCE. Inline, not a call per face: a re-classification asks for
+    every face of a batch (tuples, not records, for the same reason)."""
     last = {face_id: i for i, face_id in enumerate(face_ids)}
-    return [i for i in last.values() if verdict_changed(previous.get(face_ids[i]), persona_ids[i], confidences[i])]
+    return [i for i in last.values() if (stored := previous.get(face_ids[i])) is None or stored[0] != persona_ids[i]
+            or abs(stored[1] - confidences[i]) > PREDICTION_TOLERANCE]
 
 
 def check_prediction_columns(face_ids: Sequence, persona_ids: Sequence, confidences: Sequence) -> None:
@@ -444,7 +447,7 @@ class PredictionStore(abc.ABC):
         confidences = np.asarray(confidences).tolist()
         rows = range(len(face_ids))
         if changed_only:
-            rows = changed_rows(self.get_predictions(face_ids), face_ids, persona_ids, confidences)
+            rows = changed_rows(stored_verdicts(self.get_predictions(face_ids)), face_ids, persona_ids, confidences)
         records = [PredictionRecord(face_ids[i], persona_ids[i], confidences[i], model_version, create_time)
                    for i in rows]
         self.put_predictions(records)

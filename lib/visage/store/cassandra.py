@@ -108,6 +108,7 @@ from visage.store.base import (
     StoreUnavailable,
     Withdrawn,
     changed_rows,
+    stored_verdicts,
     check_prediction_columns,
     event_attributes,
     is_unknown,
@@ -1342,7 +1343,8 @@ class CassandraStore(Store):
         check_prediction_columns(face_ids, persona_ids, confidences)
         confidences = np.asarray(confidences).tolist()
         previous = self.get_predictions(face_ids)
-        rows = changed_rows(previous, face_ids, persona_ids, confidences) if changed_only else range(len(face_ids))
+        rows = (changed_rows(stored_verdicts(previous), face_ids, persona_ids, confidences) if changed_only
+                else range(len(face_ids)))
         latest = {face_ids[i]: PredictionRecord(face_ids[i], persona_ids[i], confidences[i], model_version, create_time)
                   for i in rows}
         if latest:

@@ -190,6 +190,10 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._all_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # This process's writers queue here: SQLite's busy handler would have a waiting thread
+        # sleep and retry (up to 100 ms a try), starving it while another thread writes back to
+        # back (a re-classification's shard claims behind its batch writes).
+        self._write_turn = threading.Lock()
 
     # ---- plumbing --------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -213,13 +217,14 @@ class SqliteStore(Store):
         if conn.in_transaction:
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_turn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def atomic(self):
@@ -573,7 +578,7 @@ class SqliteStore(Store):
     def put_predictions(self, predictions: list[PredictionRecord]) -> None:
         latest = {p.face_id: p for p in predictions}  # the last one of a face wins
         with self._tx() as conn:
-            previous = self._predictions_in(conn, latest)
+            previous = self._stored_verdicts(conn, latest)
             conn.executemany(UPSERT_PREDICTION, [(p.face_id, p.persona_id, p.confidence, p.model_version,
                                                   p.create_time) for p in latest.values()])
             self._sync_changed_verdicts(conn, previous, {f: p.persona_id for f, p in latest.items()})
@@ -584,7 +589,7 @@ class SqliteStore(Store):
         check_prediction_columns(face_ids, persona_ids, confidences)
         confidences = np.asarray(confidences).tolist()
         with self._tx() as conn:  # read and write in one transaction: a concurrent write cannot slip between
-            previous = self._predictions_in(conn, face_ids)
+            previous = self._stored_verdicts(conn, face_ids)
             rows = (changed_rows(previous, face_ids, persona_ids, confidences) if changed_only
                     else {face_id: i for i, face_id in enumerate(face_ids)}.values())
             conn.executemany(UPSERT_PREDICTION, [(face_ids[i], persona_ids[i], confidences[i], model_version,
@@ -593,22 +598,43 @@ class SqliteStore(Store):
             self._sync_changed_verdicts(conn, previous, written)
         return len(written)
 
-    def _predictions_in(self, conn: sqlite3.Connection, face_ids: Iterable[str]) -> dict[str, PredictionRecord]:
-        return {row[0]: PredictionRecord(*row) for row in self._execute_in(
-            conn, "SELECT * FROM predictions WHERE face_id IN ({marks})", list(dict.fromkeys(face_ids)))}
+    def _stored_verdicts(self, conn: sqlite3.Connection, face_ids: Iterable[str]) -> dict[str, tuple[str, float]]:
+        """The stored (persona_id, confidence) of these faces (changed_rows' `previous`)."""
+        return {row[0]: row[1:] for row in self._rows_of_faces(conn, "predictions", face_ids,
+                                                                 "face_id, persona_id, confidence")}
 
-    def _sync_changed_verdicts(self, conn: sqlite3.Connection, previous: dict[str, PredictionRecord],
+    def _rows_of_faces(self, conn: sqlite3.Connection, table: str, face_ids: Iterable[str],
+                       columns: str = "*") -> list[tuple]:
+        """The rows of `table` (keyed by face id first) of these faces. Many ids (a re-classification's
+        batch: a run of one shard's face ids) are read as one range of the table, in page order,
+        instead of a lookup each; a range that holds many other rows (an incremental pass's due
+        faces) is read up to twice the ids' count, and the rest by id."""
+        ids = dict.fromkeys(face_ids)
+        by_id = f"SELECT {columns} FROM {table} WHERE face_id IN ({{marks}})"
+        if len(ids) <= MAX_VARIABLES:
+            return self._execute_in(conn, by_id, list(ids))
+        limit = 2 * len(ids)
+        rows = conn.execute(f"SELECT {columns} FROM {table} WHERE face_id BETWEEN ? AND ? ORDER BY face_id LIMIT ?",
+                            (min(ids), max(ids), limit)).fetchall()
+        if len(rows) == limit:  # the last face's rows may be cut short: it is read again by id
+            last = rows[-1][0]
+            rows = [row for row in rows if row[0] != last] + self._execute_in(
+                conn, by_id, [face_id for face_id in ids if face_id >= last])
+        return [row for row in rows if row[0] in ids]
+
+    def _sync_changed_verdicts(self, conn: sqlite3.Connection, previous: dict[str, tuple[str, float]],
                                written: dict[str, str]) -> None:
         """The unknown-faces rows of faces whose verdict moved across is_unknown (the index was
         right before this transaction; most verdicts stay on their side, so they cost no write)."""
         labels: dict[str, list[LabelRecord]] = {}
-        for row in self._execute_in(conn, "SELECT * FROM labels WHERE face_id IN ({marks})", list(written)):
+        for row in self._rows_of_faces(conn, "labels", written):
             labels.setdefault(row[0], []).append(LabelRecord(*row))
         now_known, now_unknown = [], []
         for face_id, persona_id in written.items():
-            before = previous[face_id].persona_id if face_id in previous else None
-            after = unknown_verdict(labels.get(face_id, ()), persona_id)
-            if unknown_verdict(labels.get(face_id, ()), before) != after:
+            stored = previous.get(face_id)
+            face_labels = labels.get(face_id, ())
+            after = unknown_verdict(face_labels, persona_id)
+            if unknown_verdict(face_labels, stored[0] if stored else None) != after:
                 (now_unknown if after else now_known).append(face_id)
         self._execute_in(conn, "DELETE FROM unknown_faces WHERE face_id IN ({marks})", now_known)
         self._sync_unknown(conn, now_unknown)
