@@ -9,12 +9,16 @@
    (too few bytes for its size: refused from the header since issue 25; it used
    to be decoded until its data ran out) and a complete 6000x6000 JPEG (a
    shared photo upscaled, 2 MB: under the limit, decoded and searched for
-   faces). Side by side: the gateway's per-caller image rate limit on (the
-   default) and off.
+   faces). Side by side, in alternating rounds: the gateway of the code before
+   (BENCH_ROBUSTNESS_BEFORE, a git revision: default 77b7607, before issue 25
+   paced the rate limit's refusals) and the gateway of this tree, both with the
+   per-caller image rate limit on (the default); p50 and p95. Target (issue
+   25): the victim within 10 % (ratio <= 1.10).
 Sizes: BENCH_ROBUSTNESS_CALLS unary calls per side (default 400),
 BENCH_ROBUSTNESS_VICTIM_CALLS victim calls per side (default 15),
 BENCH_ROBUSTNESS_ROUNDS alternating rounds of each comparison (default 3);
-BENCH_ROBUSTNESS_PARTS=streams or =bombs runs one part only."""
+BENCH_ROBUSTNESS_PARTS=streams or =bombs runs one part only; BENCH_ROBUSTNESS_BOMBS=png,forged,complete
+(the default: all three) picks the bombs."""
 from __future__ import annotations
 
 import base64
@@ -23,6 +27,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +45,7 @@ from visage.config import Config
 from visage.mesh import start_in_process
 from visage.store.sqlite import SqliteStore
 from visage.v1 import classify_pb2, classify_pb2_grpc, query_pb2, query_pb2_grpc, resources_pb2
+from visage_gateway.limits import CallerRate
 
 REPO = Path(__file__).resolve().parents[1]
 FACES_DIR = Path(os.environ.get("VISAGE_FACES_DIR", REPO.parent / "shared/data/faces"))
@@ -49,9 +55,12 @@ CALLS = int(os.environ.get("BENCH_ROBUSTNESS_CALLS", "400"))
 VICTIM_CALLS = int(os.environ.get("BENCH_ROBUSTNESS_VICTIM_CALLS", "15"))
 ROUNDS = int(os.environ.get("BENCH_ROBUSTNESS_ROUNDS", "3"))
 PARTS = os.environ.get("BENCH_ROBUSTNESS_PARTS", "streams,bombs").split(",")
+BOMBS = os.environ.get("BENCH_ROBUSTNESS_BOMBS", "png,forged,complete").split(",")
 IDLE_WATCHERS, IDLE_CLIENT_STREAMS = 500, 100
 BOMBERS = ("127.0.0.11", "127.0.0.12")
+BEFORE = os.environ.get("BENCH_ROBUSTNESS_BEFORE", "77b7607")
 VICTIM = "127.0.0.10"
+VICTIM_INTERVAL = 1 / CallerRate.from_env().per_second  # seconds between the starts of its calls
 
 
 def p50_ms(call, count: int) -> float:
@@ -193,7 +202,10 @@ def victim_under_bombs(port: int, victim: bytes, bomb: bytes | None, count: int,
 
     def bomber(source: str) -> None:
         while not stop.is_set():
-            status = classify_rest(port, source, bomb)
+            try:
+                status = classify_rest(port, source, bomb)
+            except OSError as error:  # a connection Envoy closed on a refused upload
+                status = type(error).__name__
             statuses[status] = statuses.get(status, 0) + 1
 
     threads = [threading.Thread(target=bomber, args=(source,), daemon=True)
@@ -204,14 +216,39 @@ def victim_under_bombs(port: int, victim: bytes, bomb: bytes | None, count: int,
         samples = []
         for number in range(count + 2):
             start = time.perf_counter()
-            classify_rest(port, VICTIM, victim)
+            status = classify_rest(port, VICTIM, victim)
+            if status != 200:
+                raise RuntimeError(f"the victim's Classify answered {status}")
             if number >= 2:
                 samples.append((time.perf_counter() - start) * 1000)
+            # A caller within its own rate limit, as the UI paces itself: never refused.
+            time.sleep(max(0.0, VICTIM_INTERVAL - (time.perf_counter() - start)))
         return samples
     finally:
         stop.set()
         for thread in threads:
             thread.join()
+
+
+def gateway_package(revision: str, work_dir: Path) -> Path:
+    """A folder holding the `visage_gateway` package as it was at `revision` (for PYTHONPATH:
+    it comes before the editable install's own)."""
+    folder = work_dir / f"gateway-{revision}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", "--prefix=visage_gateway/", f"{revision}:services/gateway"],
+                             cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def p95(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=20, method="inclusive")[18]
+
+
+def bomb_row(name: str, idle: list[float], loaded: list[float]) -> None:
+    print(f"| {name:<66} | {statistics.median(idle):8.0f} | {statistics.median(loaded):8.0f} | "
+          f"{statistics.median(loaded) / statistics.median(idle):5.2f}x | {p95(idle):8.0f} | {p95(loaded):8.0f} | "
+          f"{p95(loaded) / p95(idle):5.2f}x |", flush=True)
 
 
 def bombs(mesh, work_dir: Path) -> None:
@@ -220,22 +257,35 @@ def bombs(mesh, work_dir: Path) -> None:
 
     victim = body_of((FACES_DIR / "presidents" / "obama" / sorted(os.listdir(FACES_DIR / "presidents" / "obama"))[0])
                      .read_bytes())
-    gateways = {"rate limit on": start_gateway(mesh.ports, work_dir / "limited", {"VISAGE_GATEWAY_ACCESS_LOG": "0"}),
-                "rate limit off": start_gateway(mesh.ports, work_dir / "open", {
-                    "VISAGE_GATEWAY_ACCESS_LOG": "0", "VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND": "0"})}
+    before = gateway_package(BEFORE, work_dir)
+    quiet = {"VISAGE_GATEWAY_ACCESS_LOG": "0"}
+    gateways = {f"before ({BEFORE})": start_gateway(mesh.ports, work_dir / "before", {
+                    **quiet, "PYTHONPATH": os.pathsep.join(filter(None, [str(before), os.environ.get("PYTHONPATH")])),
+                    # This tree's build (an older package would look for it beside itself).
+                    "VISAGE_DESCRIPTOR_SET": str(REPO / "build/visage.pb"),
+                    "VISAGE_OPENAPI_JSON": str(REPO / "build/openapi.json")}),
+                "now": start_gateway(mesh.ports, work_dir / "now", quiet)}
+    per_round = -(-VICTIM_CALLS // ROUNDS)
     try:
-        header("idle", "bombed")
-        for bomb_name, bomb in (("PNG header 8000x8000 (over the limit)", png_bomb()),
-                                ("JPEG header claims 6000x6000, 63 KB of data", forged_jpeg()),
-                                ("JPEG 6000x6000, complete (2 MB, under the limit)", large_jpeg())):
-            for setting, gateway in gateways.items():
-                idle, loaded, statuses = [], [], {}
-                for _ in range(ROUNDS):  # alternating: drift in the shared machine's load hits both sides alike
-                    idle += victim_under_bombs(gateway.port, victim, None, -(-VICTIM_CALLS // ROUNDS), {})
-                    loaded += victim_under_bombs(gateway.port, victim, body_of(bomb), -(-VICTIM_CALLS // ROUNDS),
-                                                 statuses)
-                row(f"victim Classify; {bomb_name}, {setting}", statistics.median(idle), statistics.median(loaded))
-                print(f"|   bomb answers: {statuses}", flush=True)
+        print(f"| {'victim Classify (ms); bomb, gateway':<66} | {'idle p50':>8} | {'bombed':>8} | {'ratio':>6} "
+              f"| {'idle p95':>8} | {'bombed':>8} | {'ratio':>6} |")
+        print(f"|{'-' * 68}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 8}|", flush=True)
+        kinds = {"png": ("PNG header 8000x8000 (over the limit)", png_bomb),
+                 "forged": ("JPEG header claims 6000x6000, 63 KB of data", forged_jpeg),
+                 "complete": ("JPEG 6000x6000, complete (2 MB, under the limit)", large_jpeg)}
+        for bomb_name, make_bomb in (kinds[key] for key in BOMBS):
+            bomb = make_bomb()
+            idle = {name: [] for name in gateways}
+            loaded = {name: [] for name in gateways}
+            statuses = {name: {} for name in gateways}
+            for _ in range(ROUNDS):  # alternating: drift in the shared machine's load hits every side alike
+                for name, gateway in gateways.items():
+                    idle[name] += victim_under_bombs(gateway.port, victim, None, per_round, {})
+                    loaded[name] += victim_under_bombs(gateway.port, victim, body_of(bomb), per_round, statuses[name])
+            for name in gateways:
+                bomb_row(f"{bomb_name}, {name}", idle[name], loaded[name])
+                print(f"|   bomb answers: {statuses[name]}", flush=True)
+            print(f"|   load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         for gateway in gateways.values():
             gateway.stop()

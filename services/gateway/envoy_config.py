@@ -507,7 +507,7 @@ def _http_filters(settings: GatewaySettings) -> list[HttpFilter]:
         # After the transcoder: it must see the route of the gRPC path (REST paths
         # only match direct responses, which the CORS filter ignores).
         HttpFilter(name="envoy.filters.http.cors", typed_config=_any(Cors())),
-        limits.rate_limit_filter(),  # likewise: per-route config on the gRPC path's route
+        *limits.rate_limit_filters(),  # likewise: per-route config on the gRPC path's route
         HttpFilter(name="envoy.filters.http.router", typed_config=_any(Router())),
     ]
 

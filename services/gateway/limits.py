@@ -15,6 +15,10 @@ and so every error has one REST shape.
   address (Envoy local rate limit with a wildcard descriptor), so one caller
   sending big images cannot take every worker from another; a refused call
   (429 / RESOURCE_EXHAUSTED) carries `retry-after` (seconds until the refill).
+  A refused call is answered only after PACE (Envoy's fault filter: no CPU,
+  no thread while it waits), so a caller that ignores `retry-after` gets one
+  refusal per connection per PACE instead of thousands a second: such a
+  flood cost a victim's Classify as much as the images did (issue 25).
 - Errors: every local reply (Envoy's own 4xx/5xx) is the JSON the transcoder
   gives service errors: {"code": <gRPC code>, "message", "details": [...]};
   a service may ask for an HTTP status no gRPC code maps to (413 for an image
@@ -47,7 +51,14 @@ from envoy_data_plane.envoy.config.core.v3 import (
     RuntimeUInt32,
     SubstitutionFormatString,
 )
-from envoy_data_plane.envoy.config.route.v3 import RateLimit, RateLimitAction, RateLimitActionRemoteAddress
+from envoy_data_plane.envoy.config.route.v3 import (
+    HeaderMatcher,
+    RateLimit,
+    RateLimitAction,
+    RateLimitActionRemoteAddress,
+)
+from envoy_data_plane.envoy.extensions.filters.common.fault.v3 import FaultDelay
+from envoy_data_plane.envoy.extensions.filters.http.fault.v3 import FaultAbort, HttpFault
 from envoy_data_plane.envoy.extensions.common.ratelimit.v3 import LocalRateLimitDescriptor, RateLimitDescriptorEntry
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit.v3 import LocalRateLimit
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
@@ -76,7 +87,11 @@ COSTLY_METHODS = {
     SERVICE_NAMES["ingest"]: ("IngestImage", "IngestImages", "AddFace"),
 }
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+FAULT_FILTER = "envoy.filters.http.fault"  # paces the refusals of the rate limit
 REFILL_INTERVAL = datetime.timedelta(seconds=1)  # each caller's bucket gains `per_second` tokens this often
+PACE = REFILL_INTERVAL  # a call over the limit is refused this long after its request arrived
+# Set by the rate limit on a call over the limit: the fault filter refuses it after PACE.
+OVER_LIMIT_HEADER = "x-visage-over-image-limit"
 RETRY_AFTER_HEADER = "retry-after"  # on every 429 / RESOURCE_EXHAUSTED of the rate limit (seconds)
 RATE_LIMITED_MESSAGE = ("too many image calls from this address (VISAGE_GATEWAY_IMAGE_CALLS_PER_SECOND): "
                         "try again after the seconds in the retry-after header")
@@ -87,6 +102,7 @@ MAX_TRACKED_CALLERS = 10_000
 GRPC_CODE_FOR_HTTP = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 408: 4, 413: 8, 429: 8, 431: 8,
                       500: 13, 501: 12, 502: 14, 503: 14, 504: 4}
 GRPC_CODE_OTHER_4XX, GRPC_CODE_OTHER_5XX = 9, 14  # FAILED_PRECONDITION, UNAVAILABLE
+RESOURCE_EXHAUSTED = 8
 
 
 @dataclass(frozen=True)
@@ -141,10 +157,14 @@ def _percent(value: int) -> RuntimeFractionalPercent:
         numerator=value, denominator=FractionalPercentDenominatorType.HUNDRED))
 
 
+_EVERY_ONE = FractionalPercent(numerator=100, denominator=FractionalPercentDenominatorType.HUNDRED)
+
+
 def caller_rate_limit(rate: CallerRate) -> dict[str, Any]:
     """typed_per_filter_config for a costly route: one token bucket per caller
     address (a descriptor whose value is left blank is a wildcard: each
-    distinct address gets its own bucket)."""
+    distinct address gets its own bucket). The rate limit only marks a call
+    over the limit (OVER_LIMIT_HEADER); the fault filter refuses it after PACE."""
     if not rate.enabled:
         return {}
     bucket = TokenBucket(max_tokens=rate.burst, tokens_per_fill=rate.per_second,
@@ -156,24 +176,29 @@ def caller_rate_limit(rate: CallerRate) -> dict[str, Any]:
                                  fill_interval=datetime.timedelta(seconds=1)),
         always_consume_default_token_bucket=False,
         filter_enabled=_percent(100),
-        filter_enforced=_percent(100),
+        # Not enforced here: marked for the fault filter, which answers after PACE.
+        filter_enforced=_percent(0),
+        request_headers_to_add_when_not_enforced=[HeaderValueOption(
+            header=HeaderValue(key=OVER_LIMIT_HEADER, value="1"),
+            append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD)],
         descriptors=[LocalRateLimitDescriptor(entries=[RateLimitDescriptorEntry(key="remote_address")],
                                               token_bucket=bucket)],
         rate_limits=[RateLimit(actions=[RateLimitAction(remote_address=RateLimitActionRemoteAddress())])],
         max_dynamic_descriptors=MAX_TRACKED_CALLERS,
-        rate_limited_as_resource_exhausted=True,
-        # When to try again: the bucket refills every REFILL_INTERVAL. A REST caller reads
-        # `retry-after` (RFC 9110); a gRPC caller finds it in the trailing metadata.
-        response_headers_to_add=[HeaderValueOption(
-            header=HeaderValue(key=RETRY_AFTER_HEADER, value=str(math.ceil(REFILL_INTERVAL.total_seconds()))),
-            append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD)],
     )
-    return {RATE_LIMIT_FILTER: Any.pack(per_caller)}
+    # A client that sends OVER_LIMIT_HEADER itself only gets its own call refused.
+    paced_refusal = HttpFault(
+        headers=[HeaderMatcher(name=OVER_LIMIT_HEADER, present_match=True)],
+        delay=FaultDelay(fixed_delay=PACE, percentage=_EVERY_ONE),
+        abort=FaultAbort(grpc_status=RESOURCE_EXHAUSTED, percentage=_EVERY_ONE))
+    return {RATE_LIMIT_FILTER: Any.pack(per_caller), FAULT_FILTER: Any.pack(paced_refusal)}
 
 
-def rate_limit_filter() -> HttpFilter:
-    """Off by default: only routes with caller_rate_limit config are limited."""
-    return HttpFilter(name=RATE_LIMIT_FILTER, typed_config=Any.pack(LocalRateLimit(stat_prefix="visage_rate_limit")))
+def rate_limit_filters() -> list[HttpFilter]:
+    """Off by default: only routes with caller_rate_limit config are limited (the
+    fault filter, after the rate limit, injects nothing elsewhere)."""
+    return [HttpFilter(name=RATE_LIMIT_FILTER, typed_config=Any.pack(LocalRateLimit(stat_prefix="visage_rate_limit"))),
+            HttpFilter(name=FAULT_FILTER, typed_config=Any.pack(HttpFault()))]
 
 
 # Envoy runs response filters in reverse order: placed before the transcoder,
@@ -216,10 +241,11 @@ def _status_filter(op: ComparisonFilterOp, status: int) -> AccessLogFilter:
         op=op, value=RuntimeUInt32(default_value=status, runtime_key=f"visage.local_reply_{status}"))))
 
 
-def _error_body(grpc_code: int, message: str = "%LOCAL_REPLY_BODY%") -> SubstitutionFormatString:
+def _error_body(grpc_code: int, message: str = "%LOCAL_REPLY_BODY%",
+                reason: str = "%RESPONSE_CODE_DETAILS%") -> SubstitutionFormatString:
     body = {"code": grpc_code, "message": message,
             "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                         "reason": "%RESPONSE_CODE_DETAILS%", "domain": "gateway.visage"}]}
+                         "reason": reason, "domain": "gateway.visage"}]}
     return SubstitutionFormatString(json_format=Struct.from_dict(body), content_type="application/json")
 
 
@@ -228,7 +254,8 @@ def _error_body(grpc_code: int, message: str = "%LOCAL_REPLY_BODY%") -> Substitu
 _JWT_REFUSED_AS_403 = ("response.code == 403 && "
                        "response.code_details.startsWith('jwt_authn_access_denied')")
 
-_RATE_LIMITED = "response.code == 429 && response.code_details == 'local_rate_limited'"
+# The fault filter's refusal of a call the rate limit marked (OVER_LIMIT_HEADER).
+_RATE_LIMITED = "response.code_details == 'fault_filter_abort'"
 
 
 def error_mappers() -> list[ResponseMapper]:
@@ -239,12 +266,17 @@ def error_mappers() -> list[ResponseMapper]:
         name="envoy.access_loggers.extension_filters.cel",
         typed_config=Any.pack(ExpressionFilter(expression=_JWT_REFUSED_AS_403))))
     mappers = [ResponseMapper(filter=jwt_refused, status_code=401, body_format_override=_error_body(16))]
-    # Envoy's own body says only "local_rate_limited": say what to do. (Matched by the reply's
-    # details: the filter sets its RL response flag only after the reply is mapped.)
+    # The paced refusal says what to do, and when: the bucket refills every REFILL_INTERVAL.
+    # A REST caller reads `retry-after` (RFC 9110); a gRPC caller finds it in the trailing metadata.
     rate_limited = AccessLogFilter(extension_filter=ExtensionFilter(
         name="envoy.access_loggers.extension_filters.cel",
         typed_config=Any.pack(ExpressionFilter(expression=_RATE_LIMITED))))
-    mappers.append(ResponseMapper(filter=rate_limited, body_format_override=_error_body(8, RATE_LIMITED_MESSAGE)))
+    retry_after = HeaderValueOption(
+        header=HeaderValue(key=RETRY_AFTER_HEADER, value=str(math.ceil(REFILL_INTERVAL.total_seconds()))),
+        append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD)
+    mappers.append(ResponseMapper(filter=rate_limited, status_code=429, headers_to_add=[retry_after],
+                                  body_format_override=_error_body(RESOURCE_EXHAUSTED, RATE_LIMITED_MESSAGE,
+                                                                    reason="local_rate_limited")))
     mappers += [ResponseMapper(filter=_status_filter(ComparisonFilterOp.EQ, status), body_format_override=_error_body(code))
                for status, code in GRPC_CODE_FOR_HTTP.items()]
     mappers.append(ResponseMapper(filter=_status_filter(ComparisonFilterOp.GE, 500),
