@@ -3,7 +3,9 @@
 writes predictions of FACES faces ("face00000"...) as put_prediction_columns batches
 of BATCH faces, version after version from 2 on, each version's batches in face id
 order like a re-classification; prints "ack VERSION BATCH_INDEX" after each
-acknowledged batch, and runs until it is killed."""
+acknowledged batch and waits for a line on stdin before the next one (so it never runs
+ahead of the test reading its acks: the batch in flight when it is killed is known);
+runs until it is killed or stdin closes."""
 from __future__ import annotations
 
 import itertools
@@ -39,6 +41,8 @@ def main() -> int:
             store.put_prediction_columns(ids[start:chunk.stop], [persona_of(i, version) for i in chunk],
                                          np.full(len(chunk), version / 1000, np.float32), version, float(version))
             print(f"ack {version} {index}", flush=True)
+            if not sys.stdin.readline():
+                return 0
     return 0
 
 

@@ -1421,7 +1421,9 @@ class CassandraStore(Store):
     def count_predictions(self, persona_ids: Iterable[str]) -> dict[str, int]:
         # Counts the persona's index partition server-side; only the counts travel. A write
         # that crashed midway can leave index rows the base table does not confirm (readers of
-        # the rows check them); they are counted until the face's next prediction replaces them.
+        # the rows check them); they are counted until a later prediction of the face naming
+        # that same persona replaces them (one naming another persona leaves them: an over-count
+        # after a crash, never a face missing from a list).
         persona_ids = list(dict.fromkeys(persona_ids))
         named = [persona_id for persona_id in persona_ids if persona_id]
         results = self._run_many("SELECT COUNT(*) FROM {ks}.persona_predictions WHERE persona_id = ?",
