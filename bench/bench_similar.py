@@ -13,7 +13,6 @@ sides in turn (order reversed every other round): min / median / max of each rou
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_classifier import FACES_DIR, activate_version, fill_faces
-from bench.rounds import ROUNDS, alternating, by_figure, load_average, ratios, spread
+from bench.rounds import ROUNDS, alternating, by_figure, load_average, p50_ms, ratios, spread
 from visage.auth import client as auth_client
 from visage.config import Config
 from visage.faces.pool import PipelinePool
@@ -115,16 +114,6 @@ def store_scan_ms(store: SqliteStore, face_id: str) -> float:
 CLASSIFY = "Classify (bbt1.jpg, 4 faces, 3 candidates)"
 
 
-def p50_of_calls(call) -> float:
-    """p50 ms of CALLS calls."""
-    samples = []
-    for _ in range(CALLS):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000
-
-
 def verify_numbers() -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="visage-bench-verify-") as tmp:
         store = SqliteStore(Path(tmp) / "visage.db")
@@ -163,7 +152,7 @@ def verify_numbers() -> dict[str, list[float]]:
                 sides[CLASSIFY] = lambda: stub.Classify(classify_pb2.ClassifyRequest(content=scene, max_candidates=3))
                 for call in sides.values():
                     call()  # warm
-                numbers = alternating({name: lambda call=call: p50_of_calls(call) for name, call in sides.items()})
+                numbers = alternating({name: lambda call=call: p50_ms(call, CALLS) for name, call in sides.items()})
         finally:
             running.stop(grace=0)
             pool.close()

@@ -14,7 +14,6 @@ N = BENCH_UNKNOWN_FACES (default 100,000; 10 faces per image)."""
 from __future__ import annotations
 
 import os
-import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from bench.bench_classifier import activate_version
 from bench.bench_store import on_cassandra, on_sqlite
-from bench.rounds import ROUNDS, alternating, by_figure, load_average, ratios, spread
+from bench.rounds import ROUNDS, alternating, by_figure, load_average, p50_ms, ratios, spread
 from visage import metrics
 from visage.store.base import RECLASSIFIED_VERSION_KEY, Store, is_unknown
 from visage.store.records import FaceRecord, ImageRecord
@@ -105,15 +104,6 @@ def reclassify(store: Store) -> tuple[int, int, float]:
     return final.done, int(metrics.PREDICTIONS_WRITTEN._value.get() - before), time.perf_counter() - started
 
 
-def p50_ms(call) -> float:
-    samples = []
-    for _ in range(CALLS):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000
-
-
 def pages(store: Store) -> dict[str, list[float]]:
     """The first and the next page through the index and by the scan (checked to agree), p50 ms,
     index and scan alternating over the rounds."""
@@ -124,10 +114,10 @@ def pages(store: Store) -> dict[str, list[float]]:
     next_scanned, _ = scan_page(store, *position, PAGE)
     assert [f.face_id for f in faces] == [f.face_id for f in scanned] and len(faces) == PAGE
     assert [f.face_id for f in next_faces] == [f.face_id for f in next_scanned]
-    return {**alternating({"index_first": lambda: p50_ms(lambda: catalogue.unknown_faces(None, PAGE)),
-                           "scan_first": lambda: p50_ms(lambda: scan_page(store, 0, 0, PAGE))}),
-            **alternating({"index_next": lambda: p50_ms(lambda: catalogue.unknown_faces(last, PAGE)),
-                           "scan_next": lambda: p50_ms(lambda: scan_page(store, *position, PAGE))})}
+    return {**alternating({"index_first": lambda: p50_ms(lambda: catalogue.unknown_faces(None, PAGE), CALLS),
+                           "scan_first": lambda: p50_ms(lambda: scan_page(store, 0, 0, PAGE), CALLS)}),
+            **alternating({"index_next": lambda: p50_ms(lambda: catalogue.unknown_faces(last, PAGE), CALLS),
+                           "scan_next": lambda: p50_ms(lambda: scan_page(store, *position, PAGE), CALLS)})}
 
 
 def measure(name: str, store: Store) -> dict:

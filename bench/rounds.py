@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -37,6 +38,16 @@ def ratios(values: list[float], baseline: list[float]) -> list[float]:
 def spread(values: list[float], digits: int = 2) -> str:
     """min / median / max."""
     return " / ".join(f"{v:,.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
+
+
+def p50_ms(call, calls: int) -> float:
+    """Median milliseconds of `calls` calls of call() (one round's figure of a latency)."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000
 
 
 def load_average() -> str:
