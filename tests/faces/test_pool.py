@@ -64,7 +64,7 @@ def test_a_light_callers_image_is_analysed_before_a_heavy_callers_queued_one(fac
     assert (pool.image_cost(6000, 6000), pool.image_cost(*Image.open(io.BytesIO(light)).size)) == (3, 1)
     admitted: list[str] = []
     run = pool._run
-    pool._run = lambda *work: admitted.append("light" if work[-1] is light else "heavy") or run(*work)
+    pool._run = lambda work, content: admitted.append("light" if content is light else "heavy") or run(work, content)
 
     def analyze_as(caller: str, content: bytes):
         CALLER.set(caller)
@@ -90,17 +90,3 @@ def wait_until(condition, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-
-
-def test_an_image_costing_more_than_a_unit_is_analysed_at_the_lowest_cpu_priority(pool, faces_dir):
-    """Issue 25: a caller sending 6000x6000 photos within the limits slowed another's Classify
-    ~1.8x on 2 cores. A costly image now runs at nice 19, so a typical photo takes the CPU first.
-    (os.nice(0) answers the calling thread's nice on Linux: what the work ran at.)"""
-    photo = Image.open(faces_dir / "scenes" / "bbt1.jpg").convert("RGB")  # 1366x768: one unit
-    phone_sized = io.BytesIO()
-    photo.resize((4000, 3000)).save(phone_sized, "JPEG", quality=40)  # a 12 MP phone photo
-    heavy, light = phone_sized.getvalue(), read(faces_dir / "scenes" / "bbt1.jpg")
-    assert pool.image_cost(4000, 3000) == 2 and pool.image_cost(*photo.size) == 1
-    assert pool._admitted(heavy, os.nice, 0) == 19
-    assert pool._admitted(light, os.nice, 0) == os.nice(0)  # as the service runs
-    assert len(pool.analyze(heavy).faces) == len(pool.analyze(light).faces)  # the same work, only later

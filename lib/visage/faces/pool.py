@@ -17,13 +17,7 @@ so heavy images leave room for light ones: on two workers, images of 6000x6000
 (cost 3) run one at a time while the other worker takes light images, instead
 of both workers being held ~0.7 s per image. The price: a batch of only such
 near-square images over ~1560 px a side runs on half the workers. Photos of
-other shapes (a 4:3 phone photo costs 2) still fill every worker.
-
-Cheap first: an image costing more than one unit is analysed at the lowest CPU
-priority (pipeline.at_lowest_priority), so when the cores are contended a
-typical photo's Classify is not held behind a 6000x6000 one (issue 25: a
-caller sending such images within the limits slowed another's Classify ~1.8x).
-Without contention the priority changes nothing."""
+other shapes (a 4:3 phone photo costs 2) still fill every worker."""
 from __future__ import annotations
 
 import logging
@@ -45,7 +39,6 @@ from visage.faces.pipeline import (
     ImageTooLarge,
     InvalidImage,
     NotAFace,
-    at_lowest_priority,
     detection_pixels,
     open_image,
 )
@@ -76,11 +69,6 @@ def _load_pipeline(config: Config, settings: FaceSettings, parent_pid: int) -> N
     # A worker holds nothing worth saving: if its service dies (even by SIGKILL), so does it.
     lifeline.die_with_parent(signal.SIGKILL, parent_pid)
     _pipeline = FacePipeline(config, settings)
-
-
-def _at_priority(lowest: bool, work, *args):
-    """In a worker: work(*args), at the lowest CPU priority when `lowest`."""
-    return at_lowest_priority(lambda: work(*args)) if lowest else work(*args)
 
 
 def _analyze_in_worker(content: bytes) -> AnalyzedImage:
@@ -127,15 +115,14 @@ class PipelinePool:
         # and never delays another caller's image.
         header = open_image(content, self.config.max_image_bytes, self.settings.max_pixels,
                             self.settings.min_face_size)
-        cost = self.image_cost(*header.size)
-        with self._slots.slot(cost=cost):
+        with self._slots.slot(cost=self.image_cost(*header.size)):
             try:
-                return self._run(_at_priority, cost > 1, work, *args)
+                return self._run(work, *args)
             except BrokenProcessPool:
                 # A crash fails every image in flight, not just the culprit: retry once.
                 log.warning("face worker process died; restarting the pool and retrying")
                 try:
-                    return self._run(_at_priority, cost > 1, work, *args)
+                    return self._run(work, *args)
                 except BrokenProcessPool:
                     raise WorkerCrashed("the face pipeline crashed twice on this image") from None
 
