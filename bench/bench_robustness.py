@@ -40,6 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from bench import rounds
 from visage.auth import client as auth_client
 from visage.config import Config
 from visage.mesh import start_in_process
@@ -63,15 +64,11 @@ VICTIM = "127.0.0.10"
 VICTIM_INTERVAL = 1 / CallerRate.from_env().per_second  # seconds between the starts of its calls
 
 
-def p50_ms(call, count: int) -> float:
-    for _ in range(min(20, count)):  # warm-up
+def warm_p50_ms(call, count: int) -> float:
+    """rounds.p50_ms after a warm-up of up to 20 calls."""
+    for _ in range(min(20, count)):
         call()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
+    return rounds.p50_ms(call, count)
 
 
 def row(name: str, base: float, loaded: float) -> None:
@@ -117,10 +114,10 @@ def idle_streams(mesh) -> None:
     loaded: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(ROUNDS):  # alternating, so drift in the shared machine's load hits both sides alike
         for name, call in calls.items():
-            idle[name].append(p50_ms(call, CALLS))
+            idle[name].append(warm_p50_ms(call, CALLS))
         with idle_streams_open(query, classifier):
             for name, call in calls.items():
-                loaded[name].append(p50_ms(call, CALLS))
+                loaded[name].append(warm_p50_ms(call, CALLS))
     for name in calls:
         row(name, statistics.median(idle[name]), statistics.median(loaded[name]))
     query_channel.close()
