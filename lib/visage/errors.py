@@ -117,10 +117,14 @@ def answer(context: grpc.ServicerContext, error: Exception, rpc_name: str = "") 
     answered = status_of(error, rpc_name)
     if answered is None:
         raise error
-    http_status = _registered(type(error))[1]
-    if http_status is not None:
-        context.set_trailing_metadata(((STATUS_HINT_HEADER, str(http_status)),))
+    _send_status_hint(context, error)
     context.abort(*answered)
+
+
+def _send_status_hint(context: grpc.ServicerContext, error: Exception) -> None:
+    """The HTTP status a registered kind asks for, if any (trailing metadata the gateway reads)."""
+    if (http_status := _registered(type(error))[1]) is not None:
+        context.set_trailing_metadata(((STATUS_HINT_HEADER, str(http_status)),))
 
 
 def end_stream(context: grpc.ServicerContext, send, error: Exception | None, rpc_name: str) -> None:
@@ -132,8 +136,8 @@ def end_stream(context: grpc.ServicerContext, send, error: Exception | None, rpc
         log.error("%s failed", rpc_name, exc_info=error)
         answered = (grpc.StatusCode.INTERNAL,
                     f"{rpc_name} failed with an internal error ({type(error).__name__}); see the service log")
-    elif (http_status := _registered(type(error))[1]) is not None:
-        context.set_trailing_metadata(((STATUS_HINT_HEADER, str(http_status)),))
+    else:
+        _send_status_hint(context, error)
     context.set_code(answered[0])
     context.set_details(answered[1])
     send(None)
